@@ -1,0 +1,127 @@
+"""Embed rendered pages with a model adapter; page pixels are dropped as soon as they are embedded."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from operators import schema as S
+from operators.models import ModelSpec, adapter_for
+
+
+def flow_schema(dim: int) -> pa.Schema:
+    """Embedded pages on their way to the sinks: page columns plus the unit bookkeeping."""
+    fields = [pa.field(S.UNIT_ID, pa.string()), pa.field(S.KIND, pa.string()), pa.field(S.UNIT_INFO, pa.string())]
+    fields += [f.with_nullable(True) for f in S.pages_schema(dim)]
+    return pa.schema(fields)
+
+
+def mean_vector(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalised mean of a set of vectors (the page-level single vector)."""
+    m = vectors.astype(np.float32).mean(axis=0)
+    n = float(np.linalg.norm(m))
+    return m / n if n > 0 else m
+
+
+def multivector_array(vectors: list[np.ndarray], dim: int) -> pa.Array:
+    """Ragged (n_i, dim) arrays as ``list<fixed_size_list<float16, dim>>`` without Python loops."""
+    lengths = np.array([len(v) for v in vectors], dtype=np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    flat = np.concatenate(vectors).astype(np.float16).ravel() if len(vectors) else np.empty(0, np.float16)
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float16()), dim)
+    return pa.ListArray.from_arrays(pa.array(offsets), inner)
+
+
+def fixed_vector_array(vectors: np.ndarray, dim: int) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel(), pa.float32()), dim)
+
+
+class EmbedPages:
+    """Rendered pages in, embedded pages out; unit marker rows pass through untouched.
+
+    Pages are embedded in sub-batches of ``batch_size``, grouped by similar pixel count so that
+    a small page is not padded to a large one's length.
+    """
+
+    def __init__(self, spec: ModelSpec, batch_size: int = 8):
+        self.spec = spec
+        self.batch_size = max(1, batch_size)
+        self.adapter = None
+        self.stats = {"pages": 0, "batches": 0, "busy_s": 0.0, "forward_s": 0.0}
+
+    def setup(self) -> None:
+        if self.adapter is None:
+            self.adapter = adapter_for(self.spec)
+            self.adapter.load()
+
+    @property
+    def dim(self) -> int:
+        return adapter_for(self.spec).dim if self.adapter is None else self.adapter.dim
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        S.require_columns("EmbedPages", batch, [S.UNIT_ID, S.KIND, S.PIXELS, S.WIDTH, S.HEIGHT, S.UNIT_INFO])
+        self.setup()
+        t0 = time.perf_counter()
+        dim = self.adapter.dim
+        kinds = batch[S.KIND].to_pylist()
+        page_rows = [i for i, k in enumerate(kinds) if k == S.KIND_PAGE]
+        widths = batch[S.WIDTH].to_pylist()
+        heights = batch[S.HEIGHT].to_pylist()
+        pixels = batch[S.PIXELS]
+        results = {}
+        order = sorted(page_rows, key=lambda i: widths[i] * heights[i])
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            images = [
+                np.frombuffer(pixels[i].as_buffer(), np.uint8).reshape(heights[i], widths[i], 3) for i in rows
+            ]
+            for i, emb in zip(rows, self.adapter.embed_images(images)):
+                results[i] = emb
+            self.stats["batches"] += 1
+        self.stats["pages"] += len(page_rows)
+        self.stats["forward_s"] = self.adapter.forward_s
+        out = self._assemble(batch, kinds, results, dim)
+        self.stats["busy_s"] += time.perf_counter() - t0
+        return out
+
+    def _assemble(self, batch: pa.Table, kinds: list, results: dict, dim: int) -> pa.Table:
+        n = batch.num_rows
+        empty = np.zeros((0, dim), np.float32)
+        embs = [results.get(i) for i in range(n)]
+        page_ids = [
+            S.page_id_for(u, p) if k == S.KIND_PAGE else None
+            for k, u, p in zip(kinds, batch[S.SOURCE_URI].to_pylist(), batch[S.PAGE_NUMBER].to_pylist())
+        ]
+
+        def ints(fn):
+            return pa.array([fn(e) if e is not None else None for e in embs], pa.int32())
+
+        mv = multivector_array([e.vectors if e is not None else empty for e in embs], dim)
+        mv = pa.ListArray.from_arrays(mv.offsets, mv.values, mask=pa.array([e is None for e in embs]))
+        sv = np.stack([mean_vector(e.patch_vectors()) if e is not None else np.zeros(dim, np.float32) for e in embs])
+        sv = pa.FixedSizeListArray.from_arrays(
+            pa.array(sv.ravel(), pa.float32()), dim, mask=pa.array([e is None for e in embs])
+        ) if n else fixed_vector_array(sv.reshape(0, dim), dim)
+        cols = {
+            S.UNIT_ID: batch[S.UNIT_ID],
+            S.KIND: batch[S.KIND],
+            S.UNIT_INFO: batch[S.UNIT_INFO],
+            S.PAGE_ID: pa.array(page_ids, pa.string()),
+            S.DOC_ID: batch[S.DOC_ID],
+            S.SOURCE_URI: batch[S.SOURCE_URI],
+            S.DOC_VERSION: batch[S.DOC_VERSION],
+            S.PAGE_NUMBER: batch[S.PAGE_NUMBER],
+            S.WIDTH: batch[S.WIDTH],
+            S.HEIGHT: batch[S.HEIGHT],
+            S.MODEL: pa.array([self.adapter.name if e is not None else None for e in embs], pa.string()),
+            S.N_VECTORS: ints(lambda e: len(e.vectors)),
+            S.PATCH_OFFSET: ints(lambda e: e.patch_offset),
+            S.N_PATCHES: ints(lambda e: e.n_patches),
+            S.PATCH_GRID_H: ints(lambda e: e.grid_h),
+            S.PATCH_GRID_W: ints(lambda e: e.grid_w),
+            S.MV: mv,
+            S.SV_MEAN: sv,
+        }
+        return pa.table(cols, schema=flow_schema(dim))

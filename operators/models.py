@@ -1,0 +1,318 @@
+"""Model adapters: one small interface in front of ``transformers``' own retrieval classes.
+
+An adapter knows how to load its model (hub id, local directory, or random weights built from a
+config), what pixel budget the renderer should aim for, and how to turn page images into
+multi-vectors and queries into query vectors.
+
+Spec strings (``--model``):
+
+- ``colqwen2-tiny``: a few-layer ColQwen2 (real class, random weights, offline tokenizer) for
+  demos and tests; a page embeds in milliseconds on a CPU.
+- ``colqwen2``: the real ColQwen2 v1.0 architecture (Qwen2-VL-2B backbone); with ``--weights
+  random`` it is built offline at real size (for calibration), with ``--weights hub`` it is
+  ``vidore/colqwen2-v1.0-hf``.
+- any hub id or local directory holding a ColQwen2 checkpoint, with ``--weights hub``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from operators.render import PixelBudget
+
+WEIGHTS_HUB = "hub"
+WEIGHTS_RANDOM = "random"
+
+QWEN2_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+
+class ModelError(Exception):
+    """The model spec cannot be resolved or loaded; the message says what to do."""
+
+
+@dataclass
+class PageEmbedding:
+    """One page's multi-vector and where its image patches sit in it."""
+
+    vectors: np.ndarray  # (n_vectors, dim) float32, L2-normalised rows
+    patch_offset: int  # index of the first image-patch vector
+    n_patches: int
+    grid_h: int  # patch rows after the spatial merge
+    grid_w: int
+
+    def patch_vectors(self) -> np.ndarray:
+        return self.vectors[self.patch_offset : self.patch_offset + self.n_patches]
+
+
+@dataclass
+class ModelSpec:
+    """What the user asked for; cheap and picklable (actors receive it and load the model)."""
+
+    name: str = "colqwen2-tiny"
+    weights: str = WEIGHTS_RANDOM
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    attn_implementation: str = "sdpa"
+    max_pixels: int | None = None  # override the preset's pixel budget
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+# Real-size configurations, so that --weights random needs no download.
+_QWEN2_VL_2B_TEXT = dict(
+    vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+    num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
+    rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]},
+    tie_word_embeddings=True,
+)
+_QWEN2_VL_2B_VISION = dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4)
+
+PRESETS: dict[str, dict] = {
+    "colqwen2-tiny": dict(
+        text=dict(vocab_size=None, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]}),
+        vision=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2),
+        embedding_dim=128,
+        max_pixels=28 * 28 * 96,  # 96 visual tokens per page
+        hub_id=None,
+    ),
+    "colqwen2": dict(
+        text=_QWEN2_VL_2B_TEXT, vision=_QWEN2_VL_2B_VISION, embedding_dim=128,
+        max_pixels=28 * 28 * 768,  # ColQwen2 v1.0's budget: 768 visual tokens
+        hub_id="vidore/colqwen2-v1.0-hf",
+    ),
+}
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+    except KeyError:
+        raise ModelError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)") from None
+
+
+def byte_level_qwen2_tokenizer():
+    """A Qwen2 tokenizer over a 256-symbol byte-level vocabulary plus Qwen2-VL's special tokens.
+
+    Built offline with the ``tokenizers`` library. With random weights, what matters is that
+    the token sequence has the real structure (prompt, vision start, image pads, vision end).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import Qwen2TokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(QWEN2_SPECIAL_TOKENS)
+    return Qwen2TokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>")
+
+
+class MultiVectorAdapter:
+    """Interface of a multi-vector page embedder."""
+
+    name: str
+    dim: int
+
+    def pixel_budget(self) -> PixelBudget:
+        raise NotImplementedError
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def embed_images(self, images: list[np.ndarray]) -> list[PageEmbedding]:
+        raise NotImplementedError
+
+    def embed_queries(self, queries: list[str]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def effective_settings(self) -> dict:
+        return {}
+
+
+class ColQwen2Adapter(MultiVectorAdapter):
+    """``ColQwen2ForRetrieval`` + ``ColQwen2Processor`` (PIL image processor)."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        preset = PRESETS.get(spec.name)
+        self._preset = preset
+        if preset is None and spec.weights == WEIGHTS_RANDOM:
+            raise ModelError(
+                f"--weights random needs a known architecture preset, not {spec.name!r} "
+                f"(presets: {', '.join(sorted(PRESETS))}); use --weights hub for a checkpoint"
+            )
+        if preset is not None and spec.weights == WEIGHTS_HUB and not preset["hub_id"]:
+            raise ModelError(f"preset {spec.name!r} exists only with random weights: use --weights random")
+        self.name = spec.name
+        self.dim = preset["embedding_dim"] if preset else int(spec.extra.get("embedding_dim", 128))
+        self._max_pixels = spec.max_pixels or (preset["max_pixels"] if preset else 28 * 28 * 768)
+        self.model = None
+        self.processor = None
+        self.device = None
+        self.torch_dtype = None
+        self.forward_s = 0.0
+
+    def pixel_budget(self) -> PixelBudget:
+        # Sides a multiple of patch (14) x merge (2): the processor then keeps our size as is.
+        return PixelBudget(max_pixels=self._max_pixels, multiple=28, min_side=56)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _hub_source(self) -> str:
+        if self._preset is not None:
+            return self._preset["hub_id"]
+        return self.spec.name
+
+    def _build_random(self):
+        import torch
+        from transformers import ColQwen2Config, ColQwen2ForRetrieval, ColQwen2Processor, Qwen2VLConfig
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        tokenizer = byte_level_qwen2_tokenizer()
+        image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=self._max_pixels)
+        processor = ColQwen2Processor(image_processor=image_processor, tokenizer=tokenizer)
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_SPECIAL_TOKENS}
+        text = dict(self._preset["text"])
+        text["vocab_size"] = text["vocab_size"] or len(tokenizer)
+        text.update(bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+        vlm = Qwen2VLConfig(
+            text_config=text,
+            vision_config=self._preset["vision"],
+            image_token_id=ids["<|image_pad|>"],
+            video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+        )
+        config = ColQwen2Config(vlm_config=vlm, embedding_dim=self._preset["embedding_dim"])
+        config._attn_implementation = self.spec.attn_implementation
+        torch.manual_seed(self.spec.seed)
+        model = ColQwen2ForRetrieval(config)
+        return model, processor
+
+    def _load_pretrained(self):
+        from transformers import ColQwen2ForRetrieval, ColQwen2Processor
+
+        src = self._hub_source()
+        try:
+            processor = ColQwen2Processor.from_pretrained(src)
+            model = ColQwen2ForRetrieval.from_pretrained(
+                src, dtype=self.torch_dtype, attn_implementation=self.spec.attn_implementation
+            )
+        except OSError as e:
+            where = "local directory" if os.path.isdir(src) else "hub id"
+            raise ModelError(f"cannot load ColQwen2 from {where} {src!r}: {str(e).splitlines()[0]}") from None
+        ip = processor.image_processor
+        if self.spec.max_pixels:
+            ip.max_pixels = self.spec.max_pixels
+            ip.size = {"shortest_edge": ip.size["shortest_edge"], "longest_edge": self.spec.max_pixels}
+        else:
+            self._max_pixels = int(ip.size["longest_edge"])
+        self.dim = int(model.config.embedding_dim)
+        return model, processor
+
+    def load(self) -> None:
+        if self.model is not None:
+            return
+        self.device = resolve_device(self.spec.device)
+        self.torch_dtype = resolve_dtype(self.spec.dtype, self.device)
+        if self.spec.weights == WEIGHTS_RANDOM:
+            model, processor = self._build_random()
+            model = model.to(self.torch_dtype)
+        elif self.spec.weights == WEIGHTS_HUB:
+            model, processor = self._load_pretrained()
+        else:
+            raise ModelError(f"unknown weights mode {self.spec.weights!r} (use hub or random)")
+        self.model = model.to(self.device).eval()
+        self.processor = processor
+        self._image_token_id = int(self.model.config.vlm_config.image_token_id)
+        self._merge = int(getattr(processor.image_processor, "merge_size", 2))
+
+    def effective_settings(self) -> dict:
+        return {
+            "model": self.name,
+            "weights": self.spec.weights,
+            "device": self.device,
+            "dtype": str(self.torch_dtype).replace("torch.", ""),
+            "attn_implementation": self.spec.attn_implementation,
+            "max_pixels": self._max_pixels,
+            "dim": self.dim,
+        }
+
+    # -- embedding ---------------------------------------------------------------------------
+
+    def embed_images(self, images: list[np.ndarray]) -> list[PageEmbedding]:
+        """``images``: (H, W, 3) uint8 arrays. Returns one multi-vector per image."""
+        import torch
+        from PIL import Image
+
+        self.load()
+        pil = [Image.fromarray(im, mode="RGB") for im in images]
+        inputs = self.processor.process_images(images=pil).to(self.device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            emb = self.model(**inputs).embeddings
+        emb = emb.float().cpu().numpy()
+        self.forward_s += time.perf_counter() - t0
+        mask = inputs["attention_mask"].bool().cpu().numpy()
+        ids = inputs["input_ids"].cpu().numpy()
+        grid = inputs["image_grid_thw"].cpu().numpy()
+        out = []
+        for i in range(len(images)):
+            keep = mask[i]
+            vectors = emb[i][keep]
+            is_patch = ids[i][keep] == self._image_token_id
+            positions = np.flatnonzero(is_patch)
+            _, gh, gw = (int(x) for x in grid[i])
+            out.append(
+                PageEmbedding(
+                    vectors=vectors,
+                    patch_offset=int(positions[0]) if len(positions) else 0,
+                    n_patches=int(len(positions)),
+                    grid_h=gh // self._merge,
+                    grid_w=gw // self._merge,
+                )
+            )
+        return out
+
+    def embed_queries(self, queries: list[str]) -> list[np.ndarray]:
+        import torch
+
+        self.load()
+        inputs = self.processor.process_queries(text=queries).to(self.device)
+        with torch.inference_mode():
+            emb = self.model(**inputs).embeddings.float().cpu().numpy()
+        mask = inputs["attention_mask"].bool().cpu().numpy()
+        return [emb[i][mask[i]] for i in range(len(queries))]
+
+
+def adapter_for(spec: ModelSpec) -> MultiVectorAdapter:
+    """The adapter for a spec. Only ColQwen2 checkpoints so far; other families come later."""
+    return ColQwen2Adapter(spec)

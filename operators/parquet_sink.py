@@ -1,0 +1,69 @@
+"""Parquet shards under the output root: one shard per work unit (pages and quarantine)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from operators import schema as S
+from operators.store import OutputStore
+
+PAGES_PREFIX = "pages"
+QUARANTINE_PREFIX = "quarantine"
+PAGES_COLUMNS = [f.name for f in S.pages_schema(1)]
+
+
+def shard_key(prefix: str, unit_id: str) -> str:
+    return f"{prefix}/{unit_id}.parquet"
+
+
+def to_pages_table(flow: pa.Table, dim: int) -> pa.Table:
+    """Page rows of an embedded flow table, in page_id order, with the ``OUT/pages`` schema."""
+    pages = flow.filter(pa.compute.equal(flow[S.KIND], S.KIND_PAGE)).select(PAGES_COLUMNS)
+    pages = pages.sort_by([(S.PAGE_ID, "ascending")])
+    return pages.cast(S.pages_schema(dim))
+
+
+def quarantine_table(entries: list[dict], unit_id: str, run_id: str) -> pa.Table:
+    rows = {f.name: [] for f in S.QUARANTINE_SCHEMA}
+    for q in sorted(entries, key=lambda q: (q["source_uri"], q.get("page_number") or -1)):
+        rows[S.SOURCE_URI].append(q["source_uri"])
+        rows[S.DOC_ID].append(S.doc_id_for(q["source_uri"]))
+        rows[S.DOC_VERSION].append(q.get("doc_version"))
+        rows[S.PAGE_NUMBER].append(q.get("page_number"))
+        rows[S.STAGE].append(q["stage"])
+        rows[S.REASON].append(q["reason"])
+        rows[S.DETAIL].append(q.get("detail"))
+        rows[S.UNIT_ID].append(unit_id)
+        rows[S.RUN_ID].append(run_id)
+    return pa.table(rows, schema=S.QUARANTINE_SCHEMA)
+
+
+class ParquetSink:
+    """Writes one Parquet object per unit and key; rewriting the same key replaces it whole.
+
+    ``metadata`` goes into the Parquet schema metadata (model, dim, layout parameters). It must
+    never contain secrets: callers pass only model and layout facts.
+    """
+
+    def __init__(self, store: OutputStore, metadata: dict | None = None, compression: str = "zstd"):
+        self.store = store
+        self.metadata = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+        self.compression = compression
+        self.bytes_written: dict[str, int] = {PAGES_PREFIX: 0, QUARANTINE_PREFIX: 0}
+
+    def write(self, key: str, table: pa.Table) -> int:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{
+            f"pagemill.{k}".encode(): v.encode() for k, v in self.metadata.items()}})
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression=self.compression, row_group_size=1024)
+        data = buf.getvalue()
+        self.store.write_bytes(key, data)
+        self.bytes_written[key.split("/", 1)[0]] = self.bytes_written.get(key.split("/", 1)[0], 0) + len(data)
+        return len(data)
+
+    def read(self, key: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.store.read_bytes(key)))

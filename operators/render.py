@@ -1,0 +1,371 @@
+"""Fetch documents and render their pages straight to the model's pixel budget.
+
+MuPDF runs in a child process that this stage owns: a page that never finishes rendering (or a
+crash in native code) costs one child, which is killed and restarted, and the document is
+quarantined with ``render_timeout`` / ``render_crash``. Pixels travel as raw RGB bytes, never
+re-encoded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+import pyarrow as pa
+
+from operators import schema as S
+from operators.sources import DocumentRef, Source
+
+# Quarantine reason codes (machine-readable; documented in the README).
+OPEN_ERROR = "open_error"
+ENCRYPTED = "encrypted"
+ZERO_PAGES = "zero_pages"
+TOO_LARGE = "too_large"
+TOO_MANY_PAGES = "too_many_pages"
+FETCH_ERROR = "fetch_error"
+RENDER_ERROR = "render_error"
+RENDER_TIMEOUT = "render_timeout"
+RENDER_CRASH = "render_crash"
+
+
+@dataclass(frozen=True)
+class PixelBudget:
+    """What a model wants: at most ``max_pixels`` per page, sides a multiple of ``multiple``."""
+
+    max_pixels: int
+    multiple: int = 1
+    max_side: int = 8192
+    min_side: int = 1
+
+
+def target_size(width_pt: float, height_pt: float, budget: PixelBudget) -> tuple[int, int]:
+    """Output (width, height) in pixels for a page of the given size in points.
+
+    The page keeps its aspect ratio as nearly as the multiple allows, fills the pixel budget
+    without exceeding it, and never exceeds ``max_side`` (so an 18000x36000 pt poster renders
+    small instead of failing in MuPDF).
+
+    >>> target_size(612, 792, PixelBudget(max_pixels=28 * 28 * 768, multiple=28))
+    (672, 868)
+    """
+    if not (width_pt > 0 and height_pt > 0):
+        raise ValueError(f"page has no area ({width_pt} x {height_pt} pt)")
+    m = max(1, budget.multiple)
+    scale = min(math.sqrt(budget.max_pixels / (width_pt * height_pt)), budget.max_side / max(width_pt, height_pt))
+    w = max(m, int(width_pt * scale) // m * m, budget.min_side)
+    h = max(m, int(height_pt * scale) // m * m, budget.min_side)
+    # Rounding a very thin page up to one multiple can exceed the budget; shrink the long side.
+    while w * h > budget.max_pixels and max(w, h) > m:
+        if w >= h:
+            w -= m
+        else:
+            h -= m
+    return w, h
+
+
+@dataclass
+class RenderLimits:
+    page_timeout_s: float = 60.0  # one page's render deadline; the document is abandoned past it
+    max_pages: int = 100_000  # pages per document
+    max_bytes: int = 512 * 1024 * 1024  # bytes per document
+    passwords: tuple[str, ...] = field(default_factory=tuple)  # tried on encrypted documents
+
+
+# --------------------------------------------------------------------------------------------
+# The child process: owns MuPDF. Protocol over a Pipe:
+#   parent: ("doc", budget, limits...) then send_bytes(pdf)
+#   child:  ("doc_error", reason, detail) | ("meta", page_count)
+#           then per page ("page", i, w, h) + send_bytes(rgb) | ("page_error", i, reason, detail)
+#           then ("end",)
+
+
+def _render_child(conn) -> None:  # pragma: no cover - runs in the child process
+    import numpy as np
+    import pymupdf
+
+    pymupdf.TOOLS.mupdf_display_errors(False)
+    pymupdf.TOOLS.mupdf_display_warnings(False)
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        _, budget, max_pages, passwords = msg
+        data = conn.recv_bytes()
+        try:
+            doc = pymupdf.open(stream=data, filetype="pdf")
+        except Exception as e:  # MuPDF raises several types for unreadable files
+            conn.send(("doc_error", OPEN_ERROR, _short(e)))
+            continue
+        try:
+            if doc.needs_pass and not any(doc.authenticate(p) for p in passwords):
+                detail = "wrong password" if passwords else "password required"
+                conn.send(("doc_error", ENCRYPTED, detail))
+                continue
+            n = doc.page_count
+            if n == 0:
+                conn.send(("doc_error", ZERO_PAGES, "document has no pages"))
+                continue
+            if n > max_pages:
+                conn.send(("doc_error", TOO_MANY_PAGES, f"{n} pages > limit {max_pages}"))
+                continue
+            conn.send(("meta", n))
+            for i in range(n):
+                try:
+                    page = doc.load_page(i)
+                    rect = page.rect
+                    w, h = target_size(rect.width, rect.height, budget)
+                    pix = page.get_pixmap(
+                        matrix=pymupdf.Matrix(w / rect.width, h / rect.height),
+                        colorspace=pymupdf.csRGB,
+                        alpha=False,
+                    )
+                    if pix.width == w and pix.height == h and pix.stride == w * 3:
+                        rgb = pix.samples_mv
+                    else:  # MuPDF rounded the size (off by one) or padded rows: fit exactly
+                        arr = np.frombuffer(pix.samples_mv, np.uint8).reshape(pix.height, pix.stride)
+                        arr = arr[:, : pix.width * 3].reshape(pix.height, pix.width, 3)
+                        out = np.full((h, w, 3), 255, np.uint8)
+                        hh, ww = min(h, pix.height), min(w, pix.width)
+                        out[:hh, :ww] = arr[:hh, :ww]
+                        rgb = out.tobytes()
+                    conn.send(("page", i, w, h))
+                    conn.send_bytes(rgb)
+                except Exception as e:
+                    conn.send(("page_error", i, RENDER_ERROR, _short(e)))
+            conn.send(("end",))
+        finally:
+            doc.close()
+
+
+def _child_main(fd: int) -> None:  # pragma: no cover - runs in the child process
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _render_child(Connection(fd))
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (f"{type(e).__name__}: {text[0]}" if text else type(e).__name__)[:300]
+
+
+class _ChildGone(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class MuPdfWorker:
+    """One renderer child process with a deadline on every reply."""
+
+    def __init__(self):
+        self._proc = None
+        self._conn = None
+
+    def start(self) -> None:
+        # A fresh interpreter, not fork (callers may be threaded Ray workers) and not
+        # multiprocessing's spawn (it re-imports the caller's __main__).
+        parent, child = socket.socketpair()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys, operators.render as r; r._child_main(int(sys.argv[1]))",
+             str(child.fileno())],
+            pass_fds=(child.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+        child.close()
+        self._conn = Connection(parent.detach())
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait(timeout=10)
+        if self._conn is not None:
+            self._conn.close()
+        self._proc = self._conn = None
+
+    def _recv(self, timeout: float, what: str):
+        if not self._conn.poll(timeout):
+            self.stop()
+            raise _ChildGone(RENDER_TIMEOUT, f"{what} took longer than {timeout:g}s")
+        try:
+            return self._conn.recv()
+        except (EOFError, ConnectionError, OSError):
+            code = self._proc.wait(timeout=5) if self._proc else None
+            self.stop()
+            raise _ChildGone(RENDER_CRASH, f"renderer died during {what} (exit code {code})") from None
+
+    def _recv_bytes(self) -> bytes:
+        try:
+            return self._conn.recv_bytes()
+        except (EOFError, ConnectionError, OSError):
+            self.stop()
+            raise _ChildGone(RENDER_CRASH, "renderer died while sending pixels") from None
+
+    def render(self, data: bytes, budget: PixelBudget, limits: RenderLimits):
+        """Yield ("meta", n) / ("page", i, w, h, rgb) / ("page_error", i, reason, detail) /
+        ("doc_error", reason, detail). Raises _ChildGone on timeout or crash."""
+        if not self.alive():
+            self.stop()
+            self.start()
+        try:
+            self._conn.send(("doc", budget, limits.max_pages, tuple(limits.passwords)))
+            self._conn.send_bytes(data)
+        except (ConnectionError, OSError):
+            self.stop()
+            raise _ChildGone(RENDER_CRASH, "renderer died before the document was sent") from None
+        # Opening a large damaged file can take as long as a page: same deadline.
+        msg = self._recv(limits.page_timeout_s, "opening the document")
+        yield msg
+        if msg[0] == "doc_error":
+            return
+        while True:
+            msg = self._recv(limits.page_timeout_s, "rendering a page")
+            if msg[0] == "end":
+                return
+            if msg[0] == "page":
+                yield (*msg, self._recv_bytes())
+            else:
+                yield msg
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def units_table(units: list[tuple[str, list[DocumentRef]]]) -> pa.Table:
+    """The input of the fetch/render stage: one row per work unit, its documents as JSON."""
+    return pa.table(
+        {
+            S.UNIT_ID: [u for u, _ in units],
+            "docs": [json.dumps([[d.uri, d.version, d.size] for d in docs]) for _, docs in units],
+        }
+    )
+
+
+class RenderPages:
+    """Work units in, rendered pages out (plus one marker row per unit with its bookkeeping).
+
+    Each input row is a whole work unit: its documents are fetched from the source, opened and
+    rendered in the MuPDF child. Failures become quarantine entries in the unit's marker row;
+    they never raise.
+
+    >>> stage = RenderPages(source, PixelBudget(max_pixels=200_000, multiple=28))  # doctest: +SKIP
+    >>> stage.setup(); pages = stage(units_table([("u1", refs)]))                   # doctest: +SKIP
+    """
+
+    def __init__(self, source: Source, budget: PixelBudget, limits: RenderLimits | None = None):
+        self.source = source
+        self.budget = budget
+        self.limits = limits or RenderLimits()
+        self._worker: MuPdfWorker | None = None
+        self.stats = {"documents": 0, "pages": 0, "busy_s": 0.0}
+
+    def setup(self) -> None:
+        self._worker = MuPdfWorker()
+        self._worker.start()
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+
+    def __del__(self):  # the child is a daemon anyway; this just frees it early
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        S.require_columns("RenderPages", batch, [S.UNIT_ID, "docs"])
+        if self._worker is None:
+            self.setup()
+        t0 = time.perf_counter()
+        cols: dict[str, list] = {f.name: [] for f in S.RENDERED_SCHEMA}
+        for unit_id, docs_json in zip(batch[S.UNIT_ID].to_pylist(), batch["docs"].to_pylist()):
+            docs = [DocumentRef(uri, version, size) for uri, version, size in json.loads(docs_json)]
+            info = {"docs": [], "quarantine": [], "n_pages": 0}
+            for ref in docs:
+                n_ok = self._render_document(unit_id, ref, cols, info)
+                info["n_pages"] += n_ok
+            self._append(cols, unit_id, S.KIND_UNIT, None, None, 0, 0, b"", json.dumps(info))
+        self.stats["busy_s"] += time.perf_counter() - t0
+        return pa.table(cols, schema=S.RENDERED_SCHEMA)
+
+    @staticmethod
+    def _append(cols, unit_id, kind, ref, page_number, w, h, pixels, unit_info=None):
+        cols[S.UNIT_ID].append(unit_id)
+        cols[S.KIND].append(kind)
+        cols[S.DOC_ID].append(S.doc_id_for(ref.uri) if ref else None)
+        cols[S.SOURCE_URI].append(ref.uri if ref else None)
+        cols[S.DOC_VERSION].append(ref.version if ref else None)
+        cols[S.PAGE_NUMBER].append(page_number)
+        cols[S.WIDTH].append(w)
+        cols[S.HEIGHT].append(h)
+        cols[S.PIXELS].append(pixels)
+        cols[S.UNIT_INFO].append(unit_info)
+
+    def _render_document(self, unit_id: str, ref: DocumentRef, cols: dict, info: dict) -> int:
+        """Render one document into ``cols``; record its outcome in ``info``. Returns pages added."""
+        self.stats["documents"] += 1
+        doc = {"uri": ref.uri, "version": ref.version, "size": ref.size, "doc_id": S.doc_id_for(ref.uri)}
+        info["docs"].append(doc)
+
+        def quarantine(stage, reason, detail, page=None):
+            info["quarantine"].append(
+                {"source_uri": ref.uri, "doc_version": ref.version, "page_number": page,
+                 "stage": stage, "reason": reason, "detail": detail}
+            )
+
+        if ref.size > self.limits.max_bytes:
+            doc.update(status="quarantined", n_pages=0)
+            quarantine("fetch", TOO_LARGE, f"{ref.size} bytes > limit {self.limits.max_bytes}")
+            return 0
+        try:
+            data = self.source.read(ref)
+        except Exception as e:
+            doc.update(status="quarantined", n_pages=0)
+            quarantine("fetch", FETCH_ERROR, _short(e))
+            return 0
+
+        pages: list[tuple[int, int, int, bytes]] = []
+        page_errors: list[tuple[int, str, str]] = []
+        failure: tuple[str, str] | None = None
+        for attempt in range(2):  # a crashed child gets one retry with a fresh process
+            pages, page_errors, failure = [], [], None
+            try:
+                for msg in self._worker.render(data, self.budget, self.limits):
+                    if msg[0] == "doc_error":
+                        failure = (msg[1], msg[2])
+                    elif msg[0] == "page":
+                        _, i, w, h, rgb = msg
+                        pages.append((i, w, h, rgb))
+                    elif msg[0] == "page_error":
+                        page_errors.append((msg[1], msg[2], msg[3]))
+                break
+            except _ChildGone as gone:
+                failure = (gone.reason, gone.detail)
+                if gone.reason != RENDER_CRASH or attempt == 1:
+                    break
+        if failure is not None:
+            doc.update(status="quarantined", n_pages=0)
+            quarantine("render", failure[0], failure[1])
+            return 0
+        for i, reason, detail in page_errors:
+            quarantine("render", reason, detail, page=i)
+        if not pages:
+            doc.update(status="quarantined", n_pages=0)
+            return 0
+        doc.update(status="partial" if page_errors else "indexed", n_pages=len(pages))
+        for i, w, h, rgb in pages:
+            self._append(cols, unit_id, S.KIND_PAGE, ref, i, w, h, rgb)
+        self.stats["pages"] += len(pages)
+        return len(pages)

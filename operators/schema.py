@@ -1,0 +1,126 @@
+"""Column names and Arrow schemas shared by every stage.
+
+Stages pass ``pyarrow.Table`` batches; the names below are the contract between them and with
+readers of ``OUT/pages`` and ``OUT/quarantine``. Keep them stable: scheduled jobs and later
+tools depend on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+# Identity of a document and a page.
+PAGE_ID = "page_id"
+DOC_ID = "doc_id"
+SOURCE_URI = "source_uri"
+DOC_VERSION = "doc_version"
+PAGE_NUMBER = "page_number"
+
+# Rendered page.
+WIDTH = "width"
+HEIGHT = "height"
+PIXELS = "pixels"  # raw RGB bytes, row-major, height * width * 3
+
+# Embedding outputs.
+MODEL = "model"
+N_VECTORS = "n_vectors"
+PATCH_OFFSET = "patch_offset"  # index of the first image-patch vector in the multi-vector
+N_PATCHES = "n_patches"  # number of image-patch vectors (after the model's spatial merge)
+PATCH_GRID_H = "patch_grid_h"  # patch rows, so that patch i sits at (i // grid_w, i % grid_w)
+PATCH_GRID_W = "patch_grid_w"
+MV = "mv"  # full multi-vector: list<fixed_size_list<float16, D>>
+SV_MEAN = "sv_mean"  # mean of the patch vectors, L2-normalised: fixed_size_list<float32, D>
+
+# Flow bookkeeping between stages (never written to OUT/pages).
+UNIT_ID = "unit_id"
+KIND = "kind"  # "page" for a page row, "unit" for the one marker row a unit sends downstream
+UNIT_INFO = "unit_info"  # JSON on the marker row: documents, page counts, quarantine entries
+KIND_PAGE = "page"
+KIND_UNIT = "unit"
+
+# Quarantine.
+STAGE = "stage"
+REASON = "reason"
+DETAIL = "detail"
+RUN_ID = "run_id"
+
+
+def doc_id_for(source_uri: str) -> str:
+    """Stable document id: a short hash of the source URI (independent of the version)."""
+    return hashlib.blake2b(source_uri.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def page_id_for(source_uri: str, page_number: int) -> str:
+    """Stable page primary key, derived from the source URI and the 0-based page number.
+
+    >>> page_id_for("file:///a.pdf", 3)
+    '8138cc3c10cf1e8a-p000003'
+    """
+    return f"{doc_id_for(source_uri)}-p{page_number:06d}"
+
+
+RENDERED_SCHEMA = pa.schema(
+    [
+        pa.field(UNIT_ID, pa.string()),
+        pa.field(KIND, pa.string()),
+        pa.field(DOC_ID, pa.string()),
+        pa.field(SOURCE_URI, pa.string()),
+        pa.field(DOC_VERSION, pa.string()),
+        pa.field(PAGE_NUMBER, pa.int32()),
+        pa.field(WIDTH, pa.int32()),
+        pa.field(HEIGHT, pa.int32()),
+        pa.field(PIXELS, pa.large_binary()),
+        pa.field(UNIT_INFO, pa.string()),
+    ]
+)
+
+
+def pages_schema(dim: int) -> pa.Schema:
+    """Schema of the rows in ``OUT/pages`` for a multi-vector model of output dimension ``dim``."""
+    return pa.schema(
+        [
+            pa.field(PAGE_ID, pa.string(), nullable=False),
+            pa.field(DOC_ID, pa.string(), nullable=False),
+            pa.field(SOURCE_URI, pa.string(), nullable=False),
+            pa.field(DOC_VERSION, pa.string(), nullable=False),
+            pa.field(PAGE_NUMBER, pa.int32(), nullable=False),
+            pa.field(WIDTH, pa.int32()),
+            pa.field(HEIGHT, pa.int32()),
+            pa.field(MODEL, pa.string()),
+            pa.field(N_VECTORS, pa.int32()),
+            pa.field(PATCH_OFFSET, pa.int32()),
+            pa.field(N_PATCHES, pa.int32()),
+            pa.field(PATCH_GRID_H, pa.int32()),
+            pa.field(PATCH_GRID_W, pa.int32()),
+            pa.field(MV, pa.list_(pa.list_(pa.float16(), dim))),
+            pa.field(SV_MEAN, pa.list_(pa.float32(), dim)),
+        ]
+    )
+
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field(SOURCE_URI, pa.string(), nullable=False),
+        pa.field(DOC_ID, pa.string()),
+        pa.field(DOC_VERSION, pa.string()),
+        pa.field(PAGE_NUMBER, pa.int32()),  # null for a whole-document entry
+        pa.field(STAGE, pa.string(), nullable=False),
+        pa.field(REASON, pa.string(), nullable=False),
+        pa.field(DETAIL, pa.string()),
+        pa.field(UNIT_ID, pa.string()),
+        pa.field(RUN_ID, pa.string()),
+    ]
+)
+
+
+class MissingColumnsError(ValueError):
+    """A stage got a batch without the columns it needs."""
+
+
+def require_columns(stage: str, table: pa.Table, columns: list[str]) -> None:
+    """Fail with the stage name and the missing columns, instead of a KeyError deep inside."""
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise MissingColumnsError(f"{stage}: batch lacks columns {missing} (has {table.column_names})")

@@ -1,0 +1,94 @@
+"""Where documents come from: list them with a version tag, read one document's bytes.
+
+A source is small on purpose (two methods) so that object storage can stand beside the local
+filesystem without touching the stages. Listing is a generator: a prefix with millions of
+documents is never held in memory at once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+
+class SourceError(Exception):
+    """The source cannot be listed at all (missing folder, bad URI): the job cannot start."""
+
+
+@dataclass(frozen=True)
+class DocumentRef:
+    """One document version: the unit of change detection."""
+
+    uri: str  # canonical URI, e.g. file:///data/a.pdf
+    version: str  # changes whenever the bytes may have changed
+    size: int
+
+
+class Source:
+    """Interface: ``list_documents()`` and ``read(ref)``."""
+
+    uri: str
+
+    def list_documents(self) -> Iterator[DocumentRef]:
+        raise NotImplementedError
+
+    def read(self, ref: DocumentRef) -> bytes:
+        raise NotImplementedError
+
+
+def is_pdf_name(name: str) -> bool:
+    return name.lower().endswith(".pdf")
+
+
+class LocalSource(Source):
+    """PDFs under a local folder, recursively, in a stable (sorted) order.
+
+    The version tag is ``<size>-<mtime_ns>``: cheap to compute for millions of files and it
+    changes whenever a file is rewritten.
+    """
+
+    def __init__(self, root: str | os.PathLike, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()):
+        self.root = Path(root).resolve()
+        self.uri = self.root.as_uri()
+        self.include = include
+        self.exclude = exclude
+
+    def _selected(self, rel: str) -> bool:
+        if not is_pdf_name(rel):
+            return False
+        if self.include and not any(fnmatch.fnmatch(rel, g) for g in self.include):
+            return False
+        return not any(fnmatch.fnmatch(rel, g) for g in self.exclude)
+
+    def list_documents(self) -> Iterator[DocumentRef]:
+        if not self.root.is_dir():
+            raise SourceError(f"source folder does not exist: {self.root}")
+        # os.walk with sorted names: stable order, streaming, no full list of the tree.
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath, name)
+                rel = path.relative_to(self.root).as_posix()
+                if not self._selected(rel):
+                    continue
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue  # vanished between listing and stat
+                yield DocumentRef(uri=path.as_uri(), version=f"{st.st_size}-{st.st_mtime_ns}", size=st.st_size)
+
+    def read(self, ref: DocumentRef) -> bytes:
+        return Path(unquote(urlparse(ref.uri).path)).read_bytes()
+
+
+def open_source(uri: str, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> Source:
+    """A source for a local folder or ``file://`` URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = unquote(parsed.path) if parsed.scheme == "file" else uri
+        return LocalSource(path, include=include, exclude=exclude)
+    raise SourceError(f"unsupported source scheme {parsed.scheme!r} in {uri!r} (supported: a folder, file://)")

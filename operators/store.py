@@ -1,0 +1,114 @@
+"""The output root (``OUT``): small atomic object writes, listings and deletes.
+
+Everything pagemill writes under ``OUT`` goes through this interface, so that the ledger, the
+shards and the run summaries work the same on a local disk and on an object store (which has
+atomic whole-object PUTs but no rename).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+
+class StoreError(Exception):
+    """The output root cannot be used (not writable, full disk, bad URI)."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str  # path relative to the root, with '/' separators
+    size: int
+
+
+class OutputStore:
+    """Interface for the output root. Keys are relative, '/'-separated."""
+
+    uri: str
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write a whole object atomically: readers see the old object or the new one, never part."""
+        raise NotImplementedError
+
+    def read_bytes(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def list(self, prefix: str) -> list[StoredObject]:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def local_path(self, key: str) -> str | None:
+        """A filesystem path for the key when the store is local, else None."""
+        return None
+
+
+class LocalStore(OutputStore):
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+        self.uri = self.root.as_uri()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create output folder {self.root}: {e.strerror}") from None
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*key.split("/"))
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def list(self, prefix: str) -> list[StoredObject]:
+        base = self._path(prefix.rstrip("/"))
+        if not base.is_dir():
+            return []
+        out = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue  # temp files of in-flight writes
+                p = Path(dirpath, name)
+                try:
+                    size = p.stat().st_size
+                except FileNotFoundError:
+                    continue
+                out.append(StoredObject(p.relative_to(self.root).as_posix(), size))
+        return out
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def local_path(self, key: str) -> str:
+        return str(self._path(key))
+
+
+def open_store(uri: str) -> OutputStore:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return LocalStore(unquote(parsed.path) if parsed.scheme == "file" else uri)
+    raise StoreError(f"unsupported output scheme {parsed.scheme!r} in {uri!r} (supported: a folder, file://)")

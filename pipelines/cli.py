@@ -1,0 +1,105 @@
+"""``pagemill``: the command line, a thin layer over the library.
+
+Domain errors print one line and exit non-zero; set PAGEMILL_DEBUG=1 for tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+INGEST_EXAMPLE = """example:
+  pagemill ingest examples/pdfs --out demo-out --model colqwen2-tiny --weights random
+
+Writes OUT/pages (Parquet, one row per page), OUT/quarantine, OUT/_ledger, OUT/_runs/<run>.json
+and a Milvus Lite database at OUT/milvus.db unless --milvus is given. Running it again over an
+unchanged source does nothing; after a crash it resumes with the uncommitted units.
+"""
+
+
+def _ingest_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("ingest", help="index a folder of PDFs into Parquet shards and Milvus",
+                       description="Render, embed and index every PDF under SOURCE.", epilog=INGEST_EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", nargs="?", help="folder or file:// URI of PDFs (recursive, *.pdf)")
+    p.add_argument("--out", help="output root")
+    p.add_argument("--milvus", help="Milvus URI: a Milvus Lite file path (default OUT/milvus.db) or http://host:port")
+    p.add_argument("--collection", help="collection name prefix (default pagemill)")
+    p.add_argument("--model", help="model spec: colqwen2-tiny, colqwen2, a hub id or a local directory")
+    p.add_argument("--weights", choices=["hub", "random"], help="load checkpoint weights, or random weights")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--max-pixels", type=int, help="pixel budget per page (default: the model's)")
+    p.add_argument("--batch-size", type=int, help="pages per forward pass (default 8)")
+    p.add_argument("--executor", choices=["ray", "local"], help="ray (default) or local (a plain loop)")
+    p.add_argument("--ray-address", help="join this Ray cluster (e.g. auto); default starts a local one")
+    p.add_argument("--num-gpus", type=float, help="GPUs per embedding actor (fractions allowed)")
+    p.add_argument("--embed-actors", type=int, help="number of embedding actors")
+    p.add_argument("--render-actors", type=int, help="number of render actors")
+    p.add_argument("--page-timeout", dest="page_timeout_s", type=float, help="seconds one page may take to render")
+    p.add_argument("--max-doc-bytes", type=int, help="larger documents are quarantined as too_large")
+    p.add_argument("--max-pages", type=int, help="documents with more pages are quarantined")
+    p.add_argument("--include", action="append", help="glob of paths to include (repeatable)")
+    p.add_argument("--exclude", action="append", help="glob of paths to exclude (repeatable)")
+    p.add_argument("--config", help="YAML or JSON file with the same keys as these flags")
+    p.add_argument("--summary", help="also write the JSON run summary here")
+    p.add_argument("--progress-interval", dest="progress_interval_s", type=float, help="seconds between progress lines")
+    p.add_argument("--quiet", action="store_true", help="do not print the summary at the end")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pagemill", description="Batch indexing for visual document retrieval.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _ingest_parser(sub)
+    return parser
+
+
+def _ingest(args) -> int:
+    from pipelines.config import build_config, load_config_file
+    from pipelines.ingest import run_ingest
+
+    file_values = load_config_file(args.config) if args.config else {}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet")}
+    cfg = build_config(file_values, overrides)
+    summary = run_ingest(cfg)
+    if not args.quiet:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from operators.milvus_sink import MilvusError
+    from operators.models import ModelError
+    from operators.sources import SourceError
+    from operators.store import StoreError
+    from pipelines.config import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return {"ingest": _ingest}[args.command](args)
+    except ConfigError as e:
+        print(f"pagemill: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (SourceError, StoreError, MilvusError, ModelError) as e:
+        print(f"pagemill: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("pagemill: interrupted; committed units are kept, re-run to resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("PAGEMILL_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"pagemill: failed: {type(e).__name__}: {first} (PAGEMILL_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

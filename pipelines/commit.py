@@ -1,0 +1,93 @@
+"""Commit a finished work unit: shards, then Milvus, then the ledger record (the commit point).
+
+A crash anywhere before the ledger write leaves the unit uncommitted: its new files are orphans
+that the next run deletes, the documents' previous versions stay intact in ``OUT/pages``, and
+the unit is planned again. Milvus rows are written by upsert and stale versions deleted by
+filter, so a replayed unit converges to the same rows.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from operators import schema as S
+from operators.milvus_sink import MilvusSink
+from operators.parquet_sink import (
+    PAGES_PREFIX,
+    QUARANTINE_PREFIX,
+    ParquetSink,
+    quarantine_table,
+    shard_key,
+    to_pages_table,
+)
+from pipelines.ledger import Ledger
+
+
+def _rewritten_key(old: str, unit_id: str) -> str:
+    stem = old.rsplit(".parquet", 1)[0].split("~", 1)[0]
+    return f"{stem}~{unit_id}.parquet"
+
+
+class UnitCommitter:
+    def __init__(self, ledger: Ledger, parquet: ParquetSink, milvus: MilvusSink | None, dim: int, run_id: str):
+        self.ledger = ledger
+        self.parquet = parquet
+        self.milvus = milvus
+        self.dim = dim
+        self.run_id = run_id
+
+    def commit(self, unit_id: str, info: dict, flow: pa.Table) -> dict:
+        """Make the unit durable and return what it added (for the run summary)."""
+        state = self.ledger.state
+        pages = to_pages_table(flow, self.dim)
+        quarantine = quarantine_table(info["quarantine"], unit_id, self.run_id)
+        uris = {d["uri"] for d in info["docs"]}
+        superseded = sorted(u for u in uris if u in state.docs)
+
+        files = []
+        for prefix, table in ((PAGES_PREFIX, pages), (QUARANTINE_PREFIX, quarantine)):
+            if table.num_rows:
+                key = shard_key(prefix, unit_id)
+                self.parquet.write(key, table)
+                files.append({"key": key, "docs": sorted(set(table[S.SOURCE_URI].to_pylist()))})
+
+        # Older files that still hold a superseded version: rewrite them without it. The old
+        # file is deleted only after the commit, so until then the old version stays readable.
+        rewrites = []
+        if superseded:
+            drop = pa.array(superseded)
+            for old in state.files_holding(set(superseded)):
+                table = self.parquet.read(old)
+                keep = table.filter(pc.invert(pc.is_in(table[S.SOURCE_URI], value_set=drop)))
+                new = None
+                if keep.num_rows:
+                    new = _rewritten_key(old, unit_id)
+                    self.parquet.write(new, keep)
+                rewrites.append({"old": old, "new": new})
+
+        if self.milvus is not None:
+            self.milvus.write_pages(pages)
+            # Every document of the unit: rows of any other version go (a replay after a crash
+            # may have left rows of a version the ledger never saw).
+            versions = {d["doc_id"]: (d["version"] if d["n_pages"] else None) for d in info["docs"]}
+            self.milvus.delete_other_versions(versions)
+            self.milvus.flush()
+
+        self.ledger.commit(
+            {
+                "unit_id": unit_id,
+                "run_id": self.run_id,
+                "docs": [
+                    {"uri": d["uri"], "doc_id": d["doc_id"], "version": d["version"], "status": d["status"],
+                     "n_pages": d["n_pages"]}
+                    for d in info["docs"]
+                ],
+                "files": files,
+                "rewrites": rewrites,
+                "superseded": superseded,
+            }
+        )
+        for rw in rewrites:
+            self.parquet.store.delete(rw["old"])
+        return {"pages": pages.num_rows, "quarantine": quarantine.num_rows, "superseded": len(superseded)}

@@ -1,0 +1,137 @@
+"""Job configuration: one flat, validated record. Unknown keys are rejected by name.
+
+A config file (YAML or JSON) holds the same keys as the command-line flags (dashes or
+underscores); flags given on the command line win over the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key."""
+
+
+@dataclass
+class IngestConfig:
+    source: str = ""
+    out: str = ""
+    milvus: str | None = None  # default: OUT/milvus.db (Milvus Lite)
+    milvus_token_env: str = "MILVUS_TOKEN"  # the token is read from this variable, never from a file
+    collection: str = "pagemill"
+    model: str = "colqwen2-tiny"
+    weights: str = "random"
+    device: str = "auto"
+    dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+    max_pixels: int | None = None
+    executor: str = "ray"
+    ray_address: str | None = None
+    num_gpus: float | None = None  # per embedding actor; default 1 when the cluster has GPUs, else 0
+    embed_actors: int | None = None  # default: one per GPU, or 1 on a CPU-only cluster
+    render_actors: int | None = None  # default: the CPUs left after the embedding actors
+    batch_size: int = 8  # pages per forward pass
+    page_timeout_s: float = 60.0
+    max_doc_bytes: int = 512 * 1024 * 1024
+    max_pages: int = 100_000
+    unit_max_docs: int = 32
+    unit_max_bytes: int = 256 * 1024 * 1024
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    summary: str | None = None
+    progress_interval_s: float = 10.0
+
+    def validate(self) -> IngestConfig:
+        if not self.source:
+            raise ConfigError("source: required (a folder or file:// URI of PDFs)")
+        if not self.out:
+            raise ConfigError("out: required (the output root)")
+        choices = {"executor": ("ray", "local"), "weights": ("hub", "random"),
+                   "dtype": ("auto", "float32", "bfloat16", "float16")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        positive = ["batch_size", "page_timeout_s", "max_doc_bytes", "max_pages", "unit_max_docs",
+                    "unit_max_bytes", "progress_interval_s"]
+        for key in positive + ["max_pixels", "embed_actors", "render_actors"]:
+            v = getattr(self, key)
+            if v is not None and v <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {v!r}")
+        if self.num_gpus is not None and self.num_gpus < 0:
+            raise ConfigError(f"num_gpus: must be >= 0, got {self.num_gpus!r}")
+        if not self.collection.replace("_", "").isalnum() or self.collection[0].isdigit():
+            raise ConfigError(f"collection: {self.collection!r} must be letters, digits and _ (not starting with a digit)")
+        return self
+
+    def milvus_uri(self) -> str:
+        return self.milvus or os.path.join(self.out, "milvus.db")
+
+
+def _coerce(key: str, f: dataclasses.Field, value):
+    """Check a value from a file against the field's declared type."""
+    t = str(f.type)
+    if value is None:
+        if "None" in t:
+            return None
+        raise ConfigError(f"{key}: must not be null")
+    try:
+        if t.startswith("list"):
+            if isinstance(value, str):
+                return [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TypeError
+            return value
+        if t.startswith("int"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError
+            return value
+        if t.startswith("float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError
+            return float(value)
+        if t.startswith("str"):
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+    except TypeError:
+        raise ConfigError(f"{key}: expected {t}, got {type(value).__name__} {value!r}") from None
+    return value
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(IngestConfig)}
+
+
+def load_config_file(path: str) -> dict:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"config file {path}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of keys to values")
+    out = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in FIELDS:
+            raise ConfigError(f"unknown config key {raw_key!r} in {path} (known: {', '.join(sorted(FIELDS))})")
+        out[key] = _coerce(key, FIELDS[key], value)
+    return out
+
+
+def build_config(file_values: dict, overrides: dict) -> IngestConfig:
+    """File values, then command-line overrides (None means 'not given')."""
+    values = dict(file_values)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return IngestConfig(**values).validate()

@@ -1,0 +1,159 @@
+"""The ingest job: plan units from the source and the ledger, run them, commit, summarise.
+
+>>> from pipelines.config import IngestConfig
+>>> summary = run_ingest(IngestConfig(source="examples/pdfs", out="/tmp/out", executor="local").validate())  # doctest: +SKIP
+>>> summary["pages"]["indexed"]  # doctest: +SKIP
+12
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+
+from operators.embed import EmbedPages
+from operators.milvus_sink import MilvusSink, redact_uri
+from operators.models import ModelSpec, adapter_for
+from operators.parquet_sink import PAGES_PREFIX, QUARANTINE_PREFIX, ParquetSink
+from operators.render import RenderLimits, RenderPages
+from operators.sources import open_source
+from operators.store import open_store
+from pipelines.commit import UnitCommitter
+from pipelines.config import IngestConfig
+from pipelines.ledger import LEDGER_PREFIX, Ledger
+from pipelines.plan import PlanCounts, plan_units
+from pipelines.progress import Progress
+
+RUNS_PREFIX = "_runs"
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def make_executor(cfg: IngestConfig):
+    if cfg.executor == "local":
+        from pipelines.local_executor import LocalExecutor
+
+        return LocalExecutor()
+    from pipelines.ray_executor import RayExecutor
+
+    return RayExecutor(address=cfg.ray_address, num_gpus=cfg.num_gpus, embed_actors=cfg.embed_actors,
+                       render_actors=cfg.render_actors)
+
+
+def model_spec(cfg: IngestConfig) -> ModelSpec:
+    return ModelSpec(name=cfg.model, weights=cfg.weights, device=cfg.device, dtype=cfg.dtype,
+                     attn_implementation=cfg.attn_implementation, max_pixels=cfg.max_pixels)
+
+
+def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
+    """Run the job to the end and return the run summary (also written to ``OUT/_runs/``)."""
+    t_start = time.time()
+    run_id = new_run_id()
+    source = open_source(cfg.source, include=tuple(cfg.include), exclude=tuple(cfg.exclude))
+    store = open_store(cfg.out)
+    ledger = Ledger(store)
+    ledger.load()
+    # Files of units that never committed (the previous run died): not part of the index.
+    orphans = ledger.orphans((PAGES_PREFIX, QUARANTINE_PREFIX))
+    for key in orphans:
+        store.delete(key)
+
+    spec = model_spec(cfg)
+    adapter = adapter_for(spec)  # cheap: reads the preset, loads nothing
+    dim = adapter.dim
+    # Connect (and create collections) before any work: an unreachable sink fails fast.
+    milvus = MilvusSink(cfg.milvus_uri(), cfg.collection, dim, token=os.environ.get(cfg.milvus_token_env) or None)
+    milvus.setup()
+    parquet = ParquetSink(store, metadata={"model": cfg.model, "weights": cfg.weights, "dim": dim, "layout": "mv",
+                                           "vector_dtype": "float16"})
+    committer = UnitCommitter(ledger, parquet, milvus, dim, run_id)
+
+    counts = PlanCounts()
+    units = list(plan_units(source.list_documents(), ledger.state, cfg.unit_max_docs, cfg.unit_max_bytes, counts))
+    log.write(f"[pagemill] run {run_id}: {counts.seen} documents seen, {counts.skipped_unchanged} unchanged, "
+              f"{counts.pending} to process in {len(units)} units"
+              + (f" ({len(orphans)} files of an interrupted run removed)" if orphans else "") + "\n")
+
+    render = RenderPages(source, adapter.pixel_budget(),
+                         RenderLimits(page_timeout_s=cfg.page_timeout_s, max_pages=cfg.max_pages,
+                                      max_bytes=cfg.max_doc_bytes))
+    embed = EmbedPages(spec, batch_size=cfg.batch_size)
+    progress = Progress(len(units), cfg.progress_interval_s, stream=log)
+    totals = {"indexed": 0, "partial": 0, "quarantined": 0, "pages": 0, "page_quarantine": 0, "superseded": 0}
+    quarantine: list[dict] = []
+
+    def on_unit(unit_id: str, info: dict, flow) -> None:
+        added = committer.commit(unit_id, info, flow)
+        for d in info["docs"]:
+            key = {"indexed": "indexed", "partial": "partial", "quarantined": "quarantined"}[d["status"]]
+            totals[key] += 1
+        for q in info["quarantine"]:
+            quarantine.append({"source_uri": q["source_uri"], "reason": q["reason"], "page_number": q["page_number"]})
+            totals["page_quarantine"] += q["page_number"] is not None
+        totals["pages"] += added["pages"]
+        totals["superseded"] += added["superseded"]
+        progress.update(added["pages"], sum(1 for d in info["docs"] if d["status"] == "quarantined"))
+
+    executor = make_executor(cfg)
+    t_exec = time.time()
+    try:
+        exec_stats = executor.run(units, render, embed, on_unit) if units else {}
+    finally:
+        executor.close()
+        milvus_counts = {c: milvus.count(c) for c in (milvus.pages_collection, milvus.patches_collection)}
+        milvus.close()
+    wall = time.time() - t_start
+
+    summary = {
+        "run_id": run_id,
+        "started_at": datetime.fromtimestamp(t_start, timezone.utc).isoformat(),
+        "source": source.uri,
+        "out": store.uri,
+        "executor": cfg.executor,
+        "documents": {
+            "seen": counts.seen,
+            "indexed": totals["indexed"] + totals["partial"],
+            "partial": totals["partial"],
+            "skipped_unchanged": counts.skipped_unchanged,
+            "quarantined": totals["quarantined"],
+            "replaced_versions": totals["superseded"],
+        },
+        "pages": {
+            "indexed": totals["pages"],
+            "embedded": totals["pages"],
+            "quarantined": totals["page_quarantine"],
+        },
+        "units": {"planned": len(units), "committed": progress.units, "orphan_files_removed": len(orphans)},
+        "quarantine": quarantine,
+        "milvus": {
+            "uri": redact_uri(cfg.milvus_uri()),
+            "rows_written": dict(milvus.rows_written),
+            "row_counts": milvus_counts,
+        },
+        "outputs": {
+            "pages_bytes": parquet.bytes_written.get(PAGES_PREFIX, 0),
+            "quarantine_bytes": parquet.bytes_written.get(QUARANTINE_PREFIX, 0),
+            "pages_total_bytes": sum(o.size for o in store.list(PAGES_PREFIX)),
+            "ledger_records": ledger.state.records,
+        },
+        "model": exec_stats.get("embed_settings", adapter.effective_settings() or {"model": cfg.model}),
+        "executor_stats": {k: v for k, v in exec_stats.items() if k != "embed_settings"},
+        "wall_s": round(wall, 3),
+        "run_s": round(time.time() - t_exec, 3),
+        "pages_per_s": round(totals["pages"] / wall, 3) if wall > 0 else 0.0,
+    }
+    data = json.dumps(summary, indent=2, sort_keys=True).encode()
+    store.write_bytes(f"{RUNS_PREFIX}/{run_id}.json", data)
+    if cfg.summary:
+        with open(cfg.summary, "wb") as f:
+            f.write(data)
+    return summary
+
+
+__all__ = ["run_ingest", "LEDGER_PREFIX", "RUNS_PREFIX"]

@@ -1,0 +1,92 @@
+"""The ledger: which document versions are committed, and which output files are live.
+
+One small JSON object per committed work unit under ``OUT/_ledger/units/``, named
+``<commit time ns>-<unit id>.json`` so that a plain listing gives commit order. Writing that
+object is the commit point of a unit: its shards and Milvus rows were made durable before it.
+Reading the ledger costs a listing plus these small objects, never a scan of the shards.
+
+A record::
+
+    {"unit_id": ..., "run_id": ..., "committed_at": ...,
+     "docs": [{"uri", "doc_id", "version", "status", "n_pages"}],
+     "files": [{"key": "pages/<unit>.parquet", "docs": [uri, ...]}, ...],
+     "rewrites": [{"old": key, "new": key | null}],  # older files rewritten without superseded docs
+     "superseded": [uri, ...]}                          # docs whose older version this replaces
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from operators.store import OutputStore
+
+LEDGER_PREFIX = "_ledger/units"
+
+
+@dataclass
+class DocState:
+    version: str
+    status: str  # indexed | partial | quarantined
+    n_pages: int
+    unit_id: str
+
+
+@dataclass
+class LedgerState:
+    docs: dict[str, DocState] = field(default_factory=dict)
+    file_docs: dict[str, set[str]] = field(default_factory=dict)  # live file key -> docs inside
+    units: set[str] = field(default_factory=set)
+    records: int = 0
+
+    def apply(self, rec: dict) -> None:
+        superseded = set(rec.get("superseded", []))
+        for rw in rec.get("rewrites", []):
+            inside = self.file_docs.pop(rw["old"], set())
+            if rw.get("new"):
+                self.file_docs[rw["new"]] = inside - superseded
+        for f in rec.get("files", []):
+            self.file_docs[f["key"]] = set(f["docs"])
+        for d in rec["docs"]:
+            self.docs[d["uri"]] = DocState(d["version"], d["status"], d.get("n_pages", 0), rec["unit_id"])
+        self.units.add(rec["unit_id"])
+        self.records += 1
+
+    def files_holding(self, uris: set[str]) -> list[str]:
+        return sorted(k for k, inside in self.file_docs.items() if inside & uris)
+
+    def is_current(self, uri: str, version: str) -> bool:
+        d = self.docs.get(uri)
+        return d is not None and d.version == version
+
+
+class Ledger:
+    def __init__(self, store: OutputStore):
+        self.store = store
+        self.state = LedgerState()
+
+    def load(self) -> LedgerState:
+        state = LedgerState()
+        for obj in self.store.list(LEDGER_PREFIX):
+            if not obj.key.endswith(".json"):
+                continue
+            state.apply(json.loads(self.store.read_bytes(obj.key)))
+        self.state = state
+        return state
+
+    def commit(self, record: dict) -> str:
+        """Write the record (the unit's commit point) and fold it into the in-memory state."""
+        record = dict(record, committed_at=time.time())
+        key = f"{LEDGER_PREFIX}/{time.time_ns():020d}-{record['unit_id']}.json"
+        self.store.write_bytes(key, json.dumps(record, sort_keys=True).encode())
+        self.state.apply(record)
+        return key
+
+    def orphans(self, prefixes: tuple[str, ...]) -> list[str]:
+        """Files under ``prefixes`` that no committed record makes live (left by a crash)."""
+        live = set(self.state.file_docs)
+        out = []
+        for prefix in prefixes:
+            out += [o.key for o in self.store.list(prefix) if o.key not in live]
+        return out

@@ -1,0 +1,41 @@
+"""A periodic progress line on stderr: units, pages, pages/s, quarantined, ETA."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def _fmt_s(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class Progress:
+    def __init__(self, total_units: int, interval_s: float = 10.0, stream=None):
+        self.total_units = total_units
+        self.interval_s = interval_s
+        self.stream = stream or sys.stderr
+        self.start = time.monotonic()
+        self._last = 0.0
+        self.units = 0
+        self.pages = 0
+        self.quarantined = 0
+
+    def update(self, pages: int, quarantined: int) -> None:
+        self.units += 1
+        self.pages += pages
+        self.quarantined += quarantined
+        now = time.monotonic()
+        if now - self._last >= self.interval_s or self.units == self.total_units:
+            self._last = now
+            self.stream.write(self.line(now) + "\n")
+            self.stream.flush()
+
+    def line(self, now: float | None = None) -> str:
+        elapsed = max(1e-9, (now or time.monotonic()) - self.start)
+        rate = self.pages / elapsed
+        left = self.total_units - self.units
+        eta = _fmt_s(elapsed / self.units * left) if self.units else "?"
+        return (f"[pagemill] units {self.units}/{self.total_units} · pages {self.pages} · {rate:.1f} pages/s · "
+                f"quarantined {self.quarantined} · elapsed {_fmt_s(elapsed)} · ETA {eta}")
