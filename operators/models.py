@@ -118,6 +118,22 @@ def resolve_dtype(dtype: str, device: str):
         raise ModelError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)") from None
 
 
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2's byte-to-symbol table in byte order (0..255): a fixed vocabulary order.
+
+    (``ByteLevel.alphabet()`` returns the same symbols in hash order, different per process.)
+    """
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    symbols, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            symbols[b] = chr(b)
+        else:
+            symbols[b] = chr(256 + extra)
+            extra += 1
+    return [symbols[b] for b in range(256)]
+
+
 def byte_level_qwen2_tokenizer():
     """A Qwen2 tokenizer over a 256-symbol byte-level vocabulary plus Qwen2-VL's special tokens.
 
@@ -127,7 +143,8 @@ def byte_level_qwen2_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import Qwen2TokenizerFast
 
-    vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    vocab = {ch: i for i, ch in enumerate(_bytes_to_unicode())}
+    assert set(vocab) == set(pre_tokenizers.ByteLevel.alphabet())
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -44,6 +44,8 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--page-timeout", dest="page_timeout_s", type=float, help="seconds one page may take to render")
     p.add_argument("--max-doc-bytes", type=int, help="larger documents are quarantined as too_large")
     p.add_argument("--max-pages", type=int, help="documents with more pages are quarantined")
+    p.add_argument("--unit-max-docs", type=int, help="documents per work unit (the unit of commit and resume)")
+    p.add_argument("--unit-max-bytes", type=int, help="bytes per work unit")
     p.add_argument("--include", action="append", help="glob of paths to include (repeatable)")
     p.add_argument("--exclude", action="append", help="glob of paths to exclude (repeatable)")
     p.add_argument("--config", help="YAML or JSON file with the same keys as these flags")
@@ -74,6 +76,7 @@ def _ingest(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's fork notices are noise for users
     from operators.milvus_sink import MilvusError
     from operators.models import ModelError
     from operators.sources import SourceError

@@ -21,6 +21,7 @@ from operators.parquet_sink import (
     shard_key,
     to_pages_table,
 )
+from pipelines.faults import checkpoint
 from pipelines.ledger import Ledger
 
 
@@ -65,6 +66,7 @@ class UnitCommitter:
                     new = _rewritten_key(old, unit_id)
                     self.parquet.write(new, keep)
                 rewrites.append({"old": old, "new": new})
+        checkpoint("shard_written")
 
         if self.milvus is not None:
             self.milvus.write_pages(pages)
@@ -73,6 +75,7 @@ class UnitCommitter:
             versions = {d["doc_id"]: (d["version"] if d["n_pages"] else None) for d in info["docs"]}
             self.milvus.delete_other_versions(versions)
             self.milvus.flush()
+            checkpoint("milvus_written")
 
         self.ledger.commit(
             {
@@ -88,6 +91,7 @@ class UnitCommitter:
                 "superseded": superseded,
             }
         )
+        checkpoint("committed")
         for rw in rewrites:
             self.parquet.store.delete(rw["old"])
         return {"pages": pages.num_rows, "quarantine": quarantine.num_rows, "superseded": len(superseded)}

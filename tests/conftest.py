@@ -1,0 +1,153 @@
+"""Shared fixtures: the real corpus, a real local Ray cluster, helpers to read outputs back.
+
+Services are started once per test session on 127.0.0.1 and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pymupdf
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = Path(os.environ.get("PAGEMILL_CORPUS", REPO.parent / "shared" / "corpus"))
+TIMEOUT_DOC = "pathological/pymupdf__test_2548.pdf"
+# What EXPECT.tsv's outcomes must become in OUT/quarantine.
+REASON_FOR = {"open_error": "open_error", "zero_pages": "zero_pages", "needs_password(known)": "encrypted",
+              "needs_password(unknown)": "encrypted", "timeout(>90s render)": "render_timeout"}
+TRUNCATE_OVER = 3  # documents with more pages are copied with only SMOKE's pages_to_use
+
+
+def pytest_configure(config):
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    if not CORPUS.is_dir():
+        raise pytest.UsageError(f"the shared corpus is missing at {CORPUS} (set PAGEMILL_CORPUS)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_tsv(name: str) -> list[dict]:
+    with open(CORPUS / name, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def count_pages(path: Path) -> int:
+    """Independent page count: PyMuPDF directly, not through pagemill."""
+    with pymupdf.open(path) as doc:
+        return doc.page_count
+
+
+@dataclass
+class Corpus:
+    root: Path
+    ok_pages: dict[str, int]  # file URI -> expected page count
+    quarantined: dict[str, str]  # file URI -> expected reason
+
+    def expected_page_ids(self) -> set[str]:
+        from operators.schema import page_id_for
+
+        return {page_id_for(uri, i) for uri, n in self.ok_pages.items() for i in range(n)}
+
+
+def build_corpus(dest: Path, rows: list[dict], with_timeout_doc: bool) -> Corpus:
+    """Copy corpus files (long documents cut to SMOKE's pages_to_use) and record expectations."""
+    ok, quarantined = {}, {}
+    for row in rows:
+        src = CORPUS / row["file"]
+        out = dest / row["file"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        exp = row["expectation"]
+        if exp in ("ok", "ok_repaired") and row.get("pages_to_use") and count_pages(src) > TRUNCATE_OVER:
+            with pymupdf.open(src) as doc:
+                doc.select([int(p) for p in row["pages_to_use"].split(",")])
+                doc.save(out, garbage=1)
+        else:
+            shutil.copyfile(src, out)
+        if exp in ("ok", "ok_repaired"):
+            ok[out.resolve().as_uri()] = count_pages(out)
+        else:
+            quarantined[out.resolve().as_uri()] = REASON_FOR[exp]
+    if with_timeout_doc:
+        out = dest / TIMEOUT_DOC
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(CORPUS / TIMEOUT_DOC, out)
+        quarantined[out.resolve().as_uri()] = "render_timeout"
+    return Corpus(dest, ok, quarantined)
+
+
+@pytest.fixture(scope="session")
+def smoke_corpus(tmp_path_factory) -> Corpus:
+    """Every SMOKE.tsv file plus the never-finishing render, as a folder of PDFs."""
+    return build_corpus(tmp_path_factory.mktemp("smoke"), read_tsv("SMOKE.tsv"), with_timeout_doc=True)
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Corpus:
+    """A dozen SMOKE files of several kinds (good, encrypted, broken), for the many-run tests."""
+    rows = read_tsv("SMOKE.tsv")
+    picked = [r for r in rows if r["category"] in ("tables", "charts", "scanned")][:9]
+    picked += [r for r in rows if r["expectation"] != "ok"][:3]
+    return build_corpus(tmp_path_factory.mktemp("small"), picked, with_timeout_doc=False)
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory):
+    """One real local Ray cluster (head node, 2 CPUs, no GPUs) for the whole session."""
+    port = free_port()
+    temp_dir = tmp_path_factory.mktemp("ray")
+    # Loopback-only test cluster: no token auth (the drivers in this session and in CLI
+    # subprocesses join it by address alone).
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    ray_bin = Path(sys.executable).with_name("ray")
+    cmd = [str(ray_bin), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=0",
+           "--include-dashboard=false", f"--temp-dir={temp_dir}", "--object-store-memory=1000000000",
+           "--disable-usage-stats"]
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
+    yield address
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+
+
+def read_pages(out: Path):
+    """OUT/pages read the way a user would: a plain pyarrow dataset."""
+    return ds.dataset(str(out / "pages"), format="parquet").to_table()
+
+
+def read_quarantine(out: Path):
+    return ds.dataset(str(out / "quarantine"), format="parquet").to_table()
+
+
+def milvus_counts(out: Path, collection: str = "pagemill") -> dict[str, int]:
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(str(out / "milvus.db"))
+    try:
+        return {c: int(client.query(f"{collection}_{c}", filter="", output_fields=["count(*)"],
+                                    consistency_level="Strong")[0]["count(*)"]) for c in ("pages", "patches")}
+    finally:
+        client.close()
+
+
+def pagemill_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipelines.cli", *args]
