@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -86,6 +87,17 @@ class EmbedPages:
         self.stats["busy_s"] += time.perf_counter() - t0
         return out
 
+    def _stamp_markers(self, infos: list, kinds: list) -> pa.Array:
+        """Marker rows carry the embedder's effective settings back to the driver (the only
+        channel from an actor in a streaming dataset)."""
+        settings = self.adapter.effective_settings()
+        out = []
+        for info, kind in zip(infos, kinds):
+            if kind == S.KIND_UNIT and info:
+                info = json.dumps({**json.loads(info), "embed_settings": settings})
+            out.append(info)
+        return pa.array(out, pa.string())
+
     def _assemble(self, batch: pa.Table, kinds: list, results: dict, dim: int) -> pa.Table:
         n = batch.num_rows
         empty = np.zeros((0, dim), np.float32)
@@ -107,7 +119,7 @@ class EmbedPages:
         cols = {
             S.UNIT_ID: batch[S.UNIT_ID],
             S.KIND: batch[S.KIND],
-            S.UNIT_INFO: batch[S.UNIT_INFO],
+            S.UNIT_INFO: self._stamp_markers(batch[S.UNIT_INFO].to_pylist(), kinds),
             S.PAGE_ID: pa.array(page_ids, pa.string()),
             S.DOC_ID: batch[S.DOC_ID],
             S.SOURCE_URI: batch[S.SOURCE_URI],

@@ -173,6 +173,14 @@ class MuPdfWorker:
         # A fresh interpreter, not fork (callers may be threaded Ray workers) and not
         # multiprocessing's spawn (it re-imports the caller's __main__).
         parent, child = socket.socketpair()
+        # Room for a few pages in flight, so the child renders the next page while this process
+        # copies the last one (capped by net.core.wmem_max; best effort).
+        for sock in (parent, child):
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, 8 * 1024 * 1024)
+                except OSError:
+                    pass
         self._proc = subprocess.Popen(
             [sys.executable, "-c", "import sys, operators.render as r; r._child_main(int(sys.argv[1]))",
              str(child.fileno())],

@@ -87,9 +87,11 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
     progress = Progress(len(units), cfg.progress_interval_s, stream=log)
     totals = {"indexed": 0, "partial": 0, "quarantined": 0, "pages": 0, "page_quarantine": 0, "superseded": 0}
     quarantine: list[dict] = []
+    embed_settings: dict = {}
 
     def on_unit(unit_id: str, info: dict, flow) -> None:
         added = committer.commit(unit_id, info, flow)
+        embed_settings.update(info.get("embed_settings", {}))
         for d in info["docs"]:
             key = {"indexed": "indexed", "partial": "partial", "quarantined": "quarantined"}[d["status"]]
             totals[key] += 1
@@ -142,8 +144,8 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
             "pages_total_bytes": sum(o.size for o in store.list(PAGES_PREFIX)),
             "ledger_records": ledger.state.records,
         },
-        "model": exec_stats.get("embed_settings", adapter.effective_settings() or {"model": cfg.model}),
-        "executor_stats": {k: v for k, v in exec_stats.items() if k != "embed_settings"},
+        "model": embed_settings or {"model": cfg.model, "weights": cfg.weights, "dim": dim},
+        "executor_stats": exec_stats,
         "wall_s": round(wall, 3),
         "run_s": round(time.time() - t_exec, 3),
         "pages_per_s": round(totals["pages"] / wall, 3) if wall > 0 else 0.0,

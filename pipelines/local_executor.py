@@ -21,4 +21,4 @@ class LocalExecutor(Executor):
                 collector.add(embed(render(units_table([(unit.unit_id, unit.docs)]))))
         finally:
             render.close()
-        return {"render": dict(render.stats), "embed": dict(embed.stats), "embed_settings": embed.adapter.effective_settings()}
+        return {"render": dict(render.stats), "embed": dict(embed.stats)}

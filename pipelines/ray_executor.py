@@ -87,6 +87,7 @@ class RayExecutor(Executor):
 
     def run(self, units: Iterable[WorkUnit], render, embed, on_unit: OnUnit) -> dict:
         self._init()
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # pagemill reports progress itself
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False  # pagemill prints its own progress line
         ctx.print_on_execution_start = False
@@ -113,17 +114,10 @@ class RayExecutor(Executor):
                 collector.add(batch)
         if collector.pending:
             raise RuntimeError(f"{collector.pending} units ended incomplete (pages lost between stages)")
-        return {"resources": res, "embed_settings": _embed_settings(embed)}
+        return {"resources": res}
 
     def close(self) -> None:
         if self._started_here and ray.is_initialized():
             ray.shutdown()
             self._started_here = False
 
-
-def _embed_settings(embed) -> dict:
-    from operators.models import adapter_for
-
-    a = adapter_for(embed.spec)
-    return {"model": a.name, "weights": embed.spec.weights, "dim": a.dim, "max_pixels": a.pixel_budget().max_pixels,
-            "device": embed.spec.device, "dtype": embed.spec.dtype}

@@ -1,0 +1,76 @@
+"""The ColQwen2 adapter on the real transformers class, tiny and offline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from operators.models import ModelError, ModelSpec, adapter_for
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    a = adapter_for(ModelSpec(name="colqwen2-tiny", weights="random"))
+    a.load()
+    return a
+
+
+def _pages(seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (280, 252, 3), dtype=np.uint8), rng.integers(0, 255, (224, 336, 3), dtype=np.uint8)]
+
+
+def test_real_class_and_output_shapes(tiny):
+    from transformers import ColQwen2ForRetrieval
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    assert isinstance(tiny.model, ColQwen2ForRetrieval)
+    assert isinstance(tiny.processor.image_processor, Qwen2VLImageProcessorPil)
+    embs = tiny.embed_images(_pages())
+    for emb, (h, w) in zip(embs, [(280, 252), (224, 336)]):
+        assert emb.vectors.dtype == np.float32 and emb.vectors.shape[1] == 128
+        # One vector per 28x28 merged patch, contiguous, plus the prompt tokens around them.
+        assert emb.n_patches == (h // 28) * (w // 28) == emb.grid_h * emb.grid_w
+        assert emb.vectors.shape[0] > emb.n_patches
+        np.testing.assert_allclose(np.linalg.norm(emb.vectors, axis=1), 1.0, atol=1e-5)
+    q = tiny.embed_queries(["what is the revenue in 2023?"])[0]
+    assert q.shape[1] == 128 and q.shape[0] > 5
+
+
+def test_a_page_does_not_depend_on_its_batch(tiny):
+    a, b = _pages(1)
+    alone = tiny.embed_images([a])[0].vectors
+    batched = tiny.embed_images([b, a])[1].vectors
+    np.testing.assert_allclose(alone, batched, atol=1e-5)
+
+
+def test_save_pretrained_then_load_from_local_dir(tiny, tmp_path):
+    tiny.model.save_pretrained(tmp_path)
+    tiny.processor.save_pretrained(tmp_path)
+    loaded = adapter_for(ModelSpec(name=str(tmp_path), weights="hub", dtype="float32"))
+    loaded.load()
+    assert loaded.dim == 128 and loaded.pixel_budget().max_pixels == tiny.pixel_budget().max_pixels
+    pages = _pages(2)
+    for x, y in zip(tiny.embed_images(pages), loaded.embed_images(pages)):
+        np.testing.assert_array_equal(x.vectors, y.vectors)
+    np.testing.assert_array_equal(tiny.embed_queries(["q"])[0], loaded.embed_queries(["q"])[0])
+
+
+def test_bad_specs_fail_with_a_clear_message(tmp_path):
+    with pytest.raises(ModelError, match="preset"):
+        adapter_for(ModelSpec(name="someone/unknown-model", weights="random"))
+    with pytest.raises(ModelError, match="only with random weights"):
+        adapter_for(ModelSpec(name="colqwen2-tiny", weights="hub"))
+    with pytest.raises(ModelError, match="local directory"):
+        adapter_for(ModelSpec(name=str(tmp_path), weights="hub")).load()
+
+
+def test_real_size_architecture_builds_offline():
+    """ColQwen2 v1.0 at real size with random weights: the calibration path (construct only)."""
+    a = adapter_for(ModelSpec(name="colqwen2", weights="random"))
+    assert a.pixel_budget().max_pixels == 28 * 28 * 768
+    with torch.device("meta"):  # real shapes without 9 GB of fp32 weights
+        model, _ = a._build_random()
+    n = sum(p.numel() for p in model.parameters())
+    assert 2.0e9 < n < 2.5e9  # Qwen2-VL-2B backbone + 128-d projection

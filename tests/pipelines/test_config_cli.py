@@ -1,0 +1,78 @@
+"""Configuration validation and the CLI's error behaviour (one line, non-zero, no traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from conftest import REPO, pagemill_cmd
+
+from pipelines.cli import build_parser
+from pipelines.config import ConfigError, build_config, load_config_file
+
+
+def test_config_file_and_flag_precedence(tmp_path):
+    f = tmp_path / "job.yaml"
+    f.write_text("source: /data\nout: /out\nbatch-size: 4\nexclude: ['drafts/*']\nexecutor: local\n")
+    cfg = build_config(load_config_file(str(f)), {"batch_size": 16, "out": None})
+    assert (cfg.source, cfg.out, cfg.batch_size, cfg.exclude, cfg.executor) == ("/data", "/out", 16, ["drafts/*"], "local")
+    assert cfg.milvus_uri() == "/out/milvus.db"
+
+
+@pytest.mark.parametrize("text,key", [
+    ("source: a\nout: b\nbatch_sise: 4\n", "batch_sise"),
+    ("source: a\nout: b\nbatch_size: four\n", "batch_size"),
+    ("source: a\nout: b\nexecutor: spark\n", "executor"),
+    ("source: a\nout: b\npage_timeout_s: -1\n", "page_timeout_s"),
+    ("out: b\n", "source"),
+])
+def test_bad_config_names_the_key(tmp_path, text, key):
+    f = tmp_path / "job.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=key):
+        build_config(load_config_file(str(f)), {})
+
+
+def _run(*args, env=None):
+    return subprocess.run(pagemill_cmd(*args), cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_cli_bad_config_one_line_exit_2(tmp_path):
+    f = tmp_path / "job.yaml"
+    f.write_text("colection: x\n")
+    r = _run("ingest", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(f))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert "unknown config key 'colection'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_missing_source_fails_fast(tmp_path):
+    r = _run("ingest", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--executor", "local")
+    assert r.returncode == 1
+    assert "source folder does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_unreachable_milvus_fails_fast_without_secret(tmp_path):
+    import os
+
+    (tmp_path / "src").mkdir()
+    env = dict(os.environ, MILVUS_TOKEN="root:s3cr3t-t0ken")
+    r = _run("ingest", str(tmp_path / "src"), "--out", str(tmp_path / "o"), "--executor", "local",
+             "--milvus", "http://127.0.0.1:9", env=env)
+    assert r.returncode == 1
+    lines = [line for line in r.stderr.splitlines() if line.startswith("pagemill:")]
+    assert len(lines) == 1 and "cannot use Milvus at http://127.0.0.1:9" in lines[0]
+    assert "s3cr3t" not in r.stderr + r.stdout and "Traceback" not in r.stderr
+    assert not (tmp_path / "o" / "_ledger").exists()
+
+
+def test_every_cli_command_is_in_the_readme():
+    readme = (REPO / "README.md").read_text()
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        assert f"pagemill {name}" in readme, f"README lacks `pagemill {name}`"
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    assert flag in readme, f"README lacks {flag} of `pagemill {name}`"
