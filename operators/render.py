@@ -105,6 +105,9 @@ def _render_child(conn) -> None:  # pragma: no cover - runs in the child process
             conn.send(("doc_error", OPEN_ERROR, _short(e)))
             continue
         try:
+            if not doc.is_pdf:  # MuPDF sniffs content: images and e-books open too
+                conn.send(("doc_error", OPEN_ERROR, f"not a PDF (content looks like {doc.metadata.get('format') or 'another format'})"))
+                continue
             if doc.needs_pass and not any(doc.authenticate(p) for p in passwords):
                 detail = "wrong password" if passwords else "password required"
                 conn.send(("doc_error", ENCRYPTED, detail))

@@ -49,6 +49,9 @@ class OutputStore:
         """A filesystem path for the key when the store is local, else None."""
         return None
 
+    def check(self) -> None:
+        """Fail fast if the root cannot be used (called before any work)."""
+
 
 class LocalStore(OutputStore):
     def __init__(self, root: str | os.PathLike):
@@ -107,8 +110,12 @@ class LocalStore(OutputStore):
         return str(self._path(key))
 
 
-def open_store(uri: str) -> OutputStore:
+def open_store(uri: str, s3_options=None) -> OutputStore:
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         return LocalStore(unquote(parsed.path) if parsed.scheme == "file" else uri)
-    raise StoreError(f"unsupported output scheme {parsed.scheme!r} in {uri!r} (supported: a folder, file://)")
+    if parsed.scheme == "s3":
+        from operators.s3 import S3Store
+
+        return S3Store(uri, s3_options)
+    raise StoreError(f"unsupported output scheme {parsed.scheme!r} in {uri!r} (supported: a folder, file://, s3://)")

@@ -26,8 +26,8 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="index a folder of PDFs into Parquet shards and Milvus",
                        description="Render, embed and index every PDF under SOURCE.", epilog=INGEST_EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", nargs="?", help="folder or file:// URI of PDFs (recursive, *.pdf)")
-    p.add_argument("--out", help="output root")
+    p.add_argument("source", nargs="?", help="folder, file:// or s3://bucket/prefix/ of PDFs (recursive, *.pdf)")
+    p.add_argument("--out", help="output root: a folder, file:// or s3://bucket/prefix/")
     p.add_argument("--milvus", help="Milvus URI: a Milvus Lite file path (default OUT/milvus.db) or http://host:port")
     p.add_argument("--collection", help="collection name prefix (default pagemill)")
     p.add_argument("--model", help="model spec: colqwen2-tiny, colqwen2, a hub id or a local directory")
@@ -48,6 +48,11 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--unit-max-bytes", type=int, help="bytes per work unit")
     p.add_argument("--include", action="append", help="glob of paths to include (repeatable)")
     p.add_argument("--exclude", action="append", help="glob of paths to exclude (repeatable)")
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--s3-region", help="S3 region")
+    p.add_argument("--s3-addressing-style", choices=["auto", "path", "virtual"], help="bucket addressing style")
+    p.add_argument("--s3-retry-mode", choices=["standard", "adaptive"], help="botocore retry mode (standard)")
+    p.add_argument("--s3-max-attempts", type=int, help="attempts per S3 request, retries included (8)")
     p.add_argument("--config", help="YAML or JSON file with the same keys as these flags")
     p.add_argument("--summary", help="also write the JSON run summary here")
     p.add_argument("--progress-interval", dest="progress_interval_s", type=float, help="seconds between progress lines")

@@ -47,6 +47,12 @@ class IngestConfig:
     exclude: list[str] = field(default_factory=list)
     summary: str | None = None
     progress_interval_s: float = 10.0
+    # S3 and S3-compatible stores (credentials: boto3's standard chain, never here)
+    s3_endpoint_url: str | None = None  # default $AWS_ENDPOINT_URL
+    s3_region: str | None = None
+    s3_addressing_style: str = "auto"
+    s3_retry_mode: str = "standard"
+    s3_max_attempts: int = 8
 
     def validate(self) -> IngestConfig:
         if not self.source:
@@ -54,11 +60,12 @@ class IngestConfig:
         if not self.out:
             raise ConfigError("out: required (the output root)")
         choices = {"executor": ("ray", "local"), "weights": ("hub", "random"),
-                   "dtype": ("auto", "float32", "bfloat16", "float16")}
+                   "dtype": ("auto", "float32", "bfloat16", "float16"),
+                   "s3_addressing_style": ("auto", "path", "virtual"), "s3_retry_mode": ("standard", "adaptive")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        positive = ["batch_size", "page_timeout_s", "max_doc_bytes", "max_pages", "unit_max_docs",
+        positive = ["s3_max_attempts", "batch_size", "page_timeout_s", "max_doc_bytes", "max_pages", "unit_max_docs",
                     "unit_max_bytes", "progress_interval_s"]
         for key in positive + ["max_pixels", "embed_actors", "render_actors"]:
             v = getattr(self, key)
@@ -68,10 +75,21 @@ class IngestConfig:
             raise ConfigError(f"num_gpus: must be >= 0, got {self.num_gpus!r}")
         if not self.collection.replace("_", "").isalnum() or self.collection[0].isdigit():
             raise ConfigError(f"collection: {self.collection!r} must be letters, digits and _ (not starting with a digit)")
+        if self.milvus is None and "://" in self.out and not self.out.startswith("file://"):
+            raise ConfigError("milvus: required when out is an object store (Milvus Lite needs a local file): "
+                              "pass --milvus PATH.db or a server URI")
         return self
 
+    def s3_options(self):
+        from operators.s3 import S3Options
+
+        return S3Options(endpoint_url=self.s3_endpoint_url, region=self.s3_region,
+                         addressing_style=self.s3_addressing_style, retry_mode=self.s3_retry_mode,
+                         max_attempts=self.s3_max_attempts)
+
     def milvus_uri(self) -> str:
-        return self.milvus or os.path.join(self.out, "milvus.db")
+        out = self.out[len("file://"):] if self.out.startswith("file://") else self.out
+        return self.milvus or os.path.join(out, "milvus.db")
 
 
 def _coerce(key: str, f: dataclasses.Field, value):

@@ -51,12 +51,31 @@ def model_spec(cfg: IngestConfig) -> ModelSpec:
                      attn_implementation=cfg.attn_implementation, max_pixels=cfg.max_pixels)
 
 
+def _chain(first, rest):
+    if first is not None:
+        yield first
+        yield from rest
+
+
+def _announced(units, counts: PlanCounts, progress: Progress, log):
+    """Pass units through; when the listing is exhausted, say what it found."""
+    n = 0
+    for unit in units:
+        n += 1
+        yield unit
+    progress.total_units = n
+    log.write(f"[pagemill] listing done: {counts.seen} documents seen, {counts.skipped_unchanged} unchanged, "
+              f"{counts.pending} to process in {n} units\n")
+
+
 def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
     """Run the job to the end and return the run summary (also written to ``OUT/_runs/``)."""
     t_start = time.time()
     run_id = new_run_id()
-    source = open_source(cfg.source, include=tuple(cfg.include), exclude=tuple(cfg.exclude))
-    store = open_store(cfg.out)
+    s3 = cfg.s3_options()
+    source = open_source(cfg.source, include=tuple(cfg.include), exclude=tuple(cfg.exclude), s3_options=s3)
+    store = open_store(cfg.out, s3_options=s3)
+    store.check()
     ledger = Ledger(store)
     ledger.load()
     # Files of units that never committed (the previous run died): not part of the index.
@@ -75,16 +94,19 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
     committer = UnitCommitter(ledger, parquet, milvus, dim, run_id)
 
     counts = PlanCounts()
-    units = list(plan_units(source.list_documents(), ledger.state, cfg.unit_max_docs, cfg.unit_max_bytes, counts))
-    log.write(f"[pagemill] run {run_id}: {counts.seen} documents seen, {counts.skipped_unchanged} unchanged, "
-              f"{counts.pending} to process in {len(units)} units"
+    progress = Progress(None, cfg.progress_interval_s, stream=log)
+    log.write(f"[pagemill] run {run_id}: planning from {source.uri}"
               + (f" ({len(orphans)} files of an interrupted run removed)" if orphans else "") + "\n")
+    # Units stream from the listing: the driver never holds the whole source in memory.
+    listing = source.list_documents()
+    first = next(iter_ := iter(listing), None)  # the first listing call fails fast on a bad source
+    units = _announced(plan_units(_chain(first, iter_), ledger.state, cfg.unit_max_docs, cfg.unit_max_bytes, counts),
+                       counts, progress, log)
 
     render = RenderPages(source, adapter.pixel_budget(),
                          RenderLimits(page_timeout_s=cfg.page_timeout_s, max_pages=cfg.max_pages,
                                       max_bytes=cfg.max_doc_bytes))
     embed = EmbedPages(spec, batch_size=cfg.batch_size)
-    progress = Progress(len(units), cfg.progress_interval_s, stream=log)
     totals = {"indexed": 0, "partial": 0, "quarantined": 0, "pages": 0, "page_quarantine": 0, "superseded": 0}
     quarantine: list[dict] = []
     embed_settings: dict = {}
@@ -105,7 +127,8 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
     executor = make_executor(cfg)
     t_exec = time.time()
     try:
-        exec_stats = executor.run(units, render, embed, on_unit) if units else {}
+        exec_stats = executor.run(units, render, embed, on_unit)
+        progress.finish()
     finally:
         executor.close()
         milvus_counts = {c: milvus.count(c) for c in (milvus.pages_collection, milvus.patches_collection)}
@@ -131,7 +154,7 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
             "embedded": totals["pages"],
             "quarantined": totals["page_quarantine"],
         },
-        "units": {"planned": len(units), "committed": progress.units, "orphan_files_removed": len(orphans)},
+        "units": {"planned": progress.total_units, "committed": progress.units, "orphan_files_removed": len(orphans)},
         "quarantine": quarantine,
         "milvus": {
             "uri": redact_uri(cfg.milvus_uri()),

@@ -13,12 +13,15 @@ class LocalExecutor(Executor):
     name = "local"
 
     def run(self, units: Iterable[WorkUnit], render, embed, on_unit: OnUnit) -> dict:
-        render.setup()
-        embed.setup()
         collector = UnitCollector(on_unit)
+        started = False
         try:
             for unit in units:
+                if not started:  # load the model only when there is work
+                    render.setup()
+                    embed.setup()
+                    started = True
                 collector.add(embed(render(units_table([(unit.unit_id, unit.docs)]))))
         finally:
             render.close()
-        return {"render": dict(render.stats), "embed": dict(embed.stats)}
+        return {"render": dict(render.stats), "embed": dict(embed.stats)} if started else {}

@@ -12,7 +12,7 @@ def _fmt_s(s: float) -> str:
 
 
 class Progress:
-    def __init__(self, total_units: int, interval_s: float = 10.0, stream=None):
+    def __init__(self, total_units: int | None, interval_s: float = 10.0, stream=None):
         self.total_units = total_units
         self.interval_s = interval_s
         self.stream = stream or sys.stderr
@@ -27,15 +27,23 @@ class Progress:
         self.pages += pages
         self.quarantined += quarantined
         now = time.monotonic()
-        if now - self._last >= self.interval_s or self.units == self.total_units:
+        if now - self._last >= self.interval_s:
             self._last = now
             self.stream.write(self.line(now) + "\n")
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.units:
+            self.stream.write(self.line() + "\n")
             self.stream.flush()
 
     def line(self, now: float | None = None) -> str:
         elapsed = max(1e-9, (now or time.monotonic()) - self.start)
         rate = self.pages / elapsed
-        left = self.total_units - self.units
-        eta = _fmt_s(elapsed / self.units * left) if self.units else "?"
-        return (f"[pagemill] units {self.units}/{self.total_units} · pages {self.pages} · {rate:.1f} pages/s · "
+        total = "?" if self.total_units is None else self.total_units
+        if self.units and self.total_units is not None:
+            eta = _fmt_s(elapsed / self.units * (self.total_units - self.units))
+        else:
+            eta = "? (listing)"
+        return (f"[pagemill] units {self.units}/{total} · pages {self.pages} · {rate:.1f} pages/s · "
                 f"quarantined {self.quarantined} · elapsed {_fmt_s(elapsed)} · ETA {eta}")

@@ -86,6 +86,10 @@ class RayExecutor(Executor):
                 "embed_cpus_per_actor": embed_cpus, "render_actors": n_render}
 
     def run(self, units: Iterable[WorkUnit], render, embed, on_unit: OnUnit) -> dict:
+        it = iter(units)
+        first = list(islice(it, 1))
+        if not first:
+            return {}  # nothing to do: do not start Ray at all
         self._init()
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # pagemill reports progress itself
         ctx = DataContext.get_current()
@@ -93,9 +97,9 @@ class RayExecutor(Executor):
         ctx.print_on_execution_start = False
         res = self.resources()
         collector = UnitCollector(on_unit)
-        it = iter(units)
         while True:
-            window = list(islice(it, self.window_units))
+            window = first + list(islice(it, self.window_units - len(first)))
+            first = []
             if not window:
                 break
             items = [{"unit_id": u.unit_id, "docs": json.dumps([[d.uri, d.version, d.size] for d in u.docs])}

@@ -151,3 +151,59 @@ def milvus_counts(out: Path, collection: str = "pagemill") -> dict[str, int]:
 
 def pagemill_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipelines.cli", *args]
+
+
+# ------------------------------------------------------------------------------------------
+# S3: moto's server mode over HTTP on 127.0.0.1 (a real S3 API, not the in-process mock).
+
+S3_TEST_ENV = {"AWS_ACCESS_KEY_ID": "AKIATESTPAGEMILL0001", "AWS_SECRET_ACCESS_KEY": "pagemill-test-secret-value-0001",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+# Set before any Ray cluster starts, so that Ray workers inherit them like pods inherit theirs.
+os.environ.update(S3_TEST_ENV)
+for _var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+    os.environ.pop(_var, None)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+
+def upload_folder(client, root: Path, bucket: str, prefix: str) -> dict[str, str]:
+    """Upload every file under root; returns local file URI -> s3 URI."""
+    mapping = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            key = prefix + path.relative_to(root).as_posix()
+            client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+            mapping[path.resolve().as_uri()] = f"s3://{bucket}/{key}"
+    return mapping
