@@ -49,7 +49,7 @@ class PagemillRender:
     across calls, like the floor loop's in-process MuPDF."""
 
     def __init__(self, budget: PixelBudget):
-        self.stage = RenderPages(LocalSource("/"), budget, RenderLimits(page_timeout_s=120))
+        self.stage = RenderPages(LocalSource("/"), budget, RenderLimits(page_timeout_s=120, extract_text=False))
         self.stage.setup()
 
     def __call__(self, docs: list[Path], budget: PixelBudget):

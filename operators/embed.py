@@ -9,13 +9,19 @@ import numpy as np
 import pyarrow as pa
 
 from operators import schema as S
+from operators.fde import FdeParams
+from operators.layouts import DEFAULT_LAYOUTS, Layout, LayoutEncoder, extra_layouts, fields_for, parse_layouts
 from operators.models import ModelSpec, adapter_for
 
 
-def flow_schema(dim: int) -> pa.Schema:
+def layout_fields(layouts: list[Layout], dim: int, fde: FdeParams) -> list[pa.Field]:
+    return [f for lay in extra_layouts(layouts) for f in fields_for(lay, dim, fde.dim)]
+
+
+def flow_schema(dim: int, extra: list[pa.Field] | tuple = ()) -> pa.Schema:
     """Embedded pages on their way to the sinks: page columns plus the unit bookkeeping."""
     fields = [pa.field(S.UNIT_ID, pa.string()), pa.field(S.KIND, pa.string()), pa.field(S.UNIT_INFO, pa.string())]
-    fields += [f.with_nullable(True) for f in S.pages_schema(dim)]
+    fields += [f.with_nullable(True) for f in S.pages_schema(dim, extra)]
     return pa.schema(fields)
 
 
@@ -46,16 +52,21 @@ class EmbedPages:
     a small page is not padded to a large one's length.
     """
 
-    def __init__(self, spec: ModelSpec, batch_size: int = 8):
+    def __init__(self, spec: ModelSpec, batch_size: int = 8, layouts: list[Layout] | None = None,
+                 fde: FdeParams | None = None):
         self.spec = spec
         self.batch_size = max(1, batch_size)
+        self.layouts = layouts or parse_layouts(list(DEFAULT_LAYOUTS))
+        self.fde = fde or FdeParams()
         self.adapter = None
-        self.stats = {"pages": 0, "batches": 0, "busy_s": 0.0, "forward_s": 0.0}
+        self._encoder = None
+        self.stats = {"pages": 0, "batches": 0, "busy_s": 0.0, "forward_s": 0.0, "layouts_s": 0.0}
 
     def setup(self) -> None:
         if self.adapter is None:
             self.adapter = adapter_for(self.spec)
             self.adapter.load()
+            self._encoder = LayoutEncoder(self.layouts, self.adapter.dim, self.fde)
 
     @property
     def dim(self) -> int:
@@ -133,7 +144,11 @@ class EmbedPages:
             S.N_PATCHES: ints(lambda e: e.n_patches),
             S.PATCH_GRID_H: ints(lambda e: e.grid_h),
             S.PATCH_GRID_W: ints(lambda e: e.grid_w),
+            S.TEXT: batch[S.TEXT],
             S.MV: mv,
             S.SV_MEAN: sv,
         }
-        return pa.table(cols, schema=flow_schema(dim))
+        t0 = time.perf_counter()
+        cols.update(self._encoder.columns(embs))  # pooling and encodings, from the float32 vectors
+        self.stats["layouts_s"] += time.perf_counter() - t0
+        return pa.table(cols, schema=flow_schema(dim, layout_fields(self.layouts, dim, self.fde)))

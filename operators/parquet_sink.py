@@ -6,6 +6,7 @@ import io
 import json
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from operators import schema as S
@@ -13,18 +14,17 @@ from operators.store import OutputStore
 
 PAGES_PREFIX = "pages"
 QUARANTINE_PREFIX = "quarantine"
-PAGES_COLUMNS = [f.name for f in S.pages_schema(1)]
 
 
 def shard_key(prefix: str, unit_id: str) -> str:
     return f"{prefix}/{unit_id}.parquet"
 
 
-def to_pages_table(flow: pa.Table, dim: int) -> pa.Table:
+def to_pages_table(flow: pa.Table, schema: pa.Schema) -> pa.Table:
     """Page rows of an embedded flow table, in page_id order, with the ``OUT/pages`` schema."""
-    pages = flow.filter(pa.compute.equal(flow[S.KIND], S.KIND_PAGE)).select(PAGES_COLUMNS)
+    pages = flow.filter(pa.compute.equal(flow[S.KIND], S.KIND_PAGE)).select(schema.names)
     pages = pages.sort_by([(S.PAGE_ID, "ascending")])
-    return pages.cast(S.pages_schema(dim))
+    return pages.cast(schema)
 
 
 def quarantine_table(entries: list[dict], unit_id: str, run_id: str) -> pa.Table:

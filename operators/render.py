@@ -76,6 +76,7 @@ class RenderLimits:
     max_pages: int = 100_000  # pages per document
     max_bytes: int = 512 * 1024 * 1024  # bytes per document
     passwords: tuple[str, ...] = field(default_factory=tuple)  # tried on encrypted documents
+    extract_text: bool = True  # the page's text layer (about 4 ms a page), for text search and fidelity
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,7 +98,7 @@ def _render_child(conn) -> None:  # pragma: no cover - runs in the child process
             msg = conn.recv()
         except EOFError:
             return
-        _, budget, max_pages, passwords = msg
+        _, budget, max_pages, passwords, want_text = msg
         data = conn.recv_bytes()
         try:
             doc = pymupdf.open(stream=data, filetype="pdf")
@@ -139,7 +140,8 @@ def _render_child(conn) -> None:  # pragma: no cover - runs in the child process
                         hh, ww = min(h, pix.height), min(w, pix.width)
                         out[:hh, :ww] = arr[:hh, :ww]
                         rgb = out.tobytes()
-                    conn.send(("page", i, w, h))
+                    text = page.get_text() if want_text else None
+                    conn.send(("page", i, w, h, text))
                     conn.send_bytes(rgb)
                 except Exception as e:
                     conn.send(("page_error", i, RENDER_ERROR, _short(e)))
@@ -224,13 +226,13 @@ class MuPdfWorker:
             raise _ChildGone(RENDER_CRASH, "renderer died while sending pixels") from None
 
     def render(self, data: bytes, budget: PixelBudget, limits: RenderLimits):
-        """Yield ("meta", n) / ("page", i, w, h, rgb) / ("page_error", i, reason, detail) /
+        """Yield ("meta", n) / ("page", i, w, h, text, rgb) / ("page_error", i, reason, detail) /
         ("doc_error", reason, detail). Raises _ChildGone on timeout or crash."""
         if not self.alive():
             self.stop()
             self.start()
         try:
-            self._conn.send(("doc", budget, limits.max_pages, tuple(limits.passwords)))
+            self._conn.send(("doc", budget, limits.max_pages, tuple(limits.passwords), limits.extract_text))
             self._conn.send_bytes(data)
         except (ConnectionError, OSError):
             self.stop()
@@ -307,12 +309,12 @@ class RenderPages:
             for ref in docs:
                 n_ok = self._render_document(unit_id, ref, cols, info)
                 info["n_pages"] += n_ok
-            self._append(cols, unit_id, S.KIND_UNIT, None, None, 0, 0, b"", json.dumps(info))
+            self._append(cols, unit_id, S.KIND_UNIT, None, None, 0, 0, b"", unit_info=json.dumps(info))
         self.stats["busy_s"] += time.perf_counter() - t0
         return pa.table(cols, schema=S.RENDERED_SCHEMA)
 
     @staticmethod
-    def _append(cols, unit_id, kind, ref, page_number, w, h, pixels, unit_info=None):
+    def _append(cols, unit_id, kind, ref, page_number, w, h, pixels, unit_info=None, text=None):
         cols[S.UNIT_ID].append(unit_id)
         cols[S.KIND].append(kind)
         cols[S.DOC_ID].append(S.doc_id_for(ref.uri) if ref else None)
@@ -322,6 +324,7 @@ class RenderPages:
         cols[S.WIDTH].append(w)
         cols[S.HEIGHT].append(h)
         cols[S.PIXELS].append(pixels)
+        cols[S.TEXT].append(text)
         cols[S.UNIT_INFO].append(unit_info)
 
     def _render_document(self, unit_id: str, ref: DocumentRef, cols: dict, info: dict) -> int:
@@ -347,7 +350,7 @@ class RenderPages:
             quarantine("fetch", FETCH_ERROR, _short(e))
             return 0
 
-        pages: list[tuple[int, int, int, bytes]] = []
+        pages: list[tuple[int, int, int, str | None, bytes]] = []
         page_errors: list[tuple[int, str, str]] = []
         failure: tuple[str, str] | None = None
         for attempt in range(2):  # a crashed child gets one retry with a fresh process
@@ -357,8 +360,8 @@ class RenderPages:
                     if msg[0] == "doc_error":
                         failure = (msg[1], msg[2])
                     elif msg[0] == "page":
-                        _, i, w, h, rgb = msg
-                        pages.append((i, w, h, rgb))
+                        _, i, w, h, text, rgb = msg
+                        pages.append((i, w, h, text, rgb))
                     elif msg[0] == "page_error":
                         page_errors.append((msg[1], msg[2], msg[3]))
                 break
@@ -376,7 +379,7 @@ class RenderPages:
             doc.update(status="quarantined", n_pages=0)
             return 0
         doc.update(status="partial" if page_errors else "indexed", n_pages=len(pages))
-        for i, w, h, rgb in pages:
-            self._append(cols, unit_id, S.KIND_PAGE, ref, i, w, h, rgb)
+        for i, w, h, text, rgb in pages:
+            self._append(cols, unit_id, S.KIND_PAGE, ref, i, w, h, rgb, text=text)
         self.stats["pages"] += len(pages)
         return len(pages)

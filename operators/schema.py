@@ -22,6 +22,7 @@ PAGE_NUMBER = "page_number"
 WIDTH = "width"
 HEIGHT = "height"
 PIXELS = "pixels"  # raw RGB bytes, row-major, height * width * 3
+TEXT = "text"  # the page's own text layer (PyMuPDF), null when not extracted
 
 # Embedding outputs.
 MODEL = "model"
@@ -72,13 +73,15 @@ RENDERED_SCHEMA = pa.schema(
         pa.field(WIDTH, pa.int32()),
         pa.field(HEIGHT, pa.int32()),
         pa.field(PIXELS, pa.large_binary()),
+        pa.field(TEXT, pa.large_string()),
         pa.field(UNIT_INFO, pa.string()),
     ]
 )
 
 
-def pages_schema(dim: int) -> pa.Schema:
-    """Schema of the rows in ``OUT/pages`` for a multi-vector model of output dimension ``dim``."""
+def pages_schema(dim: int, extra: list[pa.Field] | tuple = ()) -> pa.Schema:
+    """Schema of the rows in ``OUT/pages`` for a multi-vector model of output dimension ``dim``;
+    ``extra``: the fields of the run's additional layouts."""
     return pa.schema(
         [
             pa.field(PAGE_ID, pa.string(), nullable=False),
@@ -94,8 +97,10 @@ def pages_schema(dim: int) -> pa.Schema:
             pa.field(N_PATCHES, pa.int32()),
             pa.field(PATCH_GRID_H, pa.int32()),
             pa.field(PATCH_GRID_W, pa.int32()),
+            pa.field(TEXT, pa.large_string()),
             pa.field(MV, pa.list_(pa.list_(pa.float16(), dim))),
             pa.field(SV_MEAN, pa.list_(pa.float32(), dim)),
+            *extra,
         ]
     )
 

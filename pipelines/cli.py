@@ -44,6 +44,15 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--page-timeout", dest="page_timeout_s", type=float, help="seconds one page may take to render")
     p.add_argument("--max-doc-bytes", type=int, help="larger documents are quarantined as too_large")
     p.add_argument("--max-pages", type=int, help="documents with more pages are quarantined")
+    p.add_argument("--layouts", help="extra storage layouts, comma-separated: mv-pool3, mv-rowcol, mv-int8, mv-bin, "
+                   "mv-pool3-bin, sv-fde, ... (mv and sv-mean are always written)")
+    p.add_argument("--fde-reps", type=int, help="sv-fde: repetitions (10)")
+    p.add_argument("--fde-bits", type=int, help="sv-fde: SimHash bits per repetition, 2^bits buckets (4)")
+    p.add_argument("--fde-proj-dim", type=int, help="sv-fde: projected dims per bucket (16)")
+    p.add_argument("--fde-seed", type=int, help="sv-fde: random seed (42)")
+    p.add_argument("--no-text", dest="extract_text", action="store_const", const=False,
+                   help="do not extract the pages' text layer")
+    p.add_argument("--fidelity-queries", type=int, help="after the run, measure each layout's fidelity with N queries")
     p.add_argument("--unit-max-docs", type=int, help="documents per work unit (the unit of commit and resume)")
     p.add_argument("--unit-max-bytes", type=int, help="bytes per work unit")
     p.add_argument("--include", action="append", help="glob of paths to include (repeatable)")
@@ -60,11 +69,87 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+FIDELITY_EXAMPLE = """example:
+  pagemill fidelity demo-out --queries 50
+
+Samples sentences from the indexed pages' text layer as queries, ranks the pages with the full
+multi-vector (mv) as the reference, and reports for every layout in OUT/pages how much of that
+ranking it keeps (recall@10, nDCG@10), next to its vectors and bytes per page.
+"""
+
+
+def _fidelity_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("fidelity", help="measure how much of the full multi-vector ranking each layout keeps",
+                       description="Fidelity of each storage layout on your own corpus.", epilog=FIDELITY_EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
+    p.add_argument("--queries", type=int, default=50, help="pseudo-queries to sample (50)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
+    p.add_argument("--max-pages", type=int, default=5000, help="rank at most this many sampled pages (5000)")
+    p.add_argument("--model", help="query encoder (default: the model recorded in the shards)")
+    p.add_argument("--weights", choices=["hub", "random"], help="default: as recorded in the shards")
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pagemill", description="Batch indexing for visual document retrieval.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _ingest_parser(sub)
+    _fidelity_parser(sub)
     return parser
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+def _fidelity(args) -> int:
+    import io
+
+    import pyarrow.parquet as pq
+
+    from operators.models import ModelSpec
+    from operators.parquet_sink import PAGES_PREFIX
+    from operators.s3 import S3Options
+    from operators.store import open_store
+    from pipelines.config import ConfigError
+    from pipelines.fidelity import measure_fidelity
+
+    store = open_store(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
+    shards = store.list(PAGES_PREFIX)
+    if not shards:
+        raise ConfigError(f"out: no shards under {args.out}/pages: run pagemill ingest first")
+    meta = pq.read_schema(io.BytesIO(store.read_bytes(shards[0].key))).metadata or {}
+    recorded = {k.decode()[len("pagemill."):]: json.loads(v) for k, v in meta.items() if k.startswith(b"pagemill.")}
+    spec = ModelSpec(name=args.model or recorded.get("model", "colqwen2-tiny"),
+                     weights=args.weights or recorded.get("weights", "random"))
+    result = measure_fidelity(store, spec, None, _fde_from(recorded), args.queries, seed=args.seed,
+                              max_pages=args.max_pages)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    print(f"{result['queries']} queries over {result['pages']} pages (seed {result['seed']}); reference: mv MaxSim")
+    print(f"{'layout':<16}{'vectors/page':>14}{'bytes/page':>12}{'recall@10':>11}{'nDCG@10':>10}")
+    rows = sorted(result["layouts"].items(), key=lambda kv: -kv[1]["bytes_per_page"])
+    for name, r in rows:
+        print(f"{name:<16}{r['vectors_per_page']:>14.1f}{_fmt_bytes(r['bytes_per_page']):>12}"
+              f"{r['recall_at_10']:>11.3f}{r['ndcg_at_10']:>10.3f}")
+    return 0
+
+
+def _fde_from(recorded: dict):
+    from operators.fde import FdeParams
+
+    p = recorded.get("layouts", {}).get("sv-fde")
+    if not p:
+        return None
+    return FdeParams(p["fde_reps"], p["fde_bits"], p["fde_proj_dim"], p["fde_seed"])
 
 
 def _ingest(args) -> int:
@@ -91,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"ingest": _ingest}[args.command](args)
+        return {"ingest": _ingest, "fidelity": _fidelity}[args.command](args)
     except ConfigError as e:
         print(f"pagemill: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except (SourceError, StoreError, MilvusError, ModelError) as e:
+    except (SourceError, StoreError, MilvusError, ModelError, ValueError) as e:
         print(f"pagemill: error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

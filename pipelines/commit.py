@@ -31,17 +31,17 @@ def _rewritten_key(old: str, unit_id: str) -> str:
 
 
 class UnitCommitter:
-    def __init__(self, ledger: Ledger, parquet: ParquetSink, milvus: MilvusSink | None, dim: int, run_id: str):
+    def __init__(self, ledger: Ledger, parquet: ParquetSink, milvus: MilvusSink | None, pages_schema, run_id: str):
         self.ledger = ledger
         self.parquet = parquet
         self.milvus = milvus
-        self.dim = dim
+        self.pages_schema = pages_schema
         self.run_id = run_id
 
     def commit(self, unit_id: str, info: dict, flow: pa.Table) -> dict:
         """Make the unit durable and return what it added (for the run summary)."""
         state = self.ledger.state
-        pages = to_pages_table(flow, self.dim)
+        pages = to_pages_table(flow, self.pages_schema)
         quarantine = quarantine_table(info["quarantine"], unit_id, self.run_id)
         uris = {d["uri"] for d in info["docs"]}
         superseded = sorted(u for u in uris if u in state.docs)
@@ -94,4 +94,5 @@ class UnitCommitter:
         checkpoint("committed")
         for rw in rewrites:
             self.parquet.store.delete(rw["old"])
-        return {"pages": pages.num_rows, "quarantine": quarantine.num_rows, "superseded": len(superseded)}
+        return {"pages": pages.num_rows, "quarantine": quarantine.num_rows, "superseded": len(superseded),
+                "table": pages}

@@ -53,6 +53,15 @@ class IngestConfig:
     s3_addressing_style: str = "auto"
     s3_retry_mode: str = "standard"
     s3_max_attempts: int = 8
+    # Storage layouts (operators/layouts.py); mv and sv-mean are always written
+    layouts: list[str] = field(default_factory=list)
+    fde_reps: int = 10
+    fde_bits: int = 4
+    fde_proj_dim: int = 16
+    fde_seed: int = 42
+    extract_text: bool = True
+    fidelity_queries: int = 0  # > 0: after the run, measure each layout's fidelity with this many queries
+    fidelity_seed: int = 0
 
     def validate(self) -> IngestConfig:
         if not self.source:
@@ -65,12 +74,26 @@ class IngestConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        positive = ["s3_max_attempts", "batch_size", "page_timeout_s", "max_doc_bytes", "max_pages", "unit_max_docs",
+        positive = ["fde_reps", "fde_bits", "fde_proj_dim", "s3_max_attempts", "batch_size", "page_timeout_s", "max_doc_bytes", "max_pages", "unit_max_docs",
                     "unit_max_bytes", "progress_interval_s"]
         for key in positive + ["max_pixels", "embed_actors", "render_actors"]:
             v = getattr(self, key)
             if v is not None and v <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {v!r}")
+        if self.fidelity_queries < 0:
+            raise ConfigError(f"fidelity_queries: must be >= 0, got {self.fidelity_queries}")
+        if self.fde_bits > 10:
+            raise ConfigError(f"fde_bits: {self.fde_bits} would make 2^{self.fde_bits} buckets per repetition (max 10)")
+        from operators.layouts import LayoutError, parse_layouts
+
+        if isinstance(self.layouts, str):
+            self.layouts = [x for x in self.layouts.split(",") if x.strip()]
+        try:
+            parse_layouts(self.layouts)
+        except LayoutError as e:
+            raise ConfigError(f"layouts: {e}") from None
+        if self.fidelity_queries and not self.extract_text:
+            raise ConfigError("fidelity_queries: needs extract_text (queries are sentences of the text layer)")
         if self.num_gpus is not None and self.num_gpus < 0:
             raise ConfigError(f"num_gpus: must be >= 0, got {self.num_gpus!r}")
         if not self.collection.replace("_", "").isalnum() or self.collection[0].isdigit():
@@ -87,6 +110,11 @@ class IngestConfig:
                          addressing_style=self.s3_addressing_style, retry_mode=self.s3_retry_mode,
                          max_attempts=self.s3_max_attempts)
 
+    def fde_params(self):
+        from operators.fde import FdeParams
+
+        return FdeParams(self.fde_reps, self.fde_bits, self.fde_proj_dim, self.fde_seed)
+
     def milvus_uri(self) -> str:
         out = self.out[len("file://"):] if self.out.startswith("file://") else self.out
         return self.milvus or os.path.join(out, "milvus.db")
@@ -100,9 +128,13 @@ def _coerce(key: str, f: dataclasses.Field, value):
             return None
         raise ConfigError(f"{key}: must not be null")
     try:
+        if t.startswith("bool"):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
         if t.startswith("list"):
             if isinstance(value, str):
-                return [value]
+                return [v.strip() for v in value.split(",") if v.strip()]
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise TypeError
             return value

@@ -15,7 +15,9 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from operators.embed import EmbedPages
+from operators import schema as S
+from operators.embed import EmbedPages, layout_fields
+from operators.layouts import parse_layouts
 from operators.milvus_sink import MilvusSink, redact_uri
 from operators.models import ModelSpec, adapter_for
 from operators.parquet_sink import PAGES_PREFIX, QUARANTINE_PREFIX, ParquetSink
@@ -24,6 +26,7 @@ from operators.sources import open_source
 from operators.store import open_store
 from pipelines.commit import UnitCommitter
 from pipelines.config import IngestConfig
+from pipelines.layout_stats import LayoutStats
 from pipelines.ledger import LEDGER_PREFIX, Ledger
 from pipelines.plan import PlanCounts, plan_units
 from pipelines.progress import Progress
@@ -86,12 +89,15 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
     spec = model_spec(cfg)
     adapter = adapter_for(spec)  # cheap: reads the preset, loads nothing
     dim = adapter.dim
+    layouts = parse_layouts(cfg.layouts)
+    fde = cfg.fde_params()
+    schema = S.pages_schema(dim, layout_fields(layouts, dim, fde))
     # Connect (and create collections) before any work: an unreachable sink fails fast.
     milvus = MilvusSink(cfg.milvus_uri(), cfg.collection, dim, token=os.environ.get(cfg.milvus_token_env) or None)
     milvus.setup()
-    parquet = ParquetSink(store, metadata={"model": cfg.model, "weights": cfg.weights, "dim": dim, "layout": "mv",
-                                           "vector_dtype": "float16"})
-    committer = UnitCommitter(ledger, parquet, milvus, dim, run_id)
+    parquet = ParquetSink(store, metadata={"model": cfg.model, "weights": cfg.weights, "dim": dim,
+                                           "layouts": {lay.name: lay.params(fde) for lay in layouts}})
+    committer = UnitCommitter(ledger, parquet, milvus, schema, run_id)
 
     counts = PlanCounts()
     progress = Progress(None, cfg.progress_interval_s, stream=log)
@@ -105,14 +111,16 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
 
     render = RenderPages(source, adapter.pixel_budget(),
                          RenderLimits(page_timeout_s=cfg.page_timeout_s, max_pages=cfg.max_pages,
-                                      max_bytes=cfg.max_doc_bytes))
-    embed = EmbedPages(spec, batch_size=cfg.batch_size)
+                                      max_bytes=cfg.max_doc_bytes, extract_text=cfg.extract_text))
+    embed = EmbedPages(spec, batch_size=cfg.batch_size, layouts=layouts, fde=fde)
+    layout_stats = LayoutStats(layouts, dim, fde)
     totals = {"indexed": 0, "partial": 0, "quarantined": 0, "pages": 0, "page_quarantine": 0, "superseded": 0}
     quarantine: list[dict] = []
     embed_settings: dict = {}
 
     def on_unit(unit_id: str, info: dict, flow) -> None:
         added = committer.commit(unit_id, info, flow)
+        layout_stats.add(added["table"])
         embed_settings.update(info.get("embed_settings", {}))
         for d in info["docs"]:
             key = {"indexed": "indexed", "partial": "partial", "quarantined": "quarantined"}[d["status"]]
@@ -133,6 +141,13 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
         executor.close()
         milvus_counts = {c: milvus.count(c) for c in (milvus.pages_collection, milvus.patches_collection)}
         milvus.close()
+    layouts_summary = layout_stats.summary()
+    if cfg.fidelity_queries:
+        from pipelines.fidelity import measure_fidelity
+
+        fid = measure_fidelity(store, spec, layouts, fde, cfg.fidelity_queries, seed=cfg.fidelity_seed)
+        for name, res in fid["layouts"].items():
+            layouts_summary.setdefault(name, {})["fidelity"] = res
     wall = time.time() - t_start
 
     summary = {
@@ -156,6 +171,7 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
         },
         "units": {"planned": progress.total_units, "committed": progress.units, "orphan_files_removed": len(orphans)},
         "quarantine": quarantine,
+        "layouts": layouts_summary,
         "milvus": {
             "uri": redact_uri(cfg.milvus_uri()),
             "rows_written": dict(milvus.rows_written),

@@ -25,7 +25,7 @@ def ray_run(smoke_corpus, ray_address, tmp_path_factory):
         summary_path = out.parent / f"summary-{out.name}-{i}.json"
         rc = main(["ingest", str(smoke_corpus.root), "--out", str(out), "--executor", "ray",
                    "--ray-address", ray_address, "--page-timeout", PAGE_TIMEOUT, "--summary", str(summary_path),
-                   "--unit-max-docs", "12", "--quiet"])
+                   "--unit-max-docs", "12", "--layouts", "mv-pool3,mv-int8", "--quiet"])
         assert rc == 0
         summaries.append(json.loads(summary_path.read_text()))
     return out, summaries
@@ -103,7 +103,7 @@ def test_local_executor_gives_identical_parquet(ray_run, smoke_corpus, tmp_path)
     out_ray, _ = ray_run
     out_local = tmp_path / "local"
     rc = main(["ingest", str(smoke_corpus.root), "--out", str(out_local), "--executor", "local",
-               "--page-timeout", PAGE_TIMEOUT, "--unit-max-docs", "12", "--quiet"])
+               "--page-timeout", PAGE_TIMEOUT, "--unit-max-docs", "12", "--layouts", "mv-pool3,mv-int8", "--quiet"])
     assert rc == 0
     a = read_pages(out_ray).sort_by("page_id")
     b = read_pages(out_local).sort_by("page_id")

@@ -1,0 +1,131 @@
+"""How much of the full multi-vector ranking each layout keeps, on the user's own corpus.
+
+Pseudo-queries are sentences sampled (seeded) from the indexed pages' text layer, encoded with the
+model's query path. The reference ranking is full ``mv`` MaxSim over the sampled pages; each layout
+ranks the same pages with its own scoring, and we report recall@10 of the reference top-10 and
+nDCG@10 with graded relevance from the reference order (rank r in the reference top-10 counts
+10 - r). Pages without text are not query sources but stay in the ranked corpus.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from operators import schema as S
+from operators.fde import FdeParams
+from operators.layouts import Layout, LayoutScorer, parse_layout
+from operators.models import ModelSpec, adapter_for
+from operators.parquet_sink import PAGES_PREFIX
+from operators.store import OutputStore
+
+K = 10
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
+
+
+def sentences(text: str | None, min_words: int = 5, max_words: int = 30) -> list[str]:
+    if not text:
+        return []
+    out = []
+    for raw in _SENTENCE_END.split(text):
+        s = " ".join(raw.split())
+        if min_words <= len(s.split()) <= max_words and sum(c.isalpha() for c in s) >= 0.5 * len(s):
+            out.append(s)
+    return out
+
+
+def sample_queries(texts: list[str | None], n: int, seed: int) -> list[tuple[int, str]]:
+    """(source page index, sentence): at most one sentence per page, pages drawn without replacement."""
+    rng = np.random.default_rng(seed)
+    candidates = [(i, ss) for i, t in enumerate(texts) if (ss := sentences(t))]
+    order = rng.permutation(len(candidates))[:n]
+    return [(candidates[j][0], candidates[j][1][rng.integers(len(candidates[j][1]))]) for j in order]
+
+
+def ranking_metrics(reference: np.ndarray, scores: np.ndarray, k: int = K) -> tuple[float, float]:
+    """recall@k of the reference top-k, and nDCG@k against the reference order."""
+    k = min(k, len(reference))
+    ref_top = np.argsort(-reference, kind="stable")[:k]
+    got_top = np.argsort(-scores, kind="stable")[:k]
+    recall = len(set(ref_top) & set(got_top)) / k
+    gain = np.zeros(len(reference))
+    gain[ref_top] = k - np.arange(k)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = float((gain[ref_top] * discounts).sum())
+    return recall, float((gain[got_top] * discounts).sum()) / ideal if ideal else 0.0
+
+
+def read_pages(store: OutputStore, columns: list[str]) -> pa.Table:
+    tables = [pq.read_table(io.BytesIO(store.read_bytes(o.key)), columns=columns) for o in store.list(PAGES_PREFIX)]
+    return pa.concat_tables(tables).sort_by(S.PAGE_ID) if tables else pa.table({c: [] for c in columns})
+
+
+def layouts_in(table_schema: pa.Schema) -> list[Layout]:
+    """The layouts whose columns a pages table has."""
+    out = []
+    for name in table_schema.names:
+        try:
+            lay = parse_layout(name.replace("_", "-"))
+        except ValueError:
+            continue
+        if lay.column == name:
+            out.append(lay)
+    return out
+
+
+def score_layouts(queries: list[np.ndarray], table: pa.Table, layouts: list[Layout], dim: int,
+                  fde: FdeParams | None = None) -> dict[str, dict]:
+    """Fidelity of each layout against ``mv`` on the pages in ``table``."""
+    reference = LayoutScorer(parse_layout("mv"), table, dim)
+    ref_scores = [reference.scores(q) for q in queries]
+    results = {}
+    for lay in layouts:
+        scorer = reference if lay.name == "mv" else LayoutScorer(lay, table, dim, fde)
+        recalls, ndcgs = [], []
+        for q, ref in zip(queries, ref_scores):
+            r, n = ranking_metrics(ref, scorer.scores(q))
+            recalls.append(r)
+            ndcgs.append(n)
+        results[lay.name] = {"recall_at_10": round(float(np.mean(recalls)), 4) if recalls else None,
+                             "ndcg_at_10": round(float(np.mean(ndcgs)), 4) if ndcgs else None}
+    return results
+
+
+def measure_fidelity(store: OutputStore, spec: ModelSpec, layouts: list[Layout] | None, fde: FdeParams | None,
+                     n_queries: int, seed: int = 0, max_pages: int = 5000) -> dict:
+    """Sample pages and queries from ``OUT/pages``, encode the queries, score every layout."""
+    from pipelines.layout_stats import bytes_per_vector, layout_vector_counts
+
+    schema = None
+    for o in store.list(PAGES_PREFIX):
+        schema = pq.read_schema(io.BytesIO(store.read_bytes(o.key)))
+        break
+    if schema is None:
+        raise ValueError("OUT/pages is empty: nothing to measure")
+    present = layouts_in(schema)
+    layouts = [lay for lay in (layouts or present) if lay.column in schema.names]
+    extra_cols = [c for lay in layouts for c in (lay.column, lay.scale_column) if c]
+    cols = list(dict.fromkeys([S.PAGE_ID, S.TEXT, S.MV, *extra_cols]))
+    table = read_pages(store, cols)
+    if table.num_rows > max_pages:
+        idx = np.sort(np.random.default_rng(seed).choice(table.num_rows, max_pages, replace=False))
+        table = table.take(pa.array(idx))
+    texts = table[S.TEXT].to_pylist()
+    picked = sample_queries(texts, n_queries, seed)
+    if not picked:
+        raise ValueError("no page has a text layer with usable sentences: fidelity needs text queries")
+    adapter = adapter_for(spec)
+    queries = []
+    for start in range(0, len(picked), 16):
+        queries += adapter.embed_queries([s for _, s in picked[start:start + 16]])
+    dim = int(table.schema.field(S.MV).type.value_type.list_size)
+    metrics = score_layouts(queries, table, layouts, dim, fde)
+    for lay in layouts:
+        counts = layout_vector_counts(table, lay)
+        metrics[lay.name].update(vectors_per_page=round(float(counts.mean()), 3),
+                                 bytes_per_page=round(float(counts.mean()) * bytes_per_vector(lay, dim, fde or FdeParams()), 1))
+    return {"queries": len(picked), "pages": table.num_rows, "seed": seed, "layouts": metrics}

@@ -1,0 +1,69 @@
+"""Several layouts in one pass: columns, parameters in the schema metadata, counts, fidelity."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from conftest import REPO, pagemill_cmd, read_pages
+
+from pipelines.cli import main
+
+
+@pytest.fixture(scope="module")
+def layout_run(small_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("layouts")
+    summary = out.parent / f"{out.name}-summary.json"
+    rc = main(["ingest", str(small_corpus.root), "--out", str(out), "--executor", "local", "--layouts",
+               "mv-pool3,mv-rowcol,mv-int8,mv-pool2-bin,sv-fde", "--fde-reps", "4", "--fidelity-queries", "12",
+               "--summary", str(summary), "--quiet"])
+    assert rc == 0
+    return out, json.loads(summary.read_text())
+
+
+def test_layout_columns_and_recorded_parameters(layout_run):
+    out, _ = layout_run
+    pages = read_pages(out)
+    assert pages.schema.field("mv_int8").type == pa.list_(pa.list_(pa.int8(), 128))
+    assert pages.schema.field("mv_int8_scale").type == pa.list_(pa.float32())
+    assert pages.schema.field("mv_pool2_bin").type == pa.list_(pa.binary(16))
+    assert pages.schema.field("sv_fde").type == pa.list_(pa.float32(), 4 * 16 * 16)
+    meta = json.loads(pages.schema.metadata[b"pagemill.layouts"])
+    assert meta["mv-pool3"] == {"kind": "mv", "pooling": "pool", "factor": 3, "encoding": "fp16"}
+    assert meta["sv-fde"]["fde_reps"] == 4 and meta["sv-fde"]["dim"] == 1024
+
+
+def test_pooled_vector_counts_for_every_page(layout_run):
+    out, _ = layout_run
+    pages = read_pages(out)
+    n = pages["n_vectors"].to_numpy()
+    patches = pages["n_patches"].to_numpy()
+    special = n - patches
+    assert (pc.list_value_length(pages["mv_pool3"]).to_numpy() == special + (patches // 3).clip(1)).all()
+    assert (pc.list_value_length(pages["mv_pool2_bin"]).to_numpy() == special + (patches // 2).clip(1)).all()
+    rowcol = special + pages["patch_grid_h"].to_numpy() + pages["patch_grid_w"].to_numpy()
+    assert (pc.list_value_length(pages["mv_rowcol"]).to_numpy() == rowcol).all()
+    assert (pc.list_value_length(pages["mv_int8"]).to_numpy() == n).all()
+
+
+def test_fidelity_in_summary_and_from_the_command(layout_run):
+    out, summary = layout_run
+    lay = summary["layouts"]
+    assert lay["mv"]["fidelity"]["recall_at_10"] == 1.0 and lay["mv"]["fidelity"]["ndcg_at_10"] == 1.0
+    for name in ("mv-pool3", "mv-rowcol", "mv-int8", "mv-pool2-bin", "sv-fde", "sv-mean"):
+        f = lay[name]["fidelity"]
+        assert 0.0 <= f["recall_at_10"] <= 1.0 and 0.0 <= f["ndcg_at_10"] <= 1.0
+    assert lay["mv-int8"]["fidelity"]["recall_at_10"] >= 0.9
+    assert lay["mv-pool2-bin"]["raw_bytes_per_page"] < lay["mv"]["raw_bytes_per_page"] / 10
+    r = subprocess.run(pagemill_cmd("fidelity", str(out), "--queries", "12", "--json"), cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    again = json.loads(r.stdout)
+    for name, f in again["layouts"].items():
+        assert f["recall_at_10"] == lay[name]["fidelity"]["recall_at_10"], name
+    table = subprocess.run(pagemill_cmd("fidelity", str(out), "--queries", "12"), cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+    assert "recall@10" in table.stdout and "mv-pool3" in table.stdout
