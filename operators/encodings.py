@@ -58,15 +58,17 @@ def hamming_similarity(query_bits: np.ndarray, doc_bits: np.ndarray, dim: int) -
     return dim - 2.0 * ham
 
 
+# Bytes of one stored vector; int8, bf16 and bin are fixed-size binary so that Parquet stores
+# exactly these bytes (Parquet has no 8- or bf16-bit physical type: int8 values would take 4).
+BINARY_WIDTH = {"bf16": lambda d: 2 * d, "int8": lambda d: d, "bin": lambda d: d // 8}
+_NUMPY = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16, "int8": np.int8, "bin": np.uint8}
+
+
 def arrow_type(encoding: str, dim: int) -> pa.DataType:
     """The Arrow type of one encoded vector."""
-    return {
-        "fp32": pa.list_(pa.float32(), dim),
-        "fp16": pa.list_(pa.float16(), dim),
-        "bf16": pa.list_(pa.uint16(), dim),
-        "int8": pa.list_(pa.int8(), dim),
-        "bin": pa.binary(dim // 8),
-    }[encoding]
+    if encoding in BINARY_WIDTH:
+        return pa.binary(BINARY_WIDTH[encoding](dim))
+    return {"fp32": pa.list_(pa.float32(), dim), "fp16": pa.list_(pa.float16(), dim)}[encoding]
 
 
 def encode_block(x: np.ndarray, encoding: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -100,16 +102,16 @@ def ragged_array(blocks: list[np.ndarray], encoding: str, dim: int, null_mask: l
     """Per-page encoded blocks as ``list<arrow_type(encoding)>``, built without Python loops."""
     lengths = np.array([len(b) for b in blocks], dtype=np.int32)
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    dtype = _NUMPY[encoding]
     width = dim // 8 if encoding == "bin" else dim
-    dtype = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16, "int8": np.int8, "bin": np.uint8}[encoding]
     flat = np.concatenate(blocks).astype(dtype, copy=False) if blocks else np.empty((0, width), dtype)
-    flat = np.ascontiguousarray(flat).reshape(-1)
-    if encoding == "bin":
-        inner = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(flat) // width,
-                                                     [None, pa.py_buffer(flat.tobytes())])
+    flat = np.ascontiguousarray(flat)
+    n = flat.shape[0]
+    if encoding in BINARY_WIDTH:
+        inner = pa.FixedSizeBinaryArray.from_buffers(arrow_type(encoding, dim), n, [None, pa.py_buffer(flat.tobytes())])
     else:
-        arrow_scalar = {"fp32": pa.float32(), "fp16": pa.float16(), "bf16": pa.uint16(), "int8": pa.int8()}[encoding]
-        inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, arrow_scalar), dim)
+        arrow_scalar = {"fp32": pa.float32(), "fp16": pa.float16()}[encoding]
+        inner = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), arrow_scalar), dim)
     mask = pa.array(null_mask) if null_mask is not None else None
     return pa.ListArray.from_arrays(offsets, inner, mask=mask)
 
@@ -120,9 +122,9 @@ def read_ragged(column: pa.ChunkedArray | pa.Array, encoding: str, dim: int) -> 
     offsets = arr.offsets.to_numpy()
     offsets = offsets - offsets[0]
     values = arr.flatten()  # respects slicing, unlike .values
-    if encoding == "bin":
-        width = dim // 8
+    if encoding in BINARY_WIDTH:
+        width = BINARY_WIDTH[encoding](dim)
         raw = np.frombuffer(values.buffers()[1], np.uint8)[values.offset * width:(values.offset + len(values)) * width]
-        return offsets, raw.reshape(-1, width)
+        return offsets, raw.view(_NUMPY[encoding]).reshape(len(values), -1)
     flat = values.flatten().to_numpy(zero_copy_only=False)
     return offsets, flat.reshape(-1, dim)

@@ -66,17 +66,21 @@ class MilvusSink:
     def patches_collection(self) -> str:
         return f"{self.collection}_patches"
 
-    def setup(self) -> None:
+    def connect(self) -> None:
+        """Open the client only (for readers); ``setup`` also creates the collections."""
         from pymilvus import MilvusClient
 
         if is_lite_uri(self.uri):
             parent = os.path.dirname(os.path.abspath(self.uri))
             os.makedirs(parent, exist_ok=True)
+        kwargs = {"uri": self.uri, "timeout": self.timeout_s}
+        if self._token:
+            kwargs["token"] = self._token
+        self.client = MilvusClient(**kwargs)
+
+    def setup(self) -> None:
         try:
-            kwargs = {"uri": self.uri, "timeout": self.timeout_s}
-            if self._token:
-                kwargs["token"] = self._token
-            self.client = MilvusClient(**kwargs)
+            self.connect()
             self._ensure_collections()
         except MilvusError:
             raise

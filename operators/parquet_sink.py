@@ -42,6 +42,15 @@ def quarantine_table(entries: list[dict], unit_id: str, run_id: str) -> pa.Table
     return pa.table(rows, schema=S.QUARANTINE_SCHEMA)
 
 
+def is_vector_field(field: pa.Field) -> bool:
+    """Embedding columns: (lists of) fixed-size vectors of numbers or bytes."""
+    t = field.type
+    while pa.types.is_list(t) or pa.types.is_large_list(t):
+        t = t.value_type
+    return pa.types.is_fixed_size_list(t) or pa.types.is_fixed_size_binary(t) or (
+        field.name.endswith("_scale") and pa.types.is_list(field.type))
+
+
 class ParquetSink:
     """Writes one Parquet object per unit and key; rewriting the same key replaces it whole.
 
@@ -59,7 +68,12 @@ class ParquetSink:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{
             f"pagemill.{k}".encode(): v.encode() for k, v in self.metadata.items()}})
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression=self.compression, row_group_size=1024)
+        # Vector columns: plain, uncompressed. Embeddings barely compress, and this way a
+        # layout's Parquet bytes follow from its parameters (what `pagemill report` predicts).
+        vectors = [f.name for f in table.schema if is_vector_field(f)]
+        others = [f.name for f in table.schema if f.name not in vectors]
+        pq.write_table(table, buf, compression={**{c: "none" for c in vectors}, **{c: self.compression for c in others}},
+                       use_dictionary=others, row_group_size=1024, write_statistics=others)
         data = buf.getvalue()
         self.store.write_bytes(key, data)
         self.bytes_written[key.split("/", 1)[0]] = self.bytes_written.get(key.split("/", 1)[0], 0) + len(data)

@@ -93,12 +93,117 @@ def _fidelity_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+REPORT_EXAMPLE = """example:
+  pagemill report demo-out --pages 1000000,100000000 --html report.html
+
+For every layout in the run: vectors per page, bytes per vector, Parquet bytes per page as
+written (measured, with the cost model's prediction beside it), Milvus bytes per page, fidelity
+(from a run with --fidelity-queries), projections and monthly cost, and a recommendation.
+"""
+
+PLAN_EXAMPLE = """examples:
+  pagemill plan --model colpali --pages 1000000
+  pagemill plan --vectors-per-page 1750 --dim 3072 --dtype bf16 --pages 1000000
+  pagemill plan --model colqwen2 --pages 20000000 --layouts mv-pool3,mv-bin,sv-mean --calibration calib.json --deadline 72
+"""
+
+
+def _common_cost_flags(p) -> None:
+    p.add_argument("--prices", help="YAML/JSON prices: object_storage_gb_month, ram_gb_month, disk_gb_month, gpu_hour")
+    p.add_argument("--index", default="HNSW", help="Milvus index type for the projection (HNSW)")
+    p.add_argument("--replicas", type=int, default=1, help="Milvus in-memory replicas (1)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _report_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("report", help="measured and projected storage cost of each layout of a run",
+                       description="Storage-cost report of a run.", epilog=REPORT_EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="output root of a run")
+    p.add_argument("--pages", default="1000000,100000000", help="corpus sizes to project to (1M and 100M)")
+    p.add_argument("--threshold", type=float, default=0.9, help="fidelity (recall@10) a recommended layout needs")
+    p.add_argument("--milvus", help="also measure Milvus raw bytes here (default OUT/milvus.db when it exists)")
+    p.add_argument("--html", help="write an HTML report (with PNG charts beside it)")
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
+    _common_cost_flags(p)
+    return p
+
+
+def _plan_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("plan", help="project storage, memory, GPUs and cost without a run",
+                       description="Capacity plan from a model preset or explicit sizes.", epilog=PLAN_EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="preset: colpali, colqwen2, colqwen2.5, colmodernvbert, nemoretriever-colembed-3b, "
+                   "jina-embeddings-v4, qwen3-vl-embedding-2b/8b, llama-nemotron-embed-vl-1b-v2")
+    p.add_argument("--vectors-per-page", type=float, help="vectors per page (instead of --model)")
+    p.add_argument("--dim", type=int, help="dimensions per vector")
+    p.add_argument("--dtype", help="stored dtype of the base layout: fp32, fp16, bf16, int8, bin")
+    p.add_argument("--pages", type=int, default=1_000_000, help="corpus size (1000000)")
+    p.add_argument("--layouts", help="layouts to cost besides the base one, e.g. mv-pool3,mv-bin,sv-mean")
+    p.add_argument("--calibration", help="profile from pagemill calibrate: GPU-hours, GPUs, CPU cores per GPU")
+    p.add_argument("--deadline", type=float, help="hours to finish in (needs --calibration)")
+    _common_cost_flags(p)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pagemill", description="Batch indexing for visual document retrieval.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _ingest_parser(sub)
     _fidelity_parser(sub)
+    _report_parser(sub)
+    _plan_parser(sub)
     return parser
+
+
+def _report(args) -> int:
+    from operators.milvus_sink import MilvusSink
+    from operators.s3 import S3Options
+    from operators.store import open_store
+    from pipelines.report import build_report, format_report, load_prices, measure_run
+
+    store = open_store(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
+    milvus_uri = args.milvus
+    if milvus_uri is None and store.local_path("milvus.db") and os.path.exists(store.local_path("milvus.db")):
+        milvus_uri = store.local_path("milvus.db")
+    sink = None
+    if milvus_uri:
+        sink = MilvusSink(milvus_uri, dim=0, token=os.environ.get("MILVUS_TOKEN") or None)
+        sink.connect()
+    try:
+        measured = measure_run(store, milvus=sink)
+    finally:
+        if sink:
+            sink.close()
+    pages = tuple(int(x) for x in str(args.pages).split(",") if x.strip())
+    from operators.milvus_sink import is_lite_uri
+
+    report = build_report(measured, pages, load_prices(args.prices), args.index, args.replicas, args.threshold,
+                          measured_lite=bool(milvus_uri and is_lite_uri(milvus_uri)))
+    text = format_report(report)
+    if args.html:
+        from pipelines.report_html import write_html
+
+        write_html(report, text, args.html)
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else text)
+    return 0
+
+
+def _plan(args) -> int:
+    from pipelines.report import format_plan, load_prices, plan
+
+    calibration = None
+    if args.calibration:
+        with open(args.calibration) as f:
+            calibration = json.load(f)
+    elif args.deadline:
+        raise ValueError("--deadline needs --calibration (pages/s per GPU from pagemill calibrate)")
+    result = plan(preset=args.model, vectors_per_page=args.vectors_per_page, dim=args.dim, dtype=args.dtype,
+                  pages=args.pages, layouts=[x for x in (args.layouts or "").split(",") if x.strip()],
+                  calibration=calibration, deadline_hours=args.deadline, index=args.index, replicas=args.replicas,
+                  prices=load_prices(args.prices))
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else format_plan(result))
+    return 0
 
 
 def _fmt_bytes(n: float) -> str:
@@ -176,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"ingest": _ingest, "fidelity": _fidelity}[args.command](args)
+        return {"ingest": _ingest, "fidelity": _fidelity, "report": _report, "plan": _plan}[args.command](args)
     except ConfigError as e:
         print(f"pagemill: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -142,9 +142,10 @@ def _embs(rng, n_pages, dim=128):
 def test_encoder_columns_round_trip_through_arrow():
     rng = np.random.default_rng(6)
     embs = _embs(rng, 5)
-    layouts = parse_layouts("mv-pool3,mv-int8,mv-bin,mv-rowcol,mv-fp32,sv-fde")
+    layouts = parse_layouts("mv-pool3,mv-int8,mv-bf16,mv-bin,mv-rowcol,mv-fp32,sv-fde")
     cols = LayoutEncoder(layouts, 128).columns([*embs, None])
-    assert cols["mv_int8"].type == pa.list_(pa.list_(pa.int8(), 128)) and "mv_int8_scale" in cols
+    assert cols["mv_int8"].type == pa.list_(pa.binary(128)) and "mv_int8_scale" in cols
+    assert cols["mv_bf16"].type == pa.list_(pa.binary(256))
     assert cols["mv_bin"].type == pa.list_(pa.binary(16))
     assert cols["mv_fp32"].null_count == 1
     for i, e in enumerate(embs):
@@ -156,6 +157,10 @@ def test_encoder_columns_round_trip_through_arrow():
     scorer = LayoutScorer(parse_layout("mv-fp32"), table, 128)
     for d, e in zip(scorer.docs, embs):
         np.testing.assert_array_equal(d, e.vectors)
+    for name in ("mv-int8", "mv-bf16"):
+        scorer = LayoutScorer(parse_layout(name), table, 128)
+        for d, e in zip(scorer.docs, embs):
+            np.testing.assert_allclose(d, e.vectors, atol=2e-2)
     scorer = LayoutScorer(parse_layout("mv-bin"), table, 128)
     np.testing.assert_array_equal(scorer.docs[1], np.where(embs[1].vectors > 0, 1.0, -1.0))
 

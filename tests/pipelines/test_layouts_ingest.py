@@ -27,7 +27,7 @@ def layout_run(small_corpus, tmp_path_factory):
 def test_layout_columns_and_recorded_parameters(layout_run):
     out, _ = layout_run
     pages = read_pages(out)
-    assert pages.schema.field("mv_int8").type == pa.list_(pa.list_(pa.int8(), 128))
+    assert pages.schema.field("mv_int8").type == pa.list_(pa.binary(128))
     assert pages.schema.field("mv_int8_scale").type == pa.list_(pa.float32())
     assert pages.schema.field("mv_pool2_bin").type == pa.list_(pa.binary(16))
     assert pages.schema.field("sv_fde").type == pa.list_(pa.float32(), 4 * 16 * 16)
@@ -67,3 +67,35 @@ def test_fidelity_in_summary_and_from_the_command(layout_run):
     table = subprocess.run(pagemill_cmd("fidelity", str(out), "--queries", "12"), cwd=REPO, capture_output=True,
                            text=True, timeout=300)
     assert "recall@10" in table.stdout and "mv-pool3" in table.stdout
+
+
+def test_report_predicts_what_it_measures(layout_run, tmp_path, capsys):
+    out, _ = layout_run
+    html = tmp_path / "r" / "report.html"
+    assert main(["report", str(out), "--json", "--html", str(html)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    names = {r["layout"] for r in report["layouts"]}
+    assert names == {"mv", "sv-mean", "mv-pool3", "mv-rowcol", "mv-int8", "mv-pool2-bin", "sv-fde"}
+    for r in report["layouts"]:
+        pq_bytes = r["parquet_bytes_per_page"]
+        assert pq_bytes["predicted"] == pytest.approx(pq_bytes["measured"], rel=0.05), r["layout"]
+        assert r["fidelity"] is not None and "1000000" in r["projections"]
+    measured_milvus = [r for r in report["layouts"] if "measured" in r["milvus"]["raw_bytes_per_page"]]
+    assert {r["layout"] for r in measured_milvus} == {"mv", "sv-mean"}
+    for r in measured_milvus:
+        raw = r["milvus"]["raw_bytes_per_page"]
+        assert raw["predicted"] == pytest.approx(raw["measured"], rel=0.05), r["layout"]
+    assert report["recommendation"]["cascade"]["stage1"] in ("sv-mean", "sv-fde")
+    # charts: valid PNGs with real content
+    import numpy as np
+    from PIL import Image
+
+    pngs = sorted(html.parent.glob("*.png"))
+    assert len(pngs) == 2 and "report-cost-vs-pages.png" in html.read_text()
+    for png in pngs:
+        with Image.open(png) as im:
+            assert im.format == "PNG" and im.width >= 500 and im.height >= 300
+            arr = np.asarray(im.convert("RGB"))
+            assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 20 and arr.std() > 5
+    assert main(["report", str(out)]) == 0
+    assert "cascade:" in capsys.readouterr().out

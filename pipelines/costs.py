@@ -1,0 +1,198 @@
+"""The storage cost model: bytes per page of each layout in Parquet and in Milvus, projected.
+
+Everything here is arithmetic on parameters (vectors per page, dim, encoding, key lengths), so
+`pagemill plan` needs no run; `pagemill report` feeds it measured parameters and checks the
+prediction against measured bytes.
+
+Figures the model reproduces (tests/pipelines/test_costs.py):
+- ColPali, 1030 x 128 bf16: 263,680 bytes per page, ~264 GB per million pages.
+- 3072-dim tokens, ~1,750 per page, bf16: ~10.75 TB per million pages (NemoRetriever 3B: 10.3 TB).
+- single 2048-d bf16 vector: 4,096 bytes per page; binary 1030 x 128: 16,480 bytes per page.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from operators import encodings as E
+from operators.fde import FdeParams
+from operators.layouts import Layout, parse_layout
+
+# Parquet, as pagemill writes vector columns (plain, uncompressed; see parquet_sink): the vector
+# bytes plus repetition/definition levels: ~6 bytes per fixed-size-list vector, ~0.1 per
+# fixed-size-binary vector, ~5 bytes per page for the list itself. Measured on the dev corpus.
+PARQUET_LEVEL_BYTES = {"list": 6.0, "binary": 0.1}
+PARQUET_PAGE_BYTES = 5.0
+
+# Milvus: bytes per vector element by field type. Milvus Lite stores FLOAT_VECTOR (fp32) only.
+MILVUS_VECTOR_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "bin": 1 / 8}
+VARCHAR_OVERHEAD = 4  # length prefix per VARCHAR value
+PAGE_ID_LEN = 24  # "<16 hex>-p<6 digits>"
+DOC_ID_LEN = 16
+
+# Index overhead per vector, in memory and on disk, beyond the raw vector (bytes); D = dim.
+INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "DISKANN", "BIN_FLAT", "BIN_IVF_FLAT", "AUTOINDEX")
+
+
+@dataclass(frozen=True)
+class Prices:
+    """Monthly prices in USD (defaults: list prices of the big clouds, rounded; override with --prices)."""
+
+    object_storage_gb_month: float = 0.023  # S3 Standard
+    ram_gb_month: float = 2.00  # memory-optimised instances, per GB of RAM
+    disk_gb_month: float = 0.08  # gp3 SSD
+    gpu_hour: float = 2.50  # one data-centre GPU, on demand
+
+
+def index_overhead(index: str, dim: int, vector_bytes: float, hnsw_m: int = 16, pq_m: int | None = None,
+                   diskann_r: int = 64) -> tuple[float, float]:
+    """(memory, disk) bytes per vector for the index, *including* the vectors it holds in memory.
+
+    HNSW keeps the vectors plus 2M neighbour ids (4 bytes) on layer 0 and ~1/M more above;
+    IVF_FLAT keeps vectors plus an 8-byte id; IVF_SQ8 one byte per dim; IVF_PQ ``pq_m`` bytes
+    (default D/4); DISKANN keeps PQ codes in memory and vectors plus an R-degree graph on disk.
+    """
+    index = index.upper()
+    if index in ("HNSW", "AUTOINDEX"):
+        links = 2 * hnsw_m * 4 * (1 + 1 / hnsw_m)
+        return vector_bytes + links, vector_bytes + links
+    if index in ("FLAT", "BIN_FLAT"):
+        return vector_bytes, 0.0
+    if index in ("IVF_FLAT", "BIN_IVF_FLAT"):
+        return vector_bytes + 8, vector_bytes + 8
+    if index == "IVF_SQ8":
+        return dim + 8, dim + 8
+    if index == "IVF_PQ":
+        m = pq_m or max(1, dim // 4)
+        return m + 8, m + 8
+    if index == "DISKANN":
+        codes = max(1, dim // 4)
+        return codes + 8, vector_bytes + diskann_r * 4 + codes
+    raise ValueError(f"unknown index type {index!r} (one of {', '.join(INDEX_TYPES)})")
+
+
+@dataclass
+class LayoutCost:
+    """Bytes per page of one layout, from parameters."""
+
+    layout: str
+    vectors_per_page: float
+    dim: int
+    bytes_per_vector: float
+    raw_bytes_per_page: float
+    parquet_bytes_per_page: float
+    milvus_rows_per_page: float
+    milvus_raw_bytes_per_page: float
+    milvus_memory_bytes_per_page: float
+    milvus_disk_bytes_per_page: float
+    index: str
+
+    def projected(self, pages: int, replicas: int = 1) -> dict:
+        return {
+            "pages": pages,
+            "object_storage_bytes": self.parquet_bytes_per_page * pages,
+            "milvus_memory_bytes": self.milvus_memory_bytes_per_page * pages * replicas,
+            "milvus_disk_bytes": self.milvus_disk_bytes_per_page * pages,
+        }
+
+    def monthly_cost(self, pages: int, prices: Prices, replicas: int = 1, in_milvus: bool = True) -> float:
+        p = self.projected(pages, replicas)
+        gb = 1e9
+        cost = p["object_storage_bytes"] / gb * prices.object_storage_gb_month
+        if in_milvus:
+            cost += p["milvus_memory_bytes"] / gb * prices.ram_gb_month + p["milvus_disk_bytes"] / gb * prices.disk_gb_month
+        return cost
+
+
+def stored_bytes_per_vector(layout: Layout, dim: int, fde: FdeParams | None = None) -> float:
+    if layout.kind == "sv":
+        return (fde or FdeParams()).dim * 4.0 if layout.pooling == "fde" else dim * 4.0
+    return dim * E.BYTES_PER_DIM[layout.encoding] + E.SCALE_BYTES.get(layout.encoding, 0)
+
+
+def parquet_bytes_per_page(layout: Layout, vectors_per_page: float, dim: int, fde: FdeParams | None = None) -> float:
+    bpv = stored_bytes_per_vector(layout, dim, fde)
+    if layout.kind == "sv":
+        return bpv + PARQUET_PAGE_BYTES
+    binary = layout.encoding in E.BINARY_WIDTH
+    levels = PARQUET_LEVEL_BYTES["binary" if binary else "list"]
+    scale_pages = PARQUET_PAGE_BYTES if layout.encoding == "int8" else 0.0
+    return vectors_per_page * (bpv + levels) + PARQUET_PAGE_BYTES + scale_pages
+
+
+def milvus_vector_bytes(layout: Layout, dim: int, lite: bool, fde: FdeParams | None = None) -> float:
+    if layout.kind == "sv":
+        d = (fde or FdeParams()).dim if layout.pooling == "fde" else dim
+        return d * 4.0
+    if lite and layout.encoding != "bin":
+        return dim * 4.0  # Milvus Lite: float vectors only
+    return dim * MILVUS_VECTOR_BYTES[layout.encoding]
+
+
+def patch_row_scalar_bytes(doc_version_len: float, vectors_per_page: float) -> float:
+    """Keys and scalars repeated on every row of a row-per-vector collection."""
+    index_digits = max(1.0, math.log10(max(vectors_per_page, 1)) + 0.5)
+    patch_id = PAGE_ID_LEN + 1 + index_digits
+    varchars = patch_id + PAGE_ID_LEN + DOC_ID_LEN + doc_version_len
+    return varchars + 4 * VARCHAR_OVERHEAD + 4  # + patch_index INT32
+
+
+def page_row_scalar_bytes(doc_version_len: float, source_uri_len: float) -> float:
+    varchars = PAGE_ID_LEN + DOC_ID_LEN + doc_version_len + source_uri_len
+    return varchars + 4 * VARCHAR_OVERHEAD + 4  # + page_number INT32
+
+
+def layout_cost(layout: Layout | str, vectors_per_page: float, dim: int, *, index: str = "HNSW", lite: bool = False,
+                doc_version_len: float = 26.0, source_uri_len: float = 80.0, fde: FdeParams | None = None) -> LayoutCost:
+    """The cost of one layout per page. Multi-vector layouts are one Milvus row per vector
+    (keys repeated per row); single-vector layouts are one field of the page-level row."""
+    layout = parse_layout(layout) if isinstance(layout, str) else layout
+    bpv = stored_bytes_per_vector(layout, dim, fde)
+    vec = milvus_vector_bytes(layout, dim, lite, fde)
+    d = (fde or FdeParams()).dim if layout.pooling == "fde" else dim
+    if layout.kind == "mv" and layout.encoding == "bin" and index.upper() in ("HNSW", "AUTOINDEX", "FLAT"):
+        index = "BIN_FLAT" if index.upper() == "FLAT" else "BIN_IVF_FLAT"
+    mem_idx, disk_idx = index_overhead(index, d, vec)
+    if layout.kind == "mv":
+        rows = vectors_per_page
+        scalars = patch_row_scalar_bytes(doc_version_len, vectors_per_page)
+    else:
+        rows = 1.0
+        scalars = page_row_scalar_bytes(doc_version_len, source_uri_len)
+    raw = rows * (vec + scalars)
+    return LayoutCost(
+        layout=layout.name,
+        vectors_per_page=vectors_per_page,
+        dim=d,
+        bytes_per_vector=bpv,
+        raw_bytes_per_page=vectors_per_page * bpv,
+        parquet_bytes_per_page=parquet_bytes_per_page(layout, vectors_per_page, dim, fde),
+        milvus_rows_per_page=rows,
+        milvus_raw_bytes_per_page=raw,
+        milvus_memory_bytes_per_page=rows * (mem_idx + scalars),
+        milvus_disk_bytes_per_page=raw + rows * disk_idx,
+        index=index.upper(),
+    )
+
+
+def pooled_vectors(vectors_per_page: float, layout: Layout, special: float = 0.0,
+                   grid: tuple[float, float] | None = None) -> float:
+    """Vectors per page of a pooled layout from the full count (``special``: non-patch vectors)."""
+    patches = max(0.0, vectors_per_page - special)
+    if layout.kind == "sv":
+        return 1.0
+    if layout.pooling == "pool":
+        return special + max(1.0, math.floor(patches / layout.factor))
+    if layout.pooling == "rowcol":
+        gh, gw = grid or (math.sqrt(patches), math.sqrt(patches))
+        return special + gh + gw
+    return vectors_per_page
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"

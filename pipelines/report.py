@@ -1,0 +1,382 @@
+"""`pagemill report` and `pagemill plan`: measured and projected storage, memory and money.
+
+The report measures a run (vectors per page from the shards, Parquet bytes per layout from the
+column-chunk sizes in the Parquet footers, Milvus raw bytes from rows read back) and sets the
+cost model's prediction from parameters beside each measurement. The plan needs no run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import asdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from operators import schema as S
+from operators.fde import FdeParams
+from operators.layouts import Layout, parse_layout, parse_layouts
+from operators.parquet_sink import PAGES_PREFIX
+from operators.store import OutputStore
+from pipelines.costs import (
+    LayoutCost,
+    Prices,
+    human_bytes,
+    layout_cost,
+    page_row_scalar_bytes,
+    patch_row_scalar_bytes,
+    pooled_vectors,
+)
+from pipelines.fidelity import layouts_in
+
+DEFAULT_PAGES = (1_000_000, 100_000_000)
+DEFAULT_PRICES = Prices()
+
+# Storage presets for `pagemill plan` (vectors per page, dim, stored dtype). Figures from the model
+# cards and papers; pages differ, so calibrate on your own corpus (`pagemill report`).
+MODEL_PRESETS: dict[str, dict] = {
+    "colpali": {"vectors_per_page": 1030, "dim": 128, "dtype": "bf16", "special": 6,
+                "note": "PaliGemma 448px: 1024 patches (32x32) + 6 prompt tokens"},
+    "colqwen2": {"vectors_per_page": 750, "dim": 128, "dtype": "bf16", "special": 20,
+                 "note": "Qwen2-VL at the 768-visual-token budget: ~730 patches + prompt tokens"},
+    "colqwen2.5": {"vectors_per_page": 750, "dim": 128, "dtype": "bf16", "special": 20,
+                   "note": "as colqwen2 (Qwen2.5-VL backbone)"},
+    "colmodernvbert": {"vectors_per_page": 850, "dim": 128, "dtype": "bf16", "special": 18,
+                       "note": "approximate: 64 tokens per 512px tile, ~13 tiles per page"},
+    "nemoretriever-colembed-3b": {"vectors_per_page": 1750, "dim": 3072, "dtype": "bf16", "special": 20,
+                                  "note": "3072-dim tokens, ~1,700-1,800 per page"},
+    "jina-embeddings-v4": {"vectors_per_page": 1, "dim": 2048, "dtype": "bf16", "single": True,
+                           "note": "single-vector mode (a 128-d multi-vector mode exists too)"},
+    "qwen3-vl-embedding-2b": {"vectors_per_page": 1, "dim": 2048, "dtype": "bf16", "single": True,
+                              "note": "Matryoshka: 64-2048 dims"},
+    "qwen3-vl-embedding-8b": {"vectors_per_page": 1, "dim": 4096, "dtype": "bf16", "single": True,
+                              "note": "Matryoshka: 64-4096 dims"},
+    "llama-nemotron-embed-vl-1b-v2": {"vectors_per_page": 1, "dim": 2048, "dtype": "bf16", "single": True,
+                                      "note": "single vector per page"},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring a run
+
+
+def _shards(store: OutputStore) -> list[str]:
+    return [o.key for o in store.list(PAGES_PREFIX) if o.key.endswith(".parquet")]
+
+
+def _recorded(schema: pa.Schema) -> dict:
+    meta = schema.metadata or {}
+    return {k.decode()[len("pagemill."):]: json.loads(v) for k, v in meta.items() if k.startswith(b"pagemill.")}
+
+
+def _fde_from(recorded: dict) -> FdeParams:
+    p = recorded.get("layouts", {}).get("sv-fde")
+    return FdeParams(p["fde_reps"], p["fde_bits"], p["fde_proj_dim"], p["fde_seed"]) if p else FdeParams()
+
+
+def latest_fidelity(store: OutputStore) -> dict[str, dict]:
+    """Fidelity per layout from the newest run summary that measured it."""
+    for obj in sorted(store.list("_runs"), key=lambda o: o.key, reverse=True):
+        summary = json.loads(store.read_bytes(obj.key))
+        found = {k: v["fidelity"] for k, v in summary.get("layouts", {}).items() if "fidelity" in v}
+        if found:
+            return found
+    return {}
+
+
+def measure_run(store: OutputStore, max_shards: int = 200, milvus=None) -> dict:
+    """Per-layout measurements of the run under ``store`` (shard footers for bytes; up to
+    ``max_shards`` shards read for vector counts and key lengths)."""
+    shards = _shards(store)
+    if not shards:
+        raise ValueError("no shards under OUT/pages: run pagemill ingest first")
+    blobs = {}
+    first = pq.ParquetFile(io.BytesIO(store.read_bytes(shards[0])))
+    recorded = _recorded(first.schema_arrow)
+    layouts = layouts_in(first.schema_arrow)
+    column_bytes: dict[str, int] = {}
+    rows = 0
+    for key in shards:
+        data = store.read_bytes(key)
+        if len(blobs) < max_shards:
+            blobs[key] = data
+        md = pq.ParquetFile(io.BytesIO(data)).metadata
+        rows += md.num_rows
+        for rg in range(md.num_row_groups):
+            g = md.row_group(rg)
+            for c in range(g.num_columns):
+                col = g.column(c)
+                top = col.path_in_schema.split(".")[0]
+                column_bytes[top] = column_bytes.get(top, 0) + col.total_compressed_size
+    cols = [S.PAGE_ID, S.DOC_VERSION, S.SOURCE_URI, S.N_VECTORS, S.N_PATCHES, S.PATCH_GRID_H, S.PATCH_GRID_W]
+    cols += [lay.column for lay in layouts if lay.column not in cols]
+    sample = pa.concat_tables([pq.read_table(io.BytesIO(b), columns=cols) for b in blobs.values()])
+    dim = int(first.schema_arrow.field(S.MV).type.value_type.list_size)
+    fde = _fde_from(recorded)
+    per_layout = {}
+    for lay in layouts:
+        counts = (np.ones(sample.num_rows) if lay.kind == "sv"
+                  else pc.list_value_length(sample[lay.column]).to_numpy(zero_copy_only=False).astype(float))
+        pbytes = column_bytes.get(lay.column, 0) + (column_bytes.get(lay.scale_column, 0) if lay.scale_column else 0)
+        per_layout[lay.name] = {
+            "vectors_per_page": {"mean": float(counts.mean()), "p50": float(np.percentile(counts, 50)),
+                                 "p95": float(np.percentile(counts, 95)), "max": float(counts.max())},
+            "parquet_bytes_per_page": pbytes / rows,
+        }
+    measured = {
+        "pages": rows,
+        "shards": len(shards),
+        "dim": dim,
+        "model": recorded.get("model"),
+        "fde": asdict(fde),
+        "doc_version_len": float(np.mean([len(v) for v in sample[S.DOC_VERSION].to_pylist()])),
+        "source_uri_len": float(np.mean([len(v.encode()) for v in sample[S.SOURCE_URI].to_pylist()])),
+        "special_per_page": float((sample[S.N_VECTORS].to_numpy() - sample[S.N_PATCHES].to_numpy()).mean()),
+        "layouts": per_layout,
+        "fidelity": latest_fidelity(store),
+    }
+    if milvus is not None:
+        measured["milvus"] = measure_milvus(milvus, sample[S.PAGE_ID].to_pylist()[:200])
+    return measured
+
+
+def measure_milvus(sink, page_ids: list[str]) -> dict:
+    """Raw bytes per page actually stored in Milvus for a sample of pages, read back row by row:
+    vector bytes plus every key and scalar field (length-prefixed VARCHARs, INT32s)."""
+    from operators.milvus_sink import PATCH_ID, PATCH_INDEX, VECTOR
+
+    for c in (sink.pages_collection, sink.patches_collection):
+        sink.client.load_collection(c)  # a fresh connection finds collections released
+    ids = json.dumps(page_ids)
+    pages = sink.client.query(sink.pages_collection, filter=f"{S.PAGE_ID} in {ids}",
+                              output_fields=[S.PAGE_ID, S.DOC_ID, S.DOC_VERSION, S.SOURCE_URI, S.SV_MEAN])
+    patches = []
+    for start in range(0, len(page_ids), 20):
+        chunk = json.dumps(page_ids[start:start + 20])
+        patches += sink.client.query(sink.patches_collection, filter=f"{S.PAGE_ID} in {chunk}",
+                                     output_fields=[PATCH_ID, S.PAGE_ID, S.DOC_ID, S.DOC_VERSION, PATCH_INDEX, VECTOR])
+
+    def varchar(v):
+        return len(v.encode()) + 4
+
+    page_bytes = sum(varchar(r[S.PAGE_ID]) + varchar(r[S.DOC_ID]) + varchar(r[S.DOC_VERSION])
+                     + varchar(r[S.SOURCE_URI]) + 4 + 4 * len(r[S.SV_MEAN]) for r in pages)
+    patch_bytes = sum(varchar(r[PATCH_ID]) + varchar(r[S.PAGE_ID]) + varchar(r[S.DOC_ID]) + varchar(r[S.DOC_VERSION])
+                      + 4 + 4 * len(r[VECTOR]) for r in patches)
+    n = max(1, len(pages))
+    return {"sampled_pages": len(pages), "mv": {"raw_bytes_per_page": patch_bytes / n, "rows_per_page": len(patches) / n},
+            "sv-mean": {"raw_bytes_per_page": page_bytes / n, "rows_per_page": 1.0}}
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def build_report(measured: dict, pages: tuple[int, ...] = DEFAULT_PAGES, prices: Prices = DEFAULT_PRICES,
+                 index: str = "HNSW", replicas: int = 1, threshold: float = 0.9, measured_lite: bool = False) -> dict:
+    """Projections are for a Milvus server (typed vector fields); when the measured Milvus is
+    Milvus Lite (float vectors only), the raw-bytes prediction set beside the measurement is
+    made for Lite."""
+    fde = FdeParams(**measured["fde"])
+    rows = []
+    for name, m in measured["layouts"].items():
+        lay = parse_layout(name)
+        vpp = m["vectors_per_page"]["mean"]
+        keys = dict(doc_version_len=measured["doc_version_len"], source_uri_len=measured["source_uri_len"], fde=fde)
+        cost = layout_cost(lay, vpp, measured["dim"], index=index, **keys)
+        row = {"layout": name, "dim": cost.dim, "bytes_per_vector": cost.bytes_per_vector,
+               "vectors_per_page": m["vectors_per_page"], "raw_bytes_per_page": cost.raw_bytes_per_page,
+               "parquet_bytes_per_page": {"measured": m["parquet_bytes_per_page"],
+                                          "predicted": cost.parquet_bytes_per_page},
+               "milvus": {"index": cost.index, "rows_per_page": cost.milvus_rows_per_page,
+                          "raw_bytes_per_page": {"predicted": cost.milvus_raw_bytes_per_page},
+                          "memory_bytes_per_page": cost.milvus_memory_bytes_per_page,
+                          "disk_bytes_per_page": cost.milvus_disk_bytes_per_page},
+               "fidelity": measured["fidelity"].get(name),
+               "projections": {str(n): {**cost.projected(n, replicas),
+                                        "monthly_cost_usd": round(cost.monthly_cost(n, prices, replicas), 2)}
+                               for n in pages}}
+        if "milvus" in measured and name in measured["milvus"]:
+            as_measured = layout_cost(lay, vpp, measured["dim"], index=index, lite=measured_lite, **keys)
+            row["milvus"]["raw_bytes_per_page"] = {"measured": measured["milvus"][name]["raw_bytes_per_page"],
+                                                   "predicted": as_measured.milvus_raw_bytes_per_page,
+                                                   "server_predicted": cost.milvus_raw_bytes_per_page}
+        rows.append((row, cost))
+    report = {"pages_measured": measured["pages"], "model": measured.get("model"), "dim": measured["dim"],
+              "index": index.upper(), "replicas": replicas, "prices": asdict(prices), "threshold": threshold,
+              "layouts": [r for r, _ in rows]}
+    report["recommendation"] = recommend(rows, pages[-1], prices, replicas, threshold)
+    return report
+
+
+def _recall(row: dict) -> float | None:
+    f = row.get("fidelity")
+    return f.get("recall_at_10") if f else None
+
+
+def recommend(rows: list[tuple[dict, LayoutCost]], pages: int, prices: Prices, replicas: int, threshold: float) -> dict:
+    """The cheapest layout at or above the fidelity threshold (all of it in Milvus), and the
+    cascade: a single vector in Milvus for recall, a multi-vector in object storage for rerank."""
+    ok = [(r, c) for r, c in rows if (_recall(r) or 0) >= threshold]
+    out: dict = {"pages": pages, "threshold_recall_at_10": threshold}
+    if ok:
+        r, c = min(ok, key=lambda rc: rc[1].monthly_cost(pages, prices, replicas))
+        out["cheapest_above_threshold"] = {"layout": r["layout"], "recall_at_10": _recall(r),
+                                           "monthly_cost_usd": round(c.monthly_cost(pages, prices, replicas), 2)}
+    else:
+        out["cheapest_above_threshold"] = None
+        out["note"] = "no layout has a measured fidelity at the threshold: run with --fidelity-queries N"
+    sv = [(r, c) for r, c in rows if parse_layout(r["layout"]).kind == "sv"]
+    mv = [(r, c) for r, c in ok or rows if parse_layout(r["layout"]).kind == "mv"]
+    if sv and mv:
+        s_row, s_cost = max(sv, key=lambda rc: (_recall(rc[0]) or 0, -rc[1].monthly_cost(pages, prices, replicas)))
+        m_row, m_cost = min(mv, key=lambda rc: rc[1].parquet_bytes_per_page)
+        total = s_cost.monthly_cost(pages, prices, replicas) + m_cost.monthly_cost(pages, prices, in_milvus=False)
+        out["cascade"] = {"stage1": s_row["layout"], "rerank": m_row["layout"],
+                          "stage1_in": "Milvus (memory)", "rerank_in": "object storage (Parquet shards)",
+                          "monthly_cost_usd": round(total, 2)}
+    return out
+
+
+def format_report(report: dict) -> str:
+    pages = list(report["layouts"][0]["projections"]) if report["layouts"] else []
+    head = (f"{'layout':<15}{'vec/page':>9}{'p95':>7}{'dim':>6}{'B/vector':>10}{'Parquet/page':>14}{'(pred)':>10}"
+            f"{'Milvus mem/page':>16}{'recall@10':>10}")
+    for n in pages:
+        head += f"{'$/month @' + _short(int(n)):>18}"
+    lines = [f"{report['pages_measured']} pages measured; model {report['model']}; Milvus index {report['index']}, "
+             f"{report['replicas']} replica(s)", head]
+    for r in sorted(report["layouts"], key=lambda r: -r["parquet_bytes_per_page"]["measured"]):
+        rec = _recall(r)
+        line = (f"{r['layout']:<15}{r['vectors_per_page']['mean']:>9.1f}{r['vectors_per_page']['p95']:>7.0f}"
+                f"{r['dim']:>6}{r['bytes_per_vector']:>10.1f}{human_bytes(r['parquet_bytes_per_page']['measured']):>14}"
+                f"{human_bytes(r['parquet_bytes_per_page']['predicted']):>10}"
+                f"{human_bytes(r['milvus']['memory_bytes_per_page']):>16}{(f'{rec:.3f}' if rec is not None else '-'):>10}")
+        for n in pages:
+            line += f"{r['projections'][n]['monthly_cost_usd']:>18,.0f}"
+        lines.append(line)
+    rec = report["recommendation"]
+    if rec.get("cheapest_above_threshold"):
+        c = rec["cheapest_above_threshold"]
+        lines.append(f"recommendation: {c['layout']} (recall@10 {c['recall_at_10']:.3f} >= {rec['threshold_recall_at_10']}) "
+                     f"at ${c['monthly_cost_usd']:,.0f}/month for {_short(rec['pages'])} pages")
+    elif rec.get("note"):
+        lines.append(f"recommendation: {rec['note']}")
+    if rec.get("cascade"):
+        c = rec["cascade"]
+        lines.append(f"cascade: {c['stage1']} in Milvus for recall + {c['rerank']} in Parquet for rerank: "
+                     f"${c['monthly_cost_usd']:,.0f}/month for {_short(rec['pages'])} pages")
+    return "\n".join(lines)
+
+
+def _short(n: int) -> str:
+    for div, suffix in ((10**9, "B"), (10**6, "M"), (10**3, "k")):
+        if n >= div:
+            return f"{n / div:g}{suffix}"
+    return str(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan (no run)
+
+
+def plan(*, preset: str | None = None, vectors_per_page: float | None = None, dim: int | None = None,
+         dtype: str | None = None, pages: int = 1_000_000, layouts: list[str] | None = None,
+         calibration: dict | None = None, deadline_hours: float | None = None, index: str = "HNSW",
+         replicas: int = 1, prices: Prices = DEFAULT_PRICES, lite: bool = False) -> dict:
+    if preset:
+        if preset not in MODEL_PRESETS:
+            raise ValueError(f"unknown model preset {preset!r} (known: {', '.join(sorted(MODEL_PRESETS))})")
+        p = MODEL_PRESETS[preset]
+        vectors_per_page = vectors_per_page or p["vectors_per_page"]
+        dim = dim or p["dim"]
+        dtype = dtype or p["dtype"]
+        special = p.get("special", 0)
+        single = p.get("single", False)
+    else:
+        if not (vectors_per_page and dim):
+            raise ValueError("give --model PRESET, or --vectors-per-page and --dim")
+        dtype = dtype or "bf16"
+        special = 0
+        single = vectors_per_page == 1
+    if dtype not in ("fp32", "fp16", "bf16", "int8", "bin"):
+        raise ValueError(f"dtype: {dtype!r} is not one of fp32, fp16, bf16, int8, bin")
+    base = "sv-mean" if single else f"mv-{dtype}"
+    names = [base] + [x for x in (layouts or []) if x != base]
+    if single:
+        names = [n for n in names if n.startswith("sv-")]
+    rows = []
+    for name in names:
+        lay = parse_layout(name)
+        vpp = pooled_vectors(vectors_per_page, lay, special)
+        if lay.kind == "sv" and single:
+            lay = Layout(lay.name, "sv", lay.pooling, encoding=dtype)
+        cost = layout_cost(lay, vpp, dim, index=index, lite=lite)
+        if single:  # a native single vector stored in the model's dtype
+            from operators.encodings import BYTES_PER_DIM
+
+            cost.bytes_per_vector = dim * BYTES_PER_DIM[dtype]
+            cost.raw_bytes_per_page = cost.bytes_per_vector
+        rows.append({"layout": name, "vectors_per_page": vpp, "dim": cost.dim, "bytes_per_vector": cost.bytes_per_vector,
+                     "raw_bytes_per_page": cost.raw_bytes_per_page, "raw_bytes_total": cost.raw_bytes_per_page * pages,
+                     "parquet_bytes_total": cost.parquet_bytes_per_page * pages,
+                     "milvus_memory_bytes": cost.milvus_memory_bytes_per_page * pages * replicas,
+                     "milvus_disk_bytes": cost.milvus_disk_bytes_per_page * pages,
+                     "monthly_cost_usd": round(cost.monthly_cost(pages, prices, replicas), 2)})
+    out = {"pages": pages, "model": preset, "vectors_per_page": vectors_per_page, "dim": dim, "dtype": dtype,
+           "index": index.upper(), "replicas": replicas, "layouts": rows, "prices": asdict(prices)}
+    if calibration:
+        gpu_rate = float(calibration["pages_per_s"])
+        render_rate = float(calibration.get("render_pages_per_s_per_core") or 60.0)
+        gpu_hours = pages / gpu_rate / 3600
+        compute = {"gpu_pages_per_s": gpu_rate, "gpu_hours": round(gpu_hours, 2),
+                   "cpu_cores_per_gpu": math.ceil(gpu_rate / render_rate),
+                   "gpu_cost_usd": round(gpu_hours * prices.gpu_hour, 2)}
+        if deadline_hours:
+            compute["deadline_hours"] = deadline_hours
+            compute["gpus_for_deadline"] = math.ceil(gpu_hours / deadline_hours)
+        if calibration.get("peak_device_memory_bytes"):
+            compute["peak_device_memory_bytes"] = calibration["peak_device_memory_bytes"]
+        out["compute"] = compute
+    return out
+
+
+def format_plan(p: dict) -> str:
+    lines = [f"{_short(p['pages'])} pages, {p['model'] or 'custom'}: {p['vectors_per_page']} x {p['dim']} {p['dtype']}; "
+             f"Milvus index {p['index']}, {p['replicas']} replica(s)",
+             f"{'layout':<15}{'vec/page':>10}{'bytes/page':>12}{'total raw':>12}{'Parquet':>12}{'Milvus RAM':>12}"
+             f"{'Milvus disk':>13}{'$/month':>12}"]
+    for r in p["layouts"]:
+        lines.append(f"{r['layout']:<15}{r['vectors_per_page']:>10.1f}{human_bytes(r['raw_bytes_per_page']):>12}"
+                     f"{human_bytes(r['raw_bytes_total']):>12}{human_bytes(r['parquet_bytes_total']):>12}"
+                     f"{human_bytes(r['milvus_memory_bytes']):>12}{human_bytes(r['milvus_disk_bytes']):>13}"
+                     f"{r['monthly_cost_usd']:>12,.0f}")
+    if "compute" in p:
+        c = p["compute"]
+        line = (f"compute: {c['gpu_pages_per_s']:.1f} pages/s per GPU -> {c['gpu_hours']:,.1f} GPU-hours "
+                f"(${c['gpu_cost_usd']:,.0f}); {c['cpu_cores_per_gpu']} CPU cores per GPU keep rendering ahead")
+        if "gpus_for_deadline" in c:
+            line += f"; {c['gpus_for_deadline']} GPUs to finish in {c['deadline_hours']:g} h"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def load_prices(path: str | None) -> Prices:
+    if not path:
+        return Prices()
+    import yaml
+
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    unknown = set(data) - set(Prices.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"prices file {path}: unknown keys {sorted(unknown)} (known: {sorted(Prices.__dataclass_fields__)})")
+    return Prices(**{k: float(v) for k, v in data.items()})
+
+
+__all__ = ["MODEL_PRESETS", "build_report", "format_plan", "format_report", "load_prices", "measure_run", "plan",
+           "parse_layouts", "page_row_scalar_bytes", "patch_row_scalar_bytes"]
