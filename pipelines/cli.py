@@ -146,6 +146,97 @@ def _plan_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+CALIBRATE_EXAMPLE = """examples:
+  pagemill calibrate --model colqwen2-tiny --weights random
+  pagemill calibrate --model colqwen2 --weights random --device cuda --batch-size 16 --out calib.json
+
+Random weights measure the real architecture's speed without a download; feed the profile to
+`pagemill plan --calibration calib.json`.
+"""
+
+
+def _calibrate_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("calibrate", help="measure pages/s, vectors/page and memory of a model on this device",
+                       description="Calibration profile for capacity planning.", epilog=CALIBRATE_EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="colqwen2-tiny", help="model spec (as for ingest)")
+    p.add_argument("--weights", choices=["hub", "random"], default="random", help="random (default) or hub")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--max-pixels", type=int, help="pixel budget per page (default: the model's)")
+    p.add_argument("--pages", type=int, default=16, help="pages to embed (16)")
+    p.add_argument("--batch-size", type=int, default=8, help="pages per forward pass (8)")
+    p.add_argument("--source", help="folder of PDFs to sample (default: a generated text-and-table document)")
+    p.add_argument("--out", help="also write the JSON profile here")
+    return p
+
+
+def _calibrate(args) -> int:
+    from operators.models import ModelSpec
+    from pipelines.calibrate import calibrate
+
+    spec = ModelSpec(name=args.model, weights=args.weights, device=args.device, dtype=args.dtype,
+                     max_pixels=args.max_pixels)
+    profile = calibrate(spec, n_pages=args.pages, batch_size=args.batch_size, source=args.source)
+    text = json.dumps(profile, indent=2, sort_keys=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0
+
+
+SEARCH_EXAMPLE = """examples:
+  pagemill search "revenue by region" --out demo-out
+  pagemill search "revenue by region" --out demo-out --stage1 patches --rerank mv-pool3 --json
+"""
+
+
+def _search_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("search", help="two-stage search (ANN, then exact MaxSim) to check an index",
+                       description="Cascade search over a pagemill index.", epilog=SEARCH_EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("query", help="the query text")
+    p.add_argument("--out", required=True, help="output root of a run (its shards and, by default, its Milvus)")
+    p.add_argument("--milvus", help="Milvus URI (default OUT/milvus.db); token from $MILVUS_TOKEN")
+    p.add_argument("--collection", default="pagemill", help="collection prefix (pagemill)")
+    p.add_argument("-k", type=int, default=10, help="results (10)")
+    p.add_argument("--candidates", type=int, default=100, help="pages from stage 1 (100)")
+    p.add_argument("--stage1", default="sv-mean", choices=["sv-mean", "patches"], help="ANN stage (sv-mean)")
+    p.add_argument("--rerank", default="mv", help="multi-vector layout for exact MaxSim, or none (mv)")
+    p.add_argument("--vectors-from", default="parquet", choices=["parquet", "milvus"],
+                   help="where stage 2 reads vectors (parquet)")
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+def _search(args) -> int:
+    from operators.milvus_sink import MilvusSink
+    from operators.s3 import S3Options
+    from operators.store import open_store
+    from pipelines.search import search
+
+    store = open_store(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
+    uri = args.milvus or store.local_path("milvus.db")
+    if not uri:
+        raise ValueError("--milvus is required when OUT is not a local folder")
+    sink = MilvusSink(uri, args.collection, dim=0, token=os.environ.get("MILVUS_TOKEN") or None)
+    sink.connect()
+    try:
+        results = search(args.query, store, sink, k=args.k, candidates=args.candidates, stage1_mode=args.stage1,
+                         rerank=args.rerank, vectors_from=args.vectors_from)
+    finally:
+        sink.close()
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"{'rank':>4}  {'score':>10}  {'page_id':<24}  page  source_uri")
+    for r in results:
+        print(f"{r['rank']:>4}  {r['score']:>10.4f}  {r['page_id']:<24}  {r['page_number']:>4}  {r['source_uri']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pagemill", description="Batch indexing for visual document retrieval.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -153,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     _fidelity_parser(sub)
     _report_parser(sub)
     _plan_parser(sub)
+    _calibrate_parser(sub)
+    _search_parser(sub)
     return parser
 
 
@@ -281,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"ingest": _ingest, "fidelity": _fidelity, "report": _report, "plan": _plan}[args.command](args)
+        return {"ingest": _ingest, "fidelity": _fidelity, "report": _report, "plan": _plan,
+                "calibrate": _calibrate, "search": _search}[args.command](args)
     except ConfigError as e:
         print(f"pagemill: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -1,0 +1,75 @@
+"""The cascade search against brute force, and the calibration profile feeding the planner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import read_pages
+
+from operators.layouts import LayoutScorer, parse_layout
+from operators.milvus_sink import MilvusSink
+from operators.models import ModelSpec, adapter_for
+from operators.store import LocalStore
+from pipelines.cli import main
+from pipelines.search import search
+
+QUERY = "revenue by region and quarter"
+
+
+@pytest.fixture(scope="module")
+def indexed(small_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("search")
+    assert main(["ingest", str(small_corpus.root), "--out", str(out), "--executor", "local", "--layouts", "mv-int8",
+                 "--quiet"]) == 0
+    return out
+
+
+def _brute_force(out, k=10):
+    pages = read_pages(out)
+    q = adapter_for(ModelSpec()).embed_queries([QUERY])[0]
+    scores = LayoutScorer(parse_layout("mv"), pages, 128).scores(q)
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [pages["page_id"][int(i)].as_py() for i in order], pages.num_rows
+
+
+@pytest.mark.parametrize("vectors_from", ["parquet", "milvus"])
+def test_cascade_equals_brute_force_when_candidates_cover_the_corpus(indexed, vectors_from):
+    expected, n_pages = _brute_force(indexed)
+    sink = MilvusSink(str(indexed / "milvus.db"))
+    sink.connect()
+    try:
+        got = search(QUERY, LocalStore(indexed), sink, k=10, candidates=n_pages, vectors_from=vectors_from)
+    finally:
+        sink.close()
+    assert [r["page_id"] for r in got] == expected
+    assert [r["rank"] for r in got] == list(range(1, 11))
+    assert all(r["source_uri"].startswith("file://") and r["page_number"] is not None for r in got)
+    scores = [r["score"] for r in got]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_patch_stage1_and_json_output(indexed, capsys):
+    assert main(["search", QUERY, "--out", str(indexed), "--stage1", "patches", "--rerank", "mv-int8", "-k", "5",
+                 "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 5 and results[0]["rank"] == 1
+    assert main(["search", QUERY, "--out", str(indexed), "--rerank", "none", "-k", "3"]) == 0
+    assert "page_id" in capsys.readouterr().out
+    assert main(["search", QUERY, "--out", str(indexed), "--rerank", "sv-mean"]) == 1
+
+
+def test_calibrate_profile_feeds_the_planner(tmp_path, capsys):
+    profile_path = tmp_path / "calib.json"
+    assert main(["calibrate", "--model", "colqwen2-tiny", "--pages", "4", "--batch-size", "2", "--out",
+                 str(profile_path)]) == 0
+    capsys.readouterr()
+    profile = json.loads(profile_path.read_text())
+    assert profile["model"] == "colqwen2-tiny" and profile["pages"] == 4 and profile["dim"] == 128
+    assert profile["pages_per_s"] > 0 and profile["render_pages_per_s_per_core"] > 0
+    assert 96 < profile["vectors_per_page"] < 140  # 96 visual tokens at most, plus the prompt
+    assert main(["plan", "--model", "colqwen2", "--pages", "1000000", "--calibration", str(profile_path),
+                 "--deadline", "24", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["compute"]["gpu_hours"] == pytest.approx(1e6 / profile["pages_per_s"] / 3600, rel=1e-2)
