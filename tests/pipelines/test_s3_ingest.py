@@ -185,3 +185,29 @@ def test_listing_20000_keys_streams_with_bounded_memory(s3_endpoint):
     # One ListObjectsV2 page (1,000 keys) in flight, not 20,000.
     assert streaming_peak < 8 * 1024 * 1024
     assert streaming_peak < materialised_peak / 2, (streaming_peak, materialised_peak)
+
+
+def test_include_exclude_globs_on_s3(s3_endpoint, bucket):
+    opts = S3Options(endpoint_url=s3_endpoint)
+    tables = list(S3Source("s3://archive/docs/", opts, include=("charts/*",)).list_documents())
+    assert tables and all("/docs/charts/" in r.uri for r in tables)
+    rest = list(S3Source("s3://archive/docs/", opts, exclude=("charts/*", "*.PDF")).list_documents())
+    assert not any("/docs/charts/" in r.uri or r.uri.endswith(".PDF") for r in rest)
+    every = list(S3Source("s3://archive/docs/", opts).list_documents())
+    assert len(every) == len(tables) + len(rest) + 1  # fake.PDF
+
+
+def test_killed_before_commit_on_s3_then_resumed(s3_endpoint, s3_run, bucket, tmp_path):
+    client, _, _ = bucket
+    args = ["ingest", "s3://archive/docs/", "--out", "s3://archive/crash/", "--milvus", str(tmp_path / "m.db"),
+            "--s3-endpoint-url", s3_endpoint, "--executor", "local", "--unit-max-docs", "4", "--quiet"]
+    env = dict(os.environ, PAGEMILL_KILL_AT="shard_written:2")
+    killed = subprocess.run(pagemill_cmd(*args), cwd=REPO, env=env, capture_output=True, timeout=300)
+    assert killed.returncode == -9
+    ledger = client.list_objects_v2(Bucket="archive", Prefix="crash/_ledger/")["KeyCount"]
+    assert ledger == 1
+    resumed = subprocess.run(pagemill_cmd(*args), cwd=REPO, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    pages = read_s3_tables(client, "archive", "crash/pages/")
+    reference = read_s3_tables(client, "archive", "index/pages/")
+    assert sorted(pages["page_id"].to_pylist()) == sorted(reference["page_id"].to_pylist())
