@@ -9,9 +9,15 @@ import numpy as np
 import pyarrow as pa
 
 from operators import schema as S
+from operators.batching import OOM, embed_with_split, token_batches
 from operators.fde import FdeParams
 from operators.layouts import DEFAULT_LAYOUTS, Layout, LayoutEncoder, extra_layouts, fields_for, parse_layouts
 from operators.models import ModelSpec, adapter_for
+
+
+def _budget_side(max_pixels: int) -> tuple[int, int]:
+    side = int(max_pixels ** 0.5)
+    return side, side
 
 
 def layout_fields(layouts: list[Layout], dim: int, fde: FdeParams) -> list[pa.Field]:
@@ -53,9 +59,10 @@ class EmbedPages:
     """
 
     def __init__(self, spec: ModelSpec, batch_size: int = 8, layouts: list[Layout] | None = None,
-                 fde: FdeParams | None = None):
+                 fde: FdeParams | None = None, max_batch_tokens: int | None = None):
         self.spec = spec
         self.batch_size = max(1, batch_size)
+        self.max_batch_tokens = max_batch_tokens  # default: batch_size pages at the full pixel budget
         self.layouts = layouts or parse_layouts(list(DEFAULT_LAYOUTS))
         self.fde = fde or FdeParams()
         self.adapter = None
@@ -83,15 +90,18 @@ class EmbedPages:
         heights = batch[S.HEIGHT].to_pylist()
         pixels = batch[S.PIXELS]
         results = {}
-        order = sorted(page_rows, key=lambda i: widths[i] * heights[i])
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        tokens = [self.adapter.visual_tokens(widths[i], heights[i]) for i in page_rows]
+        budget = self.max_batch_tokens or self.batch_size * self.adapter.visual_tokens(
+            *_budget_side(self.adapter.pixel_budget().max_pixels))
+        for batch_idx in token_batches(tokens, self.batch_size, budget):
+            rows = [page_rows[j] for j in batch_idx]
             images = [
                 np.frombuffer(pixels[i].as_buffer(), np.uint8).reshape(heights[i], widths[i], 3) for i in rows
             ]
-            for i, emb in zip(rows, self.adapter.embed_images(images)):
+            for i, emb in zip(rows, embed_with_split(self.adapter.embed_images, images, self.stats)):
                 results[i] = emb
             self.stats["batches"] += 1
+            self.stats["max_batch_pages"] = max(self.stats.get("max_batch_pages", 0), len(rows))
         self.stats["pages"] += len(page_rows)
         self.stats["forward_s"] = self.adapter.forward_s
         out = self._assemble(batch, kinds, results, dim)
@@ -112,7 +122,11 @@ class EmbedPages:
     def _assemble(self, batch: pa.Table, kinds: list, results: dict, dim: int) -> pa.Table:
         n = batch.num_rows
         empty = np.zeros((0, dim), np.float32)
-        embs = [results.get(i) for i in range(n)]
+        failed = {i for i, r in results.items() if r == OOM}
+        kinds = [S.KIND_PAGE_FAILED if i in failed else k for i, k in enumerate(kinds)]
+        infos = [json.dumps({"reason": OOM, "detail": "does not fit in device memory even alone"})
+                 if i in failed else info for i, info in enumerate(batch[S.UNIT_INFO].to_pylist())]
+        embs = [None if i in failed else results.get(i) for i in range(n)]
         page_ids = [
             S.page_id_for(u, p) if k == S.KIND_PAGE else None
             for k, u, p in zip(kinds, batch[S.SOURCE_URI].to_pylist(), batch[S.PAGE_NUMBER].to_pylist())
@@ -129,8 +143,8 @@ class EmbedPages:
         ) if n else fixed_vector_array(sv.reshape(0, dim), dim)
         cols = {
             S.UNIT_ID: batch[S.UNIT_ID],
-            S.KIND: batch[S.KIND],
-            S.UNIT_INFO: self._stamp_markers(batch[S.UNIT_INFO].to_pylist(), kinds),
+            S.KIND: pa.array(kinds, pa.string()),
+            S.UNIT_INFO: self._stamp_markers(infos, kinds),
             S.PAGE_ID: pa.array(page_ids, pa.string()),
             S.DOC_ID: batch[S.DOC_ID],
             S.SOURCE_URI: batch[S.SOURCE_URI],

@@ -167,6 +167,10 @@ class MultiVectorAdapter:
     def embed_images(self, images: list[np.ndarray]) -> list[PageEmbedding]:
         raise NotImplementedError
 
+    def visual_tokens(self, width: int, height: int) -> int:
+        """Tokens a page of this size costs in a forward pass (for batching by budget)."""
+        return max(1, width * height // (28 * 28))
+
     def embed_queries(self, queries: list[str]) -> list[np.ndarray]:
         raise NotImplementedError
 

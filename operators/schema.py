@@ -40,6 +40,7 @@ KIND = "kind"  # "page" for a page row, "unit" for the one marker row a unit sen
 UNIT_INFO = "unit_info"  # JSON on the marker row: documents, page counts, quarantine entries
 KIND_PAGE = "page"
 KIND_UNIT = "unit"
+KIND_PAGE_FAILED = "page_failed"  # a page the embed stage could not embed; UNIT_INFO holds the reason
 
 # Quarantine.
 STAGE = "stage"

@@ -36,6 +36,8 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--max-pixels", type=int, help="pixel budget per page (default: the model's)")
     p.add_argument("--batch-size", type=int, help="pages per forward pass (default 8)")
+    p.add_argument("--max-batch-tokens", type=int, help="visual tokens per forward pass; on out-of-memory a batch "
+                   "is halved down to one page (default: batch-size pages at the full budget)")
     p.add_argument("--executor", choices=["ray", "local"], help="ray (default) or local (a plain loop)")
     p.add_argument("--ray-address", help="join this Ray cluster (e.g. auto); default starts a local one")
     p.add_argument("--num-gpus", type=float, help="GPUs per embedding actor (fractions allowed)")

@@ -30,6 +30,32 @@ def _rewritten_key(old: str, unit_id: str) -> str:
     return f"{stem}~{unit_id}.parquet"
 
 
+def fold_failed_pages(info: dict, flow: pa.Table) -> None:
+    """Pages the embed stage gave up on (``page_failed`` rows) become page-level quarantine
+    entries, and each document's status and page count follow what is really committed."""
+    import json
+
+    kinds = flow[S.KIND].to_pylist()
+    failed = [i for i, k in enumerate(kinds) if k == S.KIND_PAGE_FAILED]
+    if not failed:
+        return
+    uris = flow[S.SOURCE_URI].to_pylist()
+    versions = flow[S.DOC_VERSION].to_pylist()
+    numbers = flow[S.PAGE_NUMBER].to_pylist()
+    infos = flow[S.UNIT_INFO].to_pylist()
+    lost: dict[str, int] = {}
+    for i in failed:
+        why = json.loads(infos[i])
+        info["quarantine"].append({"source_uri": uris[i], "doc_version": versions[i], "page_number": numbers[i],
+                                   "stage": "embed", "reason": why["reason"], "detail": why.get("detail")})
+        lost[uris[i]] = lost.get(uris[i], 0) + 1
+    for d in info["docs"]:
+        if d["uri"] in lost:
+            d["n_pages"] -= lost[d["uri"]]
+            d["status"] = "partial" if d["n_pages"] > 0 else "quarantined"
+    info["n_pages"] -= len(failed)
+
+
 class UnitCommitter:
     def __init__(self, ledger: Ledger, parquet: ParquetSink, milvus: MilvusSink | None, pages_schema, run_id: str):
         self.ledger = ledger
@@ -41,6 +67,7 @@ class UnitCommitter:
     def commit(self, unit_id: str, info: dict, flow: pa.Table) -> dict:
         """Make the unit durable and return what it added (for the run summary)."""
         state = self.ledger.state
+        fold_failed_pages(info, flow)
         pages = to_pages_table(flow, self.pages_schema)
         quarantine = quarantine_table(info["quarantine"], unit_id, self.run_id)
         uris = {d["uri"] for d in info["docs"]}

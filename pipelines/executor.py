@@ -41,7 +41,7 @@ class UnitCollector:
             self._parts.setdefault(unit_id, []).append(part)
             touched.append(unit_id)
         for u, k, info in zip(units, kinds, infos):
-            if k == S.KIND_PAGE:
+            if k in (S.KIND_PAGE, S.KIND_PAGE_FAILED):
                 self._rows[u] = self._rows.get(u, 0) + 1
             else:
                 self._info[u] = json.loads(info)

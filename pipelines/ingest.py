@@ -112,7 +112,7 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
     render = RenderPages(source, adapter.pixel_budget(),
                          RenderLimits(page_timeout_s=cfg.page_timeout_s, max_pages=cfg.max_pages,
                                       max_bytes=cfg.max_doc_bytes, extract_text=cfg.extract_text))
-    embed = EmbedPages(spec, batch_size=cfg.batch_size, layouts=layouts, fde=fde)
+    embed = EmbedPages(spec, batch_size=cfg.batch_size, layouts=layouts, fde=fde, max_batch_tokens=cfg.max_batch_tokens)
     layout_stats = LayoutStats(layouts, dim, fde)
     totals = {"indexed": 0, "partial": 0, "quarantined": 0, "pages": 0, "page_quarantine": 0, "superseded": 0}
     quarantine: list[dict] = []
