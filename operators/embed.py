@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -111,7 +112,8 @@ class EmbedPages:
     def _stamp_markers(self, infos: list, kinds: list) -> pa.Array:
         """Marker rows carry the embedder's effective settings back to the driver (the only
         channel from an actor in a streaming dataset)."""
-        settings = self.adapter.effective_settings()
+        # The devices this worker was given (Ray sets CUDA_VISIBLE_DEVICES for GPU actors).
+        settings = {**self.adapter.effective_settings(), "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
         out = []
         for info, kind in zip(infos, kinds):
             if kind == S.KIND_UNIT and info:

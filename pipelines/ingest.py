@@ -117,11 +117,14 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
     totals = {"indexed": 0, "partial": 0, "quarantined": 0, "pages": 0, "page_quarantine": 0, "superseded": 0}
     quarantine: list[dict] = []
     embed_settings: dict = {}
+    devices_seen: set[str] = set()
 
     def on_unit(unit_id: str, info: dict, flow) -> None:
         added = committer.commit(unit_id, info, flow)
         layout_stats.add(added["table"])
         embed_settings.update(info.get("embed_settings", {}))
+        if embed_settings.get("visible_devices"):
+            devices_seen.add(embed_settings["visible_devices"])
         for d in info["docs"]:
             key = {"indexed": "indexed", "partial": "partial", "quarantined": "quarantined"}[d["status"]]
             totals[key] += 1
@@ -184,7 +187,7 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
             "ledger_records": ledger.state.records,
         },
         "model": embed_settings or {"model": cfg.model, "weights": cfg.weights, "dim": dim},
-        "executor_stats": exec_stats,
+        "executor_stats": {**exec_stats, "embed_actor_devices": sorted(devices_seen)},
         "wall_s": round(wall, 3),
         "run_s": round(time.time() - t_exec, 3),
         "pages_per_s": round(totals["pages"] / wall, 3) if wall > 0 else 0.0,

@@ -1,0 +1,40 @@
+"""Embedding actors pinned to GPUs, on a CPU-only machine: Ray started with declared GPUs.
+
+A separate local Ray (declared ``num_gpus=2``) in a subprocess: two embedding actors must be
+given two different GPU ids, and the job still completes on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from conftest import REPO
+
+SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    import ray
+    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="ERROR")
+    from pipelines.config import IngestConfig
+    from pipelines.ingest import run_ingest
+    cfg = IngestConfig(source=sys.argv[1], out=sys.argv[2], executor="ray", unit_max_docs=1, batch_size=1,
+                       render_actors=1, progress_interval_s=60).validate()
+    summary = run_ingest(cfg, log=open(os.devnull, "w"))
+    ray.shutdown()
+    print("SUMMARY " + json.dumps(summary))
+""")
+
+
+def test_two_embedding_actors_get_two_gpus(small_corpus, tmp_path):
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(small_corpus.root), str(tmp_path / "out")], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.split("SUMMARY ", 1)[1])
+    res = summary["executor_stats"]["resources"]
+    assert res["cluster_gpus"] == 2 and res["num_gpus_per_actor"] == 1 and res["embed_actors"] == 2
+    assert summary["executor_stats"]["embed_actor_devices"] == ["0", "1"]
+    assert summary["model"]["device"] == "cpu"  # declared GPUs, no CUDA: the model runs on the CPU
+    assert summary["pages"]["indexed"] == sum(small_corpus.ok_pages.values())
