@@ -21,6 +21,10 @@ def _budget_side(max_pixels: int) -> tuple[int, int]:
     return side, side
 
 
+def text_field(dim: int) -> pa.Field:
+    return pa.field(S.SV_TEXT, pa.list_(pa.float32(), dim))
+
+
 def layout_fields(layouts: list[Layout], dim: int, fde: FdeParams) -> list[pa.Field]:
     return [f for lay in extra_layouts(layouts) for f in fields_for(lay, dim, fde.dim)]
 
@@ -60,8 +64,10 @@ class EmbedPages:
     """
 
     def __init__(self, spec: ModelSpec, batch_size: int = 8, layouts: list[Layout] | None = None,
-                 fde: FdeParams | None = None, max_batch_tokens: int | None = None):
+                 fde: FdeParams | None = None, max_batch_tokens: int | None = None, text_model: str | None = None):
         self.spec = spec
+        self.text_model = text_model
+        self.text = None
         self.batch_size = max(1, batch_size)
         self.max_batch_tokens = max_batch_tokens  # default: batch_size pages at the full pixel budget
         self.layouts = layouts or parse_layouts(list(DEFAULT_LAYOUTS))
@@ -75,6 +81,11 @@ class EmbedPages:
             self.adapter = adapter_for(self.spec)
             self.adapter.load()
             self._encoder = LayoutEncoder(self.layouts, self.adapter.dim, self.fde)
+            if self.text_model:
+                from operators.text_embed import TextEmbedder
+
+                self.text = TextEmbedder(self.text_model, device=self.spec.device)
+                self.text.load()
 
     @property
     def dim(self) -> int:
@@ -113,7 +124,8 @@ class EmbedPages:
         """Marker rows carry the embedder's effective settings back to the driver (the only
         channel from an actor in a streaming dataset)."""
         # The devices this worker was given (Ray sets CUDA_VISIBLE_DEVICES for GPU actors).
-        settings = {**self.adapter.effective_settings(), "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        settings = {**self.adapter.effective_settings(), "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                    **(self.text.effective_settings() if self.text else {})}
         out = []
         for info, kind in zip(infos, kinds):
             if kind == S.KIND_UNIT and info:
@@ -167,4 +179,19 @@ class EmbedPages:
         t0 = time.perf_counter()
         cols.update(self._encoder.columns(embs))  # pooling and encodings, from the float32 vectors
         self.stats["layouts_s"] += time.perf_counter() - t0
-        return pa.table(cols, schema=flow_schema(dim, layout_fields(self.layouts, dim, self.fde)))
+        extra = layout_fields(self.layouts, dim, self.fde)
+        if self.text is not None:
+            cols[S.SV_TEXT] = self._text_vectors(batch[S.TEXT].to_pylist(), embs)
+            extra = [*extra, text_field(self.text.dim)]
+        return pa.table(cols, schema=flow_schema(dim, extra))
+
+    def _text_vectors(self, texts: list, embs: list) -> pa.Array:
+        from operators.text_embed import has_text
+
+        rows = [i for i, (t, e) in enumerate(zip(texts, embs)) if e is not None and has_text(t)]
+        vectors = np.zeros((len(texts), self.text.dim), np.float32)
+        if rows:
+            vectors[rows] = self.text.embed_pages([texts[i] for i in rows])
+        present = set(rows)
+        return pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), self.text.dim,
+                                                 mask=pa.array([i not in present for i in range(len(texts))]))

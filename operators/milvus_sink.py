@@ -49,10 +49,11 @@ def _escape(s: str) -> str:
 
 class MilvusSink:
     def __init__(self, uri: str, collection: str = "pagemill", dim: int = 128, token: str | None = None,
-                 timeout_s: float = 60.0):
+                 timeout_s: float = 60.0, text_dim: int | None = None):
         self.uri = uri
         self.collection = collection
         self.dim = dim
+        self.text_dim = text_dim
         self._token = token
         self.timeout_s = timeout_s
         self.client = None
@@ -65,6 +66,15 @@ class MilvusSink:
     @property
     def patches_collection(self) -> str:
         return f"{self.collection}_patches"
+
+    @property
+    def text_collection(self) -> str:
+        """One row per page that has a text layer (``text:<model>`` runs only)."""
+        return f"{self.collection}_text"
+
+    @property
+    def collections(self) -> list[str]:
+        return [self.pages_collection, self.patches_collection] + ([self.text_collection] if self.text_dim else [])
 
     def connect(self) -> None:
         """Open the client only (for readers); ``setup`` also creates the collections."""
@@ -89,7 +99,7 @@ class MilvusSink:
             if self._token:
                 msg = msg.replace(self._token, "***")
             raise MilvusError(f"cannot use Milvus at {redact_uri(self.uri)}: {msg}") from None
-        for c in (self.pages_collection, self.patches_collection):
+        for c in self.collections:
             self.rows_written.setdefault(c, 0)
 
     def close(self) -> None:
@@ -119,10 +129,18 @@ class MilvusSink:
                 (VECTOR, DataType.FLOAT_VECTOR, dict(dim=self.dim)),
             ],
         }
-        vector_field = {self.pages_collection: S.SV_MEAN, self.patches_collection: VECTOR}
+        if self.text_dim:
+            specs[self.text_collection] = [
+                (S.PAGE_ID, DataType.VARCHAR, dict(is_primary=True, max_length=64)),
+                (S.DOC_ID, DataType.VARCHAR, dict(max_length=32)),
+                (S.DOC_VERSION, DataType.VARCHAR, dict(max_length=256)),
+                (S.SV_TEXT, DataType.FLOAT_VECTOR, dict(dim=self.text_dim)),
+            ]
+        vector_field = {self.pages_collection: S.SV_MEAN, self.patches_collection: VECTOR,
+                        self.text_collection: S.SV_TEXT}
         for name, fields in specs.items():
             if c.has_collection(name):
-                self._check_dim(name, vector_field[name])
+                self._check_dim(name, vector_field[name], self.text_dim if name == self.text_collection else self.dim)
                 continue
             schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
             for fname, dtype, kw in fields:
@@ -131,14 +149,14 @@ class MilvusSink:
             index.add_index(vector_field[name], index_type="AUTOINDEX", metric_type="IP")
             c.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
 
-    def _check_dim(self, name: str, field: str) -> None:
+    def _check_dim(self, name: str, field: str, want: int) -> None:
         desc = self.client.describe_collection(name)
         for f in desc.get("fields", []):
             if f.get("name") == field:
-                dim = int(f.get("params", {}).get("dim", self.dim))
-                if dim != self.dim:
+                dim = int(f.get("params", {}).get("dim", want))
+                if dim != want:
                     raise MilvusError(
-                        f"collection {name!r} has {field} dim {dim}, this model produces {self.dim}: "
+                        f"collection {name!r} has {field} dim {dim}, this model produces {want}: "
                         f"use another --collection"
                     )
 
@@ -172,6 +190,12 @@ class MilvusSink:
                 rows.append({PATCH_ID: f"{page_id}:{j}", S.PAGE_ID: page_id, S.DOC_ID: doc_ids[i],
                              S.DOC_VERSION: versions[i], PATCH_INDEX: j, VECTOR: flat[offsets[i] + j].tolist()})
         self._upsert(self.patches_collection, rows)
+        if self.text_dim and S.SV_TEXT in pages.column_names:
+            text = pages[S.SV_TEXT].to_pylist()
+            self._upsert(self.text_collection, [
+                {S.PAGE_ID: ids[i], S.DOC_ID: doc_ids[i], S.DOC_VERSION: versions[i], S.SV_TEXT: text[i]}
+                for i in range(len(ids)) if text[i] is not None
+            ])
 
     def delete_other_versions(self, doc_versions: dict[str, str | None]) -> None:
         """Delete rows of each doc_id whose version differs (None: delete every row of the doc)."""
@@ -185,11 +209,11 @@ class MilvusSink:
             return
         # One filter per unit, not one per document: two deletes per commit.
         expr = " or ".join(terms)
-        for c in (self.pages_collection, self.patches_collection):
+        for c in self.collections:
             self.client.delete(c, filter=expr)
 
     def flush(self) -> None:
-        for c in (self.pages_collection, self.patches_collection):
+        for c in self.collections:
             self.client.flush(c)
 
     def count(self, collection: str) -> int:

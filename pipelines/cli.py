@@ -204,7 +204,10 @@ def _search_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--collection", default="pagemill", help="collection prefix (pagemill)")
     p.add_argument("-k", type=int, default=10, help="results (10)")
     p.add_argument("--candidates", type=int, default=100, help="pages from stage 1 (100)")
-    p.add_argument("--stage1", default="sv-mean", choices=["sv-mean", "patches"], help="ANN stage (sv-mean)")
+    p.add_argument("--stage1", default="sv-mean", choices=["sv-mean", "patches", "text"],
+                   help="ANN stage: page vectors, patch rows, or the text layer (sv-mean)")
+    p.add_argument("--hybrid", action="store_true",
+                   help="fuse the visual stage 1 with the text-layer stage 1 (reciprocal rank fusion)")
     p.add_argument("--rerank", default="mv", help="multi-vector layout for exact MaxSim, or none (mv)")
     p.add_argument("--vectors-from", default="parquet", choices=["parquet", "milvus"],
                    help="where stage 2 reads vectors (parquet)")
@@ -227,7 +230,7 @@ def _search(args) -> int:
     sink.connect()
     try:
         results = search(args.query, store, sink, k=args.k, candidates=args.candidates, stage1_mode=args.stage1,
-                         rerank=args.rerank, vectors_from=args.vectors_from)
+                         rerank=args.rerank, vectors_from=args.vectors_from, hybrid=args.hybrid)
     finally:
         sink.close()
     if args.json:

@@ -81,6 +81,15 @@ class IngestConfig:
             v = getattr(self, key)
             if v is not None and v <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {v!r}")
+        from operators.models import ModelError
+        from operators.text_embed import split_model_specs
+
+        try:
+            _, text_model = split_model_specs(self.model)
+        except ModelError as e:
+            raise ConfigError(f"model: {e}") from None
+        if text_model and not self.extract_text:
+            raise ConfigError("model: text:<model> needs the text layer; drop --no-text")
         if self.fidelity_queries < 0:
             raise ConfigError(f"fidelity_queries: must be >= 0, got {self.fidelity_queries}")
         if self.fde_bits > 10:

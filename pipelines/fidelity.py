@@ -28,12 +28,18 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 
 
 def sentences(text: str | None, min_words: int = 5, max_words: int = 30) -> list[str]:
+    """Prose sentences of a text layer: capitalised, ending in . ! or ?, mostly words (table of
+    contents lines, headers and number runs are not queries anyone types)."""
     if not text:
         return []
     out = []
     for raw in _SENTENCE_END.split(text):
         s = " ".join(raw.split())
-        if min_words <= len(s.split()) <= max_words and sum(c.isalpha() for c in s) >= 0.5 * len(s):
+        words = s.split()
+        if not (min_words <= len(words) <= max_words) or not s[0].isupper() or s[-1] not in ".!?":
+            continue
+        numeric = sum(any(c.isdigit() for c in w) for w in words)
+        if numeric <= 0.2 * len(words) and sum(c.isalpha() for c in s) >= 0.6 * len(s):
             out.append(s)
     return out
 

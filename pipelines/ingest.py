@@ -16,7 +16,7 @@ import uuid
 from datetime import datetime, timezone
 
 from operators import schema as S
-from operators.embed import EmbedPages, layout_fields
+from operators.embed import EmbedPages, layout_fields, text_field
 from operators.layouts import parse_layouts
 from operators.milvus_sink import MilvusSink, redact_uri
 from operators.models import ModelSpec, adapter_for
@@ -24,6 +24,7 @@ from operators.parquet_sink import PAGES_PREFIX, QUARANTINE_PREFIX, ParquetSink
 from operators.render import RenderLimits, RenderPages
 from operators.sources import open_source
 from operators.store import open_store
+from operators.text_embed import TextEmbedder, split_model_specs
 from pipelines.commit import UnitCommitter
 from pipelines.config import IngestConfig
 from pipelines.layout_stats import LayoutStats
@@ -50,7 +51,8 @@ def make_executor(cfg: IngestConfig):
 
 
 def model_spec(cfg: IngestConfig) -> ModelSpec:
-    return ModelSpec(name=cfg.model, weights=cfg.weights, device=cfg.device, dtype=cfg.dtype,
+    visual, _ = split_model_specs(cfg.model)
+    return ModelSpec(name=visual, weights=cfg.weights, device=cfg.device, dtype=cfg.dtype,
                      attn_implementation=cfg.attn_implementation, max_pixels=cfg.max_pixels)
 
 
@@ -91,11 +93,15 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
     dim = adapter.dim
     layouts = parse_layouts(cfg.layouts)
     fde = cfg.fde_params()
-    schema = S.pages_schema(dim, layout_fields(layouts, dim, fde))
+    _, text_model = split_model_specs(cfg.model)
+    text_dim = TextEmbedder(text_model).dim if text_model else None
+    schema = S.pages_schema(dim, layout_fields(layouts, dim, fde) + ([text_field(text_dim)] if text_dim else []))
     # Connect (and create collections) before any work: an unreachable sink fails fast.
-    milvus = MilvusSink(cfg.milvus_uri(), cfg.collection, dim, token=os.environ.get(cfg.milvus_token_env) or None)
+    milvus = MilvusSink(cfg.milvus_uri(), cfg.collection, dim, token=os.environ.get(cfg.milvus_token_env) or None,
+                        text_dim=text_dim)
     milvus.setup()
-    parquet = ParquetSink(store, metadata={"model": cfg.model, "weights": cfg.weights, "dim": dim,
+    parquet = ParquetSink(store, metadata={"model": spec.name, "weights": cfg.weights, "dim": dim,
+                                           "text_model": text_model,
                                            "layouts": {lay.name: lay.params(fde) for lay in layouts}})
     committer = UnitCommitter(ledger, parquet, milvus, schema, run_id)
 
@@ -112,7 +118,8 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
     render = RenderPages(source, adapter.pixel_budget(),
                          RenderLimits(page_timeout_s=cfg.page_timeout_s, max_pages=cfg.max_pages,
                                       max_bytes=cfg.max_doc_bytes, extract_text=cfg.extract_text))
-    embed = EmbedPages(spec, batch_size=cfg.batch_size, layouts=layouts, fde=fde, max_batch_tokens=cfg.max_batch_tokens)
+    embed = EmbedPages(spec, batch_size=cfg.batch_size, layouts=layouts, fde=fde, max_batch_tokens=cfg.max_batch_tokens,
+                       text_model=text_model)
     layout_stats = LayoutStats(layouts, dim, fde)
     totals = {"indexed": 0, "partial": 0, "quarantined": 0, "pages": 0, "page_quarantine": 0, "superseded": 0}
     quarantine: list[dict] = []
@@ -142,7 +149,7 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
         progress.finish()
     finally:
         executor.close()
-        milvus_counts = {c: milvus.count(c) for c in (milvus.pages_collection, milvus.patches_collection)}
+        milvus_counts = {c: milvus.count(c) for c in milvus.collections}
         milvus.close()
     layouts_summary = layout_stats.summary()
     if cfg.fidelity_queries:

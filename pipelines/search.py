@@ -50,6 +50,30 @@ def read_pages_subset(store: OutputStore, page_ids: list[str] | None, columns: l
     return pa.concat_tables(parts) if parts else pa.table({c: [] for c in columns})
 
 
+RRF_K = 60
+
+
+def reciprocal_rank_fusion(*lists: list[tuple[str, float]], k: int = RRF_K) -> list[tuple[str, float]]:
+    """Fuse ranked lists: each page scores the sum of 1 / (k + rank) over the lists it is in."""
+    fused: dict[str, float] = {}
+    for ranked in lists:
+        for rank, (pid, _) in enumerate(ranked, start=1):
+            fused[pid] = fused.get(pid, 0.0) + 1.0 / (k + rank)
+    return sorted(fused.items(), key=lambda kv: -kv[1])
+
+
+def text_stage1(sink: MilvusSink, text_model: str, query_text: str, candidates: int) -> list[tuple[str, float]]:
+    from operators.text_embed import TextEmbedder
+
+    if not sink.client.has_collection(sink.text_collection):
+        raise ValueError("this index has no text layer vectors: ingest with --model <model>,text:all-MiniLM-L6-v2")
+    sink.client.load_collection(sink.text_collection)
+    q = TextEmbedder(text_model).embed_queries([query_text])[0]
+    hits = sink.client.search(sink.text_collection, data=[q.tolist()], anns_field=S.SV_TEXT, limit=candidates,
+                              output_fields=[S.PAGE_ID])[0]
+    return [(h["entity"][S.PAGE_ID], float(h["distance"])) for h in hits]
+
+
 def stage1(sink: MilvusSink, query: np.ndarray, candidates: int, mode: str) -> list[tuple[str, float]]:
     client = sink.client
     if mode == "sv-mean":
@@ -88,12 +112,22 @@ def vectors_from_milvus(sink: MilvusSink, page_ids: list[str]) -> dict[str, np.n
 
 def search(query_text: str, store: OutputStore, sink: MilvusSink, *, k: int = 10, candidates: int = 100,
            stage1_mode: str = "sv-mean", rerank: str = "mv", vectors_from: str = "parquet",
-           spec: ModelSpec | None = None) -> list[dict]:
+           spec: ModelSpec | None = None, hybrid: bool = False) -> list[dict]:
+    """``stage1_mode``: sv-mean | patches | text; ``hybrid`` fuses the visual stage 1 with the
+    text-layer stage 1 by reciprocal rank fusion."""
     meta = recorded_metadata(store)
     spec = spec or ModelSpec(name=meta.get("model", "colqwen2-tiny"), weights=meta.get("weights", "random"))
     adapter = adapter_for(spec)
     query = adapter.embed_queries([query_text])[0]
-    found = stage1(sink, query, candidates, stage1_mode)
+    text_model = meta.get("text_model")
+    if (hybrid or stage1_mode == "text") and not text_model:
+        raise ValueError("this index has no text layer vectors: ingest with --model <model>,text:all-MiniLM-L6-v2")
+    if stage1_mode == "text":
+        found = text_stage1(sink, text_model, query_text, candidates)
+    else:
+        found = stage1(sink, query, candidates, stage1_mode)
+        if hybrid:
+            found = reciprocal_rank_fusion(found, text_stage1(sink, text_model, query_text, candidates))[:candidates]
     ids = [pid for pid, _ in found]
     if rerank == "none" or not ids:
         scored = found

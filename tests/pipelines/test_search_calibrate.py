@@ -73,3 +73,42 @@ def test_calibrate_profile_feeds_the_planner(tmp_path, capsys):
                  "--deadline", "24", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["compute"]["gpu_hours"] == pytest.approx(1e6 / profile["pages_per_s"] / 3600, rel=1e-2)
+
+
+@pytest.fixture(scope="module")
+def text_indexed(smoke_corpus, tmp_path_factory):
+    """SMOKE's text-bearing documents with the real MiniLM weights on the text layer."""
+    import shutil
+
+    src = tmp_path_factory.mktemp("text_src")
+    for uri in smoke_corpus.ok_pages:
+        path = uri.replace("file://", "").replace("%2B", "+")
+        if "/text/" in path or "/papers/" in path or "/tables/" in path or "/scanned/" in path:
+            shutil.copy(path, src)
+    out = tmp_path_factory.mktemp("text_out")
+    assert main(["ingest", str(src), "--out", str(out), "--executor", "local", "--model",
+                 "colqwen2-tiny,text:all-MiniLM-L6-v2", "--quiet"]) == 0
+    return out
+
+
+def test_text_layer_sentence_finds_its_page(text_indexed, capsys):
+    from pipelines.fidelity import sentences
+
+    pages = read_pages(text_indexed)
+    texts = pages["text"].to_pylist()
+    with_text = [i for i, t in enumerate(texts) if len(sentences(t)) >= 2]
+    assert len(with_text) >= 8
+    assert any(v is None for v in pages["sv_text"].to_pylist())  # the scans: no text vector
+    hits = 0
+    flat = [" ".join((t or "").split()) for t in texts]
+    for i in with_text[:8]:
+        # a sentence of this page that no other page contains (running headers repeat)
+        unique = [x for x in sentences(texts[i]) if sum(x in f for f in flat) == 1]
+        sentence = max(unique, key=len)
+        assert main(["search", sentence, "--out", str(text_indexed), "--stage1", "text", "--rerank", "none", "-k", "3",
+                     "--json"]) == 0
+        results = json.loads(capsys.readouterr().out)
+        hits += results[0]["page_id"] == pages["page_id"][i].as_py()
+    assert hits == 8
+    assert main(["search", "a sentence", "--out", str(text_indexed), "--hybrid", "-k", "5", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 5
