@@ -80,6 +80,12 @@ _QWEN2_VL_2B_TEXT = dict(
 )
 _QWEN2_VL_2B_VISION = dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4)
 
+_PALIGEMMA_3B_VISION = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304,
+                            num_hidden_layers=27, num_attention_heads=16, image_size=448, patch_size=14,
+                            projection_dim=2048)
+_PALIGEMMA_3B_TEXT = dict(model_type="gemma", vocab_size=257216, hidden_size=2048, intermediate_size=16384,
+                          num_hidden_layers=18, num_attention_heads=8, num_key_value_heads=1, head_dim=256)
+
 PRESETS: dict[str, dict] = {
     "colqwen2-tiny": dict(
         text=dict(vocab_size=None, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -94,6 +100,18 @@ PRESETS: dict[str, dict] = {
         text=_QWEN2_VL_2B_TEXT, vision=_QWEN2_VL_2B_VISION, embedding_dim=128,
         max_pixels=28 * 28 * 768,  # ColQwen2 v1.0's budget: 768 visual tokens
         hub_id="vidore/colqwen2-v1.0-hf",
+    ),
+    "colpali-tiny": dict(
+        family="colpali",
+        vision=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, image_size=112, patch_size=14, projection_dim=64),
+        text=dict(model_type="gemma", vocab_size=None, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=1, head_dim=32),
+        embedding_dim=128, hub_id=None,
+    ),
+    "colpali": dict(
+        family="colpali", vision=_PALIGEMMA_3B_VISION, text=_PALIGEMMA_3B_TEXT, embedding_dim=128,
+        hub_id="vidore/colpali-v1.3-hf",  # 448 px: 32 x 32 = 1024 patch vectors + the prompt
     ),
 }
 
@@ -194,7 +212,7 @@ class ColQwen2Adapter(MultiVectorAdapter):
             raise ModelError(f"preset {spec.name!r} exists only with random weights: use --weights random")
         self.name = spec.name
         self.dim = preset["embedding_dim"] if preset else int(spec.extra.get("embedding_dim", 128))
-        self._max_pixels = spec.max_pixels or (preset["max_pixels"] if preset else 28 * 28 * 768)
+        self._max_pixels = spec.max_pixels or ((preset or {}).get("max_pixels") or 28 * 28 * 768)
         self.model = None
         self.processor = None
         self.device = None
@@ -238,26 +256,33 @@ class ColQwen2Adapter(MultiVectorAdapter):
         model = ColQwen2ForRetrieval(config)
         return model, processor
 
-    def _load_pretrained(self):
+    def _classes(self):
         from transformers import ColQwen2ForRetrieval, ColQwen2Processor
 
+        return ColQwen2ForRetrieval, ColQwen2Processor
+
+    def _load_pretrained(self):
+        model_cls, processor_cls = self._classes()
         src = self._hub_source()
         try:
-            processor = ColQwen2Processor.from_pretrained(src)
-            model = ColQwen2ForRetrieval.from_pretrained(
+            processor = processor_cls.from_pretrained(src)
+            model = model_cls.from_pretrained(
                 src, dtype=self.torch_dtype, attn_implementation=self.spec.attn_implementation
             )
         except OSError as e:
             where = "local directory" if os.path.isdir(src) else "hub id"
-            raise ModelError(f"cannot load ColQwen2 from {where} {src!r}: {str(e).splitlines()[0]}") from None
+            raise ModelError(f"cannot load {model_cls.__name__} from {where} {src!r}: {str(e).splitlines()[0]}") from None
+        self.dim = int(model.config.embedding_dim)
+        self._after_load(model, processor)
+        return model, processor
+
+    def _after_load(self, model, processor) -> None:
         ip = processor.image_processor
         if self.spec.max_pixels:
             ip.max_pixels = self.spec.max_pixels
             ip.size = {"shortest_edge": ip.size["shortest_edge"], "longest_edge": self.spec.max_pixels}
         else:
             self._max_pixels = int(ip.size["longest_edge"])
-        self.dim = int(model.config.embedding_dim)
-        return model, processor
 
     def load(self) -> None:
         if self.model is not None:
@@ -273,7 +298,8 @@ class ColQwen2Adapter(MultiVectorAdapter):
             raise ModelError(f"unknown weights mode {self.spec.weights!r} (use hub or random)")
         self.model = model.to(self.device).eval()
         self.processor = processor
-        self._image_token_id = int(self.model.config.vlm_config.image_token_id)
+        self._image_token_id = int(getattr(self.processor, "image_token_id", None)
+                                   or self.model.config.vlm_config.image_token_id)
         self._merge = int(getattr(processor.image_processor, "merge_size", 2))
 
     def effective_settings(self) -> dict:
@@ -283,7 +309,7 @@ class ColQwen2Adapter(MultiVectorAdapter):
             "device": self.device,
             "dtype": str(self.torch_dtype).replace("torch.", ""),
             "attn_implementation": self.spec.attn_implementation,
-            "max_pixels": self._max_pixels,
+            "max_pixels": self.pixel_budget().max_pixels,
             "dim": self.dim,
         }
 
@@ -299,29 +325,35 @@ class ColQwen2Adapter(MultiVectorAdapter):
         inputs = self.processor.process_images(images=pil).to(self.device)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            emb = self.model(**inputs).embeddings
+            emb = self.model(**self._model_inputs(inputs)).embeddings
         emb = emb.float().cpu().numpy()
         self.forward_s += time.perf_counter() - t0
         mask = inputs["attention_mask"].bool().cpu().numpy()
         ids = inputs["input_ids"].cpu().numpy()
-        grid = inputs["image_grid_thw"].cpu().numpy()
         out = []
         for i in range(len(images)):
             keep = mask[i]
             vectors = emb[i][keep]
             is_patch = ids[i][keep] == self._image_token_id
             positions = np.flatnonzero(is_patch)
-            _, gh, gw = (int(x) for x in grid[i])
+            gh, gw = self._grid(inputs, i, len(positions))
             out.append(
                 PageEmbedding(
                     vectors=vectors,
                     patch_offset=int(positions[0]) if len(positions) else 0,
                     n_patches=int(len(positions)),
-                    grid_h=gh // self._merge,
-                    grid_w=gw // self._merge,
+                    grid_h=gh,
+                    grid_w=gw,
                 )
             )
         return out
+
+    def _model_inputs(self, inputs) -> dict:
+        return dict(inputs)
+
+    def _grid(self, inputs, i: int, n_patches: int) -> tuple[int, int]:
+        _, gh, gw = (int(x) for x in inputs["image_grid_thw"][i])
+        return gh // self._merge, gw // self._merge
 
     def embed_queries(self, queries: list[str]) -> list[np.ndarray]:
         import torch
@@ -329,11 +361,96 @@ class ColQwen2Adapter(MultiVectorAdapter):
         self.load()
         inputs = self.processor.process_queries(text=queries).to(self.device)
         with torch.inference_mode():
-            emb = self.model(**inputs).embeddings.float().cpu().numpy()
+            emb = self.model(**self._model_inputs(inputs)).embeddings.float().cpu().numpy()
         mask = inputs["attention_mask"].bool().cpu().numpy()
         return [emb[i][mask[i]] for i in range(len(queries))]
 
 
+def byte_level_tokenizer(specials: list[str], **named):
+    """A generic fast tokenizer over the byte-level alphabet plus ``specials`` (offline)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(_bytes_to_unicode())}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **named)
+
+
+class ColPaliAdapter(ColQwen2Adapter):
+    """``ColPaliForRetrieval`` (PaliGemma: SigLIP + Gemma) + ``ColPaliProcessor`` (PIL SigLIP
+    processor). Pages are resized to a fixed square (448 px for ColPali v1.x): a fixed grid of
+    ``(image_size / 14)^2`` patch vectors (1024) before the prompt tokens."""
+
+    def pixel_budget(self) -> PixelBudget:
+        side = self._image_size()
+        # Render about as many pixels as the model sees; the processor then squares the page.
+        return PixelBudget(max_pixels=self.spec.max_pixels or side * side, multiple=1, min_side=14)
+
+    def _image_size(self) -> int:
+        if self._preset is not None:
+            return int(self._preset["vision"]["image_size"])
+        return int(self.spec.extra.get("image_size", 448))
+
+    def visual_tokens(self, width: int, height: int) -> int:
+        return (self._image_size() // 14) ** 2  # fixed grid, whatever the page size
+
+    def _build_random(self):
+        import torch
+        from transformers import ColPaliConfig, ColPaliForRetrieval, ColPaliProcessor, PaliGemmaConfig
+        from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+        tokenizer = byte_level_tokenizer(["<pad>", "<eos>", "<bos>", "<unk>", "<image>"], bos_token="<bos>",
+                                         eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+        side = self._image_size()
+        image_processor = SiglipImageProcessorPil(size={"height": side, "width": side}, image_mean=[0.5] * 3,
+                                                  image_std=[0.5] * 3)
+        image_processor.image_seq_length = (side // 14) ** 2
+        processor = ColPaliProcessor(image_processor=image_processor, tokenizer=tokenizer)
+        text = dict(self._preset["text"])
+        text["vocab_size"] = text["vocab_size"] or len(tokenizer)
+        vlm = PaliGemmaConfig(vision_config=self._preset["vision"], text_config=text,
+                              image_token_id=processor.image_token_id,
+                              projection_dim=self._preset["vision"]["projection_dim"])
+        config = ColPaliConfig(vlm_config=vlm, embedding_dim=self._preset["embedding_dim"])
+        config._attn_implementation = self.spec.attn_implementation
+        torch.manual_seed(self.spec.seed)
+        return ColPaliForRetrieval(config), processor
+
+    def _classes(self):
+        from transformers import ColPaliForRetrieval, ColPaliProcessor
+
+        return ColPaliForRetrieval, ColPaliProcessor
+
+    def _after_load(self, model, processor) -> None:
+        size = processor.image_processor.size
+        self.spec.extra["image_size"] = int(size["height"])
+
+    def _grid(self, inputs, i: int, n_patches: int) -> tuple[int, int]:
+        side = int(round(n_patches ** 0.5))
+        return side, side
+
+    def _model_inputs(self, inputs) -> dict:
+        return {k: v for k, v in inputs.items() if k not in ("labels", "token_type_ids")}
+
+
+def family_of(spec: ModelSpec) -> str:
+    """colqwen2 or colpali, from the preset, a local checkpoint's config.json, or the hub id."""
+    if spec.name in PRESETS:
+        return PRESETS[spec.name].get("family", "colqwen2")
+    config = os.path.join(spec.name, "config.json")
+    if os.path.isfile(config):
+        import json
+
+        model_type = json.loads(open(config).read()).get("model_type", "")
+        if model_type in ("colpali", "colqwen2"):
+            return model_type
+        raise ModelError(f"{spec.name}: unsupported model_type {model_type!r} (supported: colqwen2, colpali)")
+    return "colpali" if "colpali" in spec.name.lower() else "colqwen2"
+
+
 def adapter_for(spec: ModelSpec) -> MultiVectorAdapter:
-    """The adapter for a spec. Only ColQwen2 checkpoints so far; other families come later."""
-    return ColQwen2Adapter(spec)
+    """The adapter for a spec: ColQwen2 (Qwen2-VL) or ColPali (PaliGemma) checkpoints."""
+    return {"colqwen2": ColQwen2Adapter, "colpali": ColPaliAdapter}[family_of(spec)](spec)

@@ -16,6 +16,13 @@ def tiny():
     return a
 
 
+@pytest.fixture(scope="module")
+def tiny_colpali():
+    a = adapter_for(ModelSpec(name="colpali-tiny", weights="random"))
+    a.load()
+    return a
+
+
 def _pages(seed=0):
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 255, (280, 252, 3), dtype=np.uint8), rng.integers(0, 255, (224, 336, 3), dtype=np.uint8)]
@@ -74,3 +81,38 @@ def test_real_size_architecture_builds_offline():
         model, _ = a._build_random()
     n = sum(p.numel() for p in model.parameters())
     assert 2.0e9 < n < 2.5e9  # Qwen2-VL-2B backbone + 128-d projection
+
+
+def test_colpali_real_class_fixed_grid(tiny_colpali):
+    from transformers import ColPaliForRetrieval
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    assert isinstance(tiny_colpali.model, ColPaliForRetrieval)
+    assert isinstance(tiny_colpali.processor.image_processor, SiglipImageProcessorPil)
+    for emb in tiny_colpali.embed_images(_pages()):  # pages of any size: the same 8 x 8 grid
+        assert emb.patch_offset == 0 and emb.n_patches == 64 and (emb.grid_h, emb.grid_w) == (8, 8)
+        assert emb.vectors.shape[1] == 128 and emb.vectors.shape[0] > 64
+        np.testing.assert_allclose(np.linalg.norm(emb.vectors, axis=1), 1.0, atol=1e-5)
+    assert tiny_colpali.embed_queries(["a question"])[0].shape[1] == 128
+
+
+def test_colpali_save_pretrained_then_load_from_local_dir(tiny_colpali, tmp_path):
+    tiny_colpali.model.save_pretrained(tmp_path)
+    tiny_colpali.processor.save_pretrained(tmp_path)
+    loaded = adapter_for(ModelSpec(name=str(tmp_path), weights="hub", dtype="float32"))
+    assert type(loaded).__name__ == "ColPaliAdapter"
+    loaded.load()
+    pages = _pages(4)
+    for x, y in zip(tiny_colpali.embed_images(pages), loaded.embed_images(pages)):
+        np.testing.assert_array_equal(x.vectors, y.vectors)
+    np.testing.assert_array_equal(tiny_colpali.embed_queries(["q"])[0], loaded.embed_queries(["q"])[0])
+
+
+def test_colpali_real_size_architecture_builds_offline():
+    a = adapter_for(ModelSpec(name="colpali", weights="random"))
+    assert a.visual_tokens(612, 792) == 1024  # 448 px / 14: the published 1024 patches
+    with torch.device("meta"):
+        model, processor = a._build_random()
+    n = sum(p.numel() for p in model.parameters())
+    assert 2.8e9 < n < 3.1e9  # PaliGemma-3B + the 128-d projection
+    assert processor.image_processor.image_seq_length == 1024

@@ -99,3 +99,17 @@ def test_report_predicts_what_it_measures(layout_run, tmp_path, capsys):
             assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 20 and arr.std() > 5
     assert main(["report", str(out)]) == 0
     assert "cascade:" in capsys.readouterr().out
+
+
+def test_colpali_end_to_end_with_its_fixed_grid(small_corpus, tmp_path, capsys):
+    out = tmp_path / "colpali"
+    assert main(["ingest", str(small_corpus.root), "--out", str(out), "--executor", "local", "--model", "colpali-tiny",
+                 "--layouts", "mv-rowcol,mv-pool2", "--quiet"]) == 0
+    pages = read_pages(out)
+    assert pages.num_rows == sum(small_corpus.ok_pages.values())
+    assert set(pages["n_patches"].to_pylist()) == {64}
+    assert set(pages["patch_grid_h"].to_pylist()) == {8} and set(pages["patch_offset"].to_pylist()) == {0}
+    special = pages["n_vectors"].to_numpy() - 64
+    assert (pc.list_value_length(pages["mv_rowcol"]).to_numpy() == special + 16).all()
+    assert main(["search", "a table of numbers", "--out", str(out), "-k", "3", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 3
