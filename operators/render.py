@@ -26,6 +26,7 @@ from operators.sources import DocumentRef, Source
 # Quarantine reason codes (machine-readable; documented in the README).
 OPEN_ERROR = "open_error"
 ENCRYPTED = "encrypted"
+WRONG_PASSWORD = "wrong_password"
 ZERO_PAGES = "zero_pages"
 TOO_LARGE = "too_large"
 TOO_MANY_PAGES = "too_many_pages"
@@ -75,7 +76,8 @@ class RenderLimits:
     page_timeout_s: float = 60.0  # one page's render deadline; the document is abandoned past it
     max_pages: int = 100_000  # pages per document
     max_bytes: int = 512 * 1024 * 1024  # bytes per document
-    passwords: tuple[str, ...] = field(default_factory=tuple)  # tried on encrypted documents
+    passwords: tuple[str, ...] = field(default_factory=tuple)  # tried on every encrypted document
+    password_map: tuple[tuple[str, str], ...] = ()  # (glob on the URI or file name, password), from --passwords
     extract_text: bool = True  # the page's text layer (about 4 ms a page), for text search and fidelity
 
 
@@ -110,8 +112,10 @@ def _render_child(conn) -> None:  # pragma: no cover - runs in the child process
                 conn.send(("doc_error", OPEN_ERROR, f"not a PDF (content looks like {doc.metadata.get('format') or 'another format'})"))
                 continue
             if doc.needs_pass and not any(doc.authenticate(p) for p in passwords):
-                detail = "wrong password" if passwords else "password required"
-                conn.send(("doc_error", ENCRYPTED, detail))
+                if passwords:
+                    conn.send(("doc_error", WRONG_PASSWORD, f"none of {len(passwords)} known password(s) opens it"))
+                else:
+                    conn.send(("doc_error", ENCRYPTED, "password required (add it to --passwords)"))
                 continue
             n = doc.page_count
             if n == 0:
@@ -225,14 +229,14 @@ class MuPdfWorker:
             self.stop()
             raise _ChildGone(RENDER_CRASH, "renderer died while sending pixels") from None
 
-    def render(self, data: bytes, budget: PixelBudget, limits: RenderLimits):
+    def render(self, data: bytes, budget: PixelBudget, limits: RenderLimits, passwords: tuple[str, ...] = ()):
         """Yield ("meta", n) / ("page", i, w, h, text, rgb) / ("page_error", i, reason, detail) /
         ("doc_error", reason, detail). Raises _ChildGone on timeout or crash."""
         if not self.alive():
             self.stop()
             self.start()
         try:
-            self._conn.send(("doc", budget, limits.max_pages, tuple(limits.passwords), limits.extract_text))
+            self._conn.send(("doc", budget, limits.max_pages, tuple(passwords), limits.extract_text))
             self._conn.send_bytes(data)
         except (ConnectionError, OSError):
             self.stop()
@@ -250,6 +254,38 @@ class MuPdfWorker:
                 yield (*msg, self._recv_bytes())
             else:
                 yield msg
+
+
+def passwords_for(uri: str, limits: RenderLimits) -> tuple[str, ...]:
+    """Passwords to try on a document: those whose glob matches its URI, path or file name, then
+    the global ones."""
+    import fnmatch
+    from urllib.parse import unquote
+
+    plain = unquote(uri)
+    name = plain.rsplit("/", 1)[-1]
+    matched = [pw for pattern, pw in limits.password_map
+               if fnmatch.fnmatch(plain, pattern) or fnmatch.fnmatch(name, pattern)
+               or fnmatch.fnmatch(plain, "*/" + pattern.lstrip("/"))]
+    return tuple(dict.fromkeys([*matched, *limits.passwords]))
+
+
+def load_password_map(path: str) -> tuple[tuple[str, str], ...]:
+    """A passwords file: ``<glob or path><TAB><password>`` per line (a header line ``file`` and
+    ``#`` comments are skipped; extra columns are ignored, so the corpus' PASSWORDS.tsv works)."""
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            cols = line.split("\t")
+            if len(cols) < 2:
+                raise ValueError(f"{path}:{n}: expected '<glob><TAB><password>'")
+            if n == 1 and cols[0].strip().lower() in ("file", "path", "glob", "pattern"):
+                continue
+            pairs.append((cols[0].strip(), cols[1]))
+    return tuple(pairs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,7 +392,7 @@ class RenderPages:
         for attempt in range(2):  # a crashed child gets one retry with a fresh process
             pages, page_errors, failure = [], [], None
             try:
-                for msg in self._worker.render(data, self.budget, self.limits):
+                for msg in self._worker.render(data, self.budget, self.limits, passwords_for(ref.uri, self.limits)):
                     if msg[0] == "doc_error":
                         failure = (msg[1], msg[2])
                     elif msg[0] == "page":

@@ -44,6 +44,9 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--embed-actors", type=int, help="number of embedding actors")
     p.add_argument("--render-actors", type=int, help="number of render actors")
     p.add_argument("--page-timeout", dest="page_timeout_s", type=float, help="seconds one page may take to render")
+    p.add_argument("--retry-quarantined", action="store_const", const=True,
+                   help="process only documents that were quarantined (or partly indexed), e.g. after adding passwords")
+    p.add_argument("--passwords", help="file of '<glob><TAB><password>' lines for encrypted documents")
     p.add_argument("--max-doc-bytes", type=int, help="larger documents are quarantined as too_large")
     p.add_argument("--max-pages", type=int, help="documents with more pages are quarantined")
     p.add_argument("--layouts", help="extra storage layouts, comma-separated: mv-pool3, mv-rowcol, mv-int8, mv-bin, "

@@ -42,6 +42,8 @@ class IngestConfig:
     page_timeout_s: float = 60.0
     max_doc_bytes: int = 512 * 1024 * 1024
     max_pages: int = 100_000
+    retry_quarantined: bool = False  # process only documents whose committed version was quarantined
+    passwords: str | None = None  # file of "<glob>\t<password>" lines for encrypted documents
     unit_max_docs: int = 32
     unit_max_bytes: int = 256 * 1024 * 1024
     include: list[str] = field(default_factory=list)
@@ -108,6 +110,8 @@ class IngestConfig:
             raise ConfigError(f"num_gpus: must be >= 0, got {self.num_gpus!r}")
         if not self.collection.replace("_", "").isalnum() or self.collection[0].isdigit():
             raise ConfigError(f"collection: {self.collection!r} must be letters, digits and _ (not starting with a digit)")
+        if self.passwords and not os.path.isfile(self.passwords):
+            raise ConfigError(f"passwords: no such file {self.passwords!r}")
         if self.milvus is None and "://" in self.out and not self.out.startswith("file://"):
             raise ConfigError("milvus: required when out is an object store (Milvus Lite needs a local file): "
                               "pass --milvus PATH.db or a server URI")

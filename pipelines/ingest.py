@@ -21,7 +21,7 @@ from operators.layouts import parse_layouts
 from operators.milvus_sink import MilvusSink, redact_uri
 from operators.models import ModelSpec, adapter_for
 from operators.parquet_sink import PAGES_PREFIX, QUARANTINE_PREFIX, ParquetSink
-from operators.render import RenderLimits, RenderPages
+from operators.render import RenderLimits, RenderPages, load_password_map
 from operators.sources import open_source
 from operators.store import open_store
 from operators.text_embed import TextEmbedder, split_model_specs
@@ -112,12 +112,13 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
     # Units stream from the listing: the driver never holds the whole source in memory.
     listing = source.list_documents()
     first = next(iter_ := iter(listing), None)  # the first listing call fails fast on a bad source
-    units = _announced(plan_units(_chain(first, iter_), ledger.state, cfg.unit_max_docs, cfg.unit_max_bytes, counts),
-                       counts, progress, log)
+    units = _announced(plan_units(_chain(first, iter_), ledger.state, cfg.unit_max_docs, cfg.unit_max_bytes, counts,
+                                  retry_quarantined=cfg.retry_quarantined), counts, progress, log)
 
     render = RenderPages(source, adapter.pixel_budget(),
                          RenderLimits(page_timeout_s=cfg.page_timeout_s, max_pages=cfg.max_pages,
-                                      max_bytes=cfg.max_doc_bytes, extract_text=cfg.extract_text))
+                                      max_bytes=cfg.max_doc_bytes, extract_text=cfg.extract_text,
+                                      password_map=load_password_map(cfg.passwords) if cfg.passwords else ()))
     embed = EmbedPages(spec, batch_size=cfg.batch_size, layouts=layouts, fde=fde, max_batch_tokens=cfg.max_batch_tokens,
                        text_model=text_model)
     layout_stats = LayoutStats(layouts, dim, fde)
@@ -173,6 +174,8 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
             "skipped_unchanged": counts.skipped_unchanged,
             "quarantined": totals["quarantined"],
             "replaced_versions": totals["superseded"],
+            "retried": counts.retried,
+            "deferred": counts.deferred,
         },
         "pages": {
             "indexed": totals["pages"],

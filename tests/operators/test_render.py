@@ -89,6 +89,25 @@ def test_password_list_opens_encrypted(tmp_path):
     assert info["quarantine"][0]["reason"] == "encrypted"
     pages, info = _render(tmp_path, [name], RenderLimits(passwords=("wrong", "password")))
     assert pages.num_rows >= 1 and not info["quarantine"]
+    _, info = _render(tmp_path, [name], RenderLimits(password_map=(("*password*", "nope"),)))
+    assert info["quarantine"][0]["reason"] == "wrong_password"
+
+
+def test_passwords_file_from_the_corpus(tmp_path):
+    """The corpus' own PASSWORDS.tsv (file, password, ...) opens its encrypted files by path."""
+    from operators.render import load_password_map, passwords_for
+
+    pairs = load_password_map(str(CORPUS / "PASSWORDS.tsv"))
+    assert ("encrypted/Unstructured-IO+unstructured__password.pdf", "password") in pairs
+    limits = RenderLimits(password_map=pairs)
+    uri = "file:///x/encrypted/Unstructured-IO%2Bunstructured__password.pdf"
+    assert passwords_for(uri, limits)[0] == "password"
+    dest = tmp_path / "encrypted"
+    dest.mkdir()
+    (dest / "Unstructured-IO+unstructured__password.pdf").write_bytes(
+        (CORPUS / "encrypted/Unstructured-IO+unstructured__password.pdf").read_bytes())
+    pages, info = _render(dest, ["Unstructured-IO%2Bunstructured__password.pdf"], limits)
+    assert pages.num_rows >= 1 and not info["quarantine"]
 
 
 def test_limits_quarantine_without_rendering(tmp_path):
