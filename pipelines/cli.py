@@ -70,6 +70,8 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML or JSON file with the same keys as these flags")
     p.add_argument("--summary", help="also write the JSON run summary here")
     p.add_argument("--progress-interval", dest="progress_interval_s", type=float, help="seconds between progress lines")
+    p.add_argument("--lock-lease", dest="lock_lease_s", type=float,
+                   help="seconds a run's lock on OUT lasts without renewal (300); a second run on OUT refuses")
     p.add_argument("--quiet", action="store_true", help="do not print the summary at the end")
     return p
 
@@ -378,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     from operators.sources import SourceError
     from operators.store import StoreError
     from pipelines.config import ConfigError
+    from pipelines.lock import LockError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -387,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"pagemill: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except (SourceError, StoreError, MilvusError, ModelError, ValueError) as e:
+    except (SourceError, StoreError, MilvusError, ModelError, LockError, ValueError) as e:
         print(f"pagemill: error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

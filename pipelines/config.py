@@ -50,6 +50,7 @@ class IngestConfig:
     exclude: list[str] = field(default_factory=list)
     summary: str | None = None
     progress_interval_s: float = 10.0
+    lock_lease_s: float = 300.0  # a dead run's lock on OUT expires after this
     # S3 and S3-compatible stores (credentials: boto3's standard chain, never here)
     s3_endpoint_url: str | None = None  # default $AWS_ENDPOINT_URL
     s3_region: str | None = None
@@ -77,7 +78,7 @@ class IngestConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        positive = ["fde_reps", "fde_bits", "fde_proj_dim", "s3_max_attempts", "batch_size", "page_timeout_s", "max_doc_bytes", "max_pages", "unit_max_docs",
+        positive = ["lock_lease_s", "fde_reps", "fde_bits", "fde_proj_dim", "s3_max_attempts", "batch_size", "page_timeout_s", "max_doc_bytes", "max_pages", "unit_max_docs",
                     "unit_max_bytes", "progress_interval_s"]
         for key in positive + ["max_pixels", "embed_actors", "render_actors", "max_batch_tokens"]:
             v = getattr(self, key)

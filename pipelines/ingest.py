@@ -29,6 +29,7 @@ from pipelines.commit import UnitCommitter
 from pipelines.config import IngestConfig
 from pipelines.layout_stats import LayoutStats
 from pipelines.ledger import LEDGER_PREFIX, Ledger
+from pipelines.lock import RunLock
 from pipelines.plan import PlanCounts, plan_units
 from pipelines.progress import Progress
 
@@ -81,6 +82,15 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
     source = open_source(cfg.source, include=tuple(cfg.include), exclude=tuple(cfg.exclude), s3_options=s3)
     store = open_store(cfg.out, s3_options=s3)
     store.check()
+    lock = RunLock(store, run_id, lease_s=cfg.lock_lease_s)
+    lock.acquire()
+    try:
+        return _run_locked(cfg, run_id, t_start, source, store, lock, log)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, lock: RunLock, log) -> dict:
     ledger = Ledger(store)
     ledger.load()
     # Files of units that never committed (the previous run died): not part of the index.
@@ -128,6 +138,7 @@ def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
     devices_seen: set[str] = set()
 
     def on_unit(unit_id: str, info: dict, flow) -> None:
+        lock.check()
         added = committer.commit(unit_id, info, flow)
         layout_stats.add(added["table"])
         embed_settings.update(info.get("embed_settings", {}))

@@ -53,3 +53,49 @@ def test_retry_quarantined_after_adding_passwords(small_corpus, tmp_path):
     assert milvus_counts(out)["pages"] == pages.num_rows
     # a normal run afterwards has nothing to do
     assert _run(src, out)["pages"]["embedded"] == 0
+
+
+def test_a_second_run_on_the_same_out_refuses(small_corpus, tmp_path, capsys):
+    import time
+
+    from operators.store import LocalStore
+    from pipelines.lock import LOCK_KEY, RunLock
+
+    out = tmp_path / "out"
+    holder = RunLock(LocalStore(out), "run-elsewhere", lease_s=60)
+    holder.acquire()
+    try:
+        rc = main(["ingest", str(small_corpus.root), "--out", str(out), "--executor", "local", "--quiet"])
+        assert rc == 1
+        err = capsys.readouterr().err
+        assert "another pagemill run holds" in err and "run-elsewhere" in err
+        assert not (out / "_ledger").exists()  # it refused before doing anything
+    finally:
+        holder.release()
+    assert not (out / LOCK_KEY).exists()
+    # a dead run's lock: expired lease, taken over
+    stale = RunLock(LocalStore(out), "dead-run", lease_s=60)
+    stale._write()
+    lock = json.loads((out / LOCK_KEY).read_text())
+    lock["expires_at"] = time.time() - 1
+    (out / LOCK_KEY).write_text(json.dumps(lock))
+    assert main(["ingest", str(small_corpus.root), "--out", str(out), "--executor", "local", "--quiet"]) == 0
+    assert not (out / LOCK_KEY).exists()
+
+
+def test_two_processes_at_once(smoke_corpus, tmp_path):
+    import subprocess
+    import time
+
+    from conftest import REPO, pagemill_cmd
+
+    out = tmp_path / "out"
+    args = ["ingest", str(smoke_corpus.root), "--out", str(out), "--executor", "local", "--page-timeout", "8", "--quiet"]
+    first = subprocess.Popen(pagemill_cmd(*args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (out / "_lock.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run(pagemill_cmd(*args), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert first.poll() is None, "the first run ended before the second started"
+    assert second.returncode == 1 and "another pagemill run holds" in second.stderr
+    assert first.wait(timeout=300) == 0
