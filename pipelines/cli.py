@@ -44,6 +44,10 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--embed-actors", type=int, help="number of embedding actors")
     p.add_argument("--render-actors", type=int, help="number of render actors")
     p.add_argument("--page-timeout", dest="page_timeout_s", type=float, help="seconds one page may take to render")
+    p.add_argument("--delete-missing", action="store_const", const=True,
+                   help="remove documents that are gone from the source from the shards and Milvus (off by default)")
+    p.add_argument("--ledger-compact-every", type=int,
+                   help="fold the ledger's per-unit records into one snapshot past this many (256)")
     p.add_argument("--retry-quarantined", action="store_const", const=True,
                    help="process only documents that were quarantined (or partly indexed), e.g. after adding passwords")
     p.add_argument("--passwords", help="file of '<glob><TAB><password>' lines for encrypted documents")

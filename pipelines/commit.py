@@ -82,17 +82,7 @@ class UnitCommitter:
 
         # Older files that still hold a superseded version: rewrite them without it. The old
         # file is deleted only after the commit, so until then the old version stays readable.
-        rewrites = []
-        if superseded:
-            drop = pa.array(superseded)
-            for old in state.files_holding(set(superseded)):
-                table = self.parquet.read(old)
-                keep = table.filter(pc.invert(pc.is_in(table[S.SOURCE_URI], value_set=drop)))
-                new = None
-                if keep.num_rows:
-                    new = _rewritten_key(old, unit_id)
-                    self.parquet.write(new, keep)
-                rewrites.append({"old": old, "new": new})
+        rewrites = self._rewrite_without(superseded, unit_id) if superseded else []
         checkpoint("shard_written")
 
         if self.milvus is not None:
@@ -123,3 +113,36 @@ class UnitCommitter:
             self.parquet.store.delete(rw["old"])
         return {"pages": pages.num_rows, "quarantine": quarantine.num_rows, "superseded": len(superseded),
                 "table": pages}
+
+    def _rewrite_without(self, uris: list[str], unit_id: str) -> list[dict]:
+        drop = pa.array(uris)
+        rewrites = []
+        for old in self.ledger.state.files_holding(set(uris)):
+            table = self.parquet.read(old)
+            keep = table.filter(pc.invert(pc.is_in(table[S.SOURCE_URI], value_set=drop)))
+            new = None
+            if keep.num_rows:
+                new = _rewritten_key(old, unit_id)
+                self.parquet.write(new, keep)
+            rewrites.append({"old": old, "new": new})
+        return rewrites
+
+    def delete_documents(self, uris: list[str]) -> int:
+        """Remove documents gone from the source: shards rewritten without them, their Milvus
+        rows deleted, then one ledger record. Returns pages removed."""
+        import hashlib
+
+        uris = sorted(uris)
+        if not uris:
+            return 0
+        unit_id = "d" + hashlib.blake2b("\n".join(uris).encode(), digest_size=10).hexdigest()
+        removed = sum(self.ledger.state.docs[u].n_pages for u in uris if u in self.ledger.state.docs)
+        rewrites = self._rewrite_without(uris, unit_id)
+        if self.milvus is not None:
+            self.milvus.delete_other_versions({S.doc_id_for(u): None for u in uris})
+            self.milvus.flush()
+        self.ledger.commit({"unit_id": unit_id, "run_id": self.run_id, "docs": [], "files": [], "rewrites": rewrites,
+                            "superseded": uris, "deleted": uris})
+        for rw in rewrites:
+            self.parquet.store.delete(rw["old"])
+        return removed

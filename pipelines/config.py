@@ -42,6 +42,8 @@ class IngestConfig:
     page_timeout_s: float = 60.0
     max_doc_bytes: int = 512 * 1024 * 1024
     max_pages: int = 100_000
+    delete_missing: bool = False  # remove documents gone from the source (shards and Milvus)
+    ledger_compact_every: int = 256  # fold the ledger's unit records into a snapshot past this many
     retry_quarantined: bool = False  # process only documents whose committed version was quarantined
     passwords: str | None = None  # file of "<glob>\t<password>" lines for encrypted documents
     unit_max_docs: int = 32
@@ -78,7 +80,7 @@ class IngestConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        positive = ["lock_lease_s", "fde_reps", "fde_bits", "fde_proj_dim", "s3_max_attempts", "batch_size", "page_timeout_s", "max_doc_bytes", "max_pages", "unit_max_docs",
+        positive = ["ledger_compact_every", "lock_lease_s", "fde_reps", "fde_bits", "fde_proj_dim", "s3_max_attempts", "batch_size", "page_timeout_s", "max_doc_bytes", "max_pages", "unit_max_docs",
                     "unit_max_bytes", "progress_interval_s"]
         for key in positive + ["max_pixels", "embed_actors", "render_actors", "max_batch_tokens"]:
             v = getattr(self, key)

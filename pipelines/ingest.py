@@ -115,7 +115,7 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
                                            "layouts": {lay.name: lay.params(fde) for lay in layouts}})
     committer = UnitCommitter(ledger, parquet, milvus, schema, run_id)
 
-    counts = PlanCounts()
+    counts = PlanCounts(seen_uris=set() if cfg.delete_missing else None)
     progress = Progress(None, cfg.progress_interval_s, stream=log)
     log.write(f"[pagemill] run {run_id}: planning from {source.uri}"
               + (f" ({len(orphans)} files of an interrupted run removed)" if orphans else "") + "\n")
@@ -159,6 +159,15 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
     try:
         exec_stats = executor.run(units, render, embed, on_unit)
         progress.finish()
+        deleted_docs = deleted_pages = 0
+        if cfg.delete_missing:
+            missing = [u for u in ledger.state.docs if u not in counts.seen_uris]
+            if missing and not counts.seen_uris:
+                raise ValueError(f"--delete-missing: the source lists no documents at all; refusing to delete all "
+                                 f"{len(missing)} indexed documents (wrong source?)")
+            deleted_docs, deleted_pages = len(missing), committer.delete_documents(missing)
+        if ledger.state.records and len(ledger.pending_records) >= cfg.ledger_compact_every:
+            ledger.compact()
     finally:
         executor.close()
         milvus_counts = {c: milvus.count(c) for c in milvus.collections}
@@ -186,12 +195,14 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
             "quarantined": totals["quarantined"],
             "replaced_versions": totals["superseded"],
             "retried": counts.retried,
+            "deleted": deleted_docs,
             "deferred": counts.deferred,
         },
         "pages": {
             "indexed": totals["pages"],
             "embedded": totals["pages"],
             "quarantined": totals["page_quarantine"],
+            "deleted": deleted_pages,
         },
         "units": {"planned": progress.total_units, "committed": progress.units, "orphan_files_removed": len(orphans)},
         "quarantine": quarantine,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from operators.store import OutputStore
 
 LEDGER_PREFIX = "_ledger/units"
+SNAPSHOT_PREFIX = "_ledger/snapshots"
 
 
 @dataclass
@@ -50,8 +51,24 @@ class LedgerState:
             self.file_docs[f["key"]] = set(f["docs"])
         for d in rec["docs"]:
             self.docs[d["uri"]] = DocState(d["version"], d["status"], d.get("n_pages", 0), rec["unit_id"])
+        for uri in rec.get("deleted", []):
+            self.docs.pop(uri, None)
         self.units.add(rec["unit_id"])
         self.records += 1
+
+    def to_snapshot(self) -> dict:
+        return {"docs": {u: [d.version, d.status, d.n_pages, d.unit_id] for u, d in self.docs.items()},
+                "file_docs": {k: sorted(v) for k, v in self.file_docs.items()}, "units": sorted(self.units),
+                "records": self.records}
+
+    @classmethod
+    def from_snapshot(cls, snap: dict) -> LedgerState:
+        state = cls()
+        state.docs = {u: DocState(*v) for u, v in snap["docs"].items()}
+        state.file_docs = {k: set(v) for k, v in snap["file_docs"].items()}
+        state.units = set(snap["units"])
+        state.records = snap["records"]
+        return state
 
     def files_holding(self, uris: set[str]) -> list[str]:
         return sorted(k for k, inside in self.file_docs.items() if inside & uris)
@@ -65,15 +82,41 @@ class Ledger:
     def __init__(self, store: OutputStore):
         self.store = store
         self.state = LedgerState()
+        self.pending_records: list[str] = []
 
     def load(self) -> LedgerState:
-        state = LedgerState()
+        """The newest snapshot, then the unit records committed after it, in commit order."""
+        state, after = LedgerState(), ""
+        snapshots = [o.key for o in self.store.list(SNAPSHOT_PREFIX) if o.key.endswith(".json")]
+        if snapshots:
+            snap = json.loads(self.store.read_bytes(max(snapshots)))
+            state, after = LedgerState.from_snapshot(snap), snap["last_record"]
+        self.pending_records = []
         for obj in self.store.list(LEDGER_PREFIX):
-            if not obj.key.endswith(".json"):
-                continue
+            name = obj.key.rsplit("/", 1)[-1]
+            if not obj.key.endswith(".json") or name <= after:
+                continue  # folded into the snapshot (a compaction that died before deleting it)
             state.apply(json.loads(self.store.read_bytes(obj.key)))
+            self.pending_records.append(obj.key)
         self.state = state
         return state
+
+    def compact(self) -> int:
+        """Fold the unit records into one snapshot and delete them: planning then reads one
+        object plus what was committed since. Returns the records folded."""
+        self.load()
+        if not self.pending_records:
+            return 0
+        last = self.pending_records[-1].rsplit("/", 1)[-1]
+        snap = {**self.state.to_snapshot(), "last_record": last, "written_at": time.time()}
+        self.store.write_bytes(f"{SNAPSHOT_PREFIX}/{time.time_ns():020d}.json", json.dumps(snap).encode())
+        for key in self.pending_records:
+            self.store.delete(key)
+        for obj in self.store.list(SNAPSHOT_PREFIX)[:-1]:  # keep only the newest snapshot
+            self.store.delete(obj.key)
+        folded = len(self.pending_records)
+        self.pending_records = []
+        return folded
 
     def commit(self, record: dict) -> str:
         """Write the record (the unit's commit point) and fold it into the in-memory state."""
@@ -81,6 +124,7 @@ class Ledger:
         key = f"{LEDGER_PREFIX}/{time.time_ns():020d}-{record['unit_id']}.json"
         self.store.write_bytes(key, json.dumps(record, sort_keys=True).encode())
         self.state.apply(record)
+        self.pending_records.append(key)
         return key
 
     def orphans(self, prefixes: tuple[str, ...]) -> list[str]:

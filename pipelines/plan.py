@@ -38,6 +38,7 @@ class PlanCounts:
     pending_bytes: int = 0
     retried: int = 0
     deferred: int = 0  # new or changed documents a --retry-quarantined run leaves for a normal run
+    seen_uris: set | None = None  # filled when --delete-missing needs to know what still exists
 
 
 RETRYABLE = ("quarantined", "partial")
@@ -58,6 +59,8 @@ def plan_units(
     size = 0
     for ref in listing:
         counts.seen += 1
+        if counts.seen_uris is not None:
+            counts.seen_uris.add(ref.uri)
         known = state.docs.get(ref.uri)
         if retry_quarantined:
             if known is None or known.status not in RETRYABLE:

@@ -99,3 +99,49 @@ def test_two_processes_at_once(smoke_corpus, tmp_path):
     assert first.poll() is None, "the first run ended before the second started"
     assert second.returncode == 1 and "another pagemill run holds" in second.stderr
     assert first.wait(timeout=300) == 0
+
+
+def test_delete_missing_removes_pages_and_rows(small_corpus, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(small_corpus.root, src)
+    out = tmp_path / "out"
+    _run(src, out)
+    before = read_pages(out)
+    victim_uri, victim_pages = Counter(before["source_uri"].to_pylist()).most_common(1)[0]
+    victim = src / victim_uri.split("/src/", 1)[1].replace("%2B", "+")
+    victim.unlink()
+    kept = _run(src, out)  # without the flag nothing is removed
+    assert kept["documents"]["deleted"] == 0 and read_pages(out).num_rows == before.num_rows
+    gone = _run(src, out, "--delete-missing")
+    assert gone["documents"]["deleted"] == 1 and gone["pages"]["deleted"] == victim_pages
+    after = read_pages(out)
+    assert victim_uri not in set(after["source_uri"].to_pylist())
+    assert after.num_rows == before.num_rows - victim_pages
+    assert milvus_counts(out)["pages"] == after.num_rows
+    assert milvus_counts(out)["patches"] == sum(after["n_vectors"].to_pylist())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["ingest", str(empty), "--out", str(out), "--executor", "local", "--delete-missing", "--quiet"]) == 1
+
+
+def test_ledger_compaction_keeps_the_state(small_corpus, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(small_corpus.root, src)
+    out = tmp_path / "out"
+    first = _run(src, out, "--unit-max-docs", "2", "--ledger-compact-every", "3")
+    assert first["units"]["committed"] >= 4
+    assert list((out / "_ledger" / "units").glob("*.json")) == []
+    assert len(list((out / "_ledger" / "snapshots").glob("*.json"))) == 1
+    again = _run(src, out, "--unit-max-docs", "2", "--ledger-compact-every", "3")
+    assert again["pages"]["embedded"] == 0 and again["documents"]["skipped_unchanged"] == again["documents"]["seen"]
+    # a change after compaction still replaces the right pages
+    pages = read_pages(out)
+    one = next(u for u, n in Counter(pages["source_uri"].to_pylist()).items() if n == 1)
+    two = next(u for u, n in Counter(pages["source_uri"].to_pylist()).items() if n >= 2)
+    path = lambda u: src / u.split("/src/", 1)[1].replace("%2B", "+")  # noqa: E731
+    shutil.copyfile(path(two), path(one))
+    changed = _run(src, out, "--unit-max-docs", "2", "--ledger-compact-every", "3")
+    assert changed["documents"]["replaced_versions"] == 1
+    after = read_pages(out)
+    assert len(set(after["page_id"].to_pylist())) == after.num_rows
+    assert Counter(after["source_uri"].to_pylist())[one] == Counter(pages["source_uri"].to_pylist())[two]
