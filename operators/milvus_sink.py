@@ -24,6 +24,7 @@ PATCH_ID = "patch_id"
 PATCH_INDEX = "patch_index"
 VECTOR = "vector"
 UPSERT_BATCH_ROWS = 2000
+_fault_hook = None  # set by pipelines.faults when PAGEMILL_KILL_AT is set (crash tests only)
 
 
 class MilvusError(Exception):
@@ -163,6 +164,8 @@ class MilvusSink:
     def _upsert(self, collection: str, rows: list[dict]) -> None:
         for start in range(0, len(rows), UPSERT_BATCH_ROWS):
             self.client.upsert(collection, rows[start : start + UPSERT_BATCH_ROWS])
+            if _fault_hook:
+                _fault_hook("milvus_upsert")
         self.rows_written[collection] = self.rows_written.get(collection, 0) + len(rows)
 
     def write_pages(self, pages: pa.Table) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from operators.render import units_table
 from pipelines.executor import Executor, OnUnit, UnitCollector
+from pipelines.faults import checkpoint
 from pipelines.plan import WorkUnit
 
 
@@ -21,7 +22,11 @@ class LocalExecutor(Executor):
                     render.setup()
                     embed.setup()
                     started = True
-                collector.add(embed(render(units_table([(unit.unit_id, unit.docs)]))))
+                rendered = render(units_table([(unit.unit_id, unit.docs)]))
+                checkpoint("rendered")
+                embedded = embed(rendered)
+                checkpoint("embedded")
+                collector.add(embedded)
         finally:
             render.close()
         return {"render": dict(render.stats), "embed": dict(embed.stats)} if started else {}

@@ -2,7 +2,8 @@
 
 ``OUT/_lock.json`` names its holder (host, pid, run id) and when its lease expires. A run renews
 the lease from a heartbeat thread while it works and deletes the lock at the end; a run that
-died leaves a lock that simply expires. Object stores here have no compare-and-swap, so after
+died leaves a lock that expires, or that a run on the same host takes over at once when the
+holder's process is gone (pid and start time, so a reused pid does not count). Object stores here have no compare-and-swap, so after
 writing the lock a run reads it back and gives up if another run's token is there (two runs
 starting within the same instant both read the later write: one of them refuses).
 """
@@ -45,7 +46,15 @@ class RunLock:
         now = time.time()
         self.store.write_bytes(LOCK_KEY, json.dumps({
             "token": self.token, "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-            "renewed_at": now, "expires_at": now + self.lease_s}).encode())
+            "pid_started": _started(os.getpid()), "renewed_at": now, "expires_at": now + self.lease_s}).encode())
+
+    @staticmethod
+    def _holder_dead(holder: dict) -> bool:
+        """A holder on this host whose process is gone (or is another process with its pid)."""
+        if holder.get("host") != socket.gethostname() or not holder.get("pid"):
+            return False
+        started = _started(int(holder["pid"]))
+        return started is None or abs(started - float(holder.get("pid_started") or 0)) > 1.0
 
     def _refuse(self, holder: dict) -> LockError:
         until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(holder["expires_at"]))
@@ -55,7 +64,8 @@ class RunLock:
 
     def acquire(self) -> None:
         holder = self._read()
-        if holder and holder.get("token") != self.token and holder.get("expires_at", 0) > time.time():
+        if (holder and holder.get("token") != self.token and holder.get("expires_at", 0) > time.time()
+                and not self._holder_dead(holder)):
             raise self._refuse(holder)
         self._write()
         back = self._read()
@@ -87,3 +97,12 @@ class RunLock:
         holder = self._read()
         if holder and holder.get("token") == self.token:
             self.store.delete(LOCK_KEY)
+
+
+def _started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from operators.sources import DocumentRef
+from pipelines.faults import checkpoint
 from pipelines.ledger import LedgerState
 
 
@@ -58,6 +59,7 @@ def plan_units(
     batch: list[DocumentRef] = []
     size = 0
     for ref in listing:
+        checkpoint("listing")
         counts.seen += 1
         if counts.seen_uris is not None:
             counts.seen_uris.add(ref.uri)

@@ -63,7 +63,7 @@ def test_a_second_run_on_the_same_out_refuses(small_corpus, tmp_path, capsys):
 
     out = tmp_path / "out"
     holder = RunLock(LocalStore(out), "run-elsewhere", lease_s=60)
-    holder.acquire()
+    holder.acquire()  # held by this (live) test process
     try:
         rc = main(["ingest", str(small_corpus.root), "--out", str(out), "--executor", "local", "--quiet"])
         assert rc == 1

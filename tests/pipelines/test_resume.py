@@ -51,24 +51,32 @@ def test_sigkill_midway_then_rerun(small_corpus, clean_run, tmp_path):
     _same_index(out, clean_run)
 
 
-@pytest.mark.parametrize("point", ["shard_written", "milvus_written"])
-def test_kill_between_writes_and_commit(small_corpus, clean_run, tmp_path, point):
-    """Killed after a unit's shard (or Milvus rows) is written but before its ledger record:
-    the leftover shard must not survive into the final index, and nothing is duplicated."""
+@pytest.mark.parametrize("point,n,committed", [
+    ("listing", 5, 0),          # while listing the source (units stream: some may have committed)
+    ("rendered", 3, 2),         # after the third unit rendered, before it was embedded
+    ("embedded", 3, 2),         # after it was embedded, before any write
+    ("milvus_upsert", 5, 2),    # in the middle of Milvus upserts
+    ("shard_written", 3, 2),    # shard on disk, not committed
+    ("milvus_written", 3, 2),   # shard and Milvus rows written, ledger record not
+])
+def test_sigkill_at_each_point_then_rerun(small_corpus, clean_run, tmp_path, point, n, committed):
+    """SIGKILL of the driver at several points, then a re-run: the same pages and Milvus rows as
+    an uninterrupted run, nothing twice, and only uncommitted units redone (reported)."""
+    import json
+
     out = tmp_path / "out"
-    env = dict(os.environ, PAGEMILL_KILL_AT=f"{point}:3")
+    env = dict(os.environ, PAGEMILL_KILL_AT=f"{point}:{n}")
     killed = subprocess.run(pagemill_cmd("ingest", str(small_corpus.root), "--out", str(out), *ARGS), cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert killed.returncode == -signal.SIGKILL
-    assert _ledger_records(out) == 2
-    shards = list((out / "pages").glob("*.parquet")) + list((out / "quarantine").glob("*.parquet"))
-    assert len(shards) >= 3, "the third unit's shard should be on disk, uncommitted"
-    import json
-
+    done = _ledger_records(out)
+    if point != "listing":
+        assert done == committed
     rerun = subprocess.run(pagemill_cmd("ingest", str(small_corpus.root), "--out", str(out), *ARGS,
                                         "--summary", str(tmp_path / "s.json")), cwd=REPO)
     assert rerun.returncode == 0
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["units"]["orphan_files_removed"] >= 1
-    assert summary["documents"]["skipped_unchanged"] == 4  # two committed units of two documents
+    assert summary["documents"]["skipped_unchanged"] == 2 * done  # committed units are not redone
+    if point in ("shard_written", "milvus_written"):
+        assert summary["units"]["orphan_files_removed"] >= 1
     _same_index(out, clean_run)
