@@ -41,7 +41,22 @@ class _EmbedActor:
         self.gpu_ids = ray.get_gpu_ids()
 
     def __call__(self, batch):
+        _maybe_die()
         return self.stage(batch)
+
+
+def _maybe_die() -> None:
+    """Crash test hook: ``PAGEMILL_EMBED_EXIT_ONCE=<file>`` makes the first embedding call in
+    the cluster exit the actor's process abruptly (the file records that it happened)."""
+    marker = os.environ.get("PAGEMILL_EMBED_EXIT_ONCE")
+    if marker:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        os._exit(1)
 
 
 class RayExecutor(Executor):
@@ -113,6 +128,7 @@ class RayExecutor(Executor):
                 _EmbedActor, fn_constructor_kwargs={"stage": embed}, batch_size=embed.batch_size,
                 batch_format="pyarrow", compute=ActorPoolStrategy(size=res["embed_actors"]),
                 num_gpus=res["num_gpus_per_actor"], num_cpus=res["embed_cpus_per_actor"],
+                max_restarts=-1, max_task_retries=-1,  # a dead actor (OOM-killed, preempted) is replaced
             )
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 collector.add(batch)

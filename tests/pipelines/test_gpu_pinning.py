@@ -38,3 +38,33 @@ def test_two_embedding_actors_get_two_gpus(small_corpus, tmp_path):
     assert summary["executor_stats"]["embed_actor_devices"] == ["0", "1"]
     assert summary["model"]["device"] == "cpu"  # declared GPUs, no CUDA: the model runs on the CPU
     assert summary["pages"]["indexed"] == sum(small_corpus.ok_pages.values())
+
+
+DIE_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["PAGEMILL_EMBED_EXIT_ONCE"] = sys.argv[3]
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    from pipelines.config import IngestConfig
+    from pipelines.ingest import run_ingest
+    cfg = IngestConfig(source=sys.argv[1], out=sys.argv[2], executor="ray", unit_max_docs=2,
+                       progress_interval_s=60).validate()
+    summary = run_ingest(cfg, log=open(os.devnull, "w"))
+    ray.shutdown()
+    print("SUMMARY " + json.dumps(summary))
+""")
+
+
+def test_an_embedding_actor_dies_mid_batch_and_is_replaced(small_corpus, tmp_path):
+    from conftest import read_pages
+
+    marker = tmp_path / "died"
+    r = subprocess.run([sys.executable, "-c", DIE_SCRIPT, str(small_corpus.root), str(tmp_path / "out"), str(marker)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert marker.exists(), "the injected crash did not happen"
+    summary = json.loads(r.stdout.split("SUMMARY ", 1)[1])
+    assert summary["pages"]["indexed"] == sum(small_corpus.ok_pages.values())
+    pages = read_pages(tmp_path / "out")
+    assert sorted(pages["page_id"].to_pylist()) == sorted(small_corpus.expected_page_ids())
