@@ -168,8 +168,23 @@ class MilvusSink:
                 _fault_hook("milvus_upsert")
         self.rows_written[collection] = self.rows_written.get(collection, 0) + len(rows)
 
+    def _guard(self, what: str, fn, *args, **kwargs):
+        """Run a client call; any failure becomes one MilvusError line naming the URI (no secret)."""
+        try:
+            return fn(*args, **kwargs)
+        except MilvusError:
+            raise
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if self._token:
+                msg = msg.replace(self._token, "***")
+            raise MilvusError(f"Milvus at {redact_uri(self.uri)} failed during {what}: {msg[:300]}") from None
+
     def write_pages(self, pages: pa.Table) -> None:
         """Upsert the page rows and their patch rows (``pages`` has the ``OUT/pages`` schema)."""
+        self._guard("upsert", self._write_pages, pages)
+
+    def _write_pages(self, pages: pa.Table) -> None:
         if pages.num_rows == 0:
             return
         ids = pages[S.PAGE_ID].to_pylist()
@@ -201,6 +216,9 @@ class MilvusSink:
             ])
 
     def delete_other_versions(self, doc_versions: dict[str, str | None]) -> None:
+        self._guard("delete", self._delete_other_versions, doc_versions)
+
+    def _delete_other_versions(self, doc_versions: dict[str, str | None]) -> None:
         """Delete rows of each doc_id whose version differs (None: delete every row of the doc)."""
         terms = []
         for doc_id, version in sorted(doc_versions.items()):
@@ -217,8 +235,9 @@ class MilvusSink:
 
     def flush(self) -> None:
         for c in self.collections:
-            self.client.flush(c)
+            self._guard("flush", self.client.flush, c)
 
     def count(self, collection: str) -> int:
-        res = self.client.query(collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
+        res = self._guard("count", self.client.query, collection, filter="", output_fields=["count(*)"],
+                          consistency_level="Strong")
         return int(res[0]["count(*)"])

@@ -30,6 +30,8 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", help="output root: a folder, file:// or s3://bucket/prefix/")
     p.add_argument("--milvus", help="Milvus URI: a Milvus Lite file path (default OUT/milvus.db) or http://host:port")
     p.add_argument("--collection", help="collection name prefix (default pagemill)")
+    p.add_argument("--milvus-timeout", dest="milvus_timeout_s", type=float,
+                   help="seconds per Milvus call (60); past it the run stops with one line, the unit uncommitted")
     p.add_argument("--model", help="model spec: colqwen2-tiny, colqwen2, a hub id or a local directory")
     p.add_argument("--weights", choices=["hub", "random"], help="load checkpoint weights, or random weights")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")

@@ -24,7 +24,8 @@ class IngestConfig:
     source: str = ""
     out: str = ""
     milvus: str | None = None  # default: OUT/milvus.db (Milvus Lite)
-    milvus_token_env: str = "MILVUS_TOKEN"  # the token is read from this variable, never from a file
+    milvus_token_env: str = "MILVUS_TOKEN"
+    milvus_timeout_s: float = 60.0  # per Milvus call; a server gone past it fails the run (nothing half-committed)  # the token is read from this variable, never from a file
     collection: str = "pagemill"
     model: str = "colqwen2-tiny"
     weights: str = "random"
@@ -80,7 +81,7 @@ class IngestConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        positive = ["ledger_compact_every", "lock_lease_s", "fde_reps", "fde_bits", "fde_proj_dim", "s3_max_attempts", "batch_size", "page_timeout_s", "max_doc_bytes", "max_pages", "unit_max_docs",
+        positive = ["milvus_timeout_s", "ledger_compact_every", "lock_lease_s", "fde_reps", "fde_bits", "fde_proj_dim", "s3_max_attempts", "batch_size", "page_timeout_s", "max_doc_bytes", "max_pages", "unit_max_docs",
                     "unit_max_bytes", "progress_interval_s"]
         for key in positive + ["max_pixels", "embed_actors", "render_actors", "max_batch_tokens"]:
             v = getattr(self, key)

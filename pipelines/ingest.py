@@ -108,7 +108,7 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
     schema = S.pages_schema(dim, layout_fields(layouts, dim, fde) + ([text_field(text_dim)] if text_dim else []))
     # Connect (and create collections) before any work: an unreachable sink fails fast.
     milvus = MilvusSink(cfg.milvus_uri(), cfg.collection, dim, token=os.environ.get(cfg.milvus_token_env) or None,
-                        text_dim=text_dim)
+                        text_dim=text_dim, timeout_s=cfg.milvus_timeout_s)
     milvus.setup()
     parquet = ParquetSink(store, metadata={"model": spec.name, "weights": cfg.weights, "dim": dim,
                                            "text_model": text_model,
@@ -168,10 +168,13 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
             deleted_docs, deleted_pages = len(missing), committer.delete_documents(missing)
         if ledger.state.records and len(ledger.pending_records) >= cfg.ledger_compact_every:
             ledger.compact()
-    finally:
+    except BaseException:
         executor.close()
-        milvus_counts = {c: milvus.count(c) for c in milvus.collections}
         milvus.close()
+        raise
+    executor.close()
+    milvus_counts = {c: milvus.count(c) for c in milvus.collections}
+    milvus.close()
     layouts_summary = layout_stats.summary()
     if cfg.fidelity_queries:
         from pipelines.fidelity import measure_fidelity

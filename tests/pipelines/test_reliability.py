@@ -145,3 +145,95 @@ def test_ledger_compaction_keeps_the_state(small_corpus, tmp_path):
     after = read_pages(out)
     assert len(set(after["page_id"].to_pylist())) == after.num_rows
     assert Counter(after["source_uri"].to_pylist())[one] == Counter(pages["source_uri"].to_pylist())[two]
+
+
+def _milvus_server(data_dir, port):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import wait_for_port
+
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("milvus-lite")), "server", "--data-dir", str(data_dir),
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, proc)
+    return proc
+
+
+def test_milvus_server_stops_mid_run_then_comes_back(small_corpus, tmp_path):
+    import subprocess
+    import time
+
+    from conftest import REPO, free_port, pagemill_cmd
+    from pymilvus import MilvusClient
+
+    port = free_port()
+    data = tmp_path / "milvus-data"
+    server = _milvus_server(data, port)
+    uri = f"http://127.0.0.1:{port}"
+    out = tmp_path / "out"
+    args = ["ingest", str(small_corpus.root), "--out", str(out), "--executor", "local", "--unit-max-docs", "2",
+            "--milvus", uri, "--milvus-timeout", "5", "--quiet"]
+    try:
+        run = subprocess.Popen(pagemill_cmd(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        ledger = out / "_ledger" / "units"
+        deadline = time.monotonic() + 120
+        while (not ledger.is_dir() or len(list(ledger.glob("*.json"))) < 2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.kill()
+        server.wait()
+        _, err = run.communicate(timeout=180)
+        assert run.returncode == 1
+        lines = [line for line in err.splitlines() if line.startswith("pagemill:")]
+        assert len(lines) == 1 and f"Milvus at {uri}" in lines[0], err[-2000:]
+        committed = len(list(ledger.glob("*.json")))
+        assert 2 <= committed < 6
+        server = _milvus_server(data, port)  # back, same data
+        assert subprocess.run(pagemill_cmd(*args), cwd=REPO, capture_output=True, timeout=300).returncode == 0
+        pages = read_pages(out)
+        assert sorted(pages["page_id"].to_pylist()) == sorted(small_corpus.expected_page_ids())
+        client = MilvusClient(uri)
+        for name in ("pagemill_pages", "pagemill_patches"):
+            client.load_collection(name)
+        count = client.query("pagemill_pages", filter="", output_fields=["count(*)"], consistency_level="Strong")
+        patches = client.query("pagemill_patches", filter="", output_fields=["count(*)"], consistency_level="Strong")
+        client.close()
+        assert count[0]["count(*)"] == pages.num_rows
+        assert patches[0]["count(*)"] == sum(pages["n_vectors"].to_pylist())
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_full_disk_for_out_fails_cleanly_and_resumes(small_corpus, tmp_path):
+    """OUT on a real 200 KB tmpfs: the run stops with one line when the disk is full, commits
+    nothing half-way, and after the filesystem grows a re-run completes with the same result."""
+    import subprocess
+
+    from conftest import REPO, pagemill_cmd
+
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(out)], check=True)
+    try:
+        args = ["ingest", str(small_corpus.root), "--out", str(out), "--executor", "local", "--unit-max-docs", "2",
+                "--milvus", str(tmp_path / "m.db"), "--quiet"]
+        r = subprocess.run(pagemill_cmd(*args), cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1
+        lines = [line for line in r.stderr.splitlines() if line.startswith("pagemill:")]
+        assert len(lines) == 1 and "No space left on device" in lines[0], r.stderr[-1500:]
+        records = list((out / "_ledger" / "units").glob("*.json"))
+        for rec in records:  # every committed unit's files are whole and readable
+            for f in json.loads(rec.read_text())["files"]:
+                import pyarrow.parquet as pq
+
+                pq.read_table(out / f["key"])
+        assert not list(out.rglob(".*.tmp"))  # no partial temp files left behind
+        subprocess.run(["mount", "-o", "remount,size=50m", str(out)], check=True)
+        assert subprocess.run(pagemill_cmd(*args), cwd=REPO, capture_output=True, timeout=300).returncode == 0
+        pages = read_pages(out)
+        assert sorted(pages["page_id"].to_pylist()) == sorted(small_corpus.expected_page_ids())
+    finally:
+        subprocess.run(["umount", "-l", str(out)])
