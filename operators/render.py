@@ -102,6 +102,7 @@ def _render_child(conn) -> None:  # pragma: no cover - runs in the child process
             return
         _, budget, max_pages, passwords, want_text = msg
         data = conn.recv_bytes()
+        _crash_test_hook(data)
         try:
             doc = pymupdf.open(stream=data, filetype="pdf")
         except Exception as e:  # MuPDF raises several types for unreadable files
@@ -152,6 +153,25 @@ def _render_child(conn) -> None:  # pragma: no cover - runs in the child process
             conn.send(("end",))
         finally:
             doc.close()
+
+
+def _crash_test_hook(data: bytes) -> None:
+    """Crash tests: ``PAGEMILL_RENDER_SEGFAULT=<marker>`` kills this child with SIGSEGV on a
+    document whose bytes contain the marker (``<marker>:once`` only the first time)."""
+    spec = os.environ.get("PAGEMILL_RENDER_SEGFAULT")
+    if not spec:
+        return
+    marker, _, mode = spec.partition(":")
+    if marker.encode() in data:
+        flag = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pagemill-segv-{marker}")
+        if mode == "once":
+            try:
+                os.close(os.open(flag, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSEGV)
 
 
 def _child_main(fd: int) -> None:  # pragma: no cover - runs in the child process

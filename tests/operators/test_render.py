@@ -138,3 +138,30 @@ def test_source_lists_pdfs_recursively_case_insensitive(tmp_path):
     assert all(r.size == 8 and r.version.startswith("8-") for r in refs)
     refs = list(LocalSource(tmp_path, exclude=("a/*",)).list_documents())
     assert len(refs) == 1
+
+
+def _doc_with(tmp_path, name, marker):
+    doc = pymupdf.open()
+    doc.new_page().insert_text((72, 72), f"page with {marker}")
+    doc.set_metadata({"keywords": marker})
+    doc.save(tmp_path / name)
+
+
+def test_a_segfaulting_renderer_costs_one_document(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("PAGEMILL_RENDER_SEGFAULT", "CRASHME")
+    _doc_with(tmp_path, "a-crash.pdf", "CRASHME")
+    good = _copy(tmp_path, "tables/camelot-dev+camelot__us-005.pdf")
+    pages, info = _render(tmp_path, ["a-crash.pdf", good])
+    assert [(q["source_uri"].rsplit("/", 1)[-1], q["reason"]) for q in info["quarantine"]] == [("a-crash.pdf", "render_crash")]
+    assert "exit code -11" in info["quarantine"][0]["detail"]
+    assert pages.num_rows == 1  # the next document rendered in a fresh child
+
+
+def test_a_renderer_crash_is_retried_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("PAGEMILL_RENDER_SEGFAULT", "FLAKY:once")
+    _doc_with(tmp_path, "flaky.pdf", "FLAKY")
+    pages, info = _render(tmp_path, ["flaky.pdf"])
+    assert pages.num_rows == 1 and not info["quarantine"]
+    assert (tmp_path / "pagemill-segv-FLAKY").exists()
