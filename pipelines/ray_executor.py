@@ -128,8 +128,7 @@ class RayExecutor(Executor):
                 _EmbedActor, fn_constructor_kwargs={"stage": embed}, batch_size=embed.batch_size,
                 batch_format="pyarrow", compute=ActorPoolStrategy(size=res["embed_actors"]),
                 num_gpus=res["num_gpus_per_actor"], num_cpus=res["embed_cpus_per_actor"],
-                max_restarts=-1, max_task_retries=-1,  # a dead actor (OOM-killed, preempted) is replaced
-            )
+            )  # Ray Data restarts a dead actor (OOM-killed, preempted) and retries its batch
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 collector.add(batch)
         if collector.pending:

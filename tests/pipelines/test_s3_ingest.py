@@ -211,3 +211,20 @@ def test_killed_before_commit_on_s3_then_resumed(s3_endpoint, s3_run, bucket, tm
     pages = read_s3_tables(client, "archive", "crash/pages/")
     reference = read_s3_tables(client, "archive", "index/pages/")
     assert sorted(pages["page_id"].to_pylist()) == sorted(reference["page_id"].to_pylist())
+
+
+def test_lock_on_an_s3_output(s3_endpoint, bucket, tmp_path, capsys):
+    from operators.s3 import S3Store
+    from pipelines.lock import RunLock
+
+    store = S3Store("s3://archive/locked/", S3Options(endpoint_url=s3_endpoint))
+    holder = RunLock(store, "run-on-another-node", lease_s=60)
+    holder.acquire()
+    try:
+        rc = main(["ingest", "s3://archive/docs/", "--out", "s3://archive/locked/", "--milvus", str(tmp_path / "m.db"),
+                   "--s3-endpoint-url", s3_endpoint, "--executor", "local", "--quiet"])
+        assert rc == 1
+        assert "run-on-another-node" in capsys.readouterr().err
+    finally:
+        holder.release()
+    assert not store.exists("_lock.json")
