@@ -90,16 +90,8 @@ class MilvusSink:
         self.client = MilvusClient(**kwargs)
 
     def setup(self) -> None:
-        try:
-            self.connect()
-            self._ensure_collections()
-        except MilvusError:
-            raise
-        except Exception as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if self._token:
-                msg = msg.replace(self._token, "***")
-            raise MilvusError(f"cannot use Milvus at {redact_uri(self.uri)}: {msg}") from None
+        self._guard("connect", self.connect, prefix="cannot use")
+        self._guard("collection setup", self._ensure_collections, prefix="cannot use")
         for c in self.collections:
             self.rows_written.setdefault(c, 0)
 
@@ -168,7 +160,7 @@ class MilvusSink:
                 _fault_hook("milvus_upsert")
         self.rows_written[collection] = self.rows_written.get(collection, 0) + len(rows)
 
-    def _guard(self, what: str, fn, *args, **kwargs):
+    def _guard(self, what: str, fn, *args, prefix: str | None = None, **kwargs):
         """Run a client call; any failure becomes one MilvusError line naming the URI (no secret)."""
         try:
             return fn(*args, **kwargs)
@@ -178,7 +170,9 @@ class MilvusSink:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             if self._token:
                 msg = msg.replace(self._token, "***")
-            raise MilvusError(f"Milvus at {redact_uri(self.uri)} failed during {what}: {msg[:300]}") from None
+            where = redact_uri(self.uri)
+            head = f"{prefix} Milvus at {where}" if prefix else f"Milvus at {where} failed during {what}"
+            raise MilvusError(f"{head}: {msg[:300]}") from None
 
     def write_pages(self, pages: pa.Table) -> None:
         """Upsert the page rows and their patch rows (``pages`` has the ``OUT/pages`` schema)."""

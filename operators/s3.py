@@ -8,14 +8,13 @@ process builds its own client. Retries use botocore's standard (or adaptive) mod
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from operators.sources import DocumentRef, Source, SourceError, is_pdf_name
+from operators.sources import DocumentRef, Source, SourceError, selected
 from operators.store import OutputStore, StoredObject, StoreError
 
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
@@ -114,19 +113,12 @@ class S3Source(_S3Base, Source):
         self.include = include
         self.exclude = exclude
 
-    def _selected(self, rel: str) -> bool:
-        if not is_pdf_name(rel):
-            return False
-        if self.include and not any(fnmatch.fnmatch(rel, g) for g in self.include):
-            return False
-        return not any(fnmatch.fnmatch(rel, g) for g in self.exclude)
-
     def list_documents(self) -> Iterator[DocumentRef]:
         try:
             for page in self._pages(self.prefix):
                 for obj in page.get("Contents", []):
                     key = obj["Key"]
-                    if key.endswith("/") or not self._selected(key[len(self.prefix):]):
+                    if key.endswith("/") or not selected(key[len(self.prefix):], self.include, self.exclude):
                         continue
                     etag = obj.get("ETag", "").strip('"')
                     yield DocumentRef(uri=f"s3://{self.bucket}/{key}", version=f"{etag}-{obj['Size']}",

@@ -44,6 +44,15 @@ def is_pdf_name(name: str) -> bool:
     return name.lower().endswith(".pdf")
 
 
+def selected(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    """A PDF (by name, any case) whose path relative to the source root passes the globs."""
+    if not is_pdf_name(rel):
+        return False
+    if include and not any(fnmatch.fnmatch(rel, g) for g in include):
+        return False
+    return not any(fnmatch.fnmatch(rel, g) for g in exclude)
+
+
 class LocalSource(Source):
     """PDFs under a local folder, recursively, in a stable (sorted) order.
 
@@ -57,13 +66,6 @@ class LocalSource(Source):
         self.include = include
         self.exclude = exclude
 
-    def _selected(self, rel: str) -> bool:
-        if not is_pdf_name(rel):
-            return False
-        if self.include and not any(fnmatch.fnmatch(rel, g) for g in self.include):
-            return False
-        return not any(fnmatch.fnmatch(rel, g) for g in self.exclude)
-
     def list_documents(self) -> Iterator[DocumentRef]:
         if not self.root.is_dir():
             raise SourceError(f"source folder does not exist: {self.root}")
@@ -73,7 +75,7 @@ class LocalSource(Source):
             for name in sorted(filenames):
                 path = Path(dirpath, name)
                 rel = path.relative_to(self.root).as_posix()
-                if not self._selected(rel):
+                if not selected(rel, self.include, self.exclude):
                     continue
                 try:
                     st = path.stat()

@@ -315,14 +315,6 @@ def _plan(args) -> int:
     return 0
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} PB"
-
-
 def _fidelity(args) -> int:
     import io
 
@@ -333,6 +325,7 @@ def _fidelity(args) -> int:
     from operators.s3 import S3Options
     from operators.store import open_store
     from pipelines.config import ConfigError
+    from pipelines.costs import human_bytes
     from pipelines.fidelity import measure_fidelity
 
     store = open_store(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
@@ -352,7 +345,7 @@ def _fidelity(args) -> int:
     print(f"{'layout':<16}{'vectors/page':>14}{'bytes/page':>12}{'recall@10':>11}{'nDCG@10':>10}")
     rows = sorted(result["layouts"].items(), key=lambda kv: -kv[1]["bytes_per_page"])
     for name, r in rows:
-        print(f"{name:<16}{r['vectors_per_page']:>14.1f}{_fmt_bytes(r['bytes_per_page']):>12}"
+        print(f"{name:<16}{r['vectors_per_page']:>14.1f}{human_bytes(r['bytes_per_page']):>12}"
               f"{r['recall_at_10']:>11.3f}{r['ndcg_at_10']:>10.3f}")
     return 0
 
