@@ -75,11 +75,13 @@ class EmbedPages:
         self.adapter = None
         self._encoder = None
         self.stats = {"pages": 0, "batches": 0, "busy_s": 0.0, "forward_s": 0.0, "layouts_s": 0.0}
+        self._started: float | None = None
 
     def setup(self) -> None:
         if self.adapter is None:
             self.adapter = adapter_for(self.spec)
             self.adapter.load()
+            self._started = time.perf_counter()
             self._encoder = LayoutEncoder(self.layouts, self.adapter.dim, self.fde)
             if self.text_model:
                 from operators.text_embed import TextEmbedder
@@ -123,13 +125,15 @@ class EmbedPages:
     def _stamp_markers(self, infos: list, kinds: list) -> pa.Array:
         """Marker rows carry the embedder's effective settings back to the driver (the only
         channel from an actor in a streaming dataset)."""
+        wall = time.perf_counter() - self._started if self._started else 0.0
+        stats = {"worker": f"{os.uname().nodename}:{os.getpid()}", **self.stats, "wall_s": round(wall, 4)}
         # The devices this worker was given (Ray sets CUDA_VISIBLE_DEVICES for GPU actors).
         settings = {**self.adapter.effective_settings(), "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                     **(self.text.effective_settings() if self.text else {})}
         out = []
         for info, kind in zip(infos, kinds):
             if kind == S.KIND_UNIT and info:
-                info = json.dumps({**json.loads(info), "embed_settings": settings})
+                info = json.dumps({**json.loads(info), "embed_settings": settings, "embed_stats": stats})
             out.append(info)
         return pa.array(out, pa.string())
 

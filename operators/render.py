@@ -338,10 +338,17 @@ class RenderPages:
         self.limits = limits or RenderLimits()
         self._worker: MuPdfWorker | None = None
         self.stats = {"documents": 0, "pages": 0, "busy_s": 0.0}
+        self._started: float | None = None
 
     def setup(self) -> None:
         self._worker = MuPdfWorker()
         self._worker.start()
+        self._started = time.perf_counter()
+
+    def stage_stats(self) -> dict:
+        """Cumulative counters of this worker (the driver keeps the latest per worker)."""
+        wall = time.perf_counter() - self._started if self._started else 0.0
+        return {"worker": f"{os.uname().nodename}:{os.getpid()}", **self.stats, "wall_s": round(wall, 4)}
 
     def close(self) -> None:
         if self._worker is not None:
@@ -365,6 +372,9 @@ class RenderPages:
             for ref in docs:
                 n_ok = self._render_document(unit_id, ref, cols, info)
                 info["n_pages"] += n_ok
+            self.stats["busy_s"] = self.stats["busy_s"] + (time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            info["render_stats"] = self.stage_stats()
             self._append(cols, unit_id, S.KIND_UNIT, None, None, 0, 0, b"", unit_info=json.dumps(info))
         self.stats["busy_s"] += time.perf_counter() - t0
         return pa.table(cols, schema=S.RENDERED_SCHEMA)

@@ -32,6 +32,7 @@ from pipelines.ledger import LEDGER_PREFIX, Ledger
 from pipelines.lock import RunLock
 from pipelines.plan import PlanCounts, plan_units
 from pipelines.progress import Progress
+from pipelines.stage_stats import StageStats, bottleneck
 
 RUNS_PREFIX = "_runs"
 
@@ -137,9 +138,14 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
     embed_settings: dict = {}
     devices_seen: set[str] = set()
 
+    stage_stats = StageStats()
+
     def on_unit(unit_id: str, info: dict, flow) -> None:
         lock.check()
+        stage_stats.observe(info)
+        t_commit = time.perf_counter()
         added = committer.commit(unit_id, info, flow)
+        stage_stats.committed(added["pages"], time.perf_counter() - t_commit)
         layout_stats.add(added["table"])
         embed_settings.update(info.get("embed_settings", {}))
         if embed_settings.get("visible_devices"):
@@ -175,6 +181,10 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
     executor.close()
     milvus_counts = {c: milvus.count(c) for c in milvus.collections}
     milvus.close()
+    stages = stage_stats.summary()
+    diagnosis = bottleneck(stages)
+    if diagnosis:
+        log.write(f"[pagemill] {diagnosis}\n")
     layouts_summary = layout_stats.summary()
     if cfg.fidelity_queries:
         from pipelines.fidelity import measure_fidelity
@@ -223,6 +233,8 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
         },
         "model": embed_settings or {"model": cfg.model, "weights": cfg.weights, "dim": dim},
         "executor_stats": {**exec_stats, "embed_actor_devices": sorted(devices_seen)},
+        "stages": stages,
+        "bottleneck": diagnosis,
         "wall_s": round(wall, 3),
         "run_s": round(time.time() - t_exec, 3),
         "pages_per_s": round(totals["pages"] / wall, 3) if wall > 0 else 0.0,

@@ -19,6 +19,7 @@ class Progress:
         self.start = time.monotonic()
         self._last = 0.0
         self.units = 0
+        self._printed_units = -1
         self.pages = 0
         self.quarantined = 0
 
@@ -29,11 +30,12 @@ class Progress:
         now = time.monotonic()
         if now - self._last >= self.interval_s:
             self._last = now
+            self._printed_units = self.units
             self.stream.write(self.line(now) + "\n")
             self.stream.flush()
 
     def finish(self) -> None:
-        if self.units:
+        if self.units and self._printed_units != self.units:
             self.stream.write(self.line() + "\n")
             self.stream.flush()
 

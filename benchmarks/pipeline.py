@@ -1,0 +1,181 @@
+"""End-to-end throughput against each stage alone and against the naive loop, in one run.
+
+    python -m benchmarks.pipeline [--corpus DIR] [--category tables] [--docs 60]
+
+Same documents and tiny model everywhere:
+- pagemill end to end: ``run_ingest`` on the Ray executor (Ray started before timing, as on a
+  long-lived cluster; actor start-up and model load are inside the timing);
+- each stage alone, in this process: render (RenderPages), embed (EmbedPages on pre-rendered
+  pages, with the one thread an embedding actor gets on a CPU-only cluster), commit (Parquet
+  shard + Milvus Lite upserts of pre-embedded units);
+- the naive loop a user would write: pdf2image at 200 DPI, resize to the budget, embed one page
+  at a time, append to a list, write one Parquet file at the end (no Milvus, no resume).
+Targets (issue 10): end to end >= 0.8 x the slowest stage alone, and >= 1.3 x the naive loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+
+
+def sample(corpus: Path, category: str, n_docs: int, dest: Path) -> Path:
+    import pymupdf
+
+    src = dest / "docs"
+    src.mkdir()
+    picked = 0
+    for p in sorted((corpus / category).glob("*.pdf")):
+        with pymupdf.open(p) as d:
+            if d.needs_pass or d.page_count == 0 or d.page_count > 12:
+                continue
+        shutil.copy(p, src)
+        picked += 1
+        if picked == n_docs:
+            break
+    return src
+
+
+def end_to_end(src: Path, out: Path) -> tuple[int, float, dict]:
+    from pipelines.config import IngestConfig
+    from pipelines.ingest import run_ingest
+
+    cfg = IngestConfig(source=str(src), out=str(out), executor="ray", progress_interval_s=3600,
+                       unit_max_docs=8).validate()
+    t = time.perf_counter()
+    summary = run_ingest(cfg, log=open(os.devnull, "w"))
+    return summary["pages"]["indexed"], time.perf_counter() - t, summary
+
+
+def stages_alone(src: Path, out: Path) -> dict[str, tuple[int, float]]:
+    import torch
+
+    from operators.embed import EmbedPages
+    from operators.milvus_sink import MilvusSink
+    from operators.models import ModelSpec, adapter_for
+    from operators.parquet_sink import ParquetSink
+    from operators.render import RenderPages, units_table
+    from operators.sources import LocalSource
+    from operators.store import LocalStore
+    from pipelines.commit import UnitCommitter
+    from pipelines.ledger import Ledger
+    from pipelines.plan import PlanCounts, plan_units
+
+    source = LocalSource(src)
+    units = list(plan_units(source.list_documents(), Ledger(LocalStore(out / "x")).state, 8, 1 << 30, PlanCounts()))
+    spec = ModelSpec()
+    render = RenderPages(source, adapter_for(spec).pixel_budget())
+    render.setup()
+    render(units_table([(units[0].unit_id, units[0].docs[:1])]))  # child start-up
+    t = time.perf_counter()
+    rendered = [render(units_table([(u.unit_id, u.docs)])) for u in units]
+    render_s = time.perf_counter() - t
+    render.close()
+    pages = sum(r.num_rows - 1 for r in rendered)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what an embedding actor gets on a CPU-only cluster (num_cpus=1)
+    embed = EmbedPages(spec)
+    embed.setup()
+    t = time.perf_counter()
+    flows = [embed(r) for r in rendered]
+    embed_s = time.perf_counter() - t
+    torch.set_num_threads(threads)
+
+    import json
+
+    from operators import schema as S
+
+    store = LocalStore(out / "commit")
+    milvus = MilvusSink(str(out / "commit-milvus.db"), "bench", 128)
+    milvus.setup()
+    committer = UnitCommitter(Ledger(store), ParquetSink(store), milvus, S.pages_schema(128), "bench")
+    t = time.perf_counter()
+    for u, f in zip(units, flows):
+        kinds = f[S.KIND].to_pylist()
+        info = json.loads(f[S.UNIT_INFO][kinds.index(S.KIND_UNIT)].as_py())
+        committer.commit(u.unit_id, info, f)
+    commit_s = time.perf_counter() - t
+    milvus.close()
+    return {"render": (pages, render_s), "embed": (pages, embed_s), "commit": (pages, commit_s)}
+
+
+def naive_loop(src: Path, out: Path) -> tuple[int, float]:
+    from pdf2image import convert_from_path
+
+    from operators.models import ModelSpec, adapter_for
+    from operators.render import target_size
+
+    adapter = adapter_for(ModelSpec())
+    adapter.load()
+    budget = adapter.pixel_budget()
+    t = time.perf_counter()
+    rows = []
+    for path in sorted(src.glob("*.pdf")):
+        try:
+            images = convert_from_path(str(path), dpi=200)
+        except Exception:
+            continue
+        for i, img in enumerate(images):
+            w, h = target_size(img.width, img.height, budget)
+            arr = np.asarray(img.convert("RGB").resize((w, h)))
+            emb = adapter.embed_images([arr])[0]
+            rows.append({"source": str(path), "page": i, "mv": emb.vectors.astype(np.float16).tolist()})
+    pq.write_table(pa.Table.from_pylist(rows), out / "naive.parquet")
+    return len(rows), time.perf_counter() - t
+
+
+def main(argv=None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", type=Path, default=Path(os.environ.get("PAGEMILL_CORPUS", DEFAULT_CORPUS)))
+    ap.add_argument("--category", default="tables")
+    ap.add_argument("--docs", type=int, default=60)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src = sample(args.corpus, args.category, args.docs, tmp)
+        ray.init(include_dashboard=False, logging_level="ERROR")
+        try:
+            e2e_pages, e2e_s, summary = end_to_end(src, tmp / "e2e")
+        finally:
+            ray.shutdown()
+        alone = stages_alone(src, tmp)
+        naive_pages, naive_s = naive_loop(src, tmp)
+        n_docs = len(list(src.glob("*.pdf")))
+    rate = e2e_pages / e2e_s
+    steady = summary["stages"].get("steady_pages_per_s") or rate
+    rows = [("pagemill end to end (Ray executor), wall clock", e2e_pages, e2e_s),
+            ("pagemill end to end, steady state (after the first commit)", e2e_pages, e2e_pages / steady)]
+    rows += [(f"{k} stage alone", n, s) for k, (n, s) in alone.items()]
+    rows += [("naive loop (pdf2image, one page at a time, Parquet at the end)", naive_pages, naive_s)]
+    slowest = min(n / s for n, s in alone.values())
+    lines = [f"Pipeline: {n_docs} {args.category} documents, {e2e_pages} pages, colqwen2-tiny, "
+             f"{os.cpu_count()} CPUs", "", "| run | pages | seconds | pages/s | end to end ÷ this |", "|---|---:|---:|---:|---:|"]
+    for name, n, s in rows:
+        lines.append(f"| {name} | {n} | {s:.1f} | {n / s:.1f} | {rate / (n / s):.2f}× |")
+    naive = naive_pages / naive_s
+    lines += ["", f"wall clock: end to end ÷ slowest stage alone {rate / slowest:.2f} (target ≥ 0.8), "
+                  f"÷ naive loop {rate / naive:.2f} (target ≥ 1.3); steady state: {steady / slowest:.2f} and "
+                  f"{steady / naive:.2f}",
+              f"run's own diagnosis: {summary.get('bottleneck')}"]
+    table = "\n".join(lines)
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
