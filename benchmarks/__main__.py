@@ -10,7 +10,7 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import pool, render
+from benchmarks import memory, pipeline, pool, render
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
     args = ap.parse_args()
     parts = [f"# pagemill benchmarks, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
              f"{platform.machine()} {platform.processor() or ''}".strip()]
-    for name, mod in (("render", render), ("pool", pool)):
+    for name, mod in (("render", render), ("pool", pool), ("pipeline", pipeline), ("memory", memory)):
         parts += ["", f"## {name}", "", mod.main([])]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

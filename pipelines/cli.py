@@ -45,6 +45,8 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=float, help="GPUs per embedding actor (fractions allowed)")
     p.add_argument("--embed-actors", type=int, help="number of embedding actors")
     p.add_argument("--render-actors", type=int, help="number of render actors")
+    p.add_argument("--object-store-mb", type=float,
+                   help="Ray object store budget for pages between stages (default 128 MB per actor, at least 256)")
     p.add_argument("--page-timeout", dest="page_timeout_s", type=float, help="seconds one page may take to render")
     p.add_argument("--delete-missing", action="store_const", const=True,
                    help="remove documents that are gone from the source from the shards and Milvus (off by default)")

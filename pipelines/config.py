@@ -38,6 +38,7 @@ class IngestConfig:
     num_gpus: float | None = None  # per embedding actor; default 1 when the cluster has GPUs, else 0
     embed_actors: int | None = None  # default: one per GPU, or 1 on a CPU-only cluster
     render_actors: int | None = None  # default: the CPUs left after the embedding actors
+    object_store_mb: float | None = None  # Ray object store budget for pages in flight (default 128 MB per actor, >= 256)
     batch_size: int = 8  # pages per forward pass
     max_batch_tokens: int | None = None  # visual tokens per forward pass (default: batch_size full-budget pages)
     page_timeout_s: float = 60.0
@@ -83,7 +84,7 @@ class IngestConfig:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
         positive = ["milvus_timeout_s", "ledger_compact_every", "lock_lease_s", "fde_reps", "fde_bits", "fde_proj_dim", "s3_max_attempts", "batch_size", "page_timeout_s", "max_doc_bytes", "max_pages", "unit_max_docs",
                     "unit_max_bytes", "progress_interval_s"]
-        for key in positive + ["max_pixels", "embed_actors", "render_actors", "max_batch_tokens"]:
+        for key in positive + ["max_pixels", "embed_actors", "render_actors", "max_batch_tokens", "object_store_mb"]:
             v = getattr(self, key)
             if v is not None and v <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {v!r}")

@@ -49,7 +49,7 @@ def make_executor(cfg: IngestConfig):
     from pipelines.ray_executor import RayExecutor
 
     return RayExecutor(address=cfg.ray_address, num_gpus=cfg.num_gpus, embed_actors=cfg.embed_actors,
-                       render_actors=cfg.render_actors)
+                       render_actors=cfg.render_actors, object_store_mb=cfg.object_store_mb)
 
 
 def model_spec(cfg: IngestConfig) -> ModelSpec:

@@ -63,12 +63,13 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, address: str | None = None, num_gpus: float | None = None, embed_actors: int | None = None,
-                 render_actors: int | None = None, window_units: int = 512):
+                 render_actors: int | None = None, window_units: int = 512, object_store_mb: float | None = None):
         self.address = address
         self.num_gpus = num_gpus
         self.embed_actors = embed_actors
         self.render_actors = render_actors
         self.window_units = window_units
+        self.object_store_mb = object_store_mb
         self._started_here = False
 
     def _init(self) -> None:
@@ -97,8 +98,10 @@ class RayExecutor(Executor):
             n_embed = 1
         embed_cpus = 1.0
         n_render = self.render_actors or max(1, int(cpus - n_embed * embed_cpus))
+        # Enough for a few batches per actor in flight (full-budget pages are ~2 MB of pixels).
+        object_store_mb = float(max(256, 128 * (n_embed + n_render)))
         return {"cluster_cpus": cpus, "cluster_gpus": gpus, "embed_actors": n_embed, "num_gpus_per_actor": num_gpus,
-                "embed_cpus_per_actor": embed_cpus, "render_actors": n_render}
+                "embed_cpus_per_actor": embed_cpus, "render_actors": n_render, "object_store_budget_mb": object_store_mb}
 
     def run(self, units: Iterable[WorkUnit], render, embed, on_unit: OnUnit) -> dict:
         it = iter(units)
@@ -111,6 +114,11 @@ class RayExecutor(Executor):
         ctx.enable_progress_bars = False  # pagemill prints its own progress line
         ctx.print_on_execution_start = False
         res = self.resources()
+        # Bound what streams between stages: rendered pages wait in the object store for the
+        # embedding actors, and render is usually faster; without a budget they pile up.
+        budget = self.object_store_mb or res["object_store_budget_mb"]
+        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+            object_store_memory=budget * 2**20)
         collector = UnitCollector(on_unit)
         while True:
             window = first + list(islice(it, self.window_units - len(first)))
