@@ -1,34 +1,50 @@
-"""Milvus writer: a page-level collection and a patch-level collection, written by upsert.
+"""Milvus writer: the collections and fields of a ``MilvusPlan`` (operators/milvus_plan.py),
+written by upsert.
 
-- ``<name>_pages``: one row per page, primary key ``page_id``, with ``doc_id``, ``doc_version``,
-  ``page_number``, ``source_uri`` and ``sv_mean`` (mean of the patch vectors, L2-normalised).
-- ``<name>_patches``: one row per vector of the page's multi-vector (primary key
-  ``<page_id>:<index>``), so that late interaction works on Milvus Lite, which stores float
-  vectors only and has no multi-vector field.
-
-Upserts by stable keys make a replayed unit harmless; rows of a document's older versions are
-deleted after the new version is written.
+Upserts by stable keys (``page_id``; ``<page_id>:<index>`` for one row per vector) make a
+replayed unit harmless; rows of a document's older versions are deleted after the new version is
+written, and every collection is flushed before the ledger commits the unit. Transient failures
+(a server restarting, a dropped connection) are retried with backoff; anything else becomes one
+``MilvusError`` line that names the server without its credentials.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import time
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
 
+from operators import encodings as E
 from operators import schema as S
+from operators.milvus_plan import (
+    CORPUS,
+    PATCH_ID,
+    PATCH_INDEX,
+    TEXT_LAYOUT,
+    VECTOR,
+    FieldPlan,
+    IndexSpec,
+    MilvusError,
+    MilvusPlan,
+    ServerInfo,
+    build_collection,
+    plan_fields,
+    server_info,
+)
 
-PATCH_ID = "patch_id"
-PATCH_INDEX = "patch_index"
-VECTOR = "vector"
+__all__ = ["MilvusError", "MilvusSink", "MilvusConnection", "PATCH_ID", "PATCH_INDEX", "VECTOR", "redact_uri",
+           "is_lite_uri"]
+
 UPSERT_BATCH_ROWS = 2000
 _fault_hook = None  # set by pipelines.faults when PAGEMILL_KILL_AT is set (crash tests only)
-
-
-class MilvusError(Exception):
-    """Milvus cannot be reached or refuses the collection; the message never carries secrets."""
+_TRANSIENT = re.compile(r"unavailable|connect|deadline|timed? ?out|closed|reset|temporarily|rate limit|try again",
+                        re.IGNORECASE)
 
 
 def redact_uri(uri: str) -> str:
@@ -48,17 +64,73 @@ def _escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace('"', '\\"')
 
 
+@dataclass(frozen=True)
+class MilvusConnection:
+    """Where and how to connect. Secrets (token, password) come from the environment at the
+    call site and are never logged, pickled into Ray tasks, or written anywhere."""
+
+    uri: str
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+    db_name: str | None = None
+    ca_file: str | None = None  # PEM of the CA (or the self-signed server certificate) for TLS
+    server_name: str | None = None  # TLS server name, when it differs from the URI's host
+    timeout_s: float = 60.0
+    retries: int = 3  # extra attempts for transient failures, with exponential backoff
+
+    def client_kwargs(self) -> dict:
+        kw: dict = {"uri": self.uri, "timeout": self.timeout_s}
+        if self.token:
+            kw["token"] = self.token
+        if self.user:
+            kw["user"] = self.user
+            kw["password"] = self.password or ""
+        if self.db_name:
+            kw["db_name"] = self.db_name
+        if self.ca_file or urlparse(self.uri).scheme == "https":
+            kw["secure"] = True
+        if self.ca_file:
+            kw["server_pem_path"] = self.ca_file
+        if self.server_name:
+            kw["server_name"] = self.server_name
+        return kw
+
+    def secrets(self) -> list[str]:
+        return [s for s in (self.token, self.password) if s]
+
+
 class MilvusSink:
-    def __init__(self, uri: str, collection: str = "pagemill", dim: int = 128, token: str | None = None,
-                 timeout_s: float = 60.0, text_dim: int | None = None):
-        self.uri = uri
+    """Creates the plan's collections (``setup``) and writes pages into them.
+
+    Readers (search, report, milvus-load's checks) call ``connect`` and then ``discover``, which
+    rebuilds the plan from the collections the server has.
+    """
+
+    def __init__(self, uri: str | MilvusConnection, collection: str = "pagemill", dim: int = 128,
+                 token: str | None = None, timeout_s: float = 60.0, text_dim: int | None = None, *,
+                 layouts: list | None = None, fde_dim: int | None = None, index_specs: dict[str, IndexSpec] | None = None,
+                 mv_mode: str = "auto", milvus_layouts: list[str] | None = None, partition_key: bool = False,
+                 corpus: str = "default"):
+        self.conn = uri if isinstance(uri, MilvusConnection) else MilvusConnection(uri, token=token, timeout_s=timeout_s)
         self.collection = collection
         self.dim = dim
         self.text_dim = text_dim
-        self._token = token
-        self.timeout_s = timeout_s
+        self.layouts = layouts
+        self.fde_dim = fde_dim
+        self.index_specs = index_specs
+        self.mv_mode = mv_mode
+        self.milvus_layouts = milvus_layouts
+        self.partition_key = partition_key
+        self.corpus = corpus
         self.client = None
+        self.server: ServerInfo | None = None
+        self.plan: MilvusPlan | None = None
         self.rows_written: dict[str, int] = {}
+
+    @property
+    def uri(self) -> str:
+        return self.conn.uri
 
     @property
     def pages_collection(self) -> str:
@@ -75,87 +147,153 @@ class MilvusSink:
 
     @property
     def collections(self) -> list[str]:
-        return [self.pages_collection, self.patches_collection] + ([self.text_collection] if self.text_dim else [])
+        return self.plan.collections if self.plan else []
+
+    # -- connection and setup -------------------------------------------------------------------
 
     def connect(self) -> None:
-        """Open the client only (for readers); ``setup`` also creates the collections."""
+        """Open the client and learn the server's version (readers stop here, or call discover)."""
+        self._guard("connect", self._connect, prefix="cannot use")
+
+    def _connect(self) -> None:
         from pymilvus import MilvusClient
 
         if is_lite_uri(self.uri):
-            parent = os.path.dirname(os.path.abspath(self.uri))
-            os.makedirs(parent, exist_ok=True)
-        kwargs = {"uri": self.uri, "timeout": self.timeout_s}
-        if self._token:
-            kwargs["token"] = self._token
-        self.client = MilvusClient(**kwargs)
+            os.makedirs(os.path.dirname(os.path.abspath(self.uri)), exist_ok=True)
+        if self.conn.ca_file and not os.path.isfile(self.conn.ca_file):
+            raise MilvusError(f"milvus_ca_file: no such file {self.conn.ca_file!r}")
+        self.client = MilvusClient(**self.conn.client_kwargs())
+        self.server = server_info(self.client.get_server_version())
 
-    def setup(self) -> None:
-        self._guard("connect", self.connect, prefix="cannot use")
+    def setup(self) -> MilvusPlan:
+        """Connect, decide the plan against the server, and create what is missing. Fails before
+        any data is written if the server would refuse a field or an index."""
+        self.connect()
+        layouts = self.layouts
+        if layouts is None:
+            from operators.layouts import parse_layouts
+
+            layouts = parse_layouts([])
+        self.plan = plan_fields(self.server, self.collection, layouts, self.dim, fde_dim=self.fde_dim,
+                                text_dim=self.text_dim, index_specs=self.index_specs, mv_mode=self.mv_mode,
+                                milvus_layouts=self.milvus_layouts, partition_key=self.partition_key)
         self._guard("collection setup", self._ensure_collections, prefix="cannot use")
         for c in self.collections:
             self.rows_written.setdefault(c, 0)
+        return self.plan
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
             self.client = None
 
+    def drop(self) -> list[str]:
+        """Drop every collection of this logical index (``milvus-load --recreate``)."""
+        prefix = f"{self.collection}_"
+        gone = [c for c in self._guard("list", self.client.list_collections) if c.startswith(prefix)
+                and (c in (self.pages_collection, self.text_collection) or c.startswith(self.patches_collection)
+                     or c.startswith(f"{prefix}sv_"))]
+        for c in gone:
+            self._guard("drop", self.client.drop_collection, c)
+        return gone
+
     def _ensure_collections(self) -> None:
+        for name in self.plan.collections:
+            schema, index = build_collection(self.plan, name)
+            if self.client.has_collection(name):
+                self._check_existing(name, schema)
+                continue
+            try:
+                kwargs = {"num_partitions": 16} if self.plan.partition_key else {}
+                self.client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong",
+                                              **kwargs)
+            except Exception as e:
+                fields = ", ".join(f"{f.layout}: {f.vtype} {f.index}" for f in self.plan.in_collection(name))
+                if self.client.has_collection(name):  # created, but the index was refused: leave nothing behind
+                    self.client.drop_collection(name)
+                raise MilvusError(f"{self.server.label} refused collection {name} ({fields}): "
+                                  f"{_first_line(e, self.conn.secrets())}") from None
+
+    def _check_existing(self, name: str, schema) -> None:
+        """An existing collection must have the fields this run writes, with the same types."""
+        want = {f.name: (int(f.dtype), (f.params or {}).get("dim")) for f in schema.fields}
+        want.update({f.name: ("struct", None) for f in getattr(schema, "struct_fields", [])})
+        desc = self.client.describe_collection(name)
+        have = {f["name"]: (int(f["type"]), f.get("params", {}).get("dim")) for f in desc.get("fields", [])}
+        have.update({f["name"]: ("struct", None) for f in desc.get("struct_array_fields", []) or []})
+        for fname, (ftype, dim) in want.items():
+            got = have.get(fname)
+            if got is None or got[0] != ftype or (dim is not None and int(got[1] or 0) != int(dim)):
+                what = "missing" if got is None else f"type {got[0]} dim {got[1]}"
+                raise MilvusError(
+                    f"collection {name!r} exists with a different schema ({fname}: {what}; this run writes type "
+                    f"{ftype} dim {dim}): use another --collection, or rebuild it with pagemill milvus-load --recreate")
+
+    # -- readers --------------------------------------------------------------------------------
+
+    def discover(self) -> MilvusPlan:
+        """The plan of an existing index, from the collections on the server."""
+        self.plan = self._guard("describe", self._discover)
+        return self.plan
+
+    def _discover(self) -> MilvusPlan:
         from pymilvus import DataType
 
-        c = self.client
-        specs = {
-            self.pages_collection: [
-                (S.PAGE_ID, DataType.VARCHAR, dict(is_primary=True, max_length=64)),
-                (S.DOC_ID, DataType.VARCHAR, dict(max_length=32)),
-                (S.DOC_VERSION, DataType.VARCHAR, dict(max_length=256)),
-                (S.SOURCE_URI, DataType.VARCHAR, dict(max_length=4096)),
-                (S.PAGE_NUMBER, DataType.INT32, {}),
-                (S.SV_MEAN, DataType.FLOAT_VECTOR, dict(dim=self.dim)),
-            ],
-            self.patches_collection: [
-                (PATCH_ID, DataType.VARCHAR, dict(is_primary=True, max_length=80)),
-                (S.PAGE_ID, DataType.VARCHAR, dict(max_length=64)),
-                (S.DOC_ID, DataType.VARCHAR, dict(max_length=32)),
-                (S.DOC_VERSION, DataType.VARCHAR, dict(max_length=256)),
-                (PATCH_INDEX, DataType.INT32, {}),
-                (VECTOR, DataType.FLOAT_VECTOR, dict(dim=self.dim)),
-            ],
-        }
-        if self.text_dim:
-            specs[self.text_collection] = [
-                (S.PAGE_ID, DataType.VARCHAR, dict(is_primary=True, max_length=64)),
-                (S.DOC_ID, DataType.VARCHAR, dict(max_length=32)),
-                (S.DOC_VERSION, DataType.VARCHAR, dict(max_length=256)),
-                (S.SV_TEXT, DataType.FLOAT_VECTOR, dict(dim=self.text_dim)),
-            ]
-        vector_field = {self.pages_collection: S.SV_MEAN, self.patches_collection: VECTOR,
-                        self.text_collection: S.SV_TEXT}
-        for name, fields in specs.items():
-            if c.has_collection(name):
-                self._check_dim(name, vector_field[name], self.text_dim if name == self.text_collection else self.dim)
+        vtypes = {int(DataType.FLOAT_VECTOR): "float", int(DataType.FLOAT16_VECTOR): "float16",
+                  int(DataType.BINARY_VECTOR): "binary", int(DataType.INT8_VECTOR): "int8"}
+        names = [c for c in self.client.list_collections() if c.startswith(f"{self.collection}_")]
+        if self.pages_collection not in names:
+            raise MilvusError(f"no collection {self.pages_collection} at {redact_uri(self.uri)}: nothing indexed under "
+                              f"--collection {self.collection}")
+        fields, partition_key, mode = [], False, "rows"
+        for name in sorted(names):
+            if name == self.pages_collection:
+                layout_of = lambda f: f.replace("_", "-")  # noqa: E731  (sv_fde -> sv-fde)
+                page_mode = "page"
+            elif name == self.text_collection:
+                layout_of = lambda f: TEXT_LAYOUT  # noqa: E731
+                page_mode = "page"
+            elif name.startswith(f"{self.collection}_sv_"):
+                layout_of = lambda f: f.replace("_", "-")  # noqa: E731
+                page_mode = "page"
+            elif name.startswith(self.patches_collection):
+                rest = name[len(self.patches_collection):].lstrip("_")
+                layout_of = lambda f, rest=rest: "mv" + (f"-{rest.replace('_', '-')}" if rest else "")  # noqa: E731
+                page_mode = "rows"
+            else:
                 continue
-            schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
-            for fname, dtype, kw in fields:
-                schema.add_field(fname, dtype, **kw)
-            index = c.prepare_index_params()
-            index.add_index(vector_field[name], index_type="AUTOINDEX", metric_type="IP")
-            c.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+            desc = self.client.describe_collection(name)
+            for f in desc.get("fields", []):
+                if f["name"] == CORPUS:
+                    partition_key = True
+                if int(f["type"]) in vtypes:
+                    dim = int(f.get("params", {}).get("dim", 0))
+                    fields.append(FieldPlan(layout_of(f["name"]), name, f["name"], vtypes[int(f["type"])], dim, page_mode,
+                                            IndexSpec()))
+            for f in desc.get("struct_array_fields", []) or []:
+                mode = "struct"
+                sub = next((x for x in f.get("fields", []) if x.get("name") == VECTOR), {})
+                fields.append(FieldPlan(f["name"].replace("_", "-"), name, f["name"], "struct",
+                                        int(sub.get("params", {}).get("dim", 0)), "struct", IndexSpec("HNSW")))
+        return MilvusPlan(self.server, self.collection, fields, mode, partition_key)
 
-    def _check_dim(self, name: str, field: str, want: int) -> None:
-        desc = self.client.describe_collection(name)
-        for f in desc.get("fields", []):
-            if f.get("name") == field:
-                dim = int(f.get("params", {}).get("dim", want))
-                if dim != want:
-                    raise MilvusError(
-                        f"collection {name!r} has {field} dim {dim}, this model produces {want}: "
-                        f"use another --collection"
-                    )
+    # -- writes ---------------------------------------------------------------------------------
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """A client call, retried on transient failures (upserts and deletes are idempotent)."""
+        for attempt in range(self.conn.retries + 1):
+            try:
+                return fn(*args, **kwargs)
+            except MilvusError:
+                raise
+            except Exception as e:
+                if attempt >= self.conn.retries or not _TRANSIENT.search(str(e) or type(e).__name__):
+                    raise
+                time.sleep(min(0.5 * 2 ** attempt, 8.0))
 
     def _upsert(self, collection: str, rows: list[dict]) -> None:
         for start in range(0, len(rows), UPSERT_BATCH_ROWS):
-            self.client.upsert(collection, rows[start : start + UPSERT_BATCH_ROWS])
+            self._call("upsert", self.client.upsert, collection, rows[start : start + UPSERT_BATCH_ROWS])
             if _fault_hook:
                 _fault_hook("milvus_upsert")
         self.rows_written[collection] = self.rows_written.get(collection, 0) + len(rows)
@@ -165,49 +303,59 @@ class MilvusSink:
         try:
             return fn(*args, **kwargs)
         except MilvusError:
-            raise
+            raise  # composed here, with the server's part already scrubbed
         except Exception as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if self._token:
-                msg = msg.replace(self._token, "***")
             where = redact_uri(self.uri)
             head = f"{prefix} Milvus at {where}" if prefix else f"Milvus at {where} failed during {what}"
-            raise MilvusError(f"{head}: {msg[:300]}") from None
+            raise MilvusError(f"{head}: {_first_line(e, self.conn.secrets())[:300]}") from None
 
     def write_pages(self, pages: pa.Table) -> None:
-        """Upsert the page rows and their patch rows (``pages`` has the ``OUT/pages`` schema)."""
+        """Upsert the page rows and their vectors (``pages`` has the ``OUT/pages`` schema)."""
         self._guard("upsert", self._write_pages, pages)
+
+    def _keys(self, pages: pa.Table) -> dict:
+        return {k: pages[k].to_pylist() for k in (S.PAGE_ID, S.DOC_ID, S.DOC_VERSION, S.SOURCE_URI, S.PAGE_NUMBER)}
 
     def _write_pages(self, pages: pa.Table) -> None:
         if pages.num_rows == 0:
             return
-        ids = pages[S.PAGE_ID].to_pylist()
-        doc_ids = pages[S.DOC_ID].to_pylist()
-        versions = pages[S.DOC_VERSION].to_pylist()
-        uris = pages[S.SOURCE_URI].to_pylist()
-        numbers = pages[S.PAGE_NUMBER].to_pylist()
-        sv = pages[S.SV_MEAN].combine_chunks()
-        sv = sv.values.to_numpy(zero_copy_only=False).reshape(-1, self.dim)
-        self._upsert(self.pages_collection, [
-            {S.PAGE_ID: ids[i], S.DOC_ID: doc_ids[i], S.DOC_VERSION: versions[i], S.SOURCE_URI: uris[i],
-             S.PAGE_NUMBER: numbers[i], S.SV_MEAN: sv[i].tolist()}
-            for i in range(len(ids))
-        ])
-        mv = pages[S.MV].combine_chunks()
-        offsets = mv.offsets.to_numpy()
-        flat = mv.values.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, self.dim)
-        rows = []
-        for i, page_id in enumerate(ids):
-            for j in range(offsets[i + 1] - offsets[i]):
-                rows.append({PATCH_ID: f"{page_id}:{j}", S.PAGE_ID: page_id, S.DOC_ID: doc_ids[i],
-                             S.DOC_VERSION: versions[i], PATCH_INDEX: j, VECTOR: flat[offsets[i] + j].tolist()})
-        self._upsert(self.patches_collection, rows)
-        if self.text_dim and S.SV_TEXT in pages.column_names:
-            text = pages[S.SV_TEXT].to_pylist()
-            self._upsert(self.text_collection, [
-                {S.PAGE_ID: ids[i], S.DOC_ID: doc_ids[i], S.DOC_VERSION: versions[i], S.SV_TEXT: text[i]}
-                for i in range(len(ids)) if text[i] is not None
-            ])
+        keys = self._keys(pages)
+        ids = keys[S.PAGE_ID]
+        corpus = {CORPUS: self.corpus} if self.plan.partition_key else {}
+        page_rows = [{S.PAGE_ID: ids[i], S.DOC_ID: keys[S.DOC_ID][i], S.DOC_VERSION: keys[S.DOC_VERSION][i],
+                      S.SOURCE_URI: keys[S.SOURCE_URI][i], S.PAGE_NUMBER: keys[S.PAGE_NUMBER][i], **corpus}
+                     for i in range(len(ids))]
+        later = []
+        for fp in self.plan.fields:
+            if fp.collection == self.plan.pages_collection:
+                if fp.mode == "struct":
+                    offsets, values = layout_vectors(pages, fp, self.dim)
+                    for i, row in enumerate(page_rows):
+                        row[fp.field] = [{VECTOR: v} for v in values[offsets[i]:offsets[i + 1]].tolist()]
+                else:
+                    matrix = _sv_matrix(pages, fp)
+                    for i, row in enumerate(page_rows):
+                        row[fp.field] = matrix[i].tolist()
+            else:
+                later.append(fp)
+        self._upsert(self.plan.pages_collection, page_rows)
+        for fp in later:
+            if fp.mode == "page":  # the text layer, or a single vector in a collection of its own
+                if fp.column not in pages.column_names:
+                    continue
+                values = pages[fp.column].to_pylist() if fp.layout == TEXT_LAYOUT else _sv_matrix(pages, fp).tolist()
+                self._upsert(fp.collection, [
+                    {S.PAGE_ID: ids[i], S.DOC_ID: keys[S.DOC_ID][i], S.DOC_VERSION: keys[S.DOC_VERSION][i],
+                     fp.field: values[i], **corpus} for i in range(len(ids)) if values[i] is not None])
+                continue
+            offsets, values = layout_vectors(pages, fp, self.dim)
+            rows = []
+            for i, page_id in enumerate(ids):
+                for j in range(offsets[i + 1] - offsets[i]):
+                    rows.append({PATCH_ID: f"{page_id}:{j}", S.PAGE_ID: page_id, S.DOC_ID: keys[S.DOC_ID][i],
+                                 S.DOC_VERSION: keys[S.DOC_VERSION][i], PATCH_INDEX: j,
+                                 VECTOR: _milvus_value(values[offsets[i] + j], fp.vtype), **corpus})
+            self._upsert(fp.collection, rows)
 
     def delete_other_versions(self, doc_versions: dict[str, str | None]) -> None:
         self._guard("delete", self._delete_other_versions, doc_versions)
@@ -222,16 +370,98 @@ class MilvusSink:
             terms.append(term)
         if not terms:
             return
-        # One filter per unit, not one per document: two deletes per commit.
+        # One filter per unit, not one per document: one delete per collection per commit.
         expr = " or ".join(terms)
         for c in self.collections:
-            self.client.delete(c, filter=expr)
+            self._call("delete", self.client.delete, c, filter=expr)
 
     def flush(self) -> None:
         for c in self.collections:
-            self._guard("flush", self.client.flush, c)
+            self._guard("flush", self._call, "flush", self.client.flush, c)
 
     def count(self, collection: str) -> int:
         res = self._guard("count", self.client.query, collection, filter="", output_fields=["count(*)"],
                           consistency_level="Strong")
         return int(res[0]["count(*)"])
+
+    def fetch_vectors(self, layout: str, page_ids: list[str]) -> dict[str, np.ndarray]:
+        """A multi-vector layout's vectors of some pages, read back from Milvus (float32; a binary
+        field decodes to +-1 like the Parquet layout)."""
+        return self._guard("query", self._fetch_vectors, layout, page_ids)
+
+    def _fetch_vectors(self, layout: str, page_ids: list[str]) -> dict[str, np.ndarray]:
+        fp = self.plan.by_layout(layout) if self.plan else None
+        if fp is None or fp.mode == "page":
+            held = [f.layout for f in (self.plan.fields if self.plan else []) if f.mode != "page"]
+            raise MilvusError(f"--vectors-from milvus: layout {layout!r} is not in Milvus (it holds: {', '.join(held) or 'none'})")
+        self.client.load_collection(fp.collection)
+        out: dict[str, list] = {}
+        for start in range(0, len(page_ids), 20):
+            chunk = json.dumps(page_ids[start:start + 20])
+            if fp.mode == "struct":
+                for r in self.client.query(fp.collection, filter=f"{S.PAGE_ID} in {chunk}", output_fields=[S.PAGE_ID, fp.field]):
+                    out[r[S.PAGE_ID]] = [(j, s[VECTOR]) for j, s in enumerate(r[fp.field])]
+                continue
+            for r in self.client.query(fp.collection, filter=f"{S.PAGE_ID} in {chunk}",
+                                       output_fields=[S.PAGE_ID, PATCH_INDEX, VECTOR]):
+                out.setdefault(r[S.PAGE_ID], []).append((r[PATCH_INDEX], r[VECTOR]))
+        return {pid: _from_milvus([v for _, v in sorted(rows, key=lambda x: x[0])], fp) for pid, rows in out.items()}
+
+
+def _first_line(e: Exception, secrets: list[str]) -> str:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return _scrub(msg, secrets)
+
+
+def _scrub(msg: str, secrets: list[str]) -> str:
+    for s in secrets:
+        msg = msg.replace(s, "***")
+    return msg
+
+
+def _sv_matrix(pages: pa.Table, fp: FieldPlan) -> np.ndarray:
+    col = pages[fp.column].combine_chunks()
+    return np.asarray(col.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(col), fp.dim)
+
+
+def layout_vectors(pages: pa.Table, fp: FieldPlan, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, vectors) of a multi-vector layout column, in the field's Milvus type: packed
+    bits for binary, int8 codes for int8, float16 or float32 otherwise (decoded from Parquet)."""
+    offsets, stored = E.read_ragged(pages[fp.column], fp.encoding, dim)
+    if fp.vtype == "binary" and fp.encoding == "bin":
+        return offsets, stored
+    if fp.vtype == "int8" and fp.encoding == "int8":
+        return offsets, stored
+    scale = None
+    scale_col = f"{fp.column}_scale"
+    if fp.encoding == "int8":
+        scale = pages[scale_col].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    floats = E.decode_block(stored, fp.encoding, dim, scale)
+    return offsets, floats.astype(np.float16 if fp.vtype == "float16" else np.float32)
+
+
+def _milvus_value(v: np.ndarray, vtype: str):
+    if vtype == "binary":
+        return v.tobytes()
+    if vtype in ("float16", "int8"):
+        return v
+    return v.tolist()
+
+
+def _raw(v) -> bytes | None:
+    """pymilvus returns a float16 or binary vector as ``[bytes]`` (or bytes); floats as a list."""
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v)
+    if isinstance(v, list) and len(v) == 1 and isinstance(v[0], (bytes, bytearray)):
+        return bytes(v[0])
+    return None
+
+
+def _from_milvus(rows: list, fp: FieldPlan) -> np.ndarray:
+    if fp.vtype == "binary":
+        return E.binary_decode(np.stack([np.frombuffer(_raw(r), np.uint8) for r in rows]), fp.dim)
+    if fp.vtype in ("float16", "int8"):
+        dtype = np.float16 if fp.vtype == "float16" else np.int8
+        return np.stack([np.frombuffer(_raw(r), dtype) if _raw(r) is not None else np.asarray(r, dtype)
+                         for r in rows]).astype(np.float32)
+    return np.asarray(rows, np.float32)

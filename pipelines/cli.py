@@ -32,6 +32,19 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--collection", help="collection name prefix (default pagemill)")
     p.add_argument("--milvus-timeout", dest="milvus_timeout_s", type=float,
                    help="seconds per Milvus call (60); past it the run stops with one line, the unit uncommitted")
+    p.add_argument("--milvus-retries", type=int, help="extra attempts for transient Milvus failures, with backoff (3)")
+    _milvus_connection_args(p)
+    p.add_argument("--milvus-index", action="append",
+                   help="index of a layout's field, LAYOUT=TYPE[:key=value,...] (repeatable; * for all; e.g. "
+                   "sv-mean=HNSW:M=16,efConstruction=200 or mv=IVF_PQ:nlist=1024,m=32; metric=... too; default AUTOINDEX)")
+    p.add_argument("--milvus-mv-mode", choices=["auto", "rows", "struct"],
+                   help="multi-vector layouts as one row per vector, or array-of-structs fields (Milvus >= 2.6.4); "
+                   "auto picks by server version")
+    p.add_argument("--milvus-layouts", help="layouts written to Milvus, comma-separated (default: all of the run's; "
+                   "sv-mean always)")
+    p.add_argument("--milvus-partition-key", action="store_const", const=True,
+                   help="add a corpus field, the partition key, to every collection (multi-tenant indexes)")
+    p.add_argument("--corpus", help="the corpus (tenant) value written with --milvus-partition-key (default)")
     p.add_argument("--model", help="model spec: colqwen2-tiny, colqwen2, a hub id or a local directory")
     p.add_argument("--weights", choices=["hub", "random"], help="load checkpoint weights, or random weights")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
@@ -82,6 +95,25 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
                    help="seconds a run's lock on OUT lasts without renewal (300); a second run on OUT refuses")
     p.add_argument("--quiet", action="store_true", help="do not print the summary at the end")
     return p
+
+
+def _milvus_connection_args(p) -> None:
+    """Connection flags shared by every command that talks to Milvus. Secrets only from the
+    environment: $MILVUS_TOKEN, or --milvus-user with $MILVUS_PASSWORD."""
+    p.add_argument("--milvus-user", help="Milvus user (password from $MILVUS_PASSWORD)")
+    p.add_argument("--milvus-db", help="Milvus database name (default: the server's default)")
+    p.add_argument("--milvus-ca-file", help="TLS: PEM file of the CA or the self-signed server certificate")
+    p.add_argument("--milvus-server-name", help="TLS: the certificate's server name, when not the URI's host")
+
+
+def _milvus_connection(args, uri: str):
+    from operators.milvus_sink import MilvusConnection
+
+    if args.milvus_ca_file and not os.path.isfile(args.milvus_ca_file):
+        raise ValueError(f"--milvus-ca-file: no such file {args.milvus_ca_file!r}")
+    return MilvusConnection(uri, token=os.environ.get("MILVUS_TOKEN") or None, user=args.milvus_user,
+                            password=os.environ.get("MILVUS_PASSWORD") or None, db_name=args.milvus_db,
+                            ca_file=args.milvus_ca_file, server_name=args.milvus_server_name)
 
 
 FIDELITY_EXAMPLE = """example:
@@ -138,6 +170,8 @@ def _report_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--pages", default="1000000,100000000", help="corpus sizes to project to (1M and 100M)")
     p.add_argument("--threshold", type=float, default=0.9, help="fidelity (recall@10) a recommended layout needs")
     p.add_argument("--milvus", help="also measure Milvus raw bytes here (default OUT/milvus.db when it exists)")
+    p.add_argument("--collection", default="pagemill", help="collection prefix (pagemill)")
+    _milvus_connection_args(p)
     p.add_argument("--html", help="write an HTML report (with PNG charts beside it)")
     p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
     _common_cost_flags(p)
@@ -217,16 +251,74 @@ def _search_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--collection", default="pagemill", help="collection prefix (pagemill)")
     p.add_argument("-k", type=int, default=10, help="results (10)")
     p.add_argument("--candidates", type=int, default=100, help="pages from stage 1 (100)")
-    p.add_argument("--stage1", default="sv-mean", choices=["sv-mean", "patches", "text"],
-                   help="ANN stage: page vectors, patch rows, or the text layer (sv-mean)")
+    p.add_argument("--stage1", default="sv-mean",
+                   help="ANN stage: sv-mean, sv-fde, patches (the mv rows), another multi-vector layout in Milvus "
+                   "(mv-pool3, ...), or text (sv-mean)")
     p.add_argument("--hybrid", action="store_true",
                    help="fuse the visual stage 1 with the text-layer stage 1 (reciprocal rank fusion)")
     p.add_argument("--rerank", default="mv", help="multi-vector layout for exact MaxSim, or none (mv)")
     p.add_argument("--vectors-from", default="parquet", choices=["parquet", "milvus"],
                    help="where stage 2 reads vectors (parquet)")
+    p.add_argument("--corpus", help="only pages of this corpus (indexes built with --milvus-partition-key)")
+    _milvus_connection_args(p)
     p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
+
+
+MILVUS_LOAD_EXAMPLE = """examples:
+  pagemill milvus-load demo-out --milvus http://milvus:19530
+  pagemill milvus-load demo-out --milvus http://milvus:19530 --recreate --milvus-index mv=IVF_PQ:nlist=1024,m=32
+
+Reads only the committed shards (the ledger's), one batch at a time, and upserts them: running it
+again after an interruption finishes the job. --recreate drops the collections first (needed to
+change a field's index or vector type).
+"""
+
+
+def _milvus_load_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("milvus-load", help="(re)build the Milvus side of an index from its Parquet shards",
+                       description="Load OUT/pages into Milvus.", epilog=MILVUS_LOAD_EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
+    p.add_argument("--milvus", help="Milvus URI (default OUT/milvus.db); token from $MILVUS_TOKEN")
+    p.add_argument("--collection", default="pagemill", help="collection prefix (pagemill)")
+    p.add_argument("--recreate", action="store_true", help="drop this index's collections first")
+    p.add_argument("--batch-pages", type=int, default=256, help="pages per upsert batch: the memory bound (256)")
+    p.add_argument("--milvus-index", action="append", default=[], help="as for ingest: LAYOUT=TYPE[:key=value,...]")
+    p.add_argument("--milvus-mv-mode", default="auto", choices=["auto", "rows", "struct"], help="as for ingest (auto)")
+    p.add_argument("--milvus-layouts", help="layouts to load, comma-separated (default: all in the shards)")
+    p.add_argument("--milvus-partition-key", action="store_true", help="as for ingest: a corpus partition key")
+    p.add_argument("--corpus", help="corpus value (default: the one recorded in each shard)")
+    _milvus_connection_args(p)
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return p
+
+
+def _milvus_load(args) -> int:
+    from operators.milvus_plan import parse_index_specs
+    from operators.s3 import S3Options
+    from operators.store import open_store
+    from pipelines.milvus_load import milvus_load
+
+    if args.batch_pages <= 0:
+        raise ValueError(f"--batch-pages: must be > 0, got {args.batch_pages}")
+    store = open_store(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
+    uri = args.milvus or store.local_path("milvus.db")
+    if not uri:
+        raise ValueError("--milvus is required when OUT is not a local folder")
+    layouts = [x.strip() for x in (args.milvus_layouts or "").split(",") if x.strip()] or None
+    summary = milvus_load(store, _milvus_connection(args, uri), args.collection, recreate=args.recreate,
+                          batch_pages=args.batch_pages, index_specs=parse_index_specs(args.milvus_index),
+                          mv_mode=args.milvus_mv_mode, milvus_layouts=layouts, partition_key=args.milvus_partition_key,
+                          corpus=args.corpus)
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        print(f"loaded {summary['pages']} pages from {summary['shards']} shards into {summary['uri']} "
+              f"in {summary['wall_s']:.1f} s: " + ", ".join(f"{c} {n}" for c, n in summary["row_counts"].items()))
+    return 0
 
 
 def _search(args) -> int:
@@ -239,8 +331,9 @@ def _search(args) -> int:
     uri = args.milvus or store.local_path("milvus.db")
     if not uri:
         raise ValueError("--milvus is required when OUT is not a local folder")
-    sink = MilvusSink(uri, args.collection, dim=0, token=os.environ.get("MILVUS_TOKEN") or None)
+    sink = MilvusSink(_milvus_connection(args, uri), args.collection, dim=0)
     sink.connect()
+    sink.search_corpus = args.corpus
     try:
         results = search(args.query, store, sink, k=args.k, candidates=args.candidates, stage1_mode=args.stage1,
                          rerank=args.rerank, vectors_from=args.vectors_from, hybrid=args.hybrid)
@@ -264,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     _plan_parser(sub)
     _calibrate_parser(sub)
     _search_parser(sub)
+    _milvus_load_parser(sub)
     return parser
 
 
@@ -279,8 +373,9 @@ def _report(args) -> int:
         milvus_uri = store.local_path("milvus.db")
     sink = None
     if milvus_uri:
-        sink = MilvusSink(milvus_uri, dim=0, token=os.environ.get("MILVUS_TOKEN") or None)
+        sink = MilvusSink(_milvus_connection(args, milvus_uri), args.collection, dim=0)
         sink.connect()
+        sink.discover()
     try:
         measured = measure_run(store, milvus=sink)
     finally:
@@ -387,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return {"ingest": _ingest, "fidelity": _fidelity, "report": _report, "plan": _plan,
-                "calibrate": _calibrate, "search": _search}[args.command](args)
+                "calibrate": _calibrate, "search": _search, "milvus-load": _milvus_load}[args.command](args)
     except ConfigError as e:
         print(f"pagemill: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -24,8 +24,19 @@ class IngestConfig:
     source: str = ""
     out: str = ""
     milvus: str | None = None  # default: OUT/milvus.db (Milvus Lite)
-    milvus_token_env: str = "MILVUS_TOKEN"
-    milvus_timeout_s: float = 60.0  # per Milvus call; a server gone past it fails the run (nothing half-committed)  # the token is read from this variable, never from a file
+    milvus_token_env: str = "MILVUS_TOKEN"  # the token is read from this variable, never from a file
+    milvus_timeout_s: float = 60.0  # per Milvus call; a server gone past it fails the run (nothing half-committed)
+    milvus_retries: int = 3  # extra attempts for transient Milvus failures (idempotent writes), with backoff
+    milvus_user: str | None = None
+    milvus_password_env: str = "MILVUS_PASSWORD"  # the password is read from this variable
+    milvus_db: str | None = None
+    milvus_ca_file: str | None = None  # TLS: PEM of the CA or of the self-signed server certificate
+    milvus_server_name: str | None = None  # TLS: expected server name, when not the URI's host
+    milvus_index: list[str] = field(default_factory=list)  # LAYOUT=TYPE[:k=v,...], e.g. sv-mean=HNSW:M=16
+    milvus_mv_mode: str = "auto"  # auto | rows | struct (array of structs, Milvus >= 2.6.4)
+    milvus_layouts: list[str] = field(default_factory=list)  # layouts to write to Milvus (default: all of the run's)
+    milvus_partition_key: bool = False  # add a `corpus` partition key field to every collection
+    corpus: str = "default"  # the value of the corpus field (with milvus_partition_key); filter with search --corpus
     collection: str = "pagemill"
     model: str = "colqwen2-tiny"
     weights: str = "random"
@@ -78,7 +89,8 @@ class IngestConfig:
             raise ConfigError("out: required (the output root)")
         choices = {"executor": ("ray", "local"), "weights": ("hub", "random"),
                    "dtype": ("auto", "float32", "bfloat16", "float16"),
-                   "s3_addressing_style": ("auto", "path", "virtual"), "s3_retry_mode": ("standard", "adaptive")}
+                   "s3_addressing_style": ("auto", "path", "virtual"), "s3_retry_mode": ("standard", "adaptive"),
+                   "milvus_mv_mode": ("auto", "rows", "struct")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
@@ -109,12 +121,32 @@ class IngestConfig:
             parse_layouts(self.layouts)
         except LayoutError as e:
             raise ConfigError(f"layouts: {e}") from None
+        run_layouts = [lay.name for lay in parse_layouts(self.layouts)] + (["text"] if text_model else [])
+        if isinstance(self.milvus_layouts, str):
+            self.milvus_layouts = [x.strip() for x in self.milvus_layouts.split(",") if x.strip()]
+        for name in self.milvus_layouts:
+            if name not in run_layouts:
+                raise ConfigError(f"milvus_layouts: {name!r} is not a layout of this run (its layouts: {', '.join(run_layouts)})")
         if self.fidelity_queries and not self.extract_text:
             raise ConfigError("fidelity_queries: needs extract_text (queries are sentences of the text layer)")
         if self.num_gpus is not None and self.num_gpus < 0:
             raise ConfigError(f"num_gpus: must be >= 0, got {self.num_gpus!r}")
         if not self.collection.replace("_", "").isalnum() or self.collection[0].isdigit():
             raise ConfigError(f"collection: {self.collection!r} must be letters, digits and _ (not starting with a digit)")
+        if self.milvus_retries < 0:
+            raise ConfigError(f"milvus_retries: must be >= 0, got {self.milvus_retries}")
+        if self.milvus_ca_file and not os.path.isfile(self.milvus_ca_file):
+            raise ConfigError(f"milvus_ca_file: no such file {self.milvus_ca_file!r}")
+        if not self.corpus or len(self.corpus) > 128:
+            raise ConfigError(f"corpus: must be 1 to 128 characters, got {self.corpus!r}")
+        if isinstance(self.milvus_index, str):
+            self.milvus_index = [self.milvus_index]
+        from operators.milvus_plan import MilvusError, parse_index_specs
+
+        try:
+            parse_index_specs(self.milvus_index)
+        except MilvusError as e:
+            raise ConfigError(str(e)) from None
         if self.passwords and not os.path.isfile(self.passwords):
             raise ConfigError(f"passwords: no such file {self.passwords!r}")
         if self.milvus is None and "://" in self.out and not self.out.startswith("file://"):
@@ -133,6 +165,15 @@ class IngestConfig:
         from operators.fde import FdeParams
 
         return FdeParams(self.fde_reps, self.fde_bits, self.fde_proj_dim, self.fde_seed)
+
+    def milvus_connection(self):
+        """Connection options; the token and password come from the environment, now."""
+        from operators.milvus_sink import MilvusConnection
+
+        return MilvusConnection(self.milvus_uri(), token=os.environ.get(self.milvus_token_env) or None,
+                                user=self.milvus_user, password=os.environ.get(self.milvus_password_env) or None,
+                                db_name=self.milvus_db, ca_file=self.milvus_ca_file, server_name=self.milvus_server_name,
+                                timeout_s=self.milvus_timeout_s, retries=self.milvus_retries)
 
     def milvus_uri(self) -> str:
         out = self.out[len("file://"):] if self.out.startswith("file://") else self.out

@@ -125,8 +125,8 @@ def milvus_vector_bytes(layout: Layout, dim: int, lite: bool, fde: FdeParams | N
     if layout.kind == "sv":
         d = (fde or FdeParams()).dim if layout.pooling == "fde" else dim
         return d * 4.0
-    if lite and layout.encoding != "bin":
-        return dim * 4.0  # Milvus Lite: float vectors only
+    if lite:
+        return dim * 4.0  # Milvus Lite: float vectors only (bin as +-1 floats)
     return dim * MILVUS_VECTOR_BYTES[layout.encoding]
 
 

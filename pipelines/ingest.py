@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import uuid
@@ -107,11 +106,18 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
     _, text_model = split_model_specs(cfg.model)
     text_dim = TextEmbedder(text_model).dim if text_model else None
     schema = S.pages_schema(dim, layout_fields(layouts, dim, fde) + ([text_field(text_dim)] if text_dim else []))
-    # Connect (and create collections) before any work: an unreachable sink fails fast.
-    milvus = MilvusSink(cfg.milvus_uri(), cfg.collection, dim, token=os.environ.get(cfg.milvus_token_env) or None,
-                        text_dim=text_dim, timeout_s=cfg.milvus_timeout_s)
-    milvus.setup()
-    parquet = ParquetSink(store, metadata={"model": spec.name, "weights": cfg.weights, "dim": dim,
+    # Connect (and create collections) before any work: an unreachable sink, or a field or index
+    # the server would refuse, fails here, before anything is written.
+    from operators.milvus_plan import parse_index_specs
+
+    milvus = MilvusSink(cfg.milvus_connection(), cfg.collection, dim, text_dim=text_dim, layouts=layouts,
+                        fde_dim=fde.dim, index_specs=parse_index_specs(cfg.milvus_index), mv_mode=cfg.milvus_mv_mode,
+                        milvus_layouts=cfg.milvus_layouts or None, partition_key=cfg.milvus_partition_key,
+                        corpus=cfg.corpus)
+    milvus_plan = milvus.setup()
+    for note in milvus_plan.notes:
+        log.write(f"[pagemill] milvus: {note}\n")
+    parquet = ParquetSink(store, metadata={"model": spec.name, "weights": cfg.weights, "dim": dim, "corpus": cfg.corpus,
                                            "text_model": text_model,
                                            "layouts": {lay.name: lay.params(fde) for lay in layouts}})
     committer = UnitCommitter(ledger, parquet, milvus, schema, run_id)
@@ -224,6 +230,7 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
             "uri": redact_uri(cfg.milvus_uri()),
             "rows_written": dict(milvus.rows_written),
             "row_counts": milvus_counts,
+            **milvus.plan.summary(),
         },
         "outputs": {
             "pages_bytes": parquet.bytes_written.get(PAGES_PREFIX, 0),

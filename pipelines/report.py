@@ -145,31 +145,47 @@ def measure_run(store: OutputStore, max_shards: int = 200, milvus=None) -> dict:
 
 
 def measure_milvus(sink, page_ids: list[str]) -> dict:
-    """Raw bytes per page actually stored in Milvus for a sample of pages, read back row by row:
-    vector bytes plus every key and scalar field (length-prefixed VARCHARs, INT32s)."""
-    from operators.milvus_sink import PATCH_ID, PATCH_INDEX, VECTOR
+    """Raw bytes per page actually stored in Milvus for a sample of pages, read back row by row,
+    for every layout the index holds: vector bytes (by the field's type) plus every key and
+    scalar field of its rows (length-prefixed VARCHARs, INT32s). A page-level layout is counted
+    as if its vector had the page row to itself."""
+    from operators.milvus_plan import PATCH_ID, PATCH_INDEX, TEXT_LAYOUT
 
-    for c in (sink.pages_collection, sink.patches_collection):
-        sink.client.load_collection(c)  # a fresh connection finds collections released
+    plan = sink.plan if sink.plan is not None else sink.discover()
     ids = json.dumps(page_ids)
-    pages = sink.client.query(sink.pages_collection, filter=f"{S.PAGE_ID} in {ids}",
-                              output_fields=[S.PAGE_ID, S.DOC_ID, S.DOC_VERSION, S.SOURCE_URI, S.SV_MEAN])
-    patches = []
-    for start in range(0, len(page_ids), 20):
-        chunk = json.dumps(page_ids[start:start + 20])
-        patches += sink.client.query(sink.patches_collection, filter=f"{S.PAGE_ID} in {chunk}",
-                                     output_fields=[PATCH_ID, S.PAGE_ID, S.DOC_ID, S.DOC_VERSION, PATCH_INDEX, VECTOR])
+    elem = {"float": 4.0, "float16": 2.0, "int8": 1.0, "binary": 1 / 8, "struct": 4.0}
 
     def varchar(v):
         return len(v.encode()) + 4
 
-    page_bytes = sum(varchar(r[S.PAGE_ID]) + varchar(r[S.DOC_ID]) + varchar(r[S.DOC_VERSION])
-                     + varchar(r[S.SOURCE_URI]) + 4 + 4 * len(r[S.SV_MEAN]) for r in pages)
-    patch_bytes = sum(varchar(r[PATCH_ID]) + varchar(r[S.PAGE_ID]) + varchar(r[S.DOC_ID]) + varchar(r[S.DOC_VERSION])
-                      + 4 + 4 * len(r[VECTOR]) for r in patches)
-    n = max(1, len(pages))
-    return {"sampled_pages": len(pages), "mv": {"raw_bytes_per_page": patch_bytes / n, "rows_per_page": len(patches) / n},
-            "sv-mean": {"raw_bytes_per_page": page_bytes / n, "rows_per_page": 1.0}}
+    out: dict = {}
+    pages = None
+    for fp in plan.fields:
+        if fp.layout == TEXT_LAYOUT:
+            continue
+        sink.client.load_collection(fp.collection)  # a fresh connection finds collections released
+        if fp.mode in ("page", "struct"):
+            if pages is None:
+                pages = sink.client.query(plan.pages_collection, filter=f"{S.PAGE_ID} in {ids}",
+                                          output_fields=[S.PAGE_ID, S.DOC_ID, S.DOC_VERSION, S.SOURCE_URI])
+            n = max(1, len(pages))
+            scalars = sum(varchar(r[S.PAGE_ID]) + varchar(r[S.DOC_ID]) + varchar(r[S.DOC_VERSION])
+                          + varchar(r[S.SOURCE_URI]) + 4 for r in pages)
+            if fp.mode == "page":
+                vec = fp.dim * elem[fp.vtype] * len(pages)
+                out[fp.layout] = {"raw_bytes_per_page": (scalars + vec) / n, "rows_per_page": 1.0}
+            continue
+        rows = []
+        for start in range(0, len(page_ids), 20):
+            chunk = json.dumps(page_ids[start:start + 20])
+            rows += sink.client.query(fp.collection, filter=f"{S.PAGE_ID} in {chunk}",
+                                      output_fields=[PATCH_ID, S.PAGE_ID, S.DOC_ID, S.DOC_VERSION, PATCH_INDEX])
+        n = max(1, len({r[S.PAGE_ID] for r in rows}))
+        raw = sum(varchar(r[PATCH_ID]) + varchar(r[S.PAGE_ID]) + varchar(r[S.DOC_ID]) + varchar(r[S.DOC_VERSION]) + 4
+                  + fp.dim * elem[fp.vtype] for r in rows)
+        out[fp.layout] = {"raw_bytes_per_page": raw / n, "rows_per_page": len(rows) / n, "vector_type": fp.vtype}
+    out["sampled_pages"] = len(pages) if pages is not None else 0
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """`pagemill search`: the two-stage cascade, as a check that an index is usable.
 
-Stage 1 finds ``candidates`` pages by ANN in Milvus: on the page-level single vector (``sv-mean``:
-the query's L2-normalised mean against the pages' patch means) or on the patch rows (``patches``:
-each query vector's nearest patch rows, pages ranked by the sum of their best hits). Stage 2
-re-scores those pages exactly with MaxSim on a multi-vector layout read from the Parquet shards
-(any layout: ``mv``, ``mv-pool3``, ``mv-int8``, ...) or from Milvus' patch rows (``mv`` only).
+Stage 1 finds ``candidates`` pages by ANN in Milvus: on a page-level single vector (``sv-mean``:
+the query's L2-normalised mean against the pages' patch means; ``sv-fde``: MUVERA's query
+encoding), on a multi-vector layout's rows (``patches`` = ``mv``, ``mv-pool3``, ...: each query
+vector's nearest rows, pages ranked by the sum of their best hits; MAX_SIM directly on an
+array-of-structs field), or on the text layer. Stage 2 re-scores those pages exactly with MaxSim
+on a multi-vector layout read from the Parquet shards or from Milvus (any layout either way).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from operators import encodings as E
 from operators import schema as S
+from operators.fde import FdeEncoder, FdeParams
 from operators.layouts import LayoutScorer, normalise, parse_layout
-from operators.milvus_sink import PATCH_INDEX, VECTOR, MilvusSink
+from operators.milvus_plan import TEXT_LAYOUT
+from operators.milvus_sink import MilvusSink
 from operators.models import ModelSpec, adapter_for
 from operators.parquet_sink import PAGES_PREFIX
 from operators.store import OutputStore
@@ -65,49 +69,75 @@ def reciprocal_rank_fusion(*lists: list[tuple[str, float]], k: int = RRF_K) -> l
 def text_stage1(sink: MilvusSink, text_model: str, query_text: str, candidates: int) -> list[tuple[str, float]]:
     from operators.text_embed import TextEmbedder
 
-    if not sink.client.has_collection(sink.text_collection):
+    fp = sink.plan.by_layout(TEXT_LAYOUT)
+    if fp is None:
         raise ValueError("this index has no text layer vectors: ingest with --model <model>,text:all-MiniLM-L6-v2")
-    sink.client.load_collection(sink.text_collection)
+    sink.client.load_collection(fp.collection)
     q = TextEmbedder(text_model).embed_queries([query_text])[0]
-    hits = sink.client.search(sink.text_collection, data=[q.tolist()], anns_field=S.SV_TEXT, limit=candidates,
-                              output_fields=[S.PAGE_ID])[0]
+    hits = sink.client.search(fp.collection, data=[q.tolist()], anns_field=fp.field, limit=candidates,
+                              output_fields=[S.PAGE_ID], filter=_corpus_filter(sink))[0]
     return [(h["entity"][S.PAGE_ID], float(h["distance"])) for h in hits]
 
 
-def stage1(sink: MilvusSink, query: np.ndarray, candidates: int, mode: str) -> list[tuple[str, float]]:
+def _corpus_filter(sink: MilvusSink) -> str:
+    corpus = getattr(sink, "search_corpus", None)
+    return f'corpus == "{corpus}"' if corpus and sink.plan.partition_key else ""
+
+
+def _query_value(v: np.ndarray, fp):
+    if fp.vtype == "binary":
+        return E.binary_encode(v[None, :].astype(np.float32))[0].tobytes()
+    if fp.vtype == "float16":
+        return v.astype(np.float16)
+    return v.astype(np.float32).tolist()
+
+
+def _similarity(distance: float, fp) -> float:
+    """Higher is better: Hamming distance d on D bits -> D - 2d (the +-1 inner product)."""
+    return fp.dim - 2.0 * distance if fp.vtype == "binary" else distance
+
+
+def stage1(sink: MilvusSink, query: np.ndarray, candidates: int, mode: str,
+           fde: FdeParams | None = None) -> list[tuple[str, float]]:
+    """ANN in Milvus on a single-vector layout (sv-mean, sv-fde) or on a multi-vector layout
+    (``patches`` = mv, or mv-pool3, ...: each query vector's nearest vectors, pages ranked by
+    the sum of their best hits; an array-of-structs field is searched with MAX_SIM directly)."""
     client = sink.client
-    if mode == "sv-mean":
-        client.load_collection(sink.pages_collection)
-        q = normalise(query.sum(axis=0)).astype(np.float32)
-        hits = client.search(sink.pages_collection, data=[q.tolist()], anns_field=S.SV_MEAN, limit=candidates,
-                             output_fields=[S.PAGE_ID])[0]
+    layout = "mv" if mode == "patches" else mode
+    fp = sink.plan.by_layout(layout)
+    if fp is None or layout == TEXT_LAYOUT:
+        held = [f.layout for f in sink.plan.fields if f.layout != TEXT_LAYOUT]
+        raise ValueError(f"--stage1 {mode!r}: not in Milvus (this index holds {', '.join(held)}; or use text)")
+    client.load_collection(fp.collection)
+    where = _corpus_filter(sink)
+    if fp.mode == "page":
+        if fp.layout == "sv-fde":
+            q = FdeEncoder(query.shape[1], fde or FdeParams()).encode_query(query).astype(np.float32)
+        else:
+            q = normalise(query.sum(axis=0)).astype(np.float32)
+        hits = client.search(fp.collection, data=[q.tolist()], anns_field=fp.field, limit=candidates,
+                             output_fields=[S.PAGE_ID], filter=where)[0]
         return [(h["entity"][S.PAGE_ID], float(h["distance"])) for h in hits]
-    if mode == "patches":
-        client.load_collection(sink.patches_collection)
-        per_token = max(candidates, 10)
-        hits = client.search(sink.patches_collection, data=[v.tolist() for v in query.astype(np.float32)],
-                             anns_field=VECTOR, limit=per_token, output_fields=[S.PAGE_ID])
-        scores: dict[str, float] = {}
-        for token_hits in hits:
-            best: dict[str, float] = {}
-            for h in token_hits:
-                pid = h["entity"][S.PAGE_ID]
-                best[pid] = max(best.get(pid, -np.inf), float(h["distance"]))
-            for pid, s in best.items():
-                scores[pid] = scores.get(pid, 0.0) + s
-        return sorted(scores.items(), key=lambda kv: -kv[1])[:candidates]
-    raise ValueError(f"--stage1 {mode!r}: use sv-mean or patches")
+    if fp.mode == "struct":
+        from pymilvus.client.embedding_list import EmbeddingList
 
-
-def vectors_from_milvus(sink: MilvusSink, page_ids: list[str]) -> dict[str, np.ndarray]:
-    sink.client.load_collection(sink.patches_collection)
-    out: dict[str, list] = {}
-    for start in range(0, len(page_ids), 20):
-        rows = sink.client.query(sink.patches_collection, filter=f"{S.PAGE_ID} in {json.dumps(page_ids[start:start + 20])}",
-                                 output_fields=[S.PAGE_ID, PATCH_INDEX, VECTOR])
-        for r in rows:
-            out.setdefault(r[S.PAGE_ID], []).append((r[PATCH_INDEX], r[VECTOR]))
-    return {pid: np.array([v for _, v in sorted(rows)], np.float32) for pid, rows in out.items()}
+        emb = EmbeddingList()
+        emb.add_batch(query.astype(np.float32))
+        hits = client.search(fp.collection, data=[emb], anns_field=fp.anns_field, limit=candidates,
+                             output_fields=[S.PAGE_ID], filter=where)[0]
+        return [(h["entity"][S.PAGE_ID], float(h["distance"])) for h in hits]
+    per_token = max(candidates, 10)
+    hits = client.search(fp.collection, data=[_query_value(v, fp) for v in query], anns_field=fp.field,
+                         limit=per_token, output_fields=[S.PAGE_ID], filter=where)
+    scores: dict[str, float] = {}
+    for token_hits in hits:
+        best: dict[str, float] = {}
+        for h in token_hits:
+            pid = h["entity"][S.PAGE_ID]
+            best[pid] = max(best.get(pid, -np.inf), _similarity(float(h["distance"]), fp))
+        for pid, sc in best.items():
+            scores[pid] = scores.get(pid, 0.0) + sc
+    return sorted(scores.items(), key=lambda kv: -kv[1])[:candidates]
 
 
 def search(query_text: str, store: OutputStore, sink: MilvusSink, *, k: int = 10, candidates: int = 100,
@@ -122,10 +152,16 @@ def search(query_text: str, store: OutputStore, sink: MilvusSink, *, k: int = 10
     text_model = meta.get("text_model")
     if (hybrid or stage1_mode == "text") and not text_model:
         raise ValueError("this index has no text layer vectors: ingest with --model <model>,text:all-MiniLM-L6-v2")
+    if sink.plan is None:
+        sink.discover()
+    fde = None
+    if "sv-fde" in meta.get("layouts", {}):
+        p = meta["layouts"]["sv-fde"]
+        fde = FdeParams(p["fde_reps"], p["fde_bits"], p["fde_proj_dim"], p["fde_seed"])
     if stage1_mode == "text":
         found = text_stage1(sink, text_model, query_text, candidates)
     else:
-        found = stage1(sink, query, candidates, stage1_mode)
+        found = stage1(sink, query, candidates, stage1_mode, fde)
         if hybrid:
             found = reciprocal_rank_fusion(found, text_stage1(sink, text_model, query_text, candidates))[:candidates]
     ids = [pid for pid, _ in found]
@@ -136,9 +172,7 @@ def search(query_text: str, store: OutputStore, sink: MilvusSink, *, k: int = 10
         if layout.kind != "mv":
             raise ValueError(f"--rerank {rerank!r}: a multi-vector layout (mv, mv-pool3, mv-int8, ...) or none")
         if vectors_from == "milvus":
-            if layout.name != "mv":
-                raise ValueError("--vectors-from milvus holds the full mv layout only")
-            docs = vectors_from_milvus(sink, ids)
+            docs = sink.fetch_vectors(layout.name, ids)
             scored = [(pid, float((query @ docs[pid].T).max(axis=1).sum())) for pid in ids if pid in docs]
         else:
             cols = [S.PAGE_ID, layout.column] + ([layout.scale_column] if layout.scale_column else [])

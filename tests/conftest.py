@@ -207,3 +207,18 @@ def upload_folder(client, root: Path, bucket: str, prefix: str) -> dict[str, str
             client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
             mapping[path.resolve().as_uri()] = f"s3://{bucket}/{key}"
     return mapping
+
+
+# ------------------------------------------------------------------------------------------
+# Milvus: a real standalone server (PyPI `milvus`, 2.3.x) with TLS and authentication.
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    from milvus_server import start_milvus_server
+
+    server = start_milvus_server(tmp_path_factory.mktemp("milvus-server"), free_port)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -76,7 +76,15 @@ def test_milvus_rows_match_pages(ray_run):
     counts = milvus_counts(out)
     assert counts["pages"] == pages.num_rows
     assert counts["patches"] == sum(pages["n_vectors"].to_pylist())
-    assert first["milvus"]["row_counts"] == {"pagemill_pages": counts["pages"], "pagemill_patches": counts["patches"]}
+    pooled = sum(len(v) for v in pages["mv_pool3"].to_pylist())
+    assert first["milvus"]["row_counts"] == {"pagemill_pages": counts["pages"], "pagemill_patches": counts["patches"],
+                                             "pagemill_patches_pool3": pooled,
+                                             "pagemill_patches_int8": counts["patches"]}
+    # Every layout of the run went to Milvus, each in its own row-per-vector collection on Lite.
+    fields = first["milvus"]["fields"]
+    assert set(fields) == {"mv", "sv-mean", "mv-pool3", "mv-int8"}
+    assert fields["mv-pool3"]["collection"] == "pagemill_patches_pool3" and fields["mv-pool3"]["vector_type"] == "float"
+    assert first["milvus"]["mv_mode"] == "rows" and first["milvus"]["server"].startswith("Milvus Lite")
 
 
 def test_summary_keys_are_stable(ray_run):

@@ -1,0 +1,89 @@
+"""`pagemill milvus-load`: (re)build the Milvus side of an index from its Parquet shards alone.
+
+For a new cluster, a changed index type or vector layout, or after losing Milvus. The committed
+shards (from the ledger, so a half-written unit is never loaded) are streamed in batches of
+``batch_pages`` rows, one shard at a time: memory holds one batch, not the corpus. Writes are the
+ingest's own upserts, so an interrupted load is finished by running it again. ``recreate`` drops
+the collections first (needed to change a field's type or index).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from operators import schema as S
+from operators.layouts import parse_layouts
+from operators.milvus_plan import IndexSpec
+from operators.milvus_sink import MilvusConnection, MilvusSink, redact_uri
+from operators.parquet_sink import PAGES_PREFIX
+from operators.store import OutputStore
+from pipelines.ledger import Ledger
+
+
+def _metadata(schema: pa.Schema) -> dict:
+    meta = schema.metadata or {}
+    return {k.decode()[len("pagemill."):]: json.loads(v) for k, v in meta.items() if k.startswith(b"pagemill.")}
+
+
+def _open(store: OutputStore, key: str) -> pq.ParquetFile:
+    local = store.local_path(key)
+    return pq.ParquetFile(local) if local else pq.ParquetFile(io.BytesIO(store.read_bytes(key)))
+
+
+def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "pagemill", *, recreate: bool = False,
+                batch_pages: int = 256, index_specs: dict[str, IndexSpec] | None = None, mv_mode: str = "auto",
+                milvus_layouts: list[str] | None = None, partition_key: bool = False, corpus: str | None = None,
+                log=sys.stderr) -> dict:
+    t0 = time.monotonic()
+    ledger = Ledger(store)
+    ledger.load()
+    shards = sorted(k for k in ledger.state.file_docs if k.startswith(PAGES_PREFIX + "/"))
+    if not shards:
+        raise ValueError(f"no committed shards under {store.uri}/pages: run pagemill ingest first")
+    schema = _open(store, shards[0]).schema_arrow
+    meta = _metadata(schema)
+    layouts = parse_layouts(list(meta.get("layouts", {})))
+    dim = int(meta["dim"])
+    fde_dim = int(meta.get("layouts", {}).get("sv-fde", {}).get("dim", 0)) or None
+    text_dim = schema.field(S.SV_TEXT).type.list_size if S.SV_TEXT in schema.names else None
+    sink = MilvusSink(conn, collection, dim, text_dim=text_dim, layouts=layouts, fde_dim=fde_dim, index_specs=index_specs,
+                      mv_mode=mv_mode, milvus_layouts=milvus_layouts, partition_key=partition_key,
+                      corpus=corpus or meta.get("corpus", "default"))
+    dropped = []
+    if recreate:
+        sink.connect()
+        dropped = sink.drop()
+    plan = sink.setup()
+    columns = [S.PAGE_ID, S.DOC_ID, S.SOURCE_URI, S.DOC_VERSION, S.PAGE_NUMBER]
+    for f in plan.fields:
+        columns.append(f.column)
+        if f"{f.column}_scale" in schema.names:
+            columns.append(f"{f.column}_scale")
+    columns = list(dict.fromkeys(c for c in columns if c in schema.names))
+    docs = ledger.state.docs
+    pages = 0
+    for n, key in enumerate(shards, 1):
+        pf = _open(store, key)
+        if corpus is None:
+            sink.corpus = _metadata(pf.schema_arrow).get("corpus", "default")
+        for batch in pf.iter_batches(batch_size=batch_pages, columns=columns):
+            table = pa.Table.from_batches([batch])
+            sink.write_pages(table)
+            pages += table.num_rows
+        # Rows of any other version of these documents (a stale Milvus) go, as in a commit.
+        uris = ledger.state.file_docs[key]
+        sink.delete_other_versions({S.doc_id_for(u): docs[u].version for u in uris if u in docs})
+        sink.flush()
+        if log is not None:
+            log.write(f"[pagemill] milvus-load: {n}/{len(shards)} shards, {pages} pages\n")
+    counts = {c: sink.count(c) for c in sink.collections}
+    summary = {"uri": redact_uri(conn.uri), "shards": len(shards), "pages": pages, "dropped": dropped,
+               "row_counts": counts, "wall_s": round(time.monotonic() - t0, 3), **plan.summary()}
+    sink.close()
+    return summary

@@ -1,0 +1,112 @@
+"""A real Milvus server for tests: the PyPI package ``milvus`` (standalone 2.3.x with embedded
+etcd), with TLS (a self-signed certificate made here) and user authentication turned on, every
+port chosen free, stopped with its child process at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT_USER, FIRST_PASSWORD = "root", "Milvus"  # the server's built-in first credentials
+ROOT_PASSWORD = "pagemill-ci-Secret-0001"  # set at start, so that a leak of it is recognisable
+PORT_FLAGS = ("--etcd-port",  # not used: etcd's own listeners stay on 2379/2380 anyway "--root-coord-port", "--proxy-internal-port", "--query-coord-port", "--query-node-port",
+              "--index-coord-port", "--index-node-port", "--data-coord-port", "--data-node-port")
+
+
+@dataclass
+class MilvusServer:
+    uri: str
+    ca_file: str
+    proc: subprocess.Popen
+    version: str = ""
+
+    def client(self, password: str = ROOT_PASSWORD, **kw):
+        from pymilvus import MilvusClient
+
+        return MilvusClient(uri=self.uri, user=ROOT_USER, password=password, secure=True,
+                            server_pem_path=self.ca_file, server_name="localhost", timeout=30, **kw)
+
+    def stop(self) -> None:
+        """Stop the wrapper and its milvus child (which runs in a session of its own)."""
+        import psutil
+
+        try:
+            family = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.terminate()
+        _, alive = psutil.wait_procs(family, timeout=20)
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(alive, timeout=10)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+
+
+def self_signed_cert(dest: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = dest / "server.pem", dest / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def start_milvus_server(data_dir: Path, free_port, timeout_s: float = 120.0) -> MilvusServer:
+    exe = Path(sys.executable).with_name("milvus-server")
+    if not exe.exists():
+        raise RuntimeError(f"{exe} is missing: pip install milvus (the test extra installs it)")
+    for port in (2379, 2380):  # the embedded etcd listens on its defaults, whatever the flags say
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                raise RuntimeError(f"127.0.0.1:{port} is taken: another Milvus standalone (embedded etcd) runs here")
+    cert, key = self_signed_cert(data_dir)
+    proxy = free_port()
+    cmd = [str(exe), "--data", str(data_dir / "milvus"), "--proxy-port", str(proxy), "--tls-mode", "1",
+           "--server-pem-path", str(cert), "--server-key-path", str(key), "--ca-pem-path", str(cert),
+           "--authorization-enabled", "true"]
+    for flag in PORT_FLAGS[1:]:
+        cmd += [flag, str(free_port())]
+    log = open(data_dir / "milvus-server.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = MilvusServer(f"https://127.0.0.1:{proxy}", str(cert), proc)
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"milvus-server exited with {proc.returncode}: see {data_dir / 'milvus-server.log'}")
+        try:
+            client = server.client(FIRST_PASSWORD)
+            server.version = client.get_server_version()
+            client.update_password(ROOT_USER, FIRST_PASSWORD, ROOT_PASSWORD)
+            client.close()
+            return server
+        except Exception as e:  # not up yet
+            last = e
+            time.sleep(1.0)
+    server.stop()
+    raise RuntimeError(f"milvus-server did not answer in {timeout_s:.0f}s: {last}")

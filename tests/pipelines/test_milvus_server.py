@@ -1,0 +1,221 @@
+"""Milvus for production, against a real Milvus server (2.3.x standalone, TLS, user and
+password, a named database): typed vector fields (binary; float16 is >= 2.4, see milvus_plan), configured indexes
+(IVF_PQ, HNSW, BIN_FLAT), one row per vector, idempotent writes, version changes, the corpus
+partition key, rebuilding from Parquet, and the cascade search over all of it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import pymupdf
+import pytest
+from conftest import read_pages
+from milvus_server import ROOT_PASSWORD, ROOT_USER
+
+from operators.milvus_sink import MilvusConnection, MilvusSink
+from operators.schema import doc_id_for
+from operators.store import LocalStore
+from pipelines.cli import main
+from pipelines.search import search
+
+DB = "pagemill_ci"
+QUERY = "quarterly revenue table"
+INDEXES = ["mv=IVF_PQ:nlist=16,m=16", "mv-pool3=HNSW:M=8,efConstruction=64", "mv-bin=BIN_FLAT"]
+
+
+@pytest.fixture(scope="module")
+def server(milvus_server, monkeypatch_module):
+    client = milvus_server.client()
+    if DB not in client.list_databases():
+        client.create_database(DB)
+    client.close()
+    monkeypatch_module.setenv("MILVUS_PASSWORD", ROOT_PASSWORD)
+    return milvus_server
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def conn_args(server) -> list[str]:
+    return ["--milvus", server.uri, "--milvus-user", ROOT_USER, "--milvus-db", DB, "--milvus-ca-file", server.ca_file,
+            "--milvus-server-name", "localhost"]
+
+
+def connection(server) -> MilvusConnection:
+    return MilvusConnection(server.uri, user=ROOT_USER, password=ROOT_PASSWORD, db_name=DB, ca_file=server.ca_file,
+                            server_name="localhost")
+
+
+def ingest(source, out, server, *extra: str) -> dict:
+    summary = out.parent / f"{out.name}-summary.json"
+    rc = main(["ingest", str(source), "--out", str(out), "--executor", "local", "--layouts", "mv-pool3,mv-bin,sv-fde",
+               "--summary", str(summary), "--quiet", *conn_args(server), *extra])
+    assert rc == 0
+    return json.loads(summary.read_text())
+
+
+def counts(server, collection: str) -> dict[str, int]:
+    client = server.client(db_name=DB)
+    try:
+        names = sorted(c for c in client.list_collections() if c.startswith(collection + "_"))
+        return {c: int(client.query(c, filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"])
+                for c in names}
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def direct(server, small_corpus, tmp_path_factory):
+    """The small corpus, ingested straight into the server."""
+    source = tmp_path_factory.mktemp("srv-src")
+    shutil.copytree(small_corpus.root, source, dirs_exist_ok=True)
+    out = tmp_path_factory.mktemp("srv-out")
+    summary = ingest(source, out, server, "--collection", "direct", *sum((["--milvus-index", i] for i in INDEXES), []))
+    return source, out, summary
+
+
+def test_typed_fields_and_configured_indexes(server, direct):
+    _, out, summary = direct
+    fields = summary["milvus"]["fields"]
+    assert summary["milvus"]["server"] == f"Milvus {server.version}" and summary["milvus"]["mv_mode"] == "rows"
+    assert {k: (f["vector_type"], f["index"]) for k, f in fields.items()} == {
+        "mv": ("float", "IVF_PQ"), "mv-pool3": ("float", "HNSW"), "mv-bin": ("binary", "BIN_FLAT"),
+        "sv-mean": ("float", "AUTOINDEX"), "sv-fde": ("float", "AUTOINDEX")}
+    client = server.client(db_name=DB)
+    try:
+        for layout, collection, field, itype in [("mv", "direct_patches", "vector", "IVF_PQ"),
+                                                 ("mv-pool3", "direct_patches_pool3", "vector", "HNSW"),
+                                                 ("mv-bin", "direct_patches_bin", "vector", "BIN_FLAT")]:
+            idx = client.describe_index(collection, field)
+            assert idx["index_type"] == itype, layout
+        assert client.describe_index("direct_patches_bin", "vector")["metric_type"] == "HAMMING"
+    finally:
+        client.close()
+    pages = read_pages(out)
+    n = pages.num_rows
+    vectors = sum(pages["n_vectors"].to_pylist())
+    pooled = sum(len(v) for v in pages["mv_pool3"].to_pylist())
+    # v2.3 holds one vector field per collection: sv-fde gets a page-level collection of its own.
+    assert fields["sv-fde"]["collection"] == "direct_sv_fde"
+    assert counts(server, "direct") == {"direct_pages": n, "direct_patches": vectors, "direct_patches_bin": vectors,
+                                        "direct_patches_pool3": pooled, "direct_sv_fde": n}
+    assert summary["milvus"]["row_counts"] == counts(server, "direct")
+
+
+def test_vectors_read_back_equal_parquet(server, direct):
+    """Rows come back equal to the Parquet layouts: fp16 widened exactly, binary as the same bits."""
+    import numpy as np
+
+    from operators.layouts import LayoutScorer, parse_layout
+
+    _, out, _ = direct
+    pages = read_pages(out).slice(0, 4)
+    ids = pages["page_id"].to_pylist()
+    sink = MilvusSink(connection(server), "direct", dim=128)
+    sink.connect()
+    sink.discover()
+    try:
+        for layout in ("mv-pool3", "mv-bin", "mv"):
+            got = sink.fetch_vectors(layout, ids)
+            want = LayoutScorer(parse_layout(layout), pages, 128).docs
+            for pid, w in zip(ids, want):
+                assert np.array_equal(got[pid], w), layout
+    finally:
+        sink.close()
+
+
+def test_search_over_the_server_equals_brute_force(server, direct):
+    from operators.layouts import LayoutScorer, parse_layout
+    from operators.models import ModelSpec, adapter_for
+
+    _, out, _ = direct
+    pages = read_pages(out)
+    q = adapter_for(ModelSpec()).embed_queries([QUERY])[0]
+    import numpy as np
+
+    scores = LayoutScorer(parse_layout("mv"), pages, 128).scores(q)
+    expected = [pages["page_id"][int(i)].as_py() for i in np.argsort(-scores, kind="stable")[:10]]
+    sink = MilvusSink(connection(server), "direct", dim=0)
+    sink.connect()
+    try:
+        for stage1 in ("sv-mean", "sv-fde", "patches", "mv-bin", "mv-pool3"):
+            got = search(QUERY, LocalStore(out), sink, k=10, candidates=pages.num_rows, stage1_mode=stage1,
+                         vectors_from="milvus")
+            assert [r["page_id"] for r in got] == expected, stage1
+    finally:
+        sink.close()
+
+
+def test_same_job_twice_and_a_changed_version(server, direct, tmp_path):
+    source, out, _ = direct
+    before = counts(server, "direct")
+    # The same job again, from a fresh output root: every row is upserted again, none added.
+    again = ingest(source, tmp_path / "again", server, "--collection", "direct")
+    assert again["pages"]["indexed"] > 0 and counts(server, "direct") == before
+    # One document replaced by a new version with one more page: its old rows go, everywhere.
+    doc = sorted(set(read_pages(out)["source_uri"].to_pylist()))[0]
+    path = url2pathname(urlparse(doc).path)
+    with pymupdf.open(path) as d:
+        n_old = d.page_count
+        d.fullcopy_page(0)
+        d.save(path + ".tmp", garbage=1)
+    shutil.move(path + ".tmp", path)
+    changed = ingest(source, out, server, "--collection", "direct")
+    assert changed["pages"]["indexed"] == n_old + 1
+    after = counts(server, "direct")
+    assert after["direct_pages"] == before["direct_pages"] + 1
+    doc_id = doc_id_for(doc)
+    client = server.client(db_name=DB)
+    try:
+        versions = {r["doc_version"] for c in ("direct_pages", "direct_patches", "direct_patches_bin", "direct_patches_pool3")
+                    for r in client.query(c, filter=f'doc_id == "{doc_id}"', output_fields=["doc_version"],
+                                          consistency_level="Strong", limit=16384)}
+    finally:
+        client.close()
+    assert versions == {changed_version(out, doc)}  # only the new version's rows are left
+    assert after["direct_patches"] == sum(read_pages(out)["n_vectors"].to_pylist())
+
+
+def changed_version(out, doc: str) -> str:
+    pages = read_pages(out)
+    return {v for u, v in zip(pages["source_uri"].to_pylist(), pages["doc_version"].to_pylist()) if u == doc}.pop()
+
+
+def test_milvus_load_rebuilds_the_same_index(server, direct, capsys):
+    _, out, _ = direct
+    rc = main(["milvus-load", str(out), "--collection", "loaded", "--batch-pages", "3", "--json",
+               *sum((["--milvus-index", i] for i in INDEXES), []), *conn_args(server)])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    direct_counts = counts(server, "direct")
+    loaded = counts(server, "loaded")
+    assert {c.replace("loaded", "direct"): n for c, n in loaded.items()} == direct_counts
+    assert summary["pages"] == read_pages(out).num_rows
+    # Same search results as the direct sink, stage 1 and stage 2 both from Milvus.
+    results = []
+    for collection in ("direct", "loaded"):
+        sink = MilvusSink(connection(server), collection, dim=0)
+        sink.connect()
+        try:
+            results.append(search(QUERY, LocalStore(out), sink, k=10, candidates=20, stage1_mode="mv-pool3",
+                                  rerank="mv-pool3", vectors_from="milvus"))
+        finally:
+            sink.close()
+    assert [r["page_id"] for r in results[0]] == [r["page_id"] for r in results[1]]
+    assert [r["score"] for r in results[0]] == [r["score"] for r in results[1]]
+    # --recreate with another index type for mv: the collection is rebuilt with it.
+    assert main(["milvus-load", str(out), "--collection", "loaded", "--recreate", "--milvus-index", "mv=HNSW",
+                 *conn_args(server)]) == 0
+    client = server.client(db_name=DB)
+    try:
+        assert client.describe_index("loaded_patches", "vector")["index_type"] == "HNSW"
+    finally:
+        client.close()
+    assert counts(server, "loaded") == loaded
