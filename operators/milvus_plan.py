@@ -281,6 +281,9 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
     if mv_mode == "struct" and not server.struct_arrays:
         raise MilvusError(f"milvus_mv_mode: struct needs Milvus >= 2.6.4 (array of structs); {server.label} has "
                           f"no such field: use rows")
+    if partition_key and not server.lite and server.version < (2, 4, 0):
+        raise MilvusError(f"milvus_partition_key: {server.label} loses rows when upserting into a collection with a "
+                          f"partition key (seen on v2.3.5): use Milvus >= 2.4, or one --collection per corpus")
     resolved_mode = mv_mode if mv_mode != "auto" else ("struct" if server.struct_arrays else "rows")
     if mv_mode == "auto":
         notes.append(f"multi-vector layouts as {'array-of-structs fields' if resolved_mode == 'struct' else 'one row per vector'}"

@@ -68,6 +68,7 @@ class ModelSpec:
     attn_implementation: str = "sdpa"
     max_pixels: int | None = None  # override the preset's pixel budget
     seed: int = 0
+    trust_remote_code: bool = False  # run Python code shipped with a checkpoint: only on the user's explicit opt-in
     extra: dict = field(default_factory=dict)
 
 
@@ -79,6 +80,17 @@ _QWEN2_VL_2B_TEXT = dict(
     tie_word_embeddings=True,
 )
 _QWEN2_VL_2B_VISION = dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4)
+
+# ColQwen2.5 (v0.2) is built on Qwen2.5-VL-3B: windowed attention in the vision tower, full
+# attention every 8th block, a projection to the text width.
+_QWEN25_VL_3B_TEXT = dict(
+    vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+    num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000,
+    rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]},
+    tie_word_embeddings=True,
+)
+_QWEN25_VL_3B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                            fullatt_block_indexes=[7, 15, 23, 31], window_size=112)
 
 _PALIGEMMA_3B_VISION = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304,
                             num_hidden_layers=27, num_attention_heads=16, image_size=448, patch_size=14,
@@ -100,6 +112,22 @@ PRESETS: dict[str, dict] = {
         text=_QWEN2_VL_2B_TEXT, vision=_QWEN2_VL_2B_VISION, embedding_dim=128,
         max_pixels=28 * 28 * 768,  # ColQwen2 v1.0's budget: 768 visual tokens
         hub_id="vidore/colqwen2-v1.0-hf",
+    ),
+    "colqwen2.5-tiny": dict(
+        backbone="qwen2_5_vl",
+        text=dict(vocab_size=None, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]}),
+        vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                    fullatt_block_indexes=[1], window_size=112),
+        embedding_dim=128, max_pixels=28 * 28 * 96, hub_id=None,
+    ),
+    "colqwen2.5": dict(
+        backbone="qwen2_5_vl", text=_QWEN25_VL_3B_TEXT, vision=_QWEN25_VL_3B_VISION, embedding_dim=128,
+        max_pixels=28 * 28 * 768,
+        # No transformers-format ColQwen2.5 checkpoint is published under vidore/ yet: pass the
+        # hub id or folder of one (model_type colqwen2 with a qwen2_5_vl vlm_config) instead.
+        hub_id=None,
     ),
     "colpali-tiny": dict(
         family="colpali",
@@ -209,7 +237,8 @@ class ColQwen2Adapter(MultiVectorAdapter):
                 f"(presets: {', '.join(sorted(PRESETS))}); use --weights hub for a checkpoint"
             )
         if preset is not None and spec.weights == WEIGHTS_HUB and not preset["hub_id"]:
-            raise ModelError(f"preset {spec.name!r} exists only with random weights: use --weights random")
+            raise ModelError(f"preset {spec.name!r} has no published checkpoint: use --weights random, or give the "
+                             f"hub id or folder of a transformers-format checkpoint as --model")
         self.name = spec.name
         self.dim = preset["embedding_dim"] if preset else int(spec.extra.get("embedding_dim", 128))
         self._max_pixels = spec.max_pixels or ((preset or {}).get("max_pixels") or 28 * 28 * 768)
@@ -232,7 +261,13 @@ class ColQwen2Adapter(MultiVectorAdapter):
 
     def _build_random(self):
         import torch
-        from transformers import ColQwen2Config, ColQwen2ForRetrieval, ColQwen2Processor, Qwen2VLConfig
+        from transformers import (
+            ColQwen2Config,
+            ColQwen2ForRetrieval,
+            ColQwen2Processor,
+            Qwen2_5_VLConfig,
+            Qwen2VLConfig,
+        )
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         tokenizer = byte_level_qwen2_tokenizer()
@@ -242,7 +277,8 @@ class ColQwen2Adapter(MultiVectorAdapter):
         text = dict(self._preset["text"])
         text["vocab_size"] = text["vocab_size"] or len(tokenizer)
         text.update(bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
-        vlm = Qwen2VLConfig(
+        vlm_cls = Qwen2_5_VLConfig if self._preset.get("backbone") == "qwen2_5_vl" else Qwen2VLConfig
+        vlm = vlm_cls(
             text_config=text,
             vision_config=self._preset["vision"],
             image_token_id=ids["<|image_pad|>"],
@@ -264,11 +300,18 @@ class ColQwen2Adapter(MultiVectorAdapter):
     def _load_pretrained(self):
         model_cls, processor_cls = self._classes()
         src = self._hub_source()
+        _refuse_remote_code(self.spec)
+        trust = {"trust_remote_code": True} if self.spec.trust_remote_code else {}
         try:
-            processor = processor_cls.from_pretrained(src)
+            processor = processor_cls.from_pretrained(src, **trust)
             model = model_cls.from_pretrained(
-                src, dtype=self.torch_dtype, attn_implementation=self.spec.attn_implementation
+                src, dtype=self.torch_dtype, attn_implementation=self.spec.attn_implementation, **trust
             )
+        except ValueError as e:
+            if "trust_remote_code" in str(e):
+                raise ModelError(f"{src} ships its own Python code: pass --trust-remote-code to run it (only for "
+                                 f"checkpoints you trust)") from None
+            raise
         except OSError as e:
             where = "local directory" if os.path.isdir(src) else "hub id"
             raise ModelError(f"cannot load {model_cls.__name__} from {where} {src!r}: {str(e).splitlines()[0]}") from None
@@ -436,6 +479,20 @@ class ColPaliAdapter(ColQwen2Adapter):
         return {k: v for k, v in inputs.items() if k not in ("labels", "token_type_ids")}
 
 
+def _refuse_remote_code(spec: ModelSpec) -> None:
+    """A local checkpoint whose config maps classes to its own modules (``auto_map``) runs code
+    from the checkpoint: refused unless the user opted in."""
+    config = os.path.join(spec.name, "config.json")
+    if spec.trust_remote_code or not os.path.isfile(config):
+        return
+    import json
+
+    with open(config) as f:
+        if json.load(f).get("auto_map"):
+            raise ModelError(f"{spec.name} ships its own Python code (auto_map in config.json): pass "
+                             f"--trust-remote-code to run it (only for checkpoints you trust)")
+
+
 def family_of(spec: ModelSpec) -> str:
     """colqwen2 or colpali, from the preset, a local checkpoint's config.json, or the hub id."""
     if spec.name in PRESETS:
@@ -444,10 +501,13 @@ def family_of(spec: ModelSpec) -> str:
     if os.path.isfile(config):
         import json
 
-        model_type = json.loads(open(config).read()).get("model_type", "")
+        conf = json.loads(open(config).read())
+        model_type = conf.get("model_type", "")
         if model_type in ("colpali", "colqwen2"):
             return model_type
-        raise ModelError(f"{spec.name}: unsupported model_type {model_type!r} (supported: colqwen2, colpali)")
+        hint = " (its auto_map points at its own code; those architectures are not supported)" if conf.get("auto_map") else ""
+        raise ModelError(f"{spec.name}: unsupported model_type {model_type!r}{hint} (supported: colqwen2 (Qwen2-VL, "
+                         f"Qwen2.5-VL), colpali)")
     return "colpali" if "colpali" in spec.name.lower() else "colqwen2"
 
 

@@ -47,6 +47,8 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="the corpus (tenant) value written with --milvus-partition-key (default)")
     p.add_argument("--model", help="model spec: colqwen2-tiny, colqwen2, a hub id or a local directory")
     p.add_argument("--weights", choices=["hub", "random"], help="load checkpoint weights, or random weights")
+    p.add_argument("--trust-remote-code", action="store_const", const=True,
+                   help="allow a checkpoint's own Python code to run (refused by default)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--max-pixels", type=int, help="pixel budget per page (default: the model's)")

@@ -43,6 +43,7 @@ class IngestConfig:
     device: str = "auto"
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False  # run code shipped with a checkpoint (explicit opt-in only)
     max_pixels: int | None = None
     executor: str = "ray"
     ray_address: str | None = None

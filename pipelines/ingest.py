@@ -54,7 +54,8 @@ def make_executor(cfg: IngestConfig):
 def model_spec(cfg: IngestConfig) -> ModelSpec:
     visual, _ = split_model_specs(cfg.model)
     return ModelSpec(name=visual, weights=cfg.weights, device=cfg.device, dtype=cfg.dtype,
-                     attn_implementation=cfg.attn_implementation, max_pixels=cfg.max_pixels)
+                     attn_implementation=cfg.attn_implementation, max_pixels=cfg.max_pixels,
+                     trust_remote_code=cfg.trust_remote_code)
 
 
 def _chain(first, rest):

@@ -39,7 +39,7 @@ def recorded_metadata(store: OutputStore) -> dict:
 
 def read_pages_subset(store: OutputStore, page_ids: list[str] | None, columns: list[str]) -> pa.Table:
     """Rows of OUT/pages (all, or those in ``page_ids``), only ``columns``."""
-    wanted = pa.array(page_ids) if page_ids is not None else None
+    wanted = pa.array(page_ids, pa.string()) if page_ids is not None else None
     parts = []
     for obj in store.list(PAGES_PREFIX):
         pf = pq.ParquetFile(io.BytesIO(store.read_bytes(obj.key)))

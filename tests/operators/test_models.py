@@ -67,7 +67,7 @@ def test_save_pretrained_then_load_from_local_dir(tiny, tmp_path):
 def test_bad_specs_fail_with_a_clear_message(tmp_path):
     with pytest.raises(ModelError, match="preset"):
         adapter_for(ModelSpec(name="someone/unknown-model", weights="random"))
-    with pytest.raises(ModelError, match="only with random weights"):
+    with pytest.raises(ModelError, match="no published checkpoint"):
         adapter_for(ModelSpec(name="colqwen2-tiny", weights="hub"))
     with pytest.raises(ModelError, match="local directory"):
         adapter_for(ModelSpec(name=str(tmp_path), weights="hub")).load()
@@ -116,3 +116,45 @@ def test_colpali_real_size_architecture_builds_offline():
     n = sum(p.numel() for p in model.parameters())
     assert 2.8e9 < n < 3.1e9  # PaliGemma-3B + the 128-d projection
     assert processor.image_processor.image_seq_length == 1024
+
+
+def test_colqwen2_5_backbone_tiny_and_real_size(tmp_path):
+    """ColQwen2.5: the same ColQwen2ForRetrieval class over a Qwen2.5-VL backbone."""
+    a = adapter_for(ModelSpec(name="colqwen2.5-tiny", weights="random"))
+    a.load()
+    assert type(a.model.vlm).__name__ == "Qwen2_5_VLModel"
+    embs = a.embed_images(_pages())
+    for emb, (h, w) in zip(embs, [(280, 252), (224, 336)]):
+        assert emb.vectors.shape[1] == 128 and emb.n_patches == (h // 28) * (w // 28)
+        np.testing.assert_allclose(np.linalg.norm(emb.vectors, axis=1), 1.0, atol=1e-5)
+    a.model.save_pretrained(tmp_path)
+    a.processor.save_pretrained(tmp_path)
+    loaded = adapter_for(ModelSpec(name=str(tmp_path), weights="hub", dtype="float32"))
+    loaded.load()
+    assert type(loaded.model.vlm).__name__ == "Qwen2_5_VLModel"
+    for x, y in zip(embs, loaded.embed_images(_pages())):
+        np.testing.assert_array_equal(x.vectors, y.vectors)
+    real = adapter_for(ModelSpec(name="colqwen2.5", weights="random"))
+    with torch.device("meta"):
+        model, _ = real._build_random()
+    n = sum(p.numel() for p in model.parameters())
+    assert 3.6e9 < n < 3.9e9  # Qwen2.5-VL-3B + the 128-d projection
+
+
+def test_remote_code_needs_an_explicit_opt_in(tiny, tmp_path):
+    import json
+
+    tiny.model.save_pretrained(tmp_path)
+    tiny.processor.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_custom.CustomModel"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="--trust-remote-code"):
+        adapter_for(ModelSpec(name=str(tmp_path), weights="hub")).load()
+    trusted = adapter_for(ModelSpec(name=str(tmp_path), weights="hub", dtype="float32", trust_remote_code=True))
+    trusted.load()  # the opt-in is passed on; our explicit class still decides the architecture
+    np.testing.assert_array_equal(tiny.embed_queries(["q"])[0], trusted.embed_queries(["q"])[0])
+    config["model_type"] = "jina_embeddings_v4"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="unsupported model_type 'jina_embeddings_v4'.*auto_map"):
+        adapter_for(ModelSpec(name=str(tmp_path), weights="hub", trust_remote_code=True))

@@ -219,3 +219,73 @@ def test_milvus_load_rebuilds_the_same_index(server, direct, capsys):
     finally:
         client.close()
     assert counts(server, "loaded") == loaded
+
+
+def _collections(server, prefix: str) -> list[str]:
+    client = server.client(db_name=DB)
+    try:
+        return [c for c in client.list_collections() if c.startswith(prefix)]
+    finally:
+        client.close()
+
+
+def test_a_refused_index_fails_before_anything_is_written(server, small_corpus, tmp_path, capsys):
+    # Refused by pagemill's table of what v2.3 accepts: nothing is created at all.
+    rc = main(["ingest", str(small_corpus.root), "--out", str(tmp_path / "a"), "--executor", "local", "--quiet",
+               "--collection", "refused", "--milvus-index", "sv-mean=HNSW_SQ", *conn_args(server)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "sv-mean" in err and "HNSW_SQ" in err and "it accepts: AUTOINDEX, FLAT" in err
+    assert err.count("pagemill: error") == 1
+    # Refused by the server itself (a parameter out of range): one line, no half-made collection.
+    rc = main(["ingest", str(small_corpus.root), "--out", str(tmp_path / "b"), "--executor", "local", "--quiet",
+               "--collection", "refused", "--milvus-index", "sv-mean=HNSW:M=100000", *conn_args(server)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "refused collection refused_pages" in err and "HNSW" in err
+    assert _collections(server, "refused_") == []
+    assert not list((tmp_path / "a").glob("pages/*")) and not list((tmp_path / "b").glob("pages/*"))
+
+
+def test_wrong_password_and_missing_ca_are_one_line_without_secrets(server, small_corpus, tmp_path, capsys,
+                                                                    monkeypatch):
+    monkeypatch.setenv("MILVUS_PASSWORD", "not-the-password-4711")
+    rc = main(["ingest", str(small_corpus.root), "--out", str(tmp_path / "o"), "--executor", "local", "--quiet",
+               *conn_args(server)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "cannot use Milvus at https://127.0.0.1" in err
+    assert "not-the-password-4711" not in err and ROOT_PASSWORD not in err
+    rc = main(["ingest", str(small_corpus.root), "--out", str(tmp_path / "o"), "--executor", "local", "--quiet",
+               *conn_args(server)[:-4], "--milvus-ca-file", str(tmp_path / "nope.pem")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "milvus_ca_file: no such file" in err
+
+
+def test_partition_key_keeps_tenants_apart(server, small_corpus, tmp_path, capsys):
+    """On Milvus Lite (the partition key works there); Milvus 2.3 refuses it up front, because its
+    upserts into a partition-key collection lose rows (seen: 1 of 5 rows left)."""
+    rc = main(["ingest", str(small_corpus.root), "--out", str(tmp_path / "refused"), "--executor", "local", "--quiet",
+               "--collection", "tenants", "--milvus-partition-key", *conn_args(server)])
+    assert rc == 1 and "milvus_partition_key" in capsys.readouterr().err
+    files = sorted(p for p in small_corpus.root.rglob("*.pdf") if p.resolve().as_uri() in small_corpus.ok_pages)
+    half = len(files) // 2
+    lite = str(tmp_path / "tenants.db")
+    roots = {}
+    for tenant, group in (("acme", files[:half]), ("globex", files[half:])):
+        src = tmp_path / f"src-{tenant}"
+        for f in group:
+            (src / f.relative_to(small_corpus.root)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, src / f.relative_to(small_corpus.root))
+        out = tmp_path / f"out-{tenant}"
+        rc = main(["ingest", str(src), "--out", str(out), "--executor", "local", "--quiet", "--collection", "tenants",
+                   "--milvus-partition-key", "--corpus", tenant, "--milvus", lite])
+        assert rc == 0
+        roots[tenant] = (out, set(read_pages(out)["page_id"].to_pylist()))
+    assert half > 0 and all(ids for _, ids in roots.values())
+    for tenant, (out, ids) in roots.items():
+        sink = MilvusSink(lite, "tenants", dim=0)
+        sink.connect()
+        sink.search_corpus = tenant
+        try:
+            got = search(QUERY, LocalStore(out), sink, k=50, candidates=50, rerank="none")
+        finally:
+            sink.close()
+        assert {r["page_id"] for r in got} == ids  # every page of the tenant, none of the other's
