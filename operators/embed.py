@@ -25,6 +25,10 @@ def text_field(dim: int) -> pa.Field:
     return pa.field(S.SV_TEXT, pa.list_(pa.float32(), dim))
 
 
+def sv_vlm_field(dim: int) -> pa.Field:
+    return pa.field(S.SV_VLM, pa.list_(pa.float32(), dim))
+
+
 def layout_fields(layouts: list[Layout], dim: int, fde: FdeParams) -> list[pa.Field]:
     return [f for lay in extra_layouts(layouts) for f in fields_for(lay, dim, fde.dim)]
 
@@ -64,10 +68,13 @@ class EmbedPages:
     """
 
     def __init__(self, spec: ModelSpec, batch_size: int = 8, layouts: list[Layout] | None = None,
-                 fde: FdeParams | None = None, max_batch_tokens: int | None = None, text_model: str | None = None):
+                 fde: FdeParams | None = None, max_batch_tokens: int | None = None, text_model: str | None = None,
+                 sv_model: str | None = None):
         self.spec = spec
         self.text_model = text_model
         self.text = None
+        self.sv_model = sv_model  # sv:<...>: a second, single-vector image model on the same pages
+        self.sv = None
         self.batch_size = max(1, batch_size)
         self.max_batch_tokens = max_batch_tokens  # default: batch_size pages at the full pixel budget
         self.layouts = layouts or parse_layouts(list(DEFAULT_LAYOUTS))
@@ -88,6 +95,11 @@ class EmbedPages:
 
                 self.text = TextEmbedder(self.text_model, device=self.spec.device)
                 self.text.load()
+            if self.sv_model:
+                from operators.sv_models import sv_embedder_for
+
+                self.sv = sv_embedder_for(self.sv_model, self.spec)
+                self.sv.load()
 
     @property
     def dim(self) -> int:
@@ -116,9 +128,10 @@ class EmbedPages:
                 results[i] = emb
             self.stats["batches"] += 1
             self.stats["max_batch_pages"] = max(self.stats.get("max_batch_pages", 0), len(rows))
+        sv_vectors = self._sv_vectors(batch, page_rows, results) if self.sv is not None else None
         self.stats["pages"] += len(page_rows)
-        self.stats["forward_s"] = self.adapter.forward_s
-        out = self._assemble(batch, kinds, results, dim)
+        self.stats["forward_s"] = self.adapter.forward_s + (self.sv.forward_s if self.sv is not None else 0.0)
+        out = self._assemble(batch, kinds, results, dim, sv_vectors)
         self.stats["busy_s"] += time.perf_counter() - t0
         return out
 
@@ -129,7 +142,8 @@ class EmbedPages:
         stats = {"worker": f"{os.uname().nodename}:{os.getpid()}", **self.stats, "wall_s": round(wall, 4)}
         # The devices this worker was given (Ray sets CUDA_VISIBLE_DEVICES for GPU actors).
         settings = {**self.adapter.effective_settings(), "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                    **(self.text.effective_settings() if self.text else {})}
+                    **(self.text.effective_settings() if self.text else {}),
+                    **({"sv_model": self.sv.effective_settings()} if self.sv else {})}
         out = []
         for info, kind in zip(infos, kinds):
             if kind == S.KIND_UNIT and info:
@@ -137,7 +151,20 @@ class EmbedPages:
             out.append(info)
         return pa.array(out, pa.string())
 
-    def _assemble(self, batch: pa.Table, kinds: list, results: dict, dim: int) -> pa.Table:
+    def _sv_vectors(self, batch: pa.Table, page_rows: list[int], results: dict) -> dict[int, np.ndarray]:
+        """The single-vector model's vector of every page the multi-vector model embedded."""
+        widths, heights, pixels = batch[S.WIDTH].to_pylist(), batch[S.HEIGHT].to_pylist(), batch[S.PIXELS]
+        rows = [i for i in page_rows if results.get(i) not in (None, OOM)]
+        out = {}
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start:start + self.batch_size]
+            images = [np.frombuffer(pixels[i].as_buffer(), np.uint8).reshape(heights[i], widths[i], 3) for i in chunk]
+            for i, v in zip(chunk, self.sv.embed_images(images)):
+                out[i] = v
+        return out
+
+    def _assemble(self, batch: pa.Table, kinds: list, results: dict, dim: int,
+                  sv_vectors: dict[int, np.ndarray] | None = None) -> pa.Table:
         n = batch.num_rows
         empty = np.zeros((0, dim), np.float32)
         failed = {i for i, r in results.items() if r == OOM}
@@ -187,6 +214,14 @@ class EmbedPages:
         if self.text is not None:
             cols[S.SV_TEXT] = self._text_vectors(batch[S.TEXT].to_pylist(), embs)
             extra = [*extra, text_field(self.text.dim)]
+        if self.sv is not None:
+            d = self.sv.dim
+            vectors = np.zeros((n, d), np.float32)
+            for i, v in (sv_vectors or {}).items():
+                vectors[i] = v
+            cols[S.SV_VLM] = pa.FixedSizeListArray.from_arrays(
+                pa.array(vectors.ravel(), pa.float32()), d, mask=pa.array([i not in (sv_vectors or {}) for i in range(n)]))
+            extra = [*extra, sv_vlm_field(d)]
         return pa.table(cols, schema=flow_schema(dim, extra))
 
     def _text_vectors(self, texts: list, embs: list) -> pa.Array:

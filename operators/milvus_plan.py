@@ -271,7 +271,9 @@ def _rows_vtype(server: ServerInfo, encoding: str) -> str:
 
 def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim: int, *, fde_dim: int | None = None,
                 text_dim: int | None = None, index_specs: dict[str, IndexSpec] | None = None, mv_mode: str = "auto",
-                milvus_layouts: list[str] | None = None, partition_key: bool = False) -> MilvusPlan:
+                milvus_layouts: list[str] | None = None, partition_key: bool = False,
+                extra_sv: dict[str, int] | None = None) -> MilvusPlan:
+    """``extra_sv``: page vectors of other models, by layout name (``{"sv-vlm": 1024}``)."""
     """Decide every vector field, and check it against the server, before anything is created."""
     specs = dict(index_specs or {})
     default = specs.pop("*", None)
@@ -288,7 +290,8 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
     if mv_mode == "auto":
         notes.append(f"multi-vector layouts as {'array-of-structs fields' if resolved_mode == 'struct' else 'one row per vector'}"
                      f" ({server.label})")
-    run_names = [lay.name for lay in layouts] + ([TEXT_LAYOUT] if text_dim else [])
+    extra_sv = dict(extra_sv or {})
+    run_names = [lay.name for lay in layouts] + list(extra_sv) + ([TEXT_LAYOUT] if text_dim else [])
     wanted = run_names if not milvus_layouts else list(dict.fromkeys(milvus_layouts))
     for name in wanted:
         if name not in run_names:
@@ -304,7 +307,12 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
     widened: list[str] = []
     fields: list[FieldPlan] = []
     for name in wanted:
-        if name == TEXT_LAYOUT:
+        if name in extra_sv:
+            home = pages if sum(1 for f in fields if f.collection == pages) < server.max_vector_fields \
+                else f"{collection}_{name.replace('-', '_')}"
+            fp = FieldPlan(name, home, name.replace("-", "_"), "float", int(extra_sv[name]), "page",
+                           specs.get(name, default or IndexSpec()))
+        elif name == TEXT_LAYOUT:
             fp = FieldPlan(name, f"{collection}_text", "sv_text", "float", int(text_dim), "page",
                            specs.get(name, default or IndexSpec()))
         else:

@@ -111,7 +111,7 @@ class MilvusSink:
                  token: str | None = None, timeout_s: float = 60.0, text_dim: int | None = None, *,
                  layouts: list | None = None, fde_dim: int | None = None, index_specs: dict[str, IndexSpec] | None = None,
                  mv_mode: str = "auto", milvus_layouts: list[str] | None = None, partition_key: bool = False,
-                 corpus: str = "default"):
+                 corpus: str = "default", extra_sv: dict[str, int] | None = None):
         self.conn = uri if isinstance(uri, MilvusConnection) else MilvusConnection(uri, token=token, timeout_s=timeout_s)
         self.collection = collection
         self.dim = dim
@@ -123,6 +123,7 @@ class MilvusSink:
         self.milvus_layouts = milvus_layouts
         self.partition_key = partition_key
         self.corpus = corpus
+        self.extra_sv = extra_sv
         self.client = None
         self.server: ServerInfo | None = None
         self.plan: MilvusPlan | None = None
@@ -176,7 +177,8 @@ class MilvusSink:
             layouts = parse_layouts([])
         self.plan = plan_fields(self.server, self.collection, layouts, self.dim, fde_dim=self.fde_dim,
                                 text_dim=self.text_dim, index_specs=self.index_specs, mv_mode=self.mv_mode,
-                                milvus_layouts=self.milvus_layouts, partition_key=self.partition_key)
+                                milvus_layouts=self.milvus_layouts, partition_key=self.partition_key,
+                                extra_sv=self.extra_sv)
         self._guard("collection setup", self._ensure_collections, prefix="cannot use")
         for c in self.collections:
             self.rows_written.setdefault(c, 0)

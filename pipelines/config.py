@@ -122,7 +122,18 @@ class IngestConfig:
             parse_layouts(self.layouts)
         except LayoutError as e:
             raise ConfigError(f"layouts: {e}") from None
-        run_layouts = [lay.name for lay in parse_layouts(self.layouts)] + (["text"] if text_model else [])
+        from operators.models import ModelSpec
+        from operators.sv_models import sv_embedder_for
+        from operators.text_embed import sv_model_spec
+
+        sv = sv_model_spec(self.model)
+        if sv:
+            try:
+                sv_embedder_for(sv, ModelSpec(weights=self.weights)).dim  # noqa: B018  (checks the spec and its @DIM)
+            except ModelError as e:
+                raise ConfigError(f"model: {e}") from None
+        run_layouts = ([lay.name for lay in parse_layouts(self.layouts)] + (["sv-vlm"] if sv else [])
+                       + (["text"] if text_model else []))
         if isinstance(self.milvus_layouts, str):
             self.milvus_layouts = [x.strip() for x in self.milvus_layouts.split(",") if x.strip()]
         for name in self.milvus_layouts:

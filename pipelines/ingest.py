@@ -15,7 +15,7 @@ import uuid
 from datetime import datetime, timezone
 
 from operators import schema as S
-from operators.embed import EmbedPages, layout_fields, text_field
+from operators.embed import EmbedPages, layout_fields, sv_vlm_field, text_field
 from operators.layouts import parse_layouts
 from operators.milvus_sink import MilvusSink, redact_uri
 from operators.models import ModelSpec, adapter_for
@@ -23,7 +23,8 @@ from operators.parquet_sink import PAGES_PREFIX, QUARANTINE_PREFIX, ParquetSink
 from operators.render import RenderLimits, RenderPages, load_password_map
 from operators.sources import open_source
 from operators.store import open_store
-from operators.text_embed import TextEmbedder, split_model_specs
+from operators.sv_models import sv_embedder_for
+from operators.text_embed import TextEmbedder, split_model_specs, sv_model_spec
 from pipelines.commit import UnitCommitter
 from pipelines.config import IngestConfig
 from pipelines.layout_stats import LayoutStats
@@ -106,7 +107,10 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
     fde = cfg.fde_params()
     _, text_model = split_model_specs(cfg.model)
     text_dim = TextEmbedder(text_model).dim if text_model else None
-    schema = S.pages_schema(dim, layout_fields(layouts, dim, fde) + ([text_field(text_dim)] if text_dim else []))
+    sv_model = sv_model_spec(cfg.model)
+    sv_dim = sv_embedder_for(sv_model, spec).dim if sv_model else None  # from the preset or config: loads nothing
+    schema = S.pages_schema(dim, layout_fields(layouts, dim, fde) + ([text_field(text_dim)] if text_dim else [])
+                            + ([sv_vlm_field(sv_dim)] if sv_dim else []))
     # Connect (and create collections) before any work: an unreachable sink, or a field or index
     # the server would refuse, fails here, before anything is written.
     from operators.milvus_plan import parse_index_specs
@@ -114,12 +118,12 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
     milvus = MilvusSink(cfg.milvus_connection(), cfg.collection, dim, text_dim=text_dim, layouts=layouts,
                         fde_dim=fde.dim, index_specs=parse_index_specs(cfg.milvus_index), mv_mode=cfg.milvus_mv_mode,
                         milvus_layouts=cfg.milvus_layouts or None, partition_key=cfg.milvus_partition_key,
-                        corpus=cfg.corpus)
+                        corpus=cfg.corpus, extra_sv={"sv-vlm": sv_dim} if sv_dim else None)
     milvus_plan = milvus.setup()
     for note in milvus_plan.notes:
         log.write(f"[pagemill] milvus: {note}\n")
     parquet = ParquetSink(store, metadata={"model": spec.name, "weights": cfg.weights, "dim": dim, "corpus": cfg.corpus,
-                                           "text_model": text_model,
+                                           "text_model": text_model, "sv_model": sv_model,
                                            "layouts": {lay.name: lay.params(fde) for lay in layouts}})
     committer = UnitCommitter(ledger, parquet, milvus, schema, run_id)
 
@@ -138,7 +142,7 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
                                       max_bytes=cfg.max_doc_bytes, extract_text=cfg.extract_text,
                                       password_map=load_password_map(cfg.passwords) if cfg.passwords else ()))
     embed = EmbedPages(spec, batch_size=cfg.batch_size, layouts=layouts, fde=fde, max_batch_tokens=cfg.max_batch_tokens,
-                       text_model=text_model)
+                       text_model=text_model, sv_model=sv_model)
     layout_stats = LayoutStats(layouts, dim, fde)
     totals = {"indexed": 0, "partial": 0, "quarantined": 0, "pages": 0, "page_quarantine": 0, "superseded": 0}
     quarantine: list[dict] = []

@@ -52,9 +52,10 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
     dim = int(meta["dim"])
     fde_dim = int(meta.get("layouts", {}).get("sv-fde", {}).get("dim", 0)) or None
     text_dim = schema.field(S.SV_TEXT).type.list_size if S.SV_TEXT in schema.names else None
+    extra_sv = {"sv-vlm": schema.field(S.SV_VLM).type.list_size} if S.SV_VLM in schema.names else None
     sink = MilvusSink(conn, collection, dim, text_dim=text_dim, layouts=layouts, fde_dim=fde_dim, index_specs=index_specs,
                       mv_mode=mv_mode, milvus_layouts=milvus_layouts, partition_key=partition_key,
-                      corpus=corpus or meta.get("corpus", "default"))
+                      corpus=corpus or meta.get("corpus", "default"), extra_sv=extra_sv)
     dropped = []
     if recreate:
         sink.connect()

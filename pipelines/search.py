@@ -98,7 +98,7 @@ def _similarity(distance: float, fp) -> float:
 
 
 def stage1(sink: MilvusSink, query: np.ndarray, candidates: int, mode: str,
-           fde: FdeParams | None = None) -> list[tuple[str, float]]:
+           fde: FdeParams | None = None, sv_query: np.ndarray | None = None) -> list[tuple[str, float]]:
     """ANN in Milvus on a single-vector layout (sv-mean, sv-fde) or on a multi-vector layout
     (``patches`` = mv, or mv-pool3, ...: each query vector's nearest vectors, pages ranked by
     the sum of their best hits; an array-of-structs field is searched with MAX_SIM directly)."""
@@ -111,7 +111,9 @@ def stage1(sink: MilvusSink, query: np.ndarray, candidates: int, mode: str,
     client.load_collection(fp.collection)
     where = _corpus_filter(sink)
     if fp.mode == "page":
-        if fp.layout == "sv-fde":
+        if fp.layout == "sv-vlm":
+            q = sv_query
+        elif fp.layout == "sv-fde":
             q = FdeEncoder(query.shape[1], fde or FdeParams()).encode_query(query).astype(np.float32)
         else:
             q = normalise(query.sum(axis=0)).astype(np.float32)
@@ -161,7 +163,14 @@ def search(query_text: str, store: OutputStore, sink: MilvusSink, *, k: int = 10
     if stage1_mode == "text":
         found = text_stage1(sink, text_model, query_text, candidates)
     else:
-        found = stage1(sink, query, candidates, stage1_mode, fde)
+        sv_query = None
+        if stage1_mode == "sv-vlm":
+            from operators.sv_models import sv_embedder_for
+
+            if not meta.get("sv_model"):
+                raise ValueError("this index has no sv-vlm vectors: ingest with --model <model>,sv:<model>")
+            sv_query = sv_embedder_for(meta["sv_model"], spec).embed_queries([query_text])[0].astype(np.float32)
+        found = stage1(sink, query, candidates, stage1_mode, fde, sv_query)
         if hybrid:
             found = reciprocal_rank_fusion(found, text_stage1(sink, text_model, query_text, candidates))[:candidates]
     ids = [pid for pid, _ in found]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -114,3 +115,25 @@ def test_colpali_end_to_end_with_its_fixed_grid(small_corpus, tmp_path, capsys):
     assert (pc.list_value_length(pages["mv_rowcol"]).to_numpy() == special + 16).all()
     assert main(["search", "a table of numbers", "--out", str(out), "-k", "3", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
+
+
+def test_a_second_single_vector_image_model_in_the_same_run(small_corpus, tmp_path, capsys):
+    """ColQwen2 multi-vector and a Qwen3-VL single vector per page, in one run: each its own
+    Parquet column and Milvus field; search's stage 1 on the single vector; milvus-load keeps it."""
+    out = tmp_path / "sv"
+    summary = tmp_path / "sv.json"
+    assert main(["ingest", str(small_corpus.root), "--out", str(out), "--executor", "local", "--quiet",
+                 "--model", "colqwen2-tiny,sv:qwen3-vl-embedding-tiny@32", "--summary", str(summary)]) == 0
+    pages = read_pages(out)
+    assert pages.schema.field("sv_vlm").type == pa.list_(pa.float32(), 32)
+    vectors = np.array(pages["sv_vlm"].to_pylist(), np.float32)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    s = json.loads(summary.read_text())
+    assert s["milvus"]["fields"]["sv-vlm"]["collection"] == "pagemill_pages"
+    assert s["model"]["sv_model"]["dim"] == 32 and s["model"]["sv_model"]["pooling"] == "last-token"
+    assert main(["search", "revenue", "--out", str(out), "--stage1", "sv-vlm", "-k", "3", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 3
+    lite = str(tmp_path / "reloaded.db")
+    assert main(["milvus-load", str(out), "--milvus", lite, "--json"]) == 0
+    loaded = json.loads(capsys.readouterr().out)
+    assert loaded["fields"]["sv-vlm"]["dim"] == 32 and loaded["row_counts"]["pagemill_pages"] == pages.num_rows
