@@ -330,15 +330,7 @@ class ColQwen2Adapter(MultiVectorAdapter):
     def load(self) -> None:
         if self.model is not None:
             return
-        self.device = resolve_device(self.spec.device)
-        self.torch_dtype = resolve_dtype(self.spec.dtype, self.device)
-        if self.spec.weights == WEIGHTS_RANDOM:
-            model, processor = self._build_random()
-            model = model.to(self.torch_dtype)
-        elif self.spec.weights == WEIGHTS_HUB:
-            model, processor = self._load_pretrained()
-        else:
-            raise ModelError(f"unknown weights mode {self.spec.weights!r} (use hub or random)")
+        model, processor = build_or_load(self)
         self.model = model.to(self.device).eval()
         self.processor = processor
         self._image_token_id = int(getattr(self.processor, "image_token_id", None)
@@ -407,6 +399,19 @@ class ColQwen2Adapter(MultiVectorAdapter):
             emb = self.model(**self._model_inputs(inputs)).embeddings.float().cpu().numpy()
         mask = inputs["attention_mask"].bool().cpu().numpy()
         return [emb[i][mask[i]] for i in range(len(queries))]
+
+
+def build_or_load(adapter) -> tuple:
+    """Device and dtype from the adapter's spec, then (model, processor): built from the preset
+    with random weights, or loaded from the checkpoint."""
+    adapter.device = resolve_device(adapter.spec.device)
+    adapter.torch_dtype = resolve_dtype(adapter.spec.dtype, adapter.device)
+    if adapter.spec.weights == WEIGHTS_RANDOM:
+        model, processor = adapter._build_random()
+        return model.to(adapter.torch_dtype), processor
+    if adapter.spec.weights == WEIGHTS_HUB:
+        return adapter._load_pretrained()
+    raise ModelError(f"unknown weights mode {adapter.spec.weights!r} (use hub or random)")
 
 
 def byte_level_tokenizer(specials: list[str], **named):

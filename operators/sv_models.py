@@ -25,9 +25,8 @@ from operators.models import (
     ModelError,
     ModelSpec,
     _refuse_remote_code,
+    build_or_load,
     byte_level_qwen2_tokenizer,
-    resolve_device,
-    resolve_dtype,
 )
 from operators.render import PixelBudget
 
@@ -154,13 +153,7 @@ class Qwen3VLEmbedder:
     def load(self) -> None:
         if self.model is not None:
             return
-        self.device = resolve_device(self.spec.device)
-        self.torch_dtype = resolve_dtype(self.spec.dtype, self.device)
-        if self.spec.weights == WEIGHTS_RANDOM:
-            model, processor = self._build_random()
-            model = model.to(self.torch_dtype)
-        else:
-            model, processor = self._load_pretrained()
+        model, processor = build_or_load(self)
         self.model = model.to(self.device).eval()
         self.processor = processor
         self.dim  # noqa: B018  (checks the requested dimension against the loaded model)
