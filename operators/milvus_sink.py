@@ -319,8 +319,14 @@ class MilvusSink:
         return {k: pages[k].to_pylist() for k in (S.PAGE_ID, S.DOC_ID, S.DOC_VERSION, S.SOURCE_URI, S.PAGE_NUMBER)}
 
     def _write_pages(self, pages: pa.Table) -> None:
+        for collection, rows in self.rows_for(pages).items():
+            self._upsert(collection, rows)
+
+    def rows_for(self, pages: pa.Table) -> dict[str, list[dict]]:
+        """The rows of every collection of the plan for these pages (the page collection first)."""
+        out: dict[str, list[dict]] = {}
         if pages.num_rows == 0:
-            return
+            return out
         keys = self._keys(pages)
         ids = keys[S.PAGE_ID]
         corpus = {CORPUS: self.corpus} if self.plan.partition_key else {}
@@ -340,13 +346,13 @@ class MilvusSink:
                         row[fp.field] = matrix[i].tolist()
             else:
                 later.append(fp)
-        self._upsert(self.plan.pages_collection, page_rows)
+        out[self.plan.pages_collection] = page_rows
         for fp in later:
             if fp.mode == "page":  # the text layer, or a single vector in a collection of its own
                 if fp.column not in pages.column_names:
                     continue
                 values = pages[fp.column].to_pylist() if fp.layout == TEXT_LAYOUT else _sv_matrix(pages, fp).tolist()
-                self._upsert(fp.collection, [
+                out.setdefault(fp.collection, []).extend([
                     {S.PAGE_ID: ids[i], S.DOC_ID: keys[S.DOC_ID][i], S.DOC_VERSION: keys[S.DOC_VERSION][i],
                      fp.field: values[i], **corpus} for i in range(len(ids)) if values[i] is not None])
                 continue
@@ -357,7 +363,38 @@ class MilvusSink:
                     rows.append({PATCH_ID: f"{page_id}:{j}", S.PAGE_ID: page_id, S.DOC_ID: keys[S.DOC_ID][i],
                                  S.DOC_VERSION: keys[S.DOC_VERSION][i], PATCH_INDEX: j,
                                  VECTOR: _milvus_value(values[offsets[i] + j], fp.vtype), **corpus})
-            self._upsert(fp.collection, rows)
+            out.setdefault(fp.collection, []).extend(rows)
+        return out
+
+    # -- bulk import (Milvus' own import path: files the server reads itself) -------------------
+
+    def bulk_import(self, collection: str, path: str) -> int:
+        """Start importing one row-based JSON file (a path the server can read: on its local
+        storage, or a key in the bucket it uses). Returns the task id."""
+        handler = self.client._get_connection()
+        # The client's call context carries the database (pymilvus passes it per request).
+        return self._guard("bulk import", handler.do_bulk_insert, collection, "", [path], timeout=self.conn.timeout_s,
+                           context=self.client._generate_call_context())
+
+    def bulk_wait(self, tasks: list[int], timeout_s: float = 600.0) -> int:
+        """Wait for import tasks; returns rows imported. A failed task fails with its reason."""
+        handler = self.client._get_connection()
+        deadline = time.monotonic() + timeout_s
+        pending, rows = list(tasks), 0
+        while pending:
+            state = self._guard("bulk import state", handler.get_bulk_insert_state, pending[0],
+                                context=self.client._generate_call_context())
+            if state.state_name == "Completed":
+                rows += int(state.row_count)
+                pending.pop(0)
+                continue
+            if state.state_name == "Failed":
+                raise MilvusError(f"Milvus bulk import of {state.infos.get('files')} failed: "
+                                  f"{state.infos.get('failed_reason', '')[:300]}")
+            if time.monotonic() > deadline:
+                raise MilvusError(f"Milvus bulk import still {state.state_name} after {timeout_s:.0f}s")
+            time.sleep(0.5)
+        return rows
 
     def delete_other_versions(self, doc_versions: dict[str, str | None]) -> None:
         self._guard("delete", self._delete_other_versions, doc_versions)
@@ -448,6 +485,17 @@ def _milvus_value(v: np.ndarray, vtype: str):
     if vtype in ("float16", "int8"):
         return v
     return v.tolist()
+
+
+def json_value(v):
+    """A row value as Milvus' JSON import wants it (vectors as lists; binary as uint8 lists)."""
+    if isinstance(v, (bytes, bytearray)):
+        return list(v)
+    if isinstance(v, np.ndarray):
+        return v.astype(np.float32).tolist() if v.dtype == np.float16 else v.tolist()
+    if isinstance(v, list) and v and isinstance(v[0], dict):
+        return [{k: json_value(x) for k, x in d.items()} for d in v]
+    return v
 
 
 def _raw(v) -> bytes | None:

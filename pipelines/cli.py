@@ -286,6 +286,8 @@ def _milvus_load_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--milvus", help="Milvus URI (default OUT/milvus.db); token from $MILVUS_TOKEN")
     p.add_argument("--collection", default="pagemill", help="collection prefix (pagemill)")
     p.add_argument("--recreate", action="store_true", help="drop this index's collections first")
+    p.add_argument("--bulk-dir", help="use Milvus' bulk import: stage row files here, where the server can read them "
+                   "(its local storage, or s3://bucket/prefix in the bucket Milvus uses); needs empty collections")
     p.add_argument("--batch-pages", type=int, default=256, help="pages per upsert batch: the memory bound (256)")
     p.add_argument("--milvus-index", action="append", default=[], help="as for ingest: LAYOUT=TYPE[:key=value,...]")
     p.add_argument("--milvus-mv-mode", default="auto", choices=["auto", "rows", "struct"], help="as for ingest (auto)")
@@ -314,7 +316,7 @@ def _milvus_load(args) -> int:
     summary = milvus_load(store, _milvus_connection(args, uri), args.collection, recreate=args.recreate,
                           batch_pages=args.batch_pages, index_specs=parse_index_specs(args.milvus_index),
                           mv_mode=args.milvus_mv_mode, milvus_layouts=layouts, partition_key=args.milvus_partition_key,
-                          corpus=args.corpus)
+                          corpus=args.corpus, bulk_dir=args.bulk_dir)
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:

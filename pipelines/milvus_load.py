@@ -39,7 +39,12 @@ def _open(store: OutputStore, key: str) -> pq.ParquetFile:
 def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "pagemill", *, recreate: bool = False,
                 batch_pages: int = 256, index_specs: dict[str, IndexSpec] | None = None, mv_mode: str = "auto",
                 milvus_layouts: list[str] | None = None, partition_key: bool = False, corpus: str | None = None,
-                log=sys.stderr) -> dict:
+                bulk_dir: str | None = None, log=sys.stderr) -> dict:
+    """``bulk_dir``: use Milvus' bulk import instead of upserts. Row files (JSON) are written
+    there, one per shard and collection, and the server imports them itself: a folder the
+    server can read (a standalone server's local storage) or ``s3://bucket/prefix`` in the
+    bucket Milvus uses. Import inserts (it does not upsert): the collections must be empty, so
+    it goes with ``recreate`` or a new collection."""
     t0 = time.monotonic()
     ledger = Ledger(store)
     ledger.load()
@@ -69,6 +74,8 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
     columns = list(dict.fromkeys(c for c in columns if c in schema.names))
     docs = ledger.state.docs
     pages = 0
+    if bulk_dir:
+        return _bulk_load(store, sink, plan, shards, columns, batch_pages, bulk_dir, dropped, conn, t0, corpus, log)
     for n, key in enumerate(shards, 1):
         pf = _open(store, key)
         if corpus is None:
@@ -84,7 +91,52 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
         if log is not None:
             log.write(f"[pagemill] milvus-load: {n}/{len(shards)} shards, {pages} pages\n")
     counts = {c: sink.count(c) for c in sink.collections}
-    summary = {"uri": redact_uri(conn.uri), "shards": len(shards), "pages": pages, "dropped": dropped,
+    summary = {"uri": redact_uri(conn.uri), "path": "upsert", "shards": len(shards), "pages": pages, "dropped": dropped,
                "row_counts": counts, "wall_s": round(time.monotonic() - t0, 3), **plan.summary()}
+    sink.close()
+    return summary
+
+
+def _bulk_load(store, sink, plan, shards, columns, batch_pages, bulk_dir, dropped, conn, t0, corpus, log) -> dict:
+    from operators.milvus_sink import MilvusError, json_value
+    from operators.store import open_store
+
+    nonempty = {c: n for c in sink.collections if (n := sink.count(c))}
+    if nonempty:
+        raise MilvusError(f"bulk import inserts and cannot replace rows, but {', '.join(nonempty)} already hold rows: "
+                          f"add --recreate, use a new --collection, or load without --bulk-dir (upserts)")
+    stage = open_store(bulk_dir)
+    # The path the server reads: absolute on its local storage, or the key in its bucket.
+    base = str(stage.root) + "/" if hasattr(stage, "root") else getattr(stage, "prefix", "")
+    run = f"pagemill-{int(time.time())}"
+    tasks, expected, pages = [], {}, 0
+    for n, key in enumerate(shards, 1):
+        pf = _open(store, key)
+        if corpus is None:
+            sink.corpus = _metadata(pf.schema_arrow).get("corpus", "default")
+        rows: dict[str, list] = {}
+        for batch in pf.iter_batches(batch_size=batch_pages, columns=columns):
+            table = pa.Table.from_batches([batch])
+            pages += table.num_rows
+            for c, part in sink.rows_for(table).items():
+                rows.setdefault(c, []).extend({k: json_value(v) for k, v in r.items()} for r in part)
+        shard = key.rsplit("/", 1)[-1].removesuffix(".parquet")
+        for c, part in rows.items():
+            file_key = f"{run}/{c}/{shard}.json"
+            stage.write_bytes(file_key, json.dumps({"rows": part}).encode())
+            tasks.append(sink.bulk_import(c, base + file_key))
+            expected[c] = expected.get(c, 0) + len(part)
+        if log is not None:
+            log.write(f"[pagemill] milvus-load (bulk): {n}/{len(shards)} shards staged, {len(tasks)} import tasks\n")
+    imported = sink.bulk_wait(tasks)
+    # Imported segments count once the server has sealed and loaded them.
+    deadline = time.monotonic() + 300
+    counts = {c: sink.count(c) for c in sink.collections}
+    while counts != {c: expected.get(c, 0) for c in sink.collections} and time.monotonic() < deadline:
+        time.sleep(1.0)
+        counts = {c: sink.count(c) for c in sink.collections}
+    summary = {"uri": redact_uri(conn.uri), "path": "bulk", "shards": len(shards), "pages": pages, "dropped": dropped,
+               "rows_imported": imported, "row_counts": counts, "wall_s": round(time.monotonic() - t0, 3),
+               **plan.summary()}
     sink.close()
     return summary

@@ -173,3 +173,27 @@ def test_array_of_structs_on_a_real_2_6_4_server(small_corpus, tmp_path):
         sink.drop()
     finally:
         sink.close()
+
+
+def test_transient_failures_are_retried_and_others_are_not():
+    from operators.milvus_sink import MilvusConnection, MilvusSink
+
+    sink = MilvusSink(MilvusConnection("unused.db", retries=3))
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("StatusCode.UNAVAILABLE: connection reset by peer")
+        return "ok"
+
+    assert sink._call("upsert", flaky) == "ok" and len(calls) == 3
+
+    def refused():
+        calls.append(1)
+        raise ValueError("field vector: dim mismatch")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        sink._call("upsert", refused)
+    assert len(calls) == 1  # not transient: no retry

@@ -289,3 +289,31 @@ def test_partition_key_keeps_tenants_apart(server, small_corpus, tmp_path, capsy
         finally:
             sink.close()
         assert {r["page_id"] for r in got} == ids  # every page of the tenant, none of the other's
+
+
+def test_bulk_import_path_gives_the_same_index(server, direct, tmp_path, capsys):
+    """milvus-load --bulk-dir: row files staged where the server reads them, imported by Milvus
+    itself; the same counts as the direct sink, and the same search results."""
+    _, out, _ = direct
+    stage = tmp_path / "bulk-stage"
+    args = ["milvus-load", str(out), "--collection", "bulked", "--bulk-dir", str(stage), "--json",
+            *sum((["--milvus-index", i] for i in INDEXES), []), *conn_args(server)]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["path"] == "bulk" and list(stage.rglob("*.json"))
+    direct_counts = counts(server, "direct")
+    assert {c.replace("bulked", "direct"): n for c, n in counts(server, "bulked").items()} == direct_counts
+    assert summary["rows_imported"] == sum(direct_counts.values())
+    results = []
+    for collection in ("direct", "bulked"):
+        sink = MilvusSink(connection(server), collection, dim=0)
+        sink.connect()
+        try:
+            results.append(search(QUERY, LocalStore(out), sink, k=10, candidates=20, stage1_mode="mv-bin",
+                                  rerank="mv-pool3", vectors_from="milvus"))
+        finally:
+            sink.close()
+    assert [r["page_id"] for r in results[0]] == [r["page_id"] for r in results[1]]
+    # Import inserts, it cannot replace: a second bulk load into full collections is refused.
+    assert main(args) == 1
+    assert "already hold rows" in capsys.readouterr().err
