@@ -129,6 +129,24 @@ PRESETS: dict[str, dict] = {
         # hub id or folder of one (model_type colqwen2 with a qwen2_5_vl vlm_config) instead.
         hub_id=None,
     ),
+    "colmodernvbert-tiny": dict(
+        family="colmodernvbert",
+        text=dict(model_type="modernbert", vocab_size=None, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4),
+        vision=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, image_size=64, patch_size=8),
+        pixel_shuffle_factor=4, longest_edge=128, embedding_dim=128, hub_id=None,
+    ),
+    # ColModernVBERT (ModernVBERT: ModernBERT-base + SigLIP2-base/16 at 512 px, ~250M): pages are
+    # split into 512 px tiles plus a global view, 64 vectors each after the pixel shuffle.
+    "colmodernvbert": dict(
+        family="colmodernvbert",
+        text=dict(model_type="modernbert", vocab_size=50368, hidden_size=768, intermediate_size=1152,
+                  num_hidden_layers=22, num_attention_heads=12),
+        vision=dict(model_type="siglip_vision_model", hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                    num_attention_heads=12, image_size=512, patch_size=16),
+        pixel_shuffle_factor=4, longest_edge=2048, embedding_dim=128, hub_id="ModernVBERT/colmodernvbert-merged",
+    ),
     "colpali-tiny": dict(
         family="colpali",
         vision=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -260,7 +278,6 @@ class ColQwen2Adapter(MultiVectorAdapter):
         return self.spec.name
 
     def _build_random(self):
-        import torch
         from transformers import (
             ColQwen2Config,
             ColQwen2ForRetrieval,
@@ -287,10 +304,7 @@ class ColQwen2Adapter(MultiVectorAdapter):
             vision_end_token_id=ids["<|vision_end|>"],
         )
         config = ColQwen2Config(vlm_config=vlm, embedding_dim=self._preset["embedding_dim"])
-        config._attn_implementation = self.spec.attn_implementation
-        torch.manual_seed(self.spec.seed)
-        model = ColQwen2ForRetrieval(config)
-        return model, processor
+        return random_model(self.spec, ColQwen2ForRetrieval, config), processor
 
     def _classes(self):
         from transformers import ColQwen2ForRetrieval, ColQwen2Processor
@@ -370,18 +384,15 @@ class ColQwen2Adapter(MultiVectorAdapter):
             keep = mask[i]
             vectors = emb[i][keep]
             is_patch = ids[i][keep] == self._image_token_id
-            positions = np.flatnonzero(is_patch)
-            gh, gw = self._grid(inputs, i, len(positions))
-            out.append(
-                PageEmbedding(
-                    vectors=vectors,
-                    patch_offset=int(positions[0]) if len(positions) else 0,
-                    n_patches=int(len(positions)),
-                    grid_h=gh,
-                    grid_w=gw,
-                )
-            )
+            out.append(self._page_embedding(vectors, is_patch, inputs, i))
         return out
+
+    def _page_embedding(self, vectors: np.ndarray, is_patch: np.ndarray, inputs, i: int) -> PageEmbedding:
+        """The patch vectors are contiguous in Qwen2-VL's and PaliGemma's sequences."""
+        positions = np.flatnonzero(is_patch)
+        gh, gw = self._grid(inputs, i, len(positions))
+        return PageEmbedding(vectors=vectors, patch_offset=int(positions[0]) if len(positions) else 0,
+                             n_patches=int(len(positions)), grid_h=gh, grid_w=gw)
 
     def _model_inputs(self, inputs) -> dict:
         return dict(inputs)
@@ -399,6 +410,15 @@ class ColQwen2Adapter(MultiVectorAdapter):
             emb = self.model(**self._model_inputs(inputs)).embeddings.float().cpu().numpy()
         mask = inputs["attention_mask"].bool().cpu().numpy()
         return [emb[i][mask[i]] for i in range(len(queries))]
+
+
+def random_model(spec: ModelSpec, model_cls, config):
+    """The real class at the config's size, randomly initialised from the spec's seed."""
+    import torch
+
+    config._attn_implementation = spec.attn_implementation
+    torch.manual_seed(spec.seed)
+    return model_cls(config)
 
 
 def build_or_load(adapter) -> tuple:
@@ -446,7 +466,6 @@ class ColPaliAdapter(ColQwen2Adapter):
         return (self._image_size() // 14) ** 2  # fixed grid, whatever the page size
 
     def _build_random(self):
-        import torch
         from transformers import ColPaliConfig, ColPaliForRetrieval, ColPaliProcessor, PaliGemmaConfig
         from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
@@ -463,9 +482,7 @@ class ColPaliAdapter(ColQwen2Adapter):
                               image_token_id=processor.image_token_id,
                               projection_dim=self._preset["vision"]["projection_dim"])
         config = ColPaliConfig(vlm_config=vlm, embedding_dim=self._preset["embedding_dim"])
-        config._attn_implementation = self.spec.attn_implementation
-        torch.manual_seed(self.spec.seed)
-        return ColPaliForRetrieval(config), processor
+        return random_model(self.spec, ColPaliForRetrieval, config), processor
 
     def _classes(self):
         from transformers import ColPaliForRetrieval, ColPaliProcessor
@@ -482,6 +499,84 @@ class ColPaliAdapter(ColQwen2Adapter):
 
     def _model_inputs(self, inputs) -> dict:
         return {k: v for k, v in inputs.items() if k not in ("labels", "token_type_ids")}
+
+
+MODERNVBERT_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<pad>", "<unk>", "<fake_token_around_image>", "<image>",
+                        "<end_of_utterance>", "<global-img>"] + [f"<row_{i + 1}_col_{j + 1}>" for i in range(6)
+                                                                 for j in range(6)]
+
+
+class ColModernVBertAdapter(ColQwen2Adapter):
+    """``ColModernVBertForRetrieval`` (ModernBERT + SigLIP, bidirectional) + its processor (the
+    Idefics3 PIL image processor: a page becomes tiles of the vision tower's size plus a global
+    view). The image-token vectors are not contiguous (tile tags sit between tiles), so each
+    page's vectors are reordered image tokens first: MaxSim does not depend on order, and the
+    patches then sit at ``patch_offset`` 0 like every other model's."""
+
+    def _sizes(self) -> tuple[int, int, int]:
+        """(longest edge after resize, tile side, vectors per tile)."""
+        if self._preset is not None:
+            v = self._preset["vision"]
+            per_tile = (v["image_size"] // v["patch_size"] // self._preset["pixel_shuffle_factor"]) ** 2
+            return self._preset["longest_edge"], v["image_size"], per_tile
+        x = self.spec.extra
+        return int(x.get("longest_edge", 2048)), int(x.get("tile", 512)), int(x.get("per_tile", 64))
+
+    def pixel_budget(self) -> PixelBudget:
+        longest, _, _ = self._sizes()
+        return PixelBudget(max_pixels=self.spec.max_pixels or longest * longest * 3 // 4, multiple=1, min_side=16)
+
+    def visual_tokens(self, width: int, height: int) -> int:
+        longest, tile, per_tile = self._sizes()
+        scale = min(1.0, longest / max(width, height))
+        tiles = -(-int(width * scale) // tile) * -(-int(height * scale) // tile)
+        return per_tile * (tiles + (1 if tiles > 1 else 0))
+
+    def _build_random(self):
+        from transformers import (
+            ColModernVBertConfig,
+            ColModernVBertForRetrieval,
+            ColModernVBertProcessor,
+            ModernVBertConfig,
+        )
+        from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+        tok = byte_level_tokenizer(MODERNVBERT_SPECIALS, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
+                                   pad_token="<pad>", unk_token="<unk>")
+        longest, tile, per_tile = self._sizes()
+        ip = Idefics3ImageProcessorPil(do_image_splitting=True, size={"longest_edge": longest},
+                                       max_image_size={"longest_edge": tile}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        processor = ColModernVBertProcessor(image_processor=ip, tokenizer=tok, image_seq_len=per_tile)
+        text = dict(self._preset["text"])
+        text["vocab_size"] = text["vocab_size"] or len(tok)
+        text.update(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                    cls_token_id=tok.bos_token_id, sep_token_id=tok.eos_token_id)
+        vlm = ModernVBertConfig(text_config=text, vision_config=self._preset["vision"],
+                                image_token_id=processor.image_token_id,
+                                pixel_shuffle_factor=self._preset["pixel_shuffle_factor"])
+        config = ColModernVBertConfig(vlm_config=vlm, embedding_dim=self._preset["embedding_dim"])
+        return random_model(self.spec, ColModernVBertForRetrieval, config), processor
+
+    def _classes(self):
+        from transformers import ColModernVBertForRetrieval, ColModernVBertProcessor
+
+        return ColModernVBertForRetrieval, ColModernVBertProcessor
+
+    def _after_load(self, model, processor) -> None:
+        ip = processor.image_processor
+        self.spec.extra.update(longest_edge=int(ip.size["longest_edge"]), tile=int(ip.max_image_size["longest_edge"]),
+                               per_tile=int(processor.image_seq_len))
+
+    def _page_embedding(self, vectors: np.ndarray, is_patch: np.ndarray, inputs, i: int) -> PageEmbedding:
+        n = int(is_patch.sum())
+        _, _, per_tile = self._sizes()
+        side = int(round(per_tile ** 0.5))
+        # Image tokens first (tile after tile, each tile `side` rows of `side`), then the rest.
+        return PageEmbedding(vectors=np.concatenate([vectors[is_patch], vectors[~is_patch]]), patch_offset=0,
+                             n_patches=n, grid_h=max(1, n // side), grid_w=side)
+
+    def _model_inputs(self, inputs) -> dict:
+        return {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
 
 
 def _refuse_remote_code(spec: ModelSpec) -> None:
@@ -508,14 +603,16 @@ def family_of(spec: ModelSpec) -> str:
 
         conf = json.loads(open(config).read())
         model_type = conf.get("model_type", "")
-        if model_type in ("colpali", "colqwen2"):
+        if model_type in ("colpali", "colqwen2", "colmodernvbert"):
             return model_type
         hint = " (its auto_map points at its own code; those architectures are not supported)" if conf.get("auto_map") else ""
         raise ModelError(f"{spec.name}: unsupported model_type {model_type!r}{hint} (supported: colqwen2 (Qwen2-VL, "
                          f"Qwen2.5-VL), colpali)")
-    return "colpali" if "colpali" in spec.name.lower() else "colqwen2"
+    lowered = spec.name.lower()
+    return "colpali" if "colpali" in lowered else ("colmodernvbert" if "modernvbert" in lowered else "colqwen2")
 
 
 def adapter_for(spec: ModelSpec) -> MultiVectorAdapter:
     """The adapter for a spec: ColQwen2 (Qwen2-VL) or ColPali (PaliGemma) checkpoints."""
-    return {"colqwen2": ColQwen2Adapter, "colpali": ColPaliAdapter}[family_of(spec)](spec)
+    return {"colqwen2": ColQwen2Adapter, "colpali": ColPaliAdapter,
+            "colmodernvbert": ColModernVBertAdapter}[family_of(spec)](spec)

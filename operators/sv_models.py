@@ -27,6 +27,7 @@ from operators.models import (
     _refuse_remote_code,
     build_or_load,
     byte_level_qwen2_tokenizer,
+    random_model,
 )
 from operators.render import PixelBudget
 
@@ -119,7 +120,6 @@ class Qwen3VLEmbedder:
         return _ImageTextProcessor(tokenizer, image_processor)
 
     def _build_random(self):
-        import torch
         from transformers import Qwen3VLConfig, Qwen3VLModel
 
         tokenizer = byte_level_qwen2_tokenizer()
@@ -130,9 +130,7 @@ class Qwen3VLEmbedder:
         config = Qwen3VLConfig(text_config=text, vision_config=dict(self._preset["vision"]),
                                image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                                vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-        config._attn_implementation = self.spec.attn_implementation
-        torch.manual_seed(self.spec.seed)
-        return Qwen3VLModel(config), self._processor(tokenizer)
+        return random_model(self.spec, Qwen3VLModel, config), self._processor(tokenizer)
 
     def _load_pretrained(self):
         from transformers import AutoImageProcessor, AutoTokenizer, Qwen3VLModel

@@ -158,3 +158,37 @@ def test_remote_code_needs_an_explicit_opt_in(tiny, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="unsupported model_type 'jina_embeddings_v4'.*auto_map"):
         adapter_for(ModelSpec(name=str(tmp_path), weights="hub", trust_remote_code=True))
+
+
+def test_colmodernvbert_real_class_tiles_and_round_trip(tmp_path):
+    from transformers import ColModernVBertForRetrieval
+
+    a = adapter_for(ModelSpec(name="colmodernvbert-tiny", weights="random"))
+    a.load()
+    assert isinstance(a.model, ColModernVBertForRetrieval)
+    pages = _pages()
+    embs = a.embed_images(pages)
+    for emb, (h, w) in zip(embs, [(280, 252), (224, 336)]):
+        # Tiles of 64 px (after a resize to a 128 px longest edge) plus a global view, 4 vectors each.
+        assert emb.n_patches == a.visual_tokens(w, h) and emb.n_patches % 4 == 0 and emb.patch_offset == 0
+        assert emb.vectors.shape[1] == 128 and emb.vectors.shape[0] > emb.n_patches
+        np.testing.assert_allclose(np.linalg.norm(emb.vectors, axis=1), 1.0, atol=1e-5)
+    assert a.embed_queries(["a question"])[0].shape[1] == 128
+    a.model.save_pretrained(tmp_path)
+    a.processor.save_pretrained(tmp_path)
+    loaded = adapter_for(ModelSpec(name=str(tmp_path), weights="hub", dtype="float32"))
+    assert type(loaded).__name__ == "ColModernVBertAdapter"
+    loaded.load()
+    for x, y in zip(embs, loaded.embed_images(pages)):
+        np.testing.assert_array_equal(x.vectors, y.vectors)
+    np.testing.assert_array_equal(a.embed_queries(["q"])[0], loaded.embed_queries(["q"])[0])
+
+
+def test_colmodernvbert_real_size_builds_offline():
+    a = adapter_for(ModelSpec(name="colmodernvbert", weights="random"))
+    assert a.visual_tokens(1700, 2200) == 64 * (4 * 4 + 1)  # to 1582 x 2048: 4 x 4 tiles of 512 + global
+    with torch.device("meta"):
+        model, processor = a._build_random()
+    n = sum(p.numel() for p in model.parameters())
+    assert 2.3e8 < n < 2.8e8  # ~250M: ModernBERT-base + SigLIP-base/16
+    assert processor.image_seq_len == 64

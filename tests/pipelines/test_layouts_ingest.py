@@ -137,3 +137,16 @@ def test_a_second_single_vector_image_model_in_the_same_run(small_corpus, tmp_pa
     assert main(["milvus-load", str(out), "--milvus", lite, "--json"]) == 0
     loaded = json.loads(capsys.readouterr().out)
     assert loaded["fields"]["sv-vlm"]["dim"] == 32 and loaded["row_counts"]["pagemill_pages"] == pages.num_rows
+
+
+def test_colmodernvbert_end_to_end_with_tiles(small_corpus, tmp_path, capsys):
+    out = tmp_path / "cmvb"
+    assert main(["ingest", str(small_corpus.root), "--out", str(out), "--executor", "local", "--quiet",
+                 "--model", "colmodernvbert-tiny", "--layouts", "mv-pool2,mv-rowcol"]) == 0
+    pages = read_pages(out)
+    assert pages.num_rows == sum(small_corpus.ok_pages.values())
+    n = pages["n_patches"].to_numpy()
+    assert (n % 4 == 0).all() and (n >= 4).all() and set(pages["patch_offset"].to_pylist()) == {0}
+    assert (pages["patch_grid_h"].to_numpy() * pages["patch_grid_w"].to_numpy() == n).all()
+    assert main(["search", "revenue", "--out", str(out), "-k", "3", "--rerank", "mv-pool2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 3

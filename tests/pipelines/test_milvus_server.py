@@ -71,6 +71,17 @@ def counts(server, collection: str) -> dict[str, int]:
         client.close()
 
 
+def search_in(server, out, collection: str, stage1: str) -> list[dict]:
+    """The cascade against one collection, both stages from Milvus."""
+    sink = MilvusSink(connection(server), collection, dim=0)
+    sink.connect()
+    try:
+        return search(QUERY, LocalStore(out), sink, k=10, candidates=20, stage1_mode=stage1, rerank="mv-pool3",
+                      vectors_from="milvus")
+    finally:
+        sink.close()
+
+
 @pytest.fixture(scope="module")
 def direct(server, small_corpus, tmp_path_factory):
     """The small corpus, ingested straight into the server."""
@@ -199,17 +210,9 @@ def test_milvus_load_rebuilds_the_same_index(server, direct, capsys):
     assert {c.replace("loaded", "direct"): n for c, n in loaded.items()} == direct_counts
     assert summary["pages"] == read_pages(out).num_rows
     # Same search results as the direct sink, stage 1 and stage 2 both from Milvus.
-    results = []
-    for collection in ("direct", "loaded"):
-        sink = MilvusSink(connection(server), collection, dim=0)
-        sink.connect()
-        try:
-            results.append(search(QUERY, LocalStore(out), sink, k=10, candidates=20, stage1_mode="mv-pool3",
-                                  rerank="mv-pool3", vectors_from="milvus"))
-        finally:
-            sink.close()
-    assert [r["page_id"] for r in results[0]] == [r["page_id"] for r in results[1]]
-    assert [r["score"] for r in results[0]] == [r["score"] for r in results[1]]
+    first, second = (search_in(server, out, c, "mv-pool3") for c in ("direct", "loaded"))
+    assert [r["page_id"] for r in first] == [r["page_id"] for r in second]
+    assert [r["score"] for r in first] == [r["score"] for r in second]
     # --recreate with another index type for mv: the collection is rebuilt with it.
     assert main(["milvus-load", str(out), "--collection", "loaded", "--recreate", "--milvus-index", "mv=HNSW",
                  *conn_args(server)]) == 0
@@ -304,16 +307,8 @@ def test_bulk_import_path_gives_the_same_index(server, direct, tmp_path, capsys)
     direct_counts = counts(server, "direct")
     assert {c.replace("bulked", "direct"): n for c, n in counts(server, "bulked").items()} == direct_counts
     assert summary["rows_imported"] == sum(direct_counts.values())
-    results = []
-    for collection in ("direct", "bulked"):
-        sink = MilvusSink(connection(server), collection, dim=0)
-        sink.connect()
-        try:
-            results.append(search(QUERY, LocalStore(out), sink, k=10, candidates=20, stage1_mode="mv-bin",
-                                  rerank="mv-pool3", vectors_from="milvus"))
-        finally:
-            sink.close()
-    assert [r["page_id"] for r in results[0]] == [r["page_id"] for r in results[1]]
+    first, second = (search_in(server, out, c, "mv-bin") for c in ("direct", "bulked"))
+    assert [r["page_id"] for r in first] == [r["page_id"] for r in second]
     # Import inserts, it cannot replace: a second bulk load into full collections is refused.
     assert main(args) == 1
     assert "already hold rows" in capsys.readouterr().err
