@@ -65,7 +65,7 @@ class ModelSpec:
     weights: str = WEIGHTS_RANDOM
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "auto"  # auto: flash_attention_2 on CUDA when flash-attn is installed, else sdpa
     max_pixels: int | None = None  # override the preset's pixel budget
     seed: int = 0
     trust_remote_code: bool = False  # run Python code shipped with a checkpoint: only on the user's explicit opt-in
@@ -180,6 +180,21 @@ def resolve_dtype(dtype: str, device: str):
                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
     except KeyError:
         raise ModelError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)") from None
+
+
+ATTN_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
+
+
+def resolve_attn(attn: str, device: str) -> str:
+    """``auto``: FlashAttention-2 on a CUDA device when the flash-attn package is installed, else
+    PyTorch's scaled-dot-product attention."""
+    import importlib.util
+
+    if attn not in ATTN_CHOICES:
+        raise ModelError(f"unknown attention implementation {attn!r} (use {', '.join(ATTN_CHOICES)})")
+    if attn != "auto":
+        return attn
+    return "flash_attention_2" if device.startswith("cuda") and importlib.util.find_spec("flash_attn") else "sdpa"
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -416,7 +431,7 @@ def random_model(spec: ModelSpec, model_cls, config):
     """The real class at the config's size, randomly initialised from the spec's seed."""
     import torch
 
-    config._attn_implementation = spec.attn_implementation
+    config._attn_implementation = resolve_attn(spec.attn_implementation, "cpu")  # resolved for the device by load
     torch.manual_seed(spec.seed)
     return model_cls(config)
 
@@ -426,6 +441,7 @@ def build_or_load(adapter) -> tuple:
     with random weights, or loaded from the checkpoint."""
     adapter.device = resolve_device(adapter.spec.device)
     adapter.torch_dtype = resolve_dtype(adapter.spec.dtype, adapter.device)
+    adapter.spec.attn_implementation = resolve_attn(adapter.spec.attn_implementation, adapter.device)
     if adapter.spec.weights == WEIGHTS_RANDOM:
         model, processor = adapter._build_random()
         return model.to(adapter.torch_dtype), processor

@@ -51,6 +51,8 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
                    help="allow a checkpoint's own Python code to run (refused by default)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--attn-implementation", choices=["auto", "sdpa", "eager", "flash_attention_2"],
+                   help="attention kernels (auto: FlashAttention-2 on CUDA when flash-attn is installed, else sdpa)")
     p.add_argument("--max-pixels", type=int, help="pixel budget per page (default: the model's)")
     p.add_argument("--batch-size", type=int, help="pages per forward pass (default 8)")
     p.add_argument("--max-batch-tokens", type=int, help="visual tokens per forward pass; on out-of-memory a batch "

@@ -42,7 +42,7 @@ class IngestConfig:
     weights: str = "random"
     device: str = "auto"
     dtype: str = "auto"
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "auto"  # auto | sdpa | eager | flash_attention_2 (auto: flash-attn on CUDA if installed)
     trust_remote_code: bool = False  # run code shipped with a checkpoint (explicit opt-in only)
     max_pixels: int | None = None
     executor: str = "ray"
@@ -91,7 +91,8 @@ class IngestConfig:
         choices = {"executor": ("ray", "local"), "weights": ("hub", "random"),
                    "dtype": ("auto", "float32", "bfloat16", "float16"),
                    "s3_addressing_style": ("auto", "path", "virtual"), "s3_retry_mode": ("standard", "adaptive"),
-                   "milvus_mv_mode": ("auto", "rows", "struct")}
+                   "milvus_mv_mode": ("auto", "rows", "struct"),
+                   "attn_implementation": ("auto", "sdpa", "eager", "flash_attention_2")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")

@@ -192,3 +192,12 @@ def test_colmodernvbert_real_size_builds_offline():
     n = sum(p.numel() for p in model.parameters())
     assert 2.3e8 < n < 2.8e8  # ~250M: ModernBERT-base + SigLIP-base/16
     assert processor.image_seq_len == 64
+
+
+def test_attention_auto_is_sdpa_without_cuda_or_flash_attn(tiny):
+    from operators.models import resolve_attn
+
+    assert tiny.effective_settings()["attn_implementation"] == "sdpa"
+    assert resolve_attn("auto", "cpu") == "sdpa" and resolve_attn("eager", "cpu") == "eager"
+    with pytest.raises(ModelError, match="unknown attention"):
+        resolve_attn("flash3", "cpu")
