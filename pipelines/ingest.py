@@ -76,8 +76,9 @@ def _announced(units, counts: PlanCounts, progress: Progress, log):
               f"{counts.pending} to process in {n} units\n")
 
 
-def run_ingest(cfg: IngestConfig, log=sys.stderr) -> dict:
+def run_ingest(cfg: IngestConfig, log=None) -> dict:
     """Run the job to the end and return the run summary (also written to ``OUT/_runs/``)."""
+    log = log or sys.stderr  # looked up now: a stream bound at import time may be closed since
     t_start = time.time()
     run_id = new_run_id()
     s3 = cfg.s3_options()

@@ -39,12 +39,13 @@ def _open(store: OutputStore, key: str) -> pq.ParquetFile:
 def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "pagemill", *, recreate: bool = False,
                 batch_pages: int = 256, index_specs: dict[str, IndexSpec] | None = None, mv_mode: str = "auto",
                 milvus_layouts: list[str] | None = None, partition_key: bool = False, corpus: str | None = None,
-                bulk_dir: str | None = None, log=sys.stderr) -> dict:
+                bulk_dir: str | None = None, log=None) -> dict:
     """``bulk_dir``: use Milvus' bulk import instead of upserts. Row files (JSON) are written
     there, one per shard and collection, and the server imports them itself: a folder the
     server can read (a standalone server's local storage) or ``s3://bucket/prefix`` in the
     bucket Milvus uses. Import inserts (it does not upsert): the collections must be empty, so
     it goes with ``recreate`` or a new collection."""
+    log = log or sys.stderr  # looked up now: a stream bound at import time may be closed since
     t0 = time.monotonic()
     ledger = Ledger(store)
     ledger.load()
