@@ -339,10 +339,10 @@ def _search(args) -> int:
         raise ValueError("--milvus is required when OUT is not a local folder")
     sink = MilvusSink(_milvus_connection(args, uri), args.collection, dim=0)
     sink.connect()
-    sink.search_corpus = args.corpus
     try:
         results = search(args.query, store, sink, k=args.k, candidates=args.candidates, stage1_mode=args.stage1,
-                         rerank=args.rerank, vectors_from=args.vectors_from, hybrid=args.hybrid)
+                         rerank=args.rerank, vectors_from=args.vectors_from, hybrid=args.hybrid,
+                         corpus=args.corpus)
     finally:
         sink.close()
     if args.json:

@@ -22,7 +22,7 @@ from operators import encodings as E
 from operators import schema as S
 from operators.fde import FdeEncoder, FdeParams
 from operators.layouts import LayoutScorer, normalise, parse_layout
-from operators.milvus_plan import TEXT_LAYOUT
+from operators.milvus_plan import CORPUS, TEXT_LAYOUT
 from operators.milvus_sink import MilvusSink
 from operators.models import ModelSpec, adapter_for
 from operators.parquet_sink import PAGES_PREFIX
@@ -66,7 +66,8 @@ def reciprocal_rank_fusion(*lists: list[tuple[str, float]], k: int = RRF_K) -> l
     return sorted(fused.items(), key=lambda kv: -kv[1])
 
 
-def text_stage1(sink: MilvusSink, text_model: str, query_text: str, candidates: int) -> list[tuple[str, float]]:
+def text_stage1(sink: MilvusSink, text_model: str, query_text: str, candidates: int,
+                where: str = "") -> list[tuple[str, float]]:
     from operators.text_embed import TextEmbedder
 
     fp = sink.plan.by_layout(TEXT_LAYOUT)
@@ -75,13 +76,17 @@ def text_stage1(sink: MilvusSink, text_model: str, query_text: str, candidates: 
     sink.client.load_collection(fp.collection)
     q = TextEmbedder(text_model).embed_queries([query_text])[0]
     hits = sink.client.search(fp.collection, data=[q.tolist()], anns_field=fp.field, limit=candidates,
-                              output_fields=[S.PAGE_ID], filter=_corpus_filter(sink))[0]
+                              output_fields=[S.PAGE_ID], filter=where)[0]
     return [(h["entity"][S.PAGE_ID], float(h["distance"])) for h in hits]
 
 
-def _corpus_filter(sink: MilvusSink) -> str:
-    corpus = getattr(sink, "search_corpus", None)
-    return f'corpus == "{corpus}"' if corpus and sink.plan.partition_key else ""
+def corpus_filter(sink: MilvusSink, corpus: str | None) -> str:
+    """The filter keeping one corpus (tenant) of an index built with a partition key."""
+    if not corpus:
+        return ""
+    if not sink.plan.partition_key:
+        raise ValueError(f"--corpus {corpus}: this index has no corpus field (ingest with --milvus-partition-key)")
+    return f"{CORPUS} == {json.dumps(corpus)}"  # a quoted, escaped string literal
 
 
 def _query_value(v: np.ndarray, fp):
@@ -97,8 +102,8 @@ def _similarity(distance: float, fp) -> float:
     return fp.dim - 2.0 * distance if fp.vtype == "binary" else distance
 
 
-def stage1(sink: MilvusSink, query: np.ndarray, candidates: int, mode: str,
-           fde: FdeParams | None = None, sv_query: np.ndarray | None = None) -> list[tuple[str, float]]:
+def stage1(sink: MilvusSink, query: np.ndarray, candidates: int, mode: str, fde: FdeParams | None = None,
+           sv_query: np.ndarray | None = None, where: str = "") -> list[tuple[str, float]]:
     """ANN in Milvus on a single-vector layout (sv-mean, sv-fde) or on a multi-vector layout
     (``patches`` = mv, or mv-pool3, ...: each query vector's nearest vectors, pages ranked by
     the sum of their best hits; an array-of-structs field is searched with MAX_SIM directly)."""
@@ -109,7 +114,6 @@ def stage1(sink: MilvusSink, query: np.ndarray, candidates: int, mode: str,
         held = [f.layout for f in sink.plan.fields if f.layout != TEXT_LAYOUT]
         raise ValueError(f"--stage1 {mode!r}: not in Milvus (this index holds {', '.join(held)}; or use text)")
     client.load_collection(fp.collection)
-    where = _corpus_filter(sink)
     if fp.mode == "page":
         if fp.layout == "sv-vlm":
             q = sv_query
@@ -144,7 +148,7 @@ def stage1(sink: MilvusSink, query: np.ndarray, candidates: int, mode: str,
 
 def search(query_text: str, store: OutputStore, sink: MilvusSink, *, k: int = 10, candidates: int = 100,
            stage1_mode: str = "sv-mean", rerank: str = "mv", vectors_from: str = "parquet",
-           spec: ModelSpec | None = None, hybrid: bool = False) -> list[dict]:
+           spec: ModelSpec | None = None, hybrid: bool = False, corpus: str | None = None) -> list[dict]:
     """``stage1_mode``: sv-mean | patches | text; ``hybrid`` fuses the visual stage 1 with the
     text-layer stage 1 by reciprocal rank fusion."""
     meta = recorded_metadata(store)
@@ -160,8 +164,9 @@ def search(query_text: str, store: OutputStore, sink: MilvusSink, *, k: int = 10
     if "sv-fde" in meta.get("layouts", {}):
         p = meta["layouts"]["sv-fde"]
         fde = FdeParams(p["fde_reps"], p["fde_bits"], p["fde_proj_dim"], p["fde_seed"])
+    where = corpus_filter(sink, corpus)
     if stage1_mode == "text":
-        found = text_stage1(sink, text_model, query_text, candidates)
+        found = text_stage1(sink, text_model, query_text, candidates, where)
     else:
         sv_query = None
         if stage1_mode == "sv-vlm":
@@ -170,9 +175,10 @@ def search(query_text: str, store: OutputStore, sink: MilvusSink, *, k: int = 10
             if not meta.get("sv_model"):
                 raise ValueError("this index has no sv-vlm vectors: ingest with --model <model>,sv:<model>")
             sv_query = sv_embedder_for(meta["sv_model"], spec).embed_queries([query_text])[0].astype(np.float32)
-        found = stage1(sink, query, candidates, stage1_mode, fde, sv_query)
+        found = stage1(sink, query, candidates, stage1_mode, fde, sv_query, where)
         if hybrid:
-            found = reciprocal_rank_fusion(found, text_stage1(sink, text_model, query_text, candidates))[:candidates]
+            found = reciprocal_rank_fusion(found, text_stage1(sink, text_model, query_text, candidates,
+                                                              where))[:candidates]
     ids = [pid for pid, _ in found]
     if rerank == "none" or not ids:
         scored = found

@@ -286,9 +286,8 @@ def test_partition_key_keeps_tenants_apart(server, small_corpus, tmp_path, capsy
     for tenant, (out, ids) in roots.items():
         sink = MilvusSink(lite, "tenants", dim=0)
         sink.connect()
-        sink.search_corpus = tenant
         try:
-            got = search(QUERY, LocalStore(out), sink, k=50, candidates=50, rerank="none")
+            got = search(QUERY, LocalStore(out), sink, k=50, candidates=50, rerank="none", corpus=tenant)
         finally:
             sink.close()
         assert {r["page_id"] for r in got} == ids  # every page of the tenant, none of the other's

@@ -112,3 +112,8 @@ def test_text_layer_sentence_finds_its_page(text_indexed, capsys):
     assert hits == 8
     assert main(["search", "a sentence", "--out", str(text_indexed), "--hybrid", "-k", "5", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 5
+
+
+def test_corpus_filter_needs_an_index_with_a_partition_key(indexed, capsys):
+    assert main(["search", QUERY, "--out", str(indexed), "--corpus", "acme"]) == 1
+    assert "no corpus field" in capsys.readouterr().err
