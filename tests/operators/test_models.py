@@ -201,3 +201,42 @@ def test_attention_auto_is_sdpa_without_cuda_or_flash_attn(tiny):
     assert resolve_attn("auto", "cpu") == "sdpa" and resolve_attn("eager", "cpu") == "eager"
     with pytest.raises(ModelError, match="unknown attention"):
         resolve_attn("flash3", "cpu")
+
+
+def _corpus_page(budget) -> np.ndarray:
+    """Page 1 of a real chart PDF from the shared corpus, rendered at the model's pixel budget."""
+    import pymupdf
+    from conftest import CORPUS, read_tsv
+
+    from operators.render import target_size
+
+    row = next(r for r in read_tsv("SMOKE.tsv") if r["category"] == "charts" and r["expectation"] == "ok")
+    with pymupdf.open(CORPUS / row["file"]) as doc:
+        page = doc[0]
+        w, h = target_size(page.rect.width, page.rect.height, budget)
+        pix = page.get_pixmap(matrix=pymupdf.Matrix(w / page.rect.width, h / page.rect.height), alpha=False)
+        return np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.width, 3).copy()
+
+
+@pytest.mark.parametrize("preset", ["colqwen2-tiny", "colqwen2.5-tiny", "colpali-tiny", "colmodernvbert-tiny"])
+def test_every_architecture_embeds_a_rendered_corpus_page(preset):
+    a = adapter_for(ModelSpec(name=preset, weights="random"))
+    a.load()
+    page = _corpus_page(a.pixel_budget())
+    h, w, _ = page.shape
+    assert w * h <= a.pixel_budget().max_pixels
+    emb = a.embed_images([page])[0]
+    assert emb.vectors.dtype == np.float32 and emb.vectors.ndim == 2 and emb.vectors.shape[1] == 128
+    assert emb.n_patches == a.visual_tokens(w, h) > 0 and emb.vectors.shape[0] > emb.n_patches
+    assert emb.grid_h * emb.grid_w == emb.n_patches
+    np.testing.assert_allclose(np.linalg.norm(emb.vectors, axis=1), 1.0, atol=1e-4)
+
+
+def test_the_single_vector_model_embeds_a_rendered_corpus_page():
+    from operators.sv_models import sv_embedder_for
+
+    e = sv_embedder_for("qwen3-vl-embedding-tiny", ModelSpec())
+    e.load()
+    v = e.embed_images([_corpus_page(e.pixel_budget())])
+    assert v.shape == (1, 64) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
