@@ -357,14 +357,11 @@ class ColQwen2Adapter(MultiVectorAdapter):
             self._max_pixels = int(ip.size["longest_edge"])
 
     def load(self) -> None:
-        if self.model is not None:
+        if not load_once(self):
             return
-        model, processor = build_or_load(self)
-        self.model = model.to(self.device).eval()
-        self.processor = processor
         self._image_token_id = int(getattr(self.processor, "image_token_id", None)
                                    or self.model.config.vlm_config.image_token_id)
-        self._merge = int(getattr(processor.image_processor, "merge_size", 2))
+        self._merge = int(getattr(self.processor.image_processor, "merge_size", 2))
 
     def effective_settings(self) -> dict:
         return {
@@ -434,6 +431,17 @@ def random_model(spec: ModelSpec, model_cls, config):
     config._attn_implementation = resolve_attn(spec.attn_implementation, "cpu")  # resolved for the device by load
     torch.manual_seed(spec.seed)
     return model_cls(config)
+
+
+def load_once(adapter) -> bool:
+    """Load the adapter's model and processor unless it has them (once per actor, not per
+    batch); True when it loaded now."""
+    if adapter.model is not None:
+        return False
+    model, processor = build_or_load(adapter)
+    adapter.model = model.to(adapter.device).eval()
+    adapter.processor = processor
+    return True
 
 
 def build_or_load(adapter) -> tuple:

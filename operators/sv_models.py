@@ -25,8 +25,8 @@ from operators.models import (
     ModelError,
     ModelSpec,
     _refuse_remote_code,
-    build_or_load,
     byte_level_qwen2_tokenizer,
+    load_once,
     random_model,
 )
 from operators.render import PixelBudget
@@ -149,12 +149,8 @@ class Qwen3VLEmbedder:
         return model, processor
 
     def load(self) -> None:
-        if self.model is not None:
-            return
-        model, processor = build_or_load(self)
-        self.model = model.to(self.device).eval()
-        self.processor = processor
-        self.dim  # noqa: B018  (checks the requested dimension against the loaded model)
+        if load_once(self):
+            self.dim  # noqa: B018  (checks the requested dimension against the loaded model)
 
     def effective_settings(self) -> dict:
         return {"model": self.name, "weights": self.spec.weights, "dim": self.dim, "full_dim": self.full_dim,
