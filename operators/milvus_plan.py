@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from operators.layouts import Layout
 
 PATCH_ID = "patch_id"
-PATCH_INDEX = "patch_index"
 VECTOR = "vector"
 CORPUS = "corpus"
 TEXT_LAYOUT = "text"
@@ -390,11 +389,11 @@ def build_collection(plan: MilvusPlan, collection: str):
         schema.add_field("source_uri", DataType.VARCHAR, max_length=4096)
         schema.add_field("page_number", DataType.INT32)
     elif fields and fields[0].mode == "rows":
+        # As few scalars as possible on the rows that are most numerous (and most costly to
+        # send): the document is the page_id's prefix, the vector's index the patch_id's suffix.
         schema.add_field(PATCH_ID, DataType.VARCHAR, is_primary=True, max_length=80)
         schema.add_field("page_id", DataType.VARCHAR, **key)
-        schema.add_field("doc_id", DataType.VARCHAR, max_length=32)
         schema.add_field("doc_version", DataType.VARCHAR, max_length=256)
-        schema.add_field(PATCH_INDEX, DataType.INT32)
     else:  # the text layer, or a single-vector layout in a page-level collection of its own
         schema.add_field("page_id", DataType.VARCHAR, is_primary=True, **key)
         schema.add_field("doc_id", DataType.VARCHAR, max_length=32)

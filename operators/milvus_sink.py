@@ -25,7 +25,6 @@ from operators import schema as S
 from operators.milvus_plan import (
     CORPUS,
     PATCH_ID,
-    PATCH_INDEX,
     TEXT_LAYOUT,
     VECTOR,
     FieldPlan,
@@ -38,7 +37,7 @@ from operators.milvus_plan import (
     server_info,
 )
 
-__all__ = ["MilvusError", "MilvusSink", "MilvusConnection", "PATCH_ID", "PATCH_INDEX", "VECTOR", "redact_uri",
+__all__ = ["MilvusError", "MilvusSink", "MilvusConnection", "PATCH_ID", "VECTOR", "redact_uri",
            "is_lite_uri"]
 
 UPSERT_BATCH_ROWS = 2000
@@ -360,8 +359,7 @@ class MilvusSink:
             rows = []
             for i, page_id in enumerate(ids):
                 for j in range(offsets[i + 1] - offsets[i]):
-                    rows.append({PATCH_ID: f"{page_id}:{j}", S.PAGE_ID: page_id, S.DOC_ID: keys[S.DOC_ID][i],
-                                 S.DOC_VERSION: keys[S.DOC_VERSION][i], PATCH_INDEX: j,
+                    rows.append({PATCH_ID: f"{page_id}:{j}", S.PAGE_ID: page_id, S.DOC_VERSION: keys[S.DOC_VERSION][i],
                                  VECTOR: _milvus_value(values[offsets[i] + j], fp.vtype), **corpus})
             out.setdefault(fp.collection, []).extend(rows)
         return out
@@ -401,18 +399,24 @@ class MilvusSink:
 
     def _delete_other_versions(self, doc_versions: dict[str, str | None]) -> None:
         """Delete rows of each doc_id whose version differs (None: delete every row of the doc)."""
-        terms = []
-        for doc_id, version in sorted(doc_versions.items()):
-            term = f'{S.DOC_ID} == "{_escape(doc_id)}"'
-            if version is not None:
-                term = f'({term} and {S.DOC_VERSION} != "{_escape(version)}")'
-            terms.append(term)
-        if not terms:
+        if not doc_versions:
             return
+
+        def expr(by_page_prefix: bool) -> str:
+            terms = []
+            for doc_id, version in sorted(doc_versions.items()):
+                # Row-per-vector rows carry no doc_id: a document's rows are its page_ids' prefix.
+                term = (f'{S.PAGE_ID} like "{_escape(doc_id)}-%"' if by_page_prefix
+                        else f'{S.DOC_ID} == "{_escape(doc_id)}"')
+                if version is not None:
+                    term = f'({term} and {S.DOC_VERSION} != "{_escape(version)}")'
+                terms.append(term)
+            return " or ".join(terms)
+
         # One filter per unit, not one per document: one delete per collection per commit.
-        expr = " or ".join(terms)
+        rows_collections = {f.collection for f in self.plan.fields if f.mode == "rows"}
         for c in self.collections:
-            self._call("delete", self.client.delete, c, filter=expr)
+            self._call("delete", self.client.delete, c, filter=expr(c in rows_collections))
 
     def flush(self) -> None:
         for c in self.collections:
@@ -442,9 +446,14 @@ class MilvusSink:
                     out[r[S.PAGE_ID]] = [(j, s[VECTOR]) for j, s in enumerate(r[fp.field])]
                 continue
             for r in self.client.query(fp.collection, filter=f"{S.PAGE_ID} in {chunk}",
-                                       output_fields=[S.PAGE_ID, PATCH_INDEX, VECTOR]):
-                out.setdefault(r[S.PAGE_ID], []).append((r[PATCH_INDEX], r[VECTOR]))
+                                       output_fields=[S.PAGE_ID, PATCH_ID, VECTOR]):
+                out.setdefault(r[S.PAGE_ID], []).append((patch_index(r[PATCH_ID]), r[VECTOR]))
         return {pid: _from_milvus([v for _, v in sorted(rows, key=lambda x: x[0])], fp) for pid, rows in out.items()}
+
+
+def patch_index(patch_id: str) -> int:
+    """``<page_id>:<index>`` -> index."""
+    return int(patch_id.rsplit(":", 1)[1])
 
 
 def _first_line(e: Exception, secrets: list[str]) -> str:

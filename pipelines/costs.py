@@ -131,11 +131,12 @@ def milvus_vector_bytes(layout: Layout, dim: int, lite: bool, fde: FdeParams | N
 
 
 def patch_row_scalar_bytes(doc_version_len: float, vectors_per_page: float) -> float:
-    """Keys and scalars repeated on every row of a row-per-vector collection."""
+    """Keys and scalars repeated on every row of a row-per-vector collection: ``patch_id``
+    (``<page_id>:<index>``), ``page_id`` and ``doc_version``."""
     index_digits = max(1.0, math.log10(max(vectors_per_page, 1)) + 0.5)
     patch_id = PAGE_ID_LEN + 1 + index_digits
-    varchars = patch_id + PAGE_ID_LEN + DOC_ID_LEN + doc_version_len
-    return varchars + 4 * VARCHAR_OVERHEAD + 4  # + patch_index INT32
+    varchars = patch_id + PAGE_ID_LEN + doc_version_len
+    return varchars + 3 * VARCHAR_OVERHEAD
 
 
 def page_row_scalar_bytes(doc_version_len: float, source_uri_len: float) -> float:

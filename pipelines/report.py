@@ -149,7 +149,7 @@ def measure_milvus(sink, page_ids: list[str]) -> dict:
     for every layout the index holds: vector bytes (by the field's type) plus every key and
     scalar field of its rows (length-prefixed VARCHARs, INT32s). A page-level layout is counted
     as if its vector had the page row to itself."""
-    from operators.milvus_plan import PATCH_ID, PATCH_INDEX, TEXT_LAYOUT
+    from operators.milvus_plan import PATCH_ID, TEXT_LAYOUT
 
     plan = sink.plan if sink.plan is not None else sink.discover()
     ids = json.dumps(page_ids)
@@ -179,9 +179,9 @@ def measure_milvus(sink, page_ids: list[str]) -> dict:
         for start in range(0, len(page_ids), 20):
             chunk = json.dumps(page_ids[start:start + 20])
             rows += sink.client.query(fp.collection, filter=f"{S.PAGE_ID} in {chunk}",
-                                      output_fields=[PATCH_ID, S.PAGE_ID, S.DOC_ID, S.DOC_VERSION, PATCH_INDEX])
+                                      output_fields=[PATCH_ID, S.PAGE_ID, S.DOC_VERSION])
         n = max(1, len({r[S.PAGE_ID] for r in rows}))
-        raw = sum(varchar(r[PATCH_ID]) + varchar(r[S.PAGE_ID]) + varchar(r[S.DOC_ID]) + varchar(r[S.DOC_VERSION]) + 4
+        raw = sum(varchar(r[PATCH_ID]) + varchar(r[S.PAGE_ID]) + varchar(r[S.DOC_VERSION])
                   + fp.dim * elem[fp.vtype] for r in rows)
         out[fp.layout] = {"raw_bytes_per_page": raw / n, "rows_per_page": len(rows) / n, "vector_type": fp.vtype}
     out["sampled_pages"] = len(pages) if pages is not None else 0

@@ -186,7 +186,7 @@ def test_same_job_twice_and_a_changed_version(server, direct, tmp_path):
     client = server.client(db_name=DB)
     try:
         versions = {r["doc_version"] for c in ("direct_pages", "direct_patches", "direct_patches_bin", "direct_patches_pool3")
-                    for r in client.query(c, filter=f'doc_id == "{doc_id}"', output_fields=["doc_version"],
+                    for r in client.query(c, filter=f'page_id like "{doc_id}-%"', output_fields=["doc_version"],
                                           consistency_level="Strong", limit=16384)}
     finally:
         client.close()
