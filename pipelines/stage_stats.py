@@ -20,6 +20,7 @@ class StageStats:
         self.commit = {"units": 0, "pages": 0, "busy_s": 0.0}
         self.start = clock()
         self._first: tuple[float, int] | None = None  # (time, pages) at the first commit
+        self._first_arrival: float | None = None  # when the first unit reached the driver
         self._last: tuple[float, int] | None = None
 
     def observe(self, info: dict) -> None:
@@ -35,6 +36,7 @@ class StageStats:
         now = self.clock()
         if self._first is None:
             self._first = (now, self.commit["pages"])
+            self._first_arrival = now - seconds
         self._last = (now, self.commit["pages"])
 
     def steady_pages_per_s(self) -> float | None:
@@ -43,6 +45,13 @@ class StageStats:
         if not self._first or not self._last or self._last[0] - self._first[0] <= 0:
             return None
         return (self._last[1] - self._first[1]) / (self._last[0] - self._first[0])
+
+    def _commit_window(self, wall: float) -> float:
+        """The driver's time since the first unit reached it: like the workers' wall time (from
+        their set-up), it leaves out start-up, when there is nothing to commit yet."""
+        if self._first_arrival is None or self._last is None:
+            return wall
+        return max(1e-9, self._last[0] - self._first_arrival)
 
     def summary(self) -> dict:
         wall = max(1e-9, self.clock() - self.start)
@@ -71,7 +80,7 @@ class StageStats:
             out["commit"] = {"workers": 1, "items": c["pages"], "busy_s": round(c["busy_s"], 3),
                              "items_per_busy_s": round(c["pages"] / c["busy_s"], 2) if c["busy_s"] else None,
                              "capacity_pages_per_s": round(c["pages"] / c["busy_s"], 2) if c["busy_s"] else None,
-                             "utilisation": round(min(1.0, c["busy_s"] / wall), 3)}
+                             "utilisation": round(min(1.0, c["busy_s"] / self._commit_window(wall)), 3)}
             steady = self.steady_pages_per_s()
             out["steady_pages_per_s"] = round(steady, 2) if steady else None
             out["first_commit_s"] = round(self._first[0] - self.start, 3)

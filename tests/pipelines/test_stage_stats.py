@@ -21,13 +21,30 @@ def test_latest_counters_per_worker_are_summed_and_the_busiest_stage_named():
     now[0] = 20.0
     st.committed(20, 1.0)
     s = st.summary()
-    assert s["commit"]["utilisation"] == 0.1 and s["steady_pages_per_s"] == 2.0
+    # busy 2 s of the 11 s since the first unit reached the driver (at 9 s)
+    assert s["commit"]["utilisation"] == 0.182 and s["steady_pages_per_s"] == 2.0
     assert s["render"]["workers"] == 2 and s["render"]["items"] == 40 and s["render"]["busy_s"] == 4.0
     assert s["render"]["capacity_pages_per_s"] == 20.0  # 10 pages per busy second x 2 workers
     assert s["embed"]["accelerator_busy"] == 0.8 and s["embed"]["mean_batch_pages"] == 5.0
     assert s["commit"]["items"] == 40 and s["commit"]["capacity_pages_per_s"] == 20.0
     line = bottleneck(s)
     assert line.startswith("bottleneck: embed (model forward), busy 90%") and "accelerator busy 80%" in line
+
+
+def test_a_commit_busy_since_the_first_unit_is_the_bottleneck_despite_a_long_start_up():
+    """Start-up (actors, model load) is not idle time of the driver's commit: a commit busy 90% of
+    the time since the first unit arrived limits the run, though busy only 30% of the whole."""
+    now = [0.0]
+    st = StageStats(clock=lambda: now[0])
+    st.observe({"render_stats": {"worker": "a:1", "pages": 40, "busy_s": 6.0, "wall_s": 12.0},
+                "embed_stats": {"worker": "a:2", "pages": 40, "busy_s": 7.0, "wall_s": 11.0, "forward_s": 6.0,
+                                "batches": 5}})
+    for t, took in ((21.0, 1.0), (22.0, 0.9), (23.0, 0.9), (24.0, 0.9), (30.0, 5.3)):  # first arrival at 20 s
+        now[0] = t
+        st.committed(8, took)
+    s = st.summary()
+    assert s["commit"]["utilisation"] == 0.9  # 9 s busy of the 10 s since 20 s
+    assert bottleneck(s).startswith("bottleneck: commit (Parquet + Milvus, driver), busy 90%")
 
 
 def test_a_real_run_reports_stages(small_corpus, tmp_path):
