@@ -57,13 +57,19 @@ def read_pages_subset(store: OutputStore, page_ids: list[str] | None, columns: l
 RRF_K = 60
 
 
+def _ranking(item: tuple[str, float]) -> tuple[float, str]:
+    """Best score first; equal scores (identical pages) by page id, so that a ranking does not
+    depend on the order a server returned them in."""
+    return -item[1], item[0]
+
+
 def reciprocal_rank_fusion(*lists: list[tuple[str, float]], k: int = RRF_K) -> list[tuple[str, float]]:
     """Fuse ranked lists: each page scores the sum of 1 / (k + rank) over the lists it is in."""
     fused: dict[str, float] = {}
     for ranked in lists:
         for rank, (pid, _) in enumerate(ranked, start=1):
             fused[pid] = fused.get(pid, 0.0) + 1.0 / (k + rank)
-    return sorted(fused.items(), key=lambda kv: -kv[1])
+    return sorted(fused.items(), key=_ranking)
 
 
 def text_stage1(sink: MilvusSink, text_model: str, query_text: str, candidates: int,
@@ -143,7 +149,7 @@ def stage1(sink: MilvusSink, query: np.ndarray, candidates: int, mode: str, fde:
             best[pid] = max(best.get(pid, -np.inf), _similarity(float(h["distance"]), fp))
         for pid, sc in best.items():
             scores[pid] = scores.get(pid, 0.0) + sc
-    return sorted(scores.items(), key=lambda kv: -kv[1])[:candidates]
+    return sorted(scores.items(), key=_ranking)[:candidates]
 
 
 def search(query_text: str, store: OutputStore, sink: MilvusSink, *, k: int = 10, candidates: int = 100,
@@ -195,7 +201,7 @@ def search(query_text: str, store: OutputStore, sink: MilvusSink, *, k: int = 10
             dim = len(query[0])
             scorer = LayoutScorer(layout, table, dim)
             scored = list(zip(table[S.PAGE_ID].to_pylist(), scorer.scores(query).tolist()))
-        scored.sort(key=lambda kv: -kv[1])
+        scored.sort(key=_ranking)
     top = scored[:k]
     info = read_pages_subset(store, [pid for pid, _ in top], [S.PAGE_ID, S.SOURCE_URI, S.PAGE_NUMBER])
     where = {r[S.PAGE_ID]: r for r in info.to_pylist()}

@@ -117,3 +117,11 @@ def test_text_layer_sentence_finds_its_page(text_indexed, capsys):
 def test_corpus_filter_needs_an_index_with_a_partition_key(indexed, capsys):
     assert main(["search", QUERY, "--out", str(indexed), "--corpus", "acme"]) == 1
     assert "no corpus field" in capsys.readouterr().err
+
+
+def test_equal_scores_rank_by_page_id_whatever_order_they_came_in():
+    """Identical pages score the same; their order must not depend on the server's."""
+    from pipelines.search import reciprocal_rank_fusion
+
+    assert [p for p, _ in reciprocal_rank_fusion([("b", 1.0), ("a", 0.5)], [("a", 1.0), ("b", 0.5)])] == ["a", "b"]
+    assert [p for p, _ in reciprocal_rank_fusion([("a", 1.0), ("b", 0.5)], [("b", 1.0), ("a", 0.5)])] == ["a", "b"]
