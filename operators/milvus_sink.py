@@ -3,7 +3,8 @@ written by upsert.
 
 Upserts by stable keys (``page_id``; ``<page_id>:<index>`` for one row per vector) make a
 replayed unit harmless; rows of a document's older versions are deleted after the new version is
-written, and every collection is flushed before the ledger commits the unit. Transient failures
+written. An acknowledged write is in Milvus' write-ahead log, so units are not flushed one by one
+(that makes tiny sealed segments): a run flushes once, at its end. Transient failures
 (a server restarting, a dropped connection) are retried with backoff; anything else becomes one
 ``MilvusError`` line that names the server without its credentials.
 """
@@ -127,6 +128,8 @@ class MilvusSink:
         self.server: ServerInfo | None = None
         self.plan: MilvusPlan | None = None
         self.rows_written: dict[str, int] = {}
+        self.delete_calls = 0  # deletes by filter sent (each costs the server a query)
+        self._columnar: bool | None = None  # column requests (True), the row API (False), not yet known
 
     @property
     def uri(self) -> str:
@@ -206,8 +209,11 @@ class MilvusSink:
                 continue
             try:
                 kwargs = {"num_partitions": 16} if self.plan.partition_key else {}
-                self.client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong",
-                                              **kwargs)
+                self.client.create_collection(name, schema=schema, consistency_level="Strong", **kwargs)
+                # Without waiting for the (empty) index to build: pymilvus polls every 0.5 s. The
+                # server checks the index type and parameters on the call itself.
+                self.client.create_index(name, index, sync=False)
+                self.client.load_collection(name)
             except Exception as e:
                 fields = ", ".join(f"{f.layout}: {f.vtype} {f.index}" for f in self.plan.in_collection(name))
                 if self.client.has_collection(name):  # created, but the index was refused: leave nothing behind
@@ -318,50 +324,99 @@ class MilvusSink:
         return {k: pages[k].to_pylist() for k in (S.PAGE_ID, S.DOC_ID, S.DOC_VERSION, S.SOURCE_URI, S.PAGE_NUMBER)}
 
     def _write_pages(self, pages: pa.Table) -> None:
-        for collection, rows in self.rows_for(pages).items():
-            self._upsert(collection, rows)
+        for collection, cols in self.columns_for(pages).items():
+            self._upsert_columns(collection, cols)
+
+    def _upsert_columns(self, collection: str, cols: Columns) -> None:
+        """Upsert in batches. Each batch goes as one column-per-field request built here (the
+        vectors as one block, no per-row Python); pymilvus' row API packs every value of every
+        row one by one, several times slower on row-per-vector collections. Struct fields, or a
+        pymilvus without the parts this needs, take the row API."""
+        if self._columnar is not False and not cols.has_struct:
+            try:
+                from pymilvus.grpc_gen import milvus_pb2
+
+                handler = self.client._get_connection()
+                send = handler.upsert
+            except (ImportError, AttributeError):
+                self._columnar = False
+            else:
+                self._columnar = True
+                for start in range(0, cols.n, UPSERT_BATCH_ROWS):
+                    stop = min(cols.n, start + UPSERT_BATCH_ROWS)
+                    request = milvus_pb2.UpsertRequest(collection_name=collection, db_name=self.conn.db_name or "",
+                                                       num_rows=stop - start)
+                    cols.to_field_data(request.fields_data, start, stop)
+                    # pymilvus sends a prepared request as it is (and needs no schema for it)
+                    self._call("upsert", send, collection, [], upsert_param=request, schema={"fields": []},
+                               timeout=self.conn.timeout_s)
+                    if _fault_hook:
+                        _fault_hook("milvus_upsert")
+                self.rows_written[collection] = self.rows_written.get(collection, 0) + cols.n
+                return
+        self._upsert(collection, cols.rows())
+
+    @property
+    def upsert_path(self) -> str:
+        return "columns" if self._columnar else "rows"
 
     def rows_for(self, pages: pa.Table) -> dict[str, list[dict]]:
         """The rows of every collection of the plan for these pages (the page collection first)."""
-        out: dict[str, list[dict]] = {}
+        return {c: cols.rows() for c, cols in self.columns_for(pages).items()}
+
+    def columns_for(self, pages: pa.Table) -> dict[str, Columns]:
+        """What every collection of the plan gets for these pages, as columns (the page
+        collection first)."""
+        out: dict[str, Columns] = {}
         if pages.num_rows == 0:
             return out
         keys = self._keys(pages)
         ids = keys[S.PAGE_ID]
-        corpus = {CORPUS: self.corpus} if self.plan.partition_key else {}
-        page_rows = [{S.PAGE_ID: ids[i], S.DOC_ID: keys[S.DOC_ID][i], S.DOC_VERSION: keys[S.DOC_VERSION][i],
-                      S.SOURCE_URI: keys[S.SOURCE_URI][i], S.PAGE_NUMBER: keys[S.PAGE_NUMBER][i], **corpus}
-                     for i in range(len(ids))]
+        n = len(ids)
+        corpus = {CORPUS: ("varchar", [self.corpus] * n)} if self.plan.partition_key else {}
+        page_cols = Columns(n, {S.PAGE_ID: ("varchar", ids), S.DOC_ID: ("varchar", keys[S.DOC_ID]),
+                                S.DOC_VERSION: ("varchar", keys[S.DOC_VERSION]),
+                                S.SOURCE_URI: ("varchar", keys[S.SOURCE_URI]),
+                                S.PAGE_NUMBER: ("int32", keys[S.PAGE_NUMBER]), **corpus})
         later = []
         for fp in self.plan.fields:
             if fp.collection == self.plan.pages_collection:
                 if fp.mode == "struct":
                     offsets, values = layout_vectors(pages, fp, self.dim)
-                    for i, row in enumerate(page_rows):
-                        row[fp.field] = [{VECTOR: v} for v in values[offsets[i]:offsets[i + 1]].tolist()]
+                    page_cols.fields[fp.field] = ("struct", [[{VECTOR: v} for v in values[offsets[i]:offsets[i + 1]].tolist()]
+                                                             for i in range(n)])
                 else:
-                    matrix = _sv_matrix(pages, fp)
-                    for i, row in enumerate(page_rows):
-                        row[fp.field] = matrix[i].tolist()
+                    page_cols.fields[fp.field] = ("float", _sv_matrix(pages, fp))
             else:
                 later.append(fp)
-        out[self.plan.pages_collection] = page_rows
+        out[self.plan.pages_collection] = page_cols
         for fp in later:
             if fp.mode == "page":  # the text layer, or a single vector in a collection of its own
                 if fp.column not in pages.column_names:
                     continue
-                values = pages[fp.column].to_pylist() if fp.layout == TEXT_LAYOUT else _sv_matrix(pages, fp).tolist()
-                out.setdefault(fp.collection, []).extend([
-                    {S.PAGE_ID: ids[i], S.DOC_ID: keys[S.DOC_ID][i], S.DOC_VERSION: keys[S.DOC_VERSION][i],
-                     fp.field: values[i], **corpus} for i in range(len(ids)) if values[i] is not None])
+                keep = np.asarray(pages[fp.column].is_valid().to_numpy(zero_copy_only=False))
+                if not keep.any():
+                    continue
+                matrix = _sv_matrix(pages.filter(pa.array(keep)), fp)
+                idx = np.flatnonzero(keep).tolist()
+                cols = Columns(len(idx), {S.PAGE_ID: ("varchar", [ids[i] for i in idx]),
+                                          S.DOC_ID: ("varchar", [keys[S.DOC_ID][i] for i in idx]),
+                                          S.DOC_VERSION: ("varchar", [keys[S.DOC_VERSION][i] for i in idx]),
+                                          fp.field: ("float", matrix),
+                                          **({CORPUS: ("varchar", [self.corpus] * len(idx))} if corpus else {})})
+                out[fp.collection] = out[fp.collection].concat(cols) if fp.collection in out else cols
                 continue
             offsets, values = layout_vectors(pages, fp, self.dim)
-            rows = []
-            for i, page_id in enumerate(ids):
-                for j in range(offsets[i + 1] - offsets[i]):
-                    rows.append({PATCH_ID: f"{page_id}:{j}", S.PAGE_ID: page_id, S.DOC_VERSION: keys[S.DOC_VERSION][i],
-                                 VECTOR: _milvus_value(values[offsets[i] + j], fp.vtype), **corpus})
-            out.setdefault(fp.collection, []).extend(rows)
+            counts = np.diff(offsets)
+            total = int(offsets[-1])
+            versions = keys[S.DOC_VERSION]
+            cols = Columns(total, {
+                PATCH_ID: ("varchar", [f"{page_id}:{j}" for page_id, k in zip(ids, counts.tolist()) for j in range(k)]),
+                S.PAGE_ID: ("varchar", [page_id for page_id, k in zip(ids, counts.tolist()) for _ in range(k)]),
+                S.DOC_VERSION: ("varchar", [v for v, k in zip(versions, counts.tolist()) for _ in range(k)]),
+                VECTOR: (fp.vtype, values[:total]),
+                **({CORPUS: ("varchar", [self.corpus] * total)} if corpus else {})})
+            out[fp.collection] = out[fp.collection].concat(cols) if fp.collection in out else cols
         return out
 
     # -- bulk import (Milvus' own import path: files the server reads itself) -------------------
@@ -417,6 +472,7 @@ class MilvusSink:
         rows_collections = {f.collection for f in self.plan.fields if f.mode == "rows"}
         for c in self.collections:
             self._call("delete", self.client.delete, c, filter=expr(c in rows_collections))
+            self.delete_calls += 1
 
     def flush(self) -> None:
         for c in self.collections:
@@ -467,6 +523,71 @@ def _scrub(msg: str, secrets: list[str]) -> str:
     return msg
 
 
+_PB_TYPES = {"varchar": 21, "int32": 4, "float": 101, "float16": 102, "binary": 100, "int8": 105}  # schema.proto DataType
+
+
+@dataclass
+class Columns:
+    """One collection's entities as columns: field -> (kind, values). Scalar kinds ("varchar",
+    "int32") hold lists; vector kinds ("float", "float16", "binary", "int8") a 2-D array with one
+    row per entity (binary: packed bits); "struct" a list of struct lists per entity."""
+
+    n: int
+    fields: dict[str, tuple[str, object]]
+
+    @property
+    def has_struct(self) -> bool:
+        return any(kind == "struct" for kind, _ in self.fields.values())
+
+    def concat(self, other: Columns) -> Columns:
+        fields = {}
+        for name, (kind, values) in self.fields.items():
+            more = other.fields[name][1]
+            fields[name] = (kind, np.concatenate([values, more]) if isinstance(values, np.ndarray) else values + more)
+        return Columns(self.n + other.n, fields)
+
+    def rows(self) -> list[dict]:
+        """The same entities as the row dicts pymilvus' row API (and bulk import) take."""
+        cols = [(name, _row_values(kind, values)) for name, (kind, values) in self.fields.items()]
+        return [{name: values[i] for name, values in cols} for i in range(self.n)]
+
+    def to_field_data(self, fields_data, start: int, stop: int) -> None:
+        """Fill a request's ``fields_data`` (protobuf FieldData) with entities [start, stop)."""
+        for name, (kind, values) in self.fields.items():
+            fd = fields_data.add()
+            fd.field_name = name
+            fd.type = _PB_TYPES[kind]
+            part = values[start:stop]
+            if kind == "varchar":
+                fd.scalars.string_data.data.extend(part)
+            elif kind == "int32":
+                fd.scalars.int_data.data.extend(part)
+            elif kind == "float":
+                fd.vectors.dim = part.shape[1]
+                fd.vectors.float_vector.data.extend(np.asarray(part, np.float32).ravel().tolist())
+            elif kind == "binary":
+                fd.vectors.dim = part.shape[1] * 8
+                fd.vectors.binary_vector = np.ascontiguousarray(part, np.uint8).tobytes()
+            elif kind == "float16":
+                fd.vectors.dim = part.shape[1]
+                fd.vectors.float16_vector = np.ascontiguousarray(part, np.float16).tobytes()
+            elif kind == "int8":
+                fd.vectors.dim = part.shape[1]
+                fd.vectors.int8_vector = np.ascontiguousarray(part, np.int8).tobytes()
+            else:
+                raise ValueError(f"{name}: no column encoding for {kind}")
+
+
+def _row_values(kind: str, values) -> list:
+    if kind == "float":
+        return values.tolist()
+    if kind == "binary":
+        return [v.tobytes() for v in values]
+    if kind in ("float16", "int8"):
+        return list(values)
+    return values
+
+
 def _sv_matrix(pages: pa.Table, fp: FieldPlan) -> np.ndarray:
     col = pages[fp.column].combine_chunks()
     return np.asarray(col.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(col), fp.dim)
@@ -486,14 +607,6 @@ def layout_vectors(pages: pa.Table, fp: FieldPlan, dim: int) -> tuple[np.ndarray
         scale = pages[scale_col].combine_chunks().flatten().to_numpy(zero_copy_only=False)
     floats = E.decode_block(stored, fp.encoding, dim, scale)
     return offsets, floats.astype(np.float16 if fp.vtype == "float16" else np.float32)
-
-
-def _milvus_value(v: np.ndarray, vtype: str):
-    if vtype == "binary":
-        return v.tobytes()
-    if vtype in ("float16", "int8"):
-        return v
-    return v.tolist()
 
 
 def json_value(v):
