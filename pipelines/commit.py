@@ -22,7 +22,7 @@ from operators.parquet_sink import (
     to_pages_table,
 )
 from pipelines.faults import checkpoint
-from pipelines.ledger import Ledger
+from pipelines.ledger import Ledger, MilvusSuspects
 
 
 def _rewritten_key(old: str, unit_id: str) -> str:
@@ -57,12 +57,16 @@ def fold_failed_pages(info: dict, flow: pa.Table) -> None:
 
 
 class UnitCommitter:
-    def __init__(self, ledger: Ledger, parquet: ParquetSink, milvus: MilvusSink | None, pages_schema, run_id: str):
+    def __init__(self, ledger: Ledger, parquet: ParquetSink, milvus: MilvusSink | None, pages_schema, run_id: str,
+                 suspects: MilvusSuspects | None = None):
+        """``suspects``: what Milvus may hold beyond the ledger (see MilvusSuspects); without it
+        every commit deletes other versions' rows of all its documents."""
         self.ledger = ledger
         self.parquet = parquet
         self.milvus = milvus
         self.pages_schema = pages_schema
         self.run_id = run_id
+        self.suspects = suspects if suspects is not None else MilvusSuspects(everything=True)
 
     def commit(self, unit_id: str, info: dict, flow: pa.Table) -> dict:
         """Make the unit durable and return what it added (for the run summary)."""
@@ -87,11 +91,15 @@ class UnitCommitter:
 
         if self.milvus is not None:
             self.milvus.write_pages(pages)
-            # Every document of the unit: rows of any other version go (a replay after a crash
-            # may have left rows of a version the ledger never saw).
-            versions = {d["doc_id"]: (d["version"] if d["n_pages"] else None) for d in info["docs"]}
-            self.milvus.delete_other_versions(versions)
-            self.milvus.flush()
+            # Rows of any other version go, for every document Milvus may hold rows of: those
+            # the ledger knows, and those of a commit that died before its record (suspects).
+            versions = {d["doc_id"]: (d["version"] if d["n_pages"] else None) for d in info["docs"]
+                        if self.suspects.may_hold(d["uri"], state)}
+            if versions:
+                self.milvus.delete_other_versions(versions)
+            # No flush per unit: an acknowledged write is already in Milvus' write-ahead log (the
+            # message queue of a server, the WAL file of Lite), and flushing every unit makes
+            # tiny sealed segments that slow search down. The run flushes once at its end.
             checkpoint("milvus_written")
 
         self.ledger.commit(
@@ -140,7 +148,6 @@ class UnitCommitter:
         rewrites = self._rewrite_without(uris, unit_id)
         if self.milvus is not None:
             self.milvus.delete_other_versions({S.doc_id_for(u): None for u in uris})
-            self.milvus.flush()
         self.ledger.commit({"unit_id": unit_id, "run_id": self.run_id, "docs": [], "files": [], "rewrites": rewrites,
                             "superseded": uris, "deleted": uris})
         for rw in rewrites:

@@ -59,6 +59,21 @@ def model_spec(cfg: IngestConfig) -> ModelSpec:
                      trust_remote_code=cfg.trust_remote_code)
 
 
+def _suspect_orphans(store, keys: list[str], suspects) -> None:
+    """The documents in orphan page shards (an unreadable one: suspect everything)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    for key in keys:
+        try:
+            uris = pq.read_table(io.BytesIO(store.read_bytes(key)), columns=[S.SOURCE_URI])[S.SOURCE_URI].to_pylist()
+        except Exception as e:
+            suspects.everything, suspects.why = True, f"an interrupted run's shard {key} is unreadable ({type(e).__name__})"
+            continue
+        suspects.uris.update(uris)
+
+
 def _chain(first, rest):
     if first is not None:
         yield first
@@ -96,8 +111,13 @@ def run_ingest(cfg: IngestConfig, log=None) -> dict:
 def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, lock: RunLock, log) -> dict:
     ledger = Ledger(store)
     ledger.load()
-    # Files of units that never committed (the previous run died): not part of the index.
+    # Files of units that never committed (the previous run died): not part of the index. Their
+    # documents may have Milvus rows the ledger does not know: recorded before the files go.
     orphans = ledger.orphans((PAGES_PREFIX, QUARANTINE_PREFIX))
+    suspects = ledger.load_suspects()
+    if orphans:
+        _suspect_orphans(store, [k for k in orphans if k.startswith(PAGES_PREFIX)], suspects)
+        ledger.save_suspects(suspects)
     for key in orphans:
         store.delete(key)
 
@@ -121,12 +141,17 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
                         milvus_layouts=cfg.milvus_layouts or None, partition_key=cfg.milvus_partition_key,
                         corpus=cfg.corpus, extra_sv={"sv-vlm": sv_dim} if sv_dim else None)
     milvus_plan = milvus.setup()
+    if not ledger.state.docs and not suspects.everything and any(milvus.count(c) for c in milvus.collections):
+        suspects.everything, suspects.why = True, "Milvus holds rows that the (empty) ledger does not account for"
+        ledger.save_suspects(suspects)
+    if suspects.everything:
+        log.write(f"[pagemill] milvus: every commit deletes other versions' rows ({suspects.why})\n")
     for note in milvus_plan.notes:
         log.write(f"[pagemill] milvus: {note}\n")
     parquet = ParquetSink(store, metadata={"model": spec.name, "weights": cfg.weights, "dim": dim, "corpus": cfg.corpus,
                                            "text_model": text_model, "sv_model": sv_model,
                                            "layouts": {lay.name: lay.params(fde) for lay in layouts}})
-    committer = UnitCommitter(ledger, parquet, milvus, schema, run_id)
+    committer = UnitCommitter(ledger, parquet, milvus, schema, run_id, suspects=suspects)
 
     counts = PlanCounts(seen_uris=set() if cfg.delete_missing else None)
     progress = Progress(None, cfg.progress_interval_s, stream=log)
@@ -186,6 +211,14 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
             deleted_docs, deleted_pages = len(missing), committer.delete_documents(missing)
         if ledger.state.records and len(ledger.pending_records) >= cfg.ledger_compact_every:
             ledger.compact()
+        milvus.flush()  # once per run: seals the run's segments (commits do not flush)
+        if suspects.uris or suspects.everything:
+            # Committed suspects are in the ledger now. A run over the whole source has given
+            # every document a deleting commit, so the unexplained rows are accounted for.
+            suspects.uris = {u for u in suspects.uris if u not in ledger.state.docs}
+            if not cfg.retry_quarantined:
+                suspects.everything, suspects.why = False, None
+            ledger.save_suspects(suspects)
     except BaseException:
         executor.close()
         milvus.close()
@@ -235,6 +268,8 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
         "milvus": {
             "uri": redact_uri(cfg.milvus_uri()),
             "rows_written": dict(milvus.rows_written),
+            "delete_calls": milvus.delete_calls,
+            "upsert_path": milvus.upsert_path,
             "row_counts": milvus_counts,
             **milvus.plan.summary(),
         },

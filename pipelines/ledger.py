@@ -24,6 +24,7 @@ from operators.store import OutputStore
 
 LEDGER_PREFIX = "_ledger/units"
 SNAPSHOT_PREFIX = "_ledger/snapshots"
+SUSPECTS_KEY = "_ledger/milvus_suspects.json"
 
 
 @dataclass
@@ -78,6 +79,32 @@ class LedgerState:
         return d is not None and d.version == version
 
 
+@dataclass
+class MilvusSuspects:
+    """Documents Milvus may hold rows of that the ledger does not know.
+
+    Milvus rows of a document come from its commits, and the ledger knows every committed
+    document, with one exception: a commit that died after its Milvus writes and before its
+    ledger record. Its shard was written before Milvus, so it is an orphan at the next start, and
+    its documents are recorded here (durably, before the orphans are deleted). A commit deletes
+    other versions' rows only for documents the ledger or this list names: for the rest Milvus
+    holds nothing, and a delete by filter costs a query on the server. ``everything`` makes every
+    commit delete: set when an orphan cannot be read, or when Milvus holds rows that an empty
+    ledger cannot account for (a collection shared with another output, or one kept while
+    ``OUT`` was removed).
+    """
+
+    uris: set[str] = field(default_factory=set)
+    everything: bool = False
+    why: str | None = None
+
+    def may_hold(self, uri: str, state: LedgerState) -> bool:
+        return self.everything or uri in state.docs or uri in self.uris
+
+    def to_json(self) -> dict:
+        return {"uris": sorted(self.uris), "everything": self.everything, "why": self.why}
+
+
 class Ledger:
     def __init__(self, store: OutputStore):
         self.store = store
@@ -126,6 +153,18 @@ class Ledger:
         self.state.apply(record)
         self.pending_records.append(key)
         return key
+
+    def load_suspects(self) -> MilvusSuspects:
+        if not self.store.exists(SUSPECTS_KEY):
+            return MilvusSuspects()
+        d = json.loads(self.store.read_bytes(SUSPECTS_KEY))
+        return MilvusSuspects(set(d.get("uris", [])), bool(d.get("everything")), d.get("why"))
+
+    def save_suspects(self, suspects: MilvusSuspects) -> None:
+        if suspects.uris or suspects.everything:
+            self.store.write_bytes(SUSPECTS_KEY, json.dumps(suspects.to_json(), sort_keys=True).encode())
+        elif self.store.exists(SUSPECTS_KEY):
+            self.store.delete(SUSPECTS_KEY)
 
     def orphans(self, prefixes: tuple[str, ...]) -> list[str]:
         """Files under ``prefixes`` that no committed record makes live (left by a crash)."""

@@ -77,6 +77,9 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
     pages = 0
     if bulk_dir:
         return _bulk_load(store, sink, plan, shards, columns, batch_pages, bulk_dir, dropped, conn, t0, corpus, log)
+    # Into empty collections there is nothing of another version to delete (each delete by
+    # filter costs the server a query).
+    stale_possible = any(sink.count(c) for c in sink.collections)
     for n, key in enumerate(shards, 1):
         pf = _open(store, key)
         if corpus is None:
@@ -86,11 +89,12 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
             sink.write_pages(table)
             pages += table.num_rows
         # Rows of any other version of these documents (a stale Milvus) go, as in a commit.
-        uris = ledger.state.file_docs[key]
-        sink.delete_other_versions({S.doc_id_for(u): docs[u].version for u in uris if u in docs})
-        sink.flush()
+        if stale_possible:
+            uris = ledger.state.file_docs[key]
+            sink.delete_other_versions({S.doc_id_for(u): docs[u].version for u in uris if u in docs})
         if log is not None:
             log.write(f"[pagemill] milvus-load: {n}/{len(shards)} shards, {pages} pages\n")
+    sink.flush()  # once, at the end: flushing every shard makes tiny segments
     counts = {c: sink.count(c) for c in sink.collections}
     summary = {"uri": redact_uri(conn.uri), "path": "upsert", "shards": len(shards), "pages": pages, "dropped": dropped,
                "row_counts": counts, "wall_s": round(time.monotonic() - t0, 3), **plan.summary()}

@@ -128,7 +128,9 @@ def test_changed_document_replaces_its_pages(small_corpus, tmp_path):
     shutil.copytree(small_corpus.root, src)
     out = tmp_path / "out"
     args = ["ingest", str(src), "--out", str(out), "--executor", "local", "--unit-max-docs", "4", "--quiet"]
-    assert main(args) == 0
+    assert main(args + ["--summary", str(tmp_path / "first.json")]) == 0
+    # Into a new index nothing needs deleting: no delete by filter (a server-side query) is sent.
+    assert json.loads((tmp_path / "first.json").read_text())["milvus"]["delete_calls"] == 0
     before = read_pages(out)
     # Overwrite one single-page document with a two-page one: a new version with more pages.
     docs = sorted(Counter(before["source_uri"].to_pylist()).items())
@@ -141,6 +143,7 @@ def test_changed_document_replaces_its_pages(small_corpus, tmp_path):
     assert main(args + ["--summary", str(summary_path)]) == 0
     summary = json.loads(summary_path.read_text())
     assert summary["documents"]["replaced_versions"] == 1
+    assert summary["milvus"]["delete_calls"] == 2  # the changed document's unit, in both collections
     assert summary["pages"]["embedded"] == n_donor
     after = read_pages(out)
     ids = after["page_id"].to_pylist()

@@ -80,3 +80,88 @@ def test_sigkill_at_each_point_then_rerun(small_corpus, clean_run, tmp_path, poi
     if point in ("shard_written", "milvus_written"):
         assert summary["units"]["orphan_files_removed"] >= 1
     _same_index(out, clean_run)
+
+
+def _pdf_path(uri: str):
+    from pathlib import Path
+
+    return Path(uri.replace("file://", "").replace("%2B", "+"))
+
+
+def _shrink_one_of(uris, src) -> tuple[str, int]:
+    """Overwrite the document of ``uris`` with the most pages by a one-page PDF of ``src``: a new
+    version with fewer pages, whose stale Milvus rows upserts would not replace."""
+    import shutil
+
+    import pymupdf
+
+    def pages(path):
+        with pymupdf.open(path) as d:
+            return d.page_count
+
+    n, target = max((pages(_pdf_path(u)), u) for u in uris)
+    assert n >= 2, uris
+    one_page = next(p for p in sorted(src.rglob("*.pdf")) if not p.name.startswith("test_") and pages(p) == 1)
+    shutil.copyfile(one_page, _pdf_path(target))
+    return target, n
+
+
+def _milvus_matches_parquet(out, milvus_out=None):
+    pages = read_pages(out)
+    counts = milvus_counts(milvus_out or out)
+    assert counts == {"pages": pages.num_rows, "patches": sum(pages["n_vectors"].to_pylist())}
+
+
+def test_a_document_changed_after_a_crash_between_milvus_and_the_ledger_leaves_no_stale_rows(
+        small_corpus, clean_run, tmp_path):
+    """Commits delete other versions' rows only for documents Milvus may hold: those the ledger
+    knows and those of a commit that died after its Milvus writes. Here the second unit dies
+    there, one of its documents then loses pages, and the rerun must still delete its old rows."""
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "src"
+    shutil.copytree(small_corpus.root, src)
+    out = tmp_path / "out"
+    args = ["ingest", str(src), "--out", str(out), *ARGS]
+    killed = subprocess.run(pagemill_cmd(*args), cwd=REPO, env=dict(os.environ, PAGEMILL_KILL_AT="milvus_written:2"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert killed.returncode == -signal.SIGKILL and _ledger_records(out) == 1
+    live = {f["key"] for p in (out / "_ledger" / "units").glob("*.json") for f in json.loads(p.read_text())["files"]}
+    orphan = [p for p in (out / "pages").glob("*.parquet") if f"pages/{p.name}" not in live]
+    assert len(orphan) == 1
+    target, n_old = _shrink_one_of(set(pq.read_table(orphan[0])["source_uri"].to_pylist()), src)
+    rerun = subprocess.run(pagemill_cmd(*args, "--summary", str(tmp_path / "s.json")), cwd=REPO)
+    assert rerun.returncode == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["units"]["orphan_files_removed"] == 1
+    assert summary["milvus"]["delete_calls"] == 2  # the suspect unit only, in both collections
+    pages = read_pages(out)
+    assert pages["source_uri"].to_pylist().count(target) == 1 < n_old
+    _milvus_matches_parquet(out)
+    assert not (out / "_ledger" / "milvus_suspects.json").exists()  # settled: the ledger knows them now
+
+
+def test_milvus_rows_an_empty_ledger_cannot_explain_make_every_commit_delete(small_corpus, clean_run, tmp_path):
+    """A collection kept while OUT was removed (or shared with another OUT): its rows are not in
+    the ledger, so the run deletes other versions' rows for every document it commits."""
+    import json
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(small_corpus.root, src)
+    first = tmp_path / "first"
+    assert subprocess.run(pagemill_cmd("ingest", str(src), "--out", str(first), *ARGS), cwd=REPO).returncode == 0
+    target, n_old = _shrink_one_of(set(read_pages(first)["source_uri"].to_pylist()), src)
+    second = tmp_path / "second"
+    run = subprocess.run(pagemill_cmd("ingest", str(src), "--out", str(second), "--milvus", str(first / "milvus.db"),
+                                      *ARGS, "--summary", str(tmp_path / "s.json")),
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "every commit deletes other versions' rows" in run.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["milvus"]["delete_calls"] > 0
+    assert read_pages(second)["source_uri"].to_pylist().count(target) == 1 < n_old
+    _milvus_matches_parquet(second, milvus_out=first)
+    assert not (second / "_ledger" / "milvus_suspects.json").exists()
