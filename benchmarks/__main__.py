@@ -1,6 +1,8 @@
 """Run the benchmarks side by side and write their Markdown tables for the README.
 
     python -m benchmarks [--out benchmarks/results/latest.md]
+
+(``python -m benchmarks.gpu`` is separate: it is meant for a GPU node.)
 """
 
 from __future__ import annotations
