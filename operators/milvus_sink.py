@@ -478,10 +478,14 @@ class MilvusSink:
         for c in self.collections:
             self._guard("flush", self._call, "flush", self.client.flush, c)
 
-    def count(self, collection: str) -> int:
-        res = self._guard("count", self.client.query, collection, filter="", output_fields=["count(*)"],
+    def count(self, collection: str, filter: str = "") -> int:
+        res = self._guard("count", self.client.query, collection, filter=filter, output_fields=["count(*)"],
                           consistency_level="Strong")
         return int(res[0]["count(*)"])
+
+    def count_own(self, collection: str) -> int:
+        """Rows of this sink's corpus (with a partition key, other corpora share the collection)."""
+        return self.count(collection, f'{CORPUS} == "{_escape(self.corpus)}"' if self.plan.partition_key else "")
 
     def fetch_vectors(self, layout: str, page_ids: list[str]) -> dict[str, np.ndarray]:
         """A multi-vector layout's vectors of some pages, read back from Milvus (float32; a binary

@@ -141,7 +141,7 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
                         milvus_layouts=cfg.milvus_layouts or None, partition_key=cfg.milvus_partition_key,
                         corpus=cfg.corpus, extra_sv={"sv-vlm": sv_dim} if sv_dim else None)
     milvus_plan = milvus.setup()
-    if not ledger.state.docs and not suspects.everything and any(milvus.count(c) for c in milvus.collections):
+    if not ledger.state.docs and not suspects.everything and any(milvus.count_own(c) for c in milvus.collections):
         suspects.everything, suspects.why = True, "Milvus holds rows that the (empty) ledger does not account for"
         ledger.save_suspects(suspects)
     if suspects.everything:

@@ -279,8 +279,10 @@ def test_partition_key_keeps_tenants_apart(server, small_corpus, tmp_path, capsy
             shutil.copyfile(f, src / f.relative_to(small_corpus.root))
         out = tmp_path / f"out-{tenant}"
         rc = main(["ingest", str(src), "--out", str(out), "--executor", "local", "--quiet", "--collection", "tenants",
-                   "--milvus-partition-key", "--corpus", tenant, "--milvus", lite])
+                   "--milvus-partition-key", "--corpus", tenant, "--milvus", lite, "--summary", str(tmp_path / "s.json")])
         assert rc == 0
+        # The other tenant's rows are not unexplained rows of this one: new documents, no deletes.
+        assert json.loads((tmp_path / "s.json").read_text())["milvus"]["delete_calls"] == 0
         roots[tenant] = (out, set(read_pages(out)["page_id"].to_pylist()))
     assert half > 0 and all(ids for _, ids in roots.values())
     for tenant, (out, ids) in roots.items():
