@@ -404,7 +404,7 @@ class MilvusSink:
                                           S.DOC_VERSION: ("varchar", [keys[S.DOC_VERSION][i] for i in idx]),
                                           fp.field: ("float", matrix),
                                           **({CORPUS: ("varchar", [self.corpus] * len(idx))} if corpus else {})})
-                out[fp.collection] = out[fp.collection].concat(cols) if fp.collection in out else cols
+                out[fp.collection] = cols  # one field per collection outside the page collection
                 continue
             offsets, values = layout_vectors(pages, fp, self.dim)
             counts = np.diff(offsets)
@@ -416,7 +416,7 @@ class MilvusSink:
                 S.DOC_VERSION: ("varchar", [v for v, k in zip(versions, counts.tolist()) for _ in range(k)]),
                 VECTOR: (fp.vtype, values[:total]),
                 **({CORPUS: ("varchar", [self.corpus] * total)} if corpus else {})})
-            out[fp.collection] = out[fp.collection].concat(cols) if fp.collection in out else cols
+            out[fp.collection] = cols  # one field per collection outside the page collection
         return out
 
     # -- bulk import (Milvus' own import path: files the server reads itself) -------------------
@@ -542,13 +542,6 @@ class Columns:
     @property
     def has_struct(self) -> bool:
         return any(kind == "struct" for kind, _ in self.fields.values())
-
-    def concat(self, other: Columns) -> Columns:
-        fields = {}
-        for name, (kind, values) in self.fields.items():
-            more = other.fields[name][1]
-            fields[name] = (kind, np.concatenate([values, more]) if isinstance(values, np.ndarray) else values + more)
-        return Columns(self.n + other.n, fields)
 
     def rows(self) -> list[dict]:
         """The same entities as the row dicts pymilvus' row API (and bulk import) take."""

@@ -117,10 +117,32 @@ class UnitCommitter:
             }
         )
         checkpoint("committed")
+        self.suspects.uris -= uris  # deleted for above; the ledger knows them now
         for rw in rewrites:
             self.parquet.store.delete(rw["old"])
         return {"pages": pages.num_rows, "quarantine": quarantine.num_rows, "superseded": len(superseded),
                 "table": pages}
+
+    def resync_milvus(self, uris: set[str]) -> int:
+        """Make Milvus hold exactly the committed version of documents the ledger knows but this
+        run did not commit (a suspect whose source went back to the committed version after a
+        commit died between its Milvus writes and its record: Milvus holds the dead commit's
+        version). Their committed pages are upserted again from the shards, and other versions'
+        rows deleted. Returns pages written."""
+        docs = {u: self.ledger.state.docs[u] for u in uris if u in self.ledger.state.docs}
+        if self.milvus is None or not docs:
+            return 0
+        keep = pa.array(sorted(docs))
+        written = 0
+        for key in self.ledger.state.files_holding(set(docs)):
+            if not key.startswith(PAGES_PREFIX + "/"):
+                continue
+            table = self.parquet.read(key)
+            table = table.filter(pc.is_in(table[S.SOURCE_URI], value_set=keep))
+            self.milvus.write_pages(table)
+            written += table.num_rows
+        self.milvus.delete_other_versions({S.doc_id_for(u): (d.version if d.n_pages else None) for u, d in docs.items()})
+        return written
 
     def _rewrite_without(self, uris: list[str], unit_id: str) -> list[dict]:
         drop = pa.array(uris)

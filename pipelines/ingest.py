@@ -116,7 +116,9 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
     orphans = ledger.orphans((PAGES_PREFIX, QUARANTINE_PREFIX))
     suspects = ledger.load_suspects()
     if orphans:
-        _suspect_orphans(store, [k for k in orphans if k.startswith(PAGES_PREFIX)], suspects)
+        # A unit's own page shards hold what its commit sent to Milvus; a rewrite (``~`` in
+        # the name: an older shard without the superseded documents) sent nothing.
+        _suspect_orphans(store, [k for k in orphans if k.startswith(PAGES_PREFIX + "/") and "~" not in k], suspects)
         ledger.save_suspects(suspects)
     for key in orphans:
         store.delete(key)
@@ -146,6 +148,7 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
         ledger.save_suspects(suspects)
     if suspects.everything:
         log.write(f"[pagemill] milvus: every commit deletes other versions' rows ({suspects.why})\n")
+    had_suspects = bool(suspects.uris or suspects.everything)  # commits take theirs off the list
     for note in milvus_plan.notes:
         log.write(f"[pagemill] milvus: {note}\n")
     parquet = ParquetSink(store, metadata={"model": spec.name, "weights": cfg.weights, "dim": dim, "corpus": cfg.corpus,
@@ -211,10 +214,13 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
             deleted_docs, deleted_pages = len(missing), committer.delete_documents(missing)
         if ledger.state.records and len(ledger.pending_records) >= cfg.ledger_compact_every:
             ledger.compact()
+        # Suspects left that the ledger knows were not committed again (unchanged since their
+        # last commit): Milvus may hold the dead commit's version of them, so resync them.
+        resynced = committer.resync_milvus(suspects.uris)
         milvus.flush()  # once per run: seals the run's segments (commits do not flush)
-        if suspects.uris or suspects.everything:
-            # Committed suspects are in the ledger now. A run over the whole source has given
-            # every document a deleting commit, so the unexplained rows are accounted for.
+        if had_suspects:
+            # A run over the whole source has given every document a deleting commit or a resync,
+            # so the unexplained rows are accounted for.
             suspects.uris = {u for u in suspects.uris if u not in ledger.state.docs}
             if not cfg.retry_quarantined:
                 suspects.everything, suspects.why = False, None
@@ -269,6 +275,7 @@ def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, l
             "uri": redact_uri(cfg.milvus_uri()),
             "rows_written": dict(milvus.rows_written),
             "delete_calls": milvus.delete_calls,
+            "pages_resynced": resynced,
             "upsert_path": milvus.upsert_path,
             "row_counts": milvus_counts,
             **milvus.plan.summary(),

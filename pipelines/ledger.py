@@ -81,14 +81,15 @@ class LedgerState:
 
 @dataclass
 class MilvusSuspects:
-    """Documents Milvus may hold rows of that the ledger does not know.
+    """Documents whose Milvus rows the ledger cannot vouch for.
 
-    Milvus rows of a document come from its commits, and the ledger knows every committed
-    document, with one exception: a commit that died after its Milvus writes and before its
-    ledger record. Its shard was written before Milvus, so it is an orphan at the next start, and
-    its documents are recorded here (durably, before the orphans are deleted). A commit deletes
-    other versions' rows only for documents the ledger or this list names: for the rest Milvus
-    holds nothing, and a delete by filter costs a query on the server. ``everything`` makes every
+    Milvus rows of a document come from its commits, and the ledger records every commit, with
+    one exception: a commit that died after its Milvus writes and before its ledger record. Its
+    shard was written before Milvus, so it is an orphan at the next start, and its documents are
+    recorded here (durably, before the orphans are deleted) until they are committed again or,
+    unchanged since their last commit, resynced from their shards. A commit deletes other
+    versions' rows only for documents the ledger or this list names: for the rest Milvus holds
+    nothing, and a delete by filter costs a query on the server. ``everything`` makes every
     commit delete: set when an orphan cannot be read, or when Milvus holds rows that an empty
     ledger cannot account for (a collection shared with another output, or one kept while
     ``OUT`` was removed).

@@ -165,3 +165,40 @@ def test_milvus_rows_an_empty_ledger_cannot_explain_make_every_commit_delete(sma
     assert read_pages(second)["source_uri"].to_pylist().count(target) == 1 < n_old
     _milvus_matches_parquet(second, milvus_out=first)
     assert not (second / "_ledger" / "milvus_suspects.json").exists()
+
+
+def test_a_document_back_at_its_committed_version_after_such_a_crash_is_resynced(small_corpus, tmp_path):
+    """The dead commit wrote a new version's rows (and deleted the committed version's); then the
+    file went back to the committed version, so the rerun skips it as unchanged. Milvus must end
+    with the committed version's rows, upserted again from the shards."""
+    import json
+    import shutil
+
+    import pymupdf
+
+    src = tmp_path / "src"
+    shutil.copytree(small_corpus.root, src)
+    out = tmp_path / "out"
+    args = ["ingest", str(src), "--out", str(out), *ARGS]
+    assert subprocess.run(pagemill_cmd(*args), cwd=REPO).returncode == 0
+    committed = read_pages(out)
+    pages_of = {u: n for u, n in zip(*committed.group_by("source_uri").aggregate([("page_id", "count")]).to_pydict().values())}
+    target = next(u for u, n in sorted(pages_of.items()) if n == 1)
+    path = _pdf_path(target)
+    original, stat = path.read_bytes(), path.stat()
+    donor = next(p for p in sorted(src.rglob("*.pdf")) if p != path and p.as_uri() in pages_of and pages_of[p.as_uri()] >= 2)
+    shutil.copyfile(donor, path)
+    killed = subprocess.run(pagemill_cmd(*args), cwd=REPO, env=dict(os.environ, PAGEMILL_KILL_AT="milvus_written:1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert killed.returncode == -signal.SIGKILL
+    path.write_bytes(original)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the committed version again (size + mtime)
+    with pymupdf.open(path) as d:
+        assert d.page_count == 1
+    rerun = subprocess.run(pagemill_cmd(*args, "--summary", str(tmp_path / "s.json")), cwd=REPO)
+    assert rerun.returncode == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["pages"]["embedded"] == 0 and summary["milvus"]["pages_resynced"] == 1
+    assert read_pages(out).num_rows == committed.num_rows
+    _milvus_matches_parquet(out)
+    assert not (out / "_ledger" / "milvus_suspects.json").exists()
