@@ -243,7 +243,9 @@ class MultiVectorAdapter:
     def load(self) -> None:
         raise NotImplementedError
 
-    def embed_images(self, images: list[np.ndarray]) -> list[PageEmbedding]:
+    def embed_images(self, images: list[np.ndarray], keys: list[str] | None = None) -> list[PageEmbedding]:
+        """One multi-vector per (H, W, 3) uint8 image; ``keys`` (the page ids) matter only to
+        stand-ins that must be deterministic per page (``sim:``)."""
         raise NotImplementedError
 
     def visual_tokens(self, width: int, height: int) -> int:
@@ -376,7 +378,7 @@ class ColQwen2Adapter(MultiVectorAdapter):
 
     # -- embedding ---------------------------------------------------------------------------
 
-    def embed_images(self, images: list[np.ndarray]) -> list[PageEmbedding]:
+    def embed_images(self, images: list[np.ndarray], keys: list[str] | None = None) -> list[PageEmbedding]:
         """``images``: (H, W, 3) uint8 arrays. Returns one multi-vector per image."""
         import torch
         from PIL import Image
@@ -619,6 +621,8 @@ def _refuse_remote_code(spec: ModelSpec) -> None:
 
 def family_of(spec: ModelSpec) -> str:
     """colqwen2 or colpali, from the preset, a local checkpoint's config.json, or the hub id."""
+    if spec.name.startswith("sim:"):
+        return "sim"
     if spec.name in PRESETS:
         return PRESETS[spec.name].get("family", "colqwen2")
     config = os.path.join(spec.name, "config.json")
@@ -637,6 +641,12 @@ def family_of(spec: ModelSpec) -> str:
 
 
 def adapter_for(spec: ModelSpec) -> MultiVectorAdapter:
-    """The adapter for a spec: ColQwen2 (Qwen2-VL) or ColPali (PaliGemma) checkpoints."""
+    """The adapter for a spec: ColQwen2 (Qwen2-VL), ColPali (PaliGemma), ColModernVBERT
+    checkpoints, or the simulated accelerator (``sim:<preset>[@<pages per s>]``)."""
+    family = family_of(spec)
+    if family == "sim":
+        from operators.sim import SimAdapter
+
+        return SimAdapter(spec)
     return {"colqwen2": ColQwen2Adapter, "colpali": ColPaliAdapter,
-            "colmodernvbert": ColModernVBertAdapter}[family_of(spec)](spec)
+            "colmodernvbert": ColModernVBertAdapter}[family](spec)
