@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 
 from operators import schema as S
 from operators.layouts import parse_layouts
+from operators.milvus_client import MilvusConnection, redact_uri
 from operators.milvus_plan import IndexSpec
-from operators.milvus_sink import MilvusConnection, MilvusSink, redact_uri
+from operators.milvus_writer import MilvusWriter
 from operators.parquet_sink import PAGES_PREFIX
 from operators.store import OutputStore
 from pipelines.ledger import Ledger
@@ -49,7 +50,7 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
     t0 = time.monotonic()
     ledger = Ledger(store)
     ledger.load()
-    shards = sorted(k for k in ledger.state.file_docs if k.startswith(PAGES_PREFIX + "/"))
+    shards = sorted(k for k in ledger.state.files if k.startswith(PAGES_PREFIX + "/"))
     if not shards:
         raise ValueError(f"no committed shards under {store.uri}/pages: run pagemill ingest first")
     schema = _open(store, shards[0]).schema_arrow
@@ -59,9 +60,9 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
     fde_dim = int(meta.get("layouts", {}).get("sv-fde", {}).get("dim", 0)) or None
     text_dim = schema.field(S.SV_TEXT).type.list_size if S.SV_TEXT in schema.names else None
     extra_sv = {"sv-vlm": schema.field(S.SV_VLM).type.list_size} if S.SV_VLM in schema.names else None
-    sink = MilvusSink(conn, collection, dim, text_dim=text_dim, layouts=layouts, fde_dim=fde_dim, index_specs=index_specs,
-                      mv_mode=mv_mode, milvus_layouts=milvus_layouts, partition_key=partition_key,
-                      corpus=corpus or meta.get("corpus", "default"), extra_sv=extra_sv)
+    sink = MilvusWriter(conn, collection, dim, text_dim=text_dim, layouts=layouts, fde_dim=fde_dim,
+                        index_specs=index_specs, mv_mode=mv_mode, milvus_layouts=milvus_layouts,
+                        partition_key=partition_key, corpus=corpus or meta.get("corpus", "default"), extra_sv=extra_sv)
     dropped = []
     if recreate:
         sink.connect()
@@ -73,7 +74,6 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
         if f"{f.column}_scale" in schema.names:
             columns.append(f"{f.column}_scale")
     columns = list(dict.fromkeys(c for c in columns if c in schema.names))
-    docs = ledger.state.docs
     pages = 0
     if bulk_dir:
         return _bulk_load(store, sink, plan, shards, columns, batch_pages, bulk_dir, dropped, conn, t0, corpus, log)
@@ -84,14 +84,16 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
         pf = _open(store, key)
         if corpus is None:
             sink.corpus = _metadata(pf.schema_arrow).get("corpus", "default")
+        versions: dict[str, str] = {}
         for batch in pf.iter_batches(batch_size=batch_pages, columns=columns):
             table = pa.Table.from_batches([batch])
             sink.write_pages(table)
             pages += table.num_rows
-        # Rows of any other version of these documents (a stale Milvus) go, as in a commit.
+            versions.update(zip(table[S.DOC_ID].to_pylist(), table[S.DOC_VERSION].to_pylist()))
+        # Rows of any other version of these documents (a stale Milvus) go, as in a commit: the
+        # committed shard holds the committed version.
         if stale_possible:
-            uris = ledger.state.file_docs[key]
-            sink.delete_other_versions({S.doc_id_for(u): docs[u].version for u in uris if u in docs})
+            sink.delete_other_versions(versions)
         if log is not None:
             log.write(f"[pagemill] milvus-load: {n}/{len(shards)} shards, {pages} pages\n")
     sink.flush()  # once, at the end: flushing every shard makes tiny segments
@@ -103,13 +105,20 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
 
 
 def _bulk_load(store, sink, plan, shards, columns, batch_pages, bulk_dir, dropped, conn, t0, corpus, log) -> dict:
-    from operators.milvus_sink import MilvusError, json_value
+    """Milvus' own import: one Parquet file per shard and collection, in the collection's schema
+    (vectors as ``list<float32>``/``list<uint8>``, as Milvus' Parquet reader takes them), staged
+    where the server reads them, then one import task per file."""
+    from operators.milvus_plan import MilvusError
+    from operators.milvus_private import bulk_insert
     from operators.store import open_store
 
     nonempty = {c: n for c in sink.collections if (n := sink.count(c))}
     if nonempty:
         raise MilvusError(f"bulk import inserts and cannot replace rows, but {', '.join(nonempty)} already hold rows: "
                           f"add --recreate, use a new --collection, or load without --bulk-dir (upserts)")
+    if any(f.mode == "struct" for f in plan.fields):
+        raise MilvusError("bulk import of array-of-structs fields is not supported: load with upserts "
+                          "(without --bulk-dir) or --milvus-mv-mode rows")
     stage = open_store(bulk_dir)
     # The path the server reads: absolute on its local storage, or the key in its bucket.
     base = str(stage.root) + "/" if hasattr(stage, "root") else getattr(stage, "prefix", "")
@@ -119,29 +128,54 @@ def _bulk_load(store, sink, plan, shards, columns, batch_pages, bulk_dir, droppe
         pf = _open(store, key)
         if corpus is None:
             sink.corpus = _metadata(pf.schema_arrow).get("corpus", "default")
-        rows: dict[str, list] = {}
+        parts: dict[str, list[pa.Table]] = {}
         for batch in pf.iter_batches(batch_size=batch_pages, columns=columns):
             table = pa.Table.from_batches([batch])
             pages += table.num_rows
-            for c, part in sink.rows_for(table).items():
-                rows.setdefault(c, []).extend({k: json_value(v) for k, v in r.items()} for r in part)
+            for c, cols in sink.columns_for(table).items():
+                parts.setdefault(c, []).append(cols.to_arrow())
         shard = key.rsplit("/", 1)[-1].removesuffix(".parquet")
-        for c, part in rows.items():
-            file_key = f"{run}/{c}/{shard}.json"
-            stage.write_bytes(file_key, json.dumps({"rows": part}).encode())
-            tasks.append(sink.bulk_import(c, base + file_key))
-            expected[c] = expected.get(c, 0) + len(part)
+        for c, tables in parts.items():
+            table = pa.concat_tables(tables)
+            file_key = f"{run}/{c}/{shard}.parquet"
+            buf = io.BytesIO()
+            pq.write_table(table, buf, compression="zstd")
+            stage.write_bytes(file_key, buf.getvalue())
+            tasks.append(sink._guard("bulk import", bulk_insert, sink.client, c, [base + file_key], conn.timeout_s))
+            expected[c] = expected.get(c, 0) + table.num_rows
         if log is not None:
             log.write(f"[pagemill] milvus-load (bulk): {n}/{len(shards)} shards staged, {len(tasks)} import tasks\n")
-    imported = sink.bulk_wait(tasks)
+    imported = bulk_wait(sink, tasks)
     # Imported segments count once the server has sealed and loaded them.
     deadline = time.monotonic() + 300
     counts = {c: sink.count(c) for c in sink.collections}
     while counts != {c: expected.get(c, 0) for c in sink.collections} and time.monotonic() < deadline:
         time.sleep(1.0)
         counts = {c: sink.count(c) for c in sink.collections}
-    summary = {"uri": redact_uri(conn.uri), "path": "bulk", "shards": len(shards), "pages": pages, "dropped": dropped,
-               "rows_imported": imported, "row_counts": counts, "wall_s": round(time.monotonic() - t0, 3),
-               **plan.summary()}
+    summary = {"uri": redact_uri(conn.uri), "path": "bulk", "format": "parquet", "shards": len(shards), "pages": pages,
+               "dropped": dropped, "rows_imported": imported, "row_counts": counts,
+               "wall_s": round(time.monotonic() - t0, 3), **plan.summary()}
     sink.close()
     return summary
+
+
+def bulk_wait(sink, tasks: list[int], timeout_s: float = 600.0) -> int:
+    """Wait for import tasks; returns rows imported. A failed task fails with its reason."""
+    from operators.milvus_plan import MilvusError
+    from operators.milvus_private import bulk_insert_state
+
+    deadline = time.monotonic() + timeout_s
+    pending, rows = list(tasks), 0
+    while pending:
+        state = sink._guard("bulk import state", bulk_insert_state, sink.client, pending[0])
+        if state.state_name == "Completed":
+            rows += int(state.row_count)
+            pending.pop(0)
+            continue
+        if state.state_name == "Failed":
+            raise MilvusError(f"Milvus bulk import of {state.infos.get('files')} failed: "
+                              f"{state.infos.get('failed_reason', '')[:300]}")
+        if time.monotonic() > deadline:
+            raise MilvusError(f"Milvus bulk import still {state.state_name} after {timeout_s:.0f}s")
+        time.sleep(0.5)
+    return rows

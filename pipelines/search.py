@@ -23,7 +23,7 @@ from operators import schema as S
 from operators.fde import FdeEncoder, FdeParams
 from operators.layouts import LayoutScorer, normalise, parse_layout
 from operators.milvus_plan import CORPUS, TEXT_LAYOUT
-from operators.milvus_sink import MilvusSink
+from operators.milvus_reader import MilvusReader
 from operators.models import ModelSpec, adapter_for
 from operators.parquet_sink import PAGES_PREFIX
 from operators.store import OutputStore
@@ -72,7 +72,7 @@ def reciprocal_rank_fusion(*lists: list[tuple[str, float]], k: int = RRF_K) -> l
     return sorted(fused.items(), key=_ranking)
 
 
-def text_stage1(sink: MilvusSink, text_model: str, query_text: str, candidates: int,
+def text_stage1(sink: MilvusReader, text_model: str, query_text: str, candidates: int,
                 where: str = "") -> list[tuple[str, float]]:
     from operators.text_embed import TextEmbedder
 
@@ -86,7 +86,7 @@ def text_stage1(sink: MilvusSink, text_model: str, query_text: str, candidates: 
     return [(h["entity"][S.PAGE_ID], float(h["distance"])) for h in hits]
 
 
-def corpus_filter(sink: MilvusSink, corpus: str | None) -> str:
+def corpus_filter(sink: MilvusReader, corpus: str | None) -> str:
     """The filter keeping one corpus (tenant) of an index built with a partition key."""
     if not corpus:
         return ""
@@ -108,7 +108,7 @@ def _similarity(distance: float, fp) -> float:
     return fp.dim - 2.0 * distance if fp.vtype == "binary" else distance
 
 
-def stage1(sink: MilvusSink, query: np.ndarray, candidates: int, mode: str, fde: FdeParams | None = None,
+def stage1(sink: MilvusReader, query: np.ndarray, candidates: int, mode: str, fde: FdeParams | None = None,
            sv_query: np.ndarray | None = None, where: str = "") -> list[tuple[str, float]]:
     """ANN in Milvus on a single-vector layout (sv-mean, sv-fde) or on a multi-vector layout
     (``patches`` = mv, or mv-pool3, ...: each query vector's nearest vectors, pages ranked by
@@ -152,7 +152,7 @@ def stage1(sink: MilvusSink, query: np.ndarray, candidates: int, mode: str, fde:
     return sorted(scores.items(), key=_ranking)[:candidates]
 
 
-def search(query_text: str, store: OutputStore, sink: MilvusSink, *, k: int = 10, candidates: int = 100,
+def search(query_text: str, store: OutputStore, sink: MilvusReader, *, k: int = 10, candidates: int = 100,
            stage1_mode: str = "sv-mean", rerank: str = "mv", vectors_from: str = "parquet",
            spec: ModelSpec | None = None, hybrid: bool = False, corpus: str | None = None) -> list[dict]:
     """``stage1_mode``: sv-mean | patches | text; ``hybrid`` fuses the visual stage 1 with the

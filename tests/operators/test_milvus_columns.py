@@ -9,7 +9,8 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.client.prepare import Prepare
 
 from operators.layouts import LayoutEncoder, parse_layouts
-from operators.milvus_sink import Columns, MilvusSink
+from operators.milvus_client import Columns
+from operators.milvus_writer import MilvusWriter
 from operators.models import PageEmbedding
 
 
@@ -64,7 +65,7 @@ def _pages(n_pages: int = 4) -> tuple[pa.Table, list]:
     return table, layouts
 
 
-def _dump(sink: MilvusSink) -> dict[str, list]:
+def _dump(sink: MilvusWriter) -> dict[str, list]:
     out = {}
     for c in sink.collections:
         key = "patch_id" if c.endswith("patches") or "patches_" in c else "page_id"
@@ -78,7 +79,7 @@ def test_column_and_row_upserts_give_the_same_collections(tmp_path):
     table, layouts = _pages()
     dumps = []
     for name, columnar in (("viacols", None), ("viarows", False)):
-        sink = MilvusSink(str(tmp_path / "m.db"), name, 128, layouts=layouts)
+        sink = MilvusWriter(str(tmp_path / "m.db"), name, 128, layouts=layouts)
         sink.setup()
         sink._columnar = columnar  # False: the row API, as with a pymilvus that lacks the column parts
         sink.write_pages(table)

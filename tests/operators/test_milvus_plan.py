@@ -122,7 +122,7 @@ class RecordingClient:
 
 
 def test_struct_rows_carry_each_pages_vectors():
-    from operators.milvus_sink import MilvusSink
+    from operators.milvus_writer import MilvusWriter as MilvusSink
     from operators.models import PageEmbedding
 
     layouts = parse_layouts(["mv-pool3"])
@@ -155,7 +155,8 @@ def test_struct_rows_carry_each_pages_vectors():
                     reason="array of structs needs a Milvus >= 2.6.4 server; none is reachable here (no network, "
                            "not on PyPI): set PAGEMILL_MILVUS_264_URI=http://host:19530 to run it")
 def test_array_of_structs_on_a_real_2_6_4_server(small_corpus, tmp_path):
-    from operators.milvus_sink import MilvusSink
+    from operators.milvus_reader import MilvusReader
+    from operators.milvus_writer import MilvusWriter
     from operators.store import LocalStore
     from pipelines.cli import main
     from pipelines.search import search
@@ -165,18 +166,22 @@ def test_array_of_structs_on_a_real_2_6_4_server(small_corpus, tmp_path):
     assert main(["ingest", str(small_corpus.root), "--out", str(out), "--executor", "local", "--quiet",
                  "--milvus", uri, "--collection", "pm_struct_ci", "--layouts", "mv-pool3",
                  "--milvus-mv-mode", "struct"]) == 0
-    sink = MilvusSink(uri, "pm_struct_ci", dim=0)
+    sink = MilvusReader(uri, "pm_struct_ci")
     sink.connect()
     try:
         got = search("revenue", LocalStore(out), sink, k=5, candidates=50, stage1_mode="mv-pool3", vectors_from="milvus")
         assert len(got) == 5
-        sink.drop()
     finally:
         sink.close()
+    writer = MilvusWriter(uri, "pm_struct_ci")
+    writer.connect()
+    writer.drop()
+    writer.close()
 
 
 def test_transient_failures_are_retried_and_others_are_not():
-    from operators.milvus_sink import MilvusConnection, MilvusSink
+    from operators.milvus_client import MilvusConnection
+    from operators.milvus_writer import MilvusWriter as MilvusSink
 
     sink = MilvusSink(MilvusConnection("unused.db", retries=3))
     calls = []

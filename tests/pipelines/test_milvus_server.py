@@ -15,7 +15,8 @@ import pytest
 from conftest import read_pages
 from milvus_server import ROOT_PASSWORD, ROOT_USER
 
-from operators.milvus_sink import MilvusConnection, MilvusSink
+from operators.milvus_client import MilvusConnection
+from operators.milvus_reader import MilvusReader
 from operators.schema import doc_id_for
 from operators.store import LocalStore
 from pipelines.cli import main
@@ -73,7 +74,7 @@ def counts(server, collection: str) -> dict[str, int]:
 
 def search_in(server, out, collection: str, stage1: str) -> list[dict]:
     """The cascade against one collection, both stages from Milvus."""
-    sink = MilvusSink(connection(server), collection, dim=0)
+    sink = MilvusReader(connection(server), collection)
     sink.connect()
     try:
         return search(QUERY, LocalStore(out), sink, k=10, candidates=20, stage1_mode=stage1, rerank="mv-pool3",
@@ -129,7 +130,7 @@ def test_vectors_read_back_equal_parquet(server, direct):
     _, out, _ = direct
     pages = read_pages(out).slice(0, 4)
     ids = pages["page_id"].to_pylist()
-    sink = MilvusSink(connection(server), "direct", dim=128)
+    sink = MilvusReader(connection(server), "direct")
     sink.connect()
     sink.discover()
     try:
@@ -153,7 +154,7 @@ def test_search_over_the_server_equals_brute_force(server, direct):
 
     scores = LayoutScorer(parse_layout("mv"), pages, 128).scores(q)
     expected = [pages["page_id"][int(i)].as_py() for i in np.argsort(-scores, kind="stable")[:10]]
-    sink = MilvusSink(connection(server), "direct", dim=0)
+    sink = MilvusReader(connection(server), "direct")
     sink.connect()
     try:
         for stage1 in ("sv-mean", "sv-fde", "patches", "mv-bin", "mv-pool3"):
@@ -286,7 +287,7 @@ def test_partition_key_keeps_tenants_apart(server, small_corpus, tmp_path, capsy
         roots[tenant] = (out, set(read_pages(out)["page_id"].to_pylist()))
     assert half > 0 and all(ids for _, ids in roots.values())
     for tenant, (out, ids) in roots.items():
-        sink = MilvusSink(lite, "tenants", dim=0)
+        sink = MilvusReader(lite, "tenants")
         sink.connect()
         try:
             got = search(QUERY, LocalStore(out), sink, k=50, candidates=50, rerank="none", corpus=tenant)
@@ -304,7 +305,7 @@ def test_bulk_import_path_gives_the_same_index(server, direct, tmp_path, capsys)
             *sum((["--milvus-index", i] for i in INDEXES), []), *conn_args(server)]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["path"] == "bulk" and list(stage.rglob("*.json"))
+    assert summary["path"] == "bulk" and summary["format"] == "parquet" and list(stage.rglob("*.parquet"))
     direct_counts = counts(server, "direct")
     assert {c.replace("bulked", "direct"): n for c, n in counts(server, "bulked").items()} == direct_counts
     assert summary["rows_imported"] == sum(direct_counts.values())

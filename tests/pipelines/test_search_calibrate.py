@@ -9,7 +9,7 @@ import pytest
 from conftest import read_pages
 
 from operators.layouts import LayoutScorer, parse_layout
-from operators.milvus_sink import MilvusSink
+from operators.milvus_reader import MilvusReader
 from operators.models import ModelSpec, adapter_for
 from operators.store import LocalStore
 from pipelines.cli import main
@@ -37,7 +37,7 @@ def _brute_force(out, k=10):
 @pytest.mark.parametrize("vectors_from", ["parquet", "milvus"])
 def test_cascade_equals_brute_force_when_candidates_cover_the_corpus(indexed, vectors_from):
     expected, n_pages = _brute_force(indexed)
-    sink = MilvusSink(str(indexed / "milvus.db"))
+    sink = MilvusReader(str(indexed / "milvus.db"))
     sink.connect()
     try:
         got = search(QUERY, LocalStore(indexed), sink, k=10, candidates=n_pages, vectors_from=vectors_from)
