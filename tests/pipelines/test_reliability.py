@@ -131,7 +131,7 @@ def test_ledger_compaction_keeps_the_state(small_corpus, tmp_path):
     first = _run(src, out, "--unit-max-docs", "2", "--ledger-compact-every", "3")
     assert first["units"]["committed"] >= 4
     assert list((out / "_ledger" / "units").glob("*.json")) == []
-    assert len(list((out / "_ledger" / "snapshots").glob("*.json"))) == 1
+    assert len(list((out / "_ledger" / "snapshots").glob("*/meta.json"))) == 1
     again = _run(src, out, "--unit-max-docs", "2", "--ledger-compact-every", "3")
     assert again["pages"]["embedded"] == 0 and again["documents"]["skipped_unchanged"] == again["documents"]["seen"]
     # a change after compaction still replaces the right pages
