@@ -61,13 +61,14 @@ def main(argv=None) -> str:
 
         cfg = IngestConfig(source=str(src), out=str(tmp / "out"), executor="ray", ray_address=args.ray_address,
                            model=args.model, weights="random", dtype=args.dtype, batch_size=args.batch_size,
+                           unit_max_docs=max(1, args.docs // 8),  # several units: a steady state to measure
                            progress_interval_s=3600).validate()
         summary = run_ingest(cfg, log=open(os.devnull, "w"))
     stages = summary["stages"]
     res = summary["executor_stats"]["resources"]
     alone = calib["pages_per_s"]
     steady = stages.get("steady_pages_per_s") or summary["pages_per_s"]
-    busy = stages["embed"].get("accelerator_busy")
+    busy = stages["embed"].get("forward_share")
     gpus = res.get("cluster_gpus") or 0
     per_gpu = f"{res['cluster_cpus'] / gpus:.0f}" if gpus else "no GPU"
     device = " ".join(x for x in (str(calib.get("device")), calib["host"].get("gpu")) if x)

@@ -6,8 +6,8 @@ Same documents and tiny model everywhere:
 - pagemill end to end: ``run_ingest`` on the Ray executor (Ray started before timing, as on a
   long-lived cluster; actor start-up and model load are inside the timing);
 - each stage alone, in this process: render (RenderPages), embed (EmbedPages on pre-rendered
-  pages, with the one thread an embedding actor gets on a CPU-only cluster), commit (Parquet
-  shard + Milvus Lite upserts of pre-embedded units);
+  pages, with the one thread an embedding actor gets on a CPU-only cluster), encode (pooling and
+  encodings), write (Parquet parts + Milvus Lite upserts) and commit (the ledger records);
 - the naive loop a user would write: pdf2image at 200 DPI, resize to the budget, embed one page
   at a time, append to a list, write one Parquet file at the end (no Milvus, no resume).
 Targets (issue 10): end to end >= 0.8 x the slowest stage alone, and >= 1.3 x the naive loop.
@@ -61,16 +61,23 @@ def end_to_end(src: Path, out: Path) -> tuple[int, float, dict]:
 
 
 def stages_alone(src: Path, out: Path) -> dict[str, tuple[int, float]]:
+    """Each stage over the same units in this process: render, embed (the model, one thread),
+    encode (pooling and encodings), write (Parquet parts + Milvus Lite) and commit (the ledger)."""
+    import json
+
     import torch
 
+    from operators import schema as S
     from operators.embed import EmbedPages
-    from operators.milvus_sink import MilvusSink
+    from operators.encode import EncodePages
+    from operators.milvus_writer import MilvusWriter
     from operators.models import ModelSpec, adapter_for
-    from operators.parquet_sink import ParquetSink
     from operators.render import RenderPages, units_table
     from operators.sources import LocalSource
     from operators.store import LocalStore
+    from operators.writer import PagesWriter
     from pipelines.commit import UnitCommitter
+    from pipelines.executor import UnitTracker
     from pipelines.ledger import Ledger, MilvusSuspects
     from pipelines.plan import PlanCounts, plan_units
 
@@ -91,27 +98,35 @@ def stages_alone(src: Path, out: Path) -> dict[str, tuple[int, float]]:
     embed = EmbedPages(spec)
     embed.setup()
     t = time.perf_counter()
-    flows = [embed(r) for r in rendered]
+    embedded = [embed(r) for r in rendered]
     embed_s = time.perf_counter() - t
     torch.set_num_threads(threads)
 
-    import json
-
-    from operators import schema as S
+    encode = EncodePages(embed.dim)
+    encode.setup()
+    t = time.perf_counter()
+    encoded = [encode(e) for e in embedded]
+    encode_s = time.perf_counter() - t
 
     store = LocalStore(out / "commit")
-    milvus = MilvusSink(str(out / "commit-milvus.db"), "bench", 128)
+    milvus = MilvusWriter(str(out / "commit-milvus.db"), "bench", 128)
     milvus.setup()
-    committer = UnitCommitter(Ledger(store), ParquetSink(store), milvus, S.pages_schema(128), "bench",
-                              suspects=MilvusSuspects())  # a fresh index, as in ingest
+    writer = PagesWriter(store, S.pages_schema(128), {}, "bench")
+    writer.share_client(milvus)
+    writer.setup()
     t = time.perf_counter()
-    for u, f in zip(units, flows):
-        kinds = f[S.KIND].to_pylist()
-        info = json.loads(f[S.UNIT_INFO][kinds.index(S.KIND_UNIT)].as_py())
-        committer.commit(u.unit_id, info, f)
+    results = [writer(f) for f in encoded]
+    write_s = time.perf_counter() - t
+    committer = UnitCommitter(Ledger(store), "bench", suspects=MilvusSuspects())  # a fresh index, as in ingest
+    tracker = UnitTracker(committer.commit)
+    t = time.perf_counter()
+    for r in results:
+        tracker.add(r)
     commit_s = time.perf_counter() - t
+    assert tracker.committed == len(units), json.dumps(tracker.pending)
     milvus.close()
-    return {"render": (pages, render_s), "embed": (pages, embed_s), "commit": (pages, commit_s)}
+    return {"render": (pages, render_s), "embed": (pages, embed_s), "encode": (pages, encode_s),
+            "write": (pages, write_s), "commit": (pages, commit_s)}
 
 
 def naive_loop(src: Path, out: Path) -> tuple[int, float]:

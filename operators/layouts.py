@@ -108,17 +108,23 @@ class LayoutEncoder:
         self.fde_params = fde or FdeParams()
         self._fde = FdeEncoder(dim, self.fde_params) if any(x.pooling == "fde" for x in self.layouts) else None
 
-    def page_vectors(self, layout: Layout, emb) -> np.ndarray:
-        """The (n, D) float32 vectors of one page in this layout, before encoding."""
+    def page_vectors(self, layout: Layout, emb, raw: np.ndarray | None = None) -> np.ndarray:
+        """The (n, D) float32 vectors of one page in this layout, before encoding. ``emb`` holds
+        the archived (float16-rounded) vectors, ``raw`` the model's float32 output: only the
+        unpooled ``mv-fp32`` keeps what the archive cannot."""
         v = emb.vectors
+        if raw is not None and layout.pooling is None and layout.encoding == "fp32":
+            return raw
         if layout.pooling == "pool":
             return hierarchical_pool(v, emb.patch_offset, emb.n_patches, layout.factor)
         if layout.pooling == "rowcol":
             return rowcol_pool(v, emb.patch_offset, emb.n_patches, emb.grid_h, emb.grid_w)
         return v
 
-    def columns(self, embs: list) -> dict[str, pa.Array]:
-        """``embs``: one PageEmbedding or None (a non-page row) per row."""
+    def columns(self, embs: list, raws: list | None = None) -> dict[str, pa.Array]:
+        """``embs``: one PageEmbedding or None (a non-page row) per row; ``raws``: the model's
+        float32 vectors of each row, when there are (else the archived ones serve)."""
+        raws = raws if raws is not None else [None] * len(embs)
         nulls = [e is None for e in embs]
         out: dict[str, pa.Array] = {}
         for layout in self.layouts:
@@ -131,12 +137,12 @@ class LayoutEncoder:
                 continue
             blocks, scales = [], []
             empty, empty_scale = E.encode_block(np.zeros((0, self.dim), np.float32), layout.encoding)
-            for e in embs:
+            for e, raw in zip(embs, raws):
                 if e is None:
                     blocks.append(empty)
                     scales.append(np.zeros(0, np.float32) if empty_scale is None else empty_scale)
                     continue
-                values, scale = E.encode_block(self.page_vectors(layout, e), layout.encoding)
+                values, scale = E.encode_block(self.page_vectors(layout, e, raw), layout.encoding)
                 blocks.append(values)
                 scales.append(scale)
             out[layout.column] = E.ragged_array(blocks, layout.encoding, self.dim, nulls)

@@ -16,17 +16,6 @@ PAGES_PREFIX = "pages"
 QUARANTINE_PREFIX = "quarantine"
 
 
-def shard_key(prefix: str, unit_id: str) -> str:
-    return f"{prefix}/{unit_id}.parquet"
-
-
-def to_pages_table(flow: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Page rows of an embedded flow table, in page_id order, with the ``OUT/pages`` schema."""
-    pages = flow.filter(pa.compute.equal(flow[S.KIND], S.KIND_PAGE)).select(schema.names)
-    pages = pages.sort_by([(S.PAGE_ID, "ascending")])
-    return pages.cast(schema)
-
-
 def quarantine_table(entries: list[dict], unit_id: str, run_id: str) -> pa.Table:
     rows = {f.name: [] for f in S.QUARANTINE_SCHEMA}
     for q in sorted(entries, key=lambda q: (q["source_uri"], q.get("page_number") or -1)):

@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 import pyarrow as pa
 
 from operators import schema as S
+from operators.counters import Stage
 from operators.sources import DocumentRef, Source
 
 # Quarantine reason codes (machine-readable; documented in the README).
@@ -311,17 +312,20 @@ def load_password_map(path: str) -> tuple[tuple[str, str], ...]:
 # --------------------------------------------------------------------------------------------
 
 
-def units_table(units: list[tuple[str, list[DocumentRef]]]) -> pa.Table:
-    """The input of the fetch/render stage: one row per work unit, its documents as JSON."""
+def units_table(units: list[tuple[str, list[DocumentRef]]], may_hold=None) -> pa.Table:
+    """The input of the fetch/render stage: one row per work unit, its documents as JSON
+    (``[uri, version, size, may_hold]``: ``may_hold`` says whether Milvus may hold rows of another
+    version of the document, so that its writer deletes them; default: it may)."""
     return pa.table(
         {
             S.UNIT_ID: [u for u, _ in units],
-            "docs": [json.dumps([[d.uri, d.version, d.size] for d in docs]) for _, docs in units],
+            "docs": [json.dumps([[d.uri, d.version, d.size, may_hold(d) if may_hold else True] for d in docs])
+                     for _, docs in units],
         }
     )
 
 
-class RenderPages:
+class RenderPages(Stage):
     """Work units in, rendered pages out (plus one marker row per unit with its bookkeeping).
 
     Each input row is a whole work unit: its documents are fetched from the source, opened and
@@ -332,27 +336,29 @@ class RenderPages:
     >>> stage.setup(); pages = stage(units_table([("u1", refs)]))                   # doctest: +SKIP
     """
 
+    name = "render"
+    extra_counters = {"documents": 0}
+
     def __init__(self, source: Source, budget: PixelBudget, limits: RenderLimits | None = None):
         self.source = source
         self.budget = budget
         self.limits = limits or RenderLimits()
         self._worker: MuPdfWorker | None = None
-        self.stats = {"documents": 0, "pages": 0, "busy_s": 0.0}
-        self._started: float | None = None
+        super().__init__()
 
     def setup(self) -> None:
-        self._worker = MuPdfWorker()
-        self._worker.start()
-        self._started = time.perf_counter()
+        if self._worker is None:
+            self._worker = MuPdfWorker()
+            self._worker.start()
 
     def stage_stats(self) -> dict:
         """Cumulative counters of this worker (the driver keeps the latest per worker)."""
-        wall = time.perf_counter() - self._started if self._started else 0.0
-        return {"worker": f"{os.uname().nodename}:{os.getpid()}", **self.stats, "wall_s": round(wall, 4)}
+        return self.counters.snapshot()
 
     def close(self) -> None:
         if self._worker is not None:
             self._worker.stop()
+            self._worker = None
 
     def __del__(self):  # the child is a daemon anyway; this just frees it early
         try:
@@ -362,27 +368,27 @@ class RenderPages:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         S.require_columns("RenderPages", batch, [S.UNIT_ID, "docs"])
-        if self._worker is None:
-            self.setup()
+        self.setup()
+        self.counters.start()  # wall time counts from the first batch: set-up is start-up, not work
         t0 = time.perf_counter()
         cols: dict[str, list] = {f.name: [] for f in S.RENDERED_SCHEMA}
         for unit_id, docs_json in zip(batch[S.UNIT_ID].to_pylist(), batch["docs"].to_pylist()):
-            docs = [DocumentRef(uri, version, size) for uri, version, size in json.loads(docs_json)]
             info = {"docs": [], "quarantine": [], "n_pages": 0}
-            for ref in docs:
-                n_ok = self._render_document(unit_id, ref, cols, info)
+            for uri, version, size, *flags in json.loads(docs_json):
+                n_ok = self._render_document(unit_id, DocumentRef(uri, version, size), cols, info)
+                info["docs"][-1]["may_hold"] = bool(flags[0]) if flags else True
                 info["n_pages"] += n_ok
             self.stats["busy_s"] = self.stats["busy_s"] + (time.perf_counter() - t0)
             t0 = time.perf_counter()
-            info["render_stats"] = self.stage_stats()
             self._append(cols, unit_id, S.KIND_UNIT, None, None, 0, 0, b"", unit_info=json.dumps(info))
         self.stats["busy_s"] += time.perf_counter() - t0
-        return pa.table(cols, schema=S.RENDERED_SCHEMA)
+        return S.stamp(pa.table(cols, schema=S.RENDERED_SCHEMA), self.name, self.stage_stats())
 
     @staticmethod
     def _append(cols, unit_id, kind, ref, page_number, w, h, pixels, unit_info=None, text=None):
         cols[S.UNIT_ID].append(unit_id)
         cols[S.KIND].append(kind)
+        cols[S.PAGE_ID].append(S.page_id_for(ref.uri, page_number) if ref and page_number is not None else None)
         cols[S.DOC_ID].append(S.doc_id_for(ref.uri) if ref else None)
         cols[S.SOURCE_URI].append(ref.uri if ref else None)
         cols[S.DOC_VERSION].append(ref.version if ref else None)

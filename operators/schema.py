@@ -35,11 +35,13 @@ MV = "mv"  # full multi-vector: list<fixed_size_list<float16, D>>
 SV_MEAN = "sv_mean"  # mean of the patch vectors, L2-normalised: fixed_size_list<float32, D>
 SV_TEXT = "sv_text"  # the text layer's vector (text:<model>), null for pages without text
 SV_VLM = "sv_vlm"  # a single-vector VLM's page vector (sv:<model>): fixed_size_list<float32, D>
+MV_RAW = "mv_raw"  # the model's float32 multi-vector, from the embed stage to the encode stage only
 
 # Flow bookkeeping between stages (never written to OUT/pages).
 UNIT_ID = "unit_id"
 KIND = "kind"  # "page" for a page row, "unit" for the one marker row a unit sends downstream
 UNIT_INFO = "unit_info"  # JSON on the marker row: documents, page counts, quarantine entries
+STAGE_STATS = "stage_stats"  # JSON on the first row of each stage's output batch: {stage: counters}
 KIND_PAGE = "page"
 KIND_UNIT = "unit"
 KIND_PAGE_FAILED = "page_failed"  # a page the embed stage could not embed; UNIT_INFO holds the reason
@@ -69,6 +71,7 @@ RENDERED_SCHEMA = pa.schema(
     [
         pa.field(UNIT_ID, pa.string()),
         pa.field(KIND, pa.string()),
+        pa.field(PAGE_ID, pa.string()),
         pa.field(DOC_ID, pa.string()),
         pa.field(SOURCE_URI, pa.string()),
         pa.field(DOC_VERSION, pa.string()),
@@ -121,6 +124,38 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field(RUN_ID, pa.string()),
     ]
 )
+
+
+def stamp(batch: pa.Table, stage: str, stats: dict, settings: dict | None = None) -> pa.Table:
+    """Put a stage worker's cumulative counters on the first row of its output batch
+    (``stage_stats``: every worker that handled a batch reports, whichever rows it saw) and its
+    effective settings on the unit marker rows. These are the channels from a streaming worker
+    back to the driver that need no service: the writers hand them on in their results."""
+    import json
+
+    if batch.num_rows == 0:
+        return batch
+    if STAGE_STATS in batch.column_names:
+        col = batch[STAGE_STATS].to_pylist()
+        first = json.loads(col[0]) if col[0] else {}
+        first[stage] = stats
+        col[0] = json.dumps(first)
+        batch = batch.set_column(batch.column_names.index(STAGE_STATS), STAGE_STATS, pa.array(col, pa.string()))
+    else:
+        batch = batch.append_column(STAGE_STATS, pa.array([json.dumps({stage: stats})] + [None] * (batch.num_rows - 1),
+                                                            pa.string()))
+    if not settings or UNIT_INFO not in batch.column_names:
+        return batch
+    kinds = batch[KIND].to_pylist()
+    if KIND_UNIT not in kinds:
+        return batch
+    infos = batch[UNIT_INFO].to_pylist()
+    for i, (kind, info) in enumerate(zip(kinds, infos)):
+        if kind == KIND_UNIT and info:
+            d = json.loads(info)
+            d.setdefault("settings", {})[stage] = settings
+            infos[i] = json.dumps(d)
+    return batch.set_column(batch.column_names.index(UNIT_INFO), UNIT_INFO, pa.array(infos, pa.string()))
 
 
 class MissingColumnsError(ValueError):

@@ -62,6 +62,12 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=float, help="GPUs per embedding actor (fractions allowed)")
     p.add_argument("--embed-actors", type=int, help="number of embedding actors")
     p.add_argument("--render-actors", type=int, help="number of render actors")
+    p.add_argument("--encode-actors", type=int, help="number of pooling/encoding actors (default: one per accelerator)")
+    p.add_argument("--write-actors", type=int, help="number of writer actors (default: one per two accelerators)")
+    p.add_argument("--write-placement", choices=["auto", "workers", "driver"],
+                   help="where Parquet and Milvus writes run: auto (default: workers, except Milvus Lite or a local OUT "
+                   "on a multi-node cluster), workers, driver")
+    p.add_argument("--write-batch-pages", type=int, help="pages per writer call: the most a Parquet part holds (64)")
     p.add_argument("--object-store-mb", type=float,
                    help="Ray object store budget for pages between stages (default 128 MB per actor, at least 256)")
     p.add_argument("--page-timeout", dest="page_timeout_s", type=float, help="seconds one page may take to render")
@@ -111,13 +117,12 @@ def _milvus_connection_args(p) -> None:
 
 
 def _milvus_connection(args, uri: str):
-    from operators.milvus_sink import MilvusConnection
+    from operators.milvus_client import MilvusConnection
 
     if args.milvus_ca_file and not os.path.isfile(args.milvus_ca_file):
         raise ValueError(f"--milvus-ca-file: no such file {args.milvus_ca_file!r}")
-    return MilvusConnection(uri, token=os.environ.get("MILVUS_TOKEN") or None, user=args.milvus_user,
-                            password=os.environ.get("MILVUS_PASSWORD") or None, db_name=args.milvus_db,
-                            ca_file=args.milvus_ca_file, server_name=args.milvus_server_name)
+    return MilvusConnection(uri, user=args.milvus_user, db_name=args.milvus_db, ca_file=args.milvus_ca_file,
+                            server_name=args.milvus_server_name)
 
 
 FIDELITY_EXAMPLE = """example:
@@ -328,7 +333,7 @@ def _milvus_load(args) -> int:
 
 
 def _search(args) -> int:
-    from operators.milvus_sink import MilvusSink
+    from operators.milvus_reader import MilvusReader
     from operators.s3 import S3Options
     from operators.store import open_store
     from pipelines.search import search
@@ -337,7 +342,7 @@ def _search(args) -> int:
     uri = args.milvus or store.local_path("milvus.db")
     if not uri:
         raise ValueError("--milvus is required when OUT is not a local folder")
-    sink = MilvusSink(_milvus_connection(args, uri), args.collection, dim=0)
+    sink = MilvusReader(_milvus_connection(args, uri), args.collection)
     sink.connect()
     try:
         results = search(args.query, store, sink, k=args.k, candidates=args.candidates, stage1_mode=args.stage1,
@@ -368,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report(args) -> int:
-    from operators.milvus_sink import MilvusSink
+    from operators.milvus_reader import MilvusReader
     from operators.s3 import S3Options
     from operators.store import open_store
     from pipelines.report import build_report, format_report, load_prices, measure_run
@@ -379,7 +384,7 @@ def _report(args) -> int:
         milvus_uri = store.local_path("milvus.db")
     sink = None
     if milvus_uri:
-        sink = MilvusSink(_milvus_connection(args, milvus_uri), args.collection, dim=0)
+        sink = MilvusReader(_milvus_connection(args, milvus_uri), args.collection)
         sink.connect()
         sink.discover()
     try:
@@ -388,7 +393,7 @@ def _report(args) -> int:
         if sink:
             sink.close()
     pages = tuple(int(x) for x in str(args.pages).split(",") if x.strip())
-    from operators.milvus_sink import is_lite_uri
+    from operators.milvus_client import is_lite_uri
 
     report = build_report(measured, pages, load_prices(args.prices), args.index, args.replicas, args.threshold,
                           measured_lite=bool(milvus_uri and is_lite_uri(milvus_uri)))
@@ -477,7 +482,7 @@ def _ingest(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's fork notices are noise for users
-    from operators.milvus_sink import MilvusError
+    from operators.milvus_plan import MilvusError
     from operators.models import ModelError
     from operators.sources import SourceError
     from operators.store import StoreError

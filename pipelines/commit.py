@@ -1,9 +1,13 @@
-"""Commit a finished work unit: shards, then Milvus, then the ledger record (the commit point).
+"""Commit a written work unit: the ledger record is the commit point.
 
-A crash anywhere before the ledger write leaves the unit uncommitted: its new files are orphans
-that the next run deletes, the documents' previous versions stay intact in ``OUT/pages``, and
-the unit is planned again. Milvus rows are written by upsert and stale versions deleted by
-filter, so a replayed unit converges to the same rows.
+By the time a unit is complete its writers have written its Parquet parts and its Milvus rows
+(upserts, and deletes of other versions). Here, in commit order on the driver: older shards that
+still hold a superseded version of the unit's documents are rewritten without it (a task where
+the data lives), then the ledger record names the unit's files and the rewrites, then the
+replaced files go. A crash anywhere before the record leaves the unit uncommitted: its files are
+orphans that the next run deletes, the documents' previous versions stay intact in ``OUT/pages``,
+and the unit is planned again; Milvus converges because its writes are upserts and filtered
+deletes (and the suspects list covers a commit that died after its Milvus writes).
 """
 
 from __future__ import annotations
@@ -12,15 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators import schema as S
-from operators.milvus_sink import MilvusSink
-from operators.parquet_sink import (
-    PAGES_PREFIX,
-    QUARANTINE_PREFIX,
-    ParquetSink,
-    quarantine_table,
-    shard_key,
-    to_pages_table,
-)
+from operators.parquet_sink import PAGES_PREFIX, ParquetSink
+from operators.store import OutputStore
 from pipelines.faults import checkpoint
 from pipelines.ledger import Ledger, MilvusSuspects
 
@@ -30,98 +27,112 @@ def _rewritten_key(old: str, unit_id: str) -> str:
     return f"{stem}~{unit_id}.parquet"
 
 
-def fold_failed_pages(info: dict, flow: pa.Table) -> None:
-    """Pages the embed stage gave up on (``page_failed`` rows) become page-level quarantine
-    entries, and each document's status and page count follow what is really committed."""
-    import json
+def rewrite_without(store: OutputStore, keys: list[str], uris: list[str], unit_id: str) -> list[dict]:
+    """Rewrite each file in ``keys`` without the rows of ``uris`` (a new key; the old file stays
+    until the commit). A file left empty is dropped. Runs where the data lives."""
+    import io
 
-    kinds = flow[S.KIND].to_pylist()
-    failed = [i for i, k in enumerate(kinds) if k == S.KIND_PAGE_FAILED]
-    if not failed:
-        return
-    uris = flow[S.SOURCE_URI].to_pylist()
-    versions = flow[S.DOC_VERSION].to_pylist()
-    numbers = flow[S.PAGE_NUMBER].to_pylist()
-    infos = flow[S.UNIT_INFO].to_pylist()
+    import pyarrow.parquet as pq
+
+    parquet = ParquetSink(store)  # no metadata of its own: the old file's stays as it was
+    drop = pa.array(uris)
+    rewrites = []
+    for old in keys:
+        data = store.read_bytes(old)
+        inside = pq.read_table(io.BytesIO(data), columns=[S.SOURCE_URI])[S.SOURCE_URI]
+        if not pc.any(pc.is_in(inside, value_set=drop)).as_py():
+            continue  # another part of the unit: nothing of these documents in it
+        table = pq.read_table(io.BytesIO(data))
+        keep = table.filter(pc.invert(pc.is_in(table[S.SOURCE_URI], value_set=drop)))
+        new = None
+        if keep.num_rows:
+            new = _rewritten_key(old, unit_id)
+            parquet.write(new, keep)
+        rewrites.append({"old": old, "new": new})
+    return rewrites
+
+
+def resync_pages(store: OutputStore, milvus, keys: list[str], uris: list[str], shared: bool = False) -> int:
+    """Upsert again the committed pages of ``uris`` from their shards (``milvus``: a writer from
+    ``for_workers()``, or the caller's own client when ``shared``). Runs where the data lives;
+    returns pages written."""
+    if not shared:
+        milvus.open()
+    try:
+        keep = pa.array(sorted(uris))
+        written = 0
+        parquet = ParquetSink(store)
+        for key in keys:
+            table = parquet.read(key)
+            table = table.filter(pc.is_in(table[S.SOURCE_URI], value_set=keep))
+            milvus.write_pages(table)
+            written += table.num_rows
+        return written
+    finally:
+        if not shared:
+            milvus.close()
+
+
+def fold_failed(info: dict, parts: list[dict]) -> list[dict]:
+    """Pages the embed stage gave up on become page-level quarantine entries, and each document's
+    status and page count follow what is really committed. Returns the unit's quarantine entries."""
+    failed = [q for p in parts for q in p["failed"]]
     lost: dict[str, int] = {}
-    for i in failed:
-        why = json.loads(infos[i])
-        info["quarantine"].append({"source_uri": uris[i], "doc_version": versions[i], "page_number": numbers[i],
-                                   "stage": "embed", "reason": why["reason"], "detail": why.get("detail")})
-        lost[uris[i]] = lost.get(uris[i], 0) + 1
+    for q in failed:
+        lost[q["source_uri"]] = lost.get(q["source_uri"], 0) + 1
     for d in info["docs"]:
         if d["uri"] in lost:
             d["n_pages"] -= lost[d["uri"]]
             d["status"] = "partial" if d["n_pages"] > 0 else "quarantined"
     info["n_pages"] -= len(failed)
+    return info["quarantine"] + failed
 
 
 class UnitCommitter:
-    def __init__(self, ledger: Ledger, parquet: ParquetSink, milvus: MilvusSink | None, pages_schema, run_id: str,
+    def __init__(self, ledger: Ledger, run_id: str, executor=None, milvus=None,
                  suspects: MilvusSuspects | None = None):
-        """``suspects``: what Milvus may hold beyond the ledger (see MilvusSuspects); without it
-        every commit deletes other versions' rows of all its documents."""
+        """``executor``: runs rewrites and resyncs where the data lives (``run_task``);
+        ``milvus``: the driver's MilvusWriter (deletes of documents gone from the source, and
+        the plan that resyncs use); ``suspects``: what Milvus may hold beyond the ledger."""
         self.ledger = ledger
-        self.parquet = parquet
-        self.milvus = milvus
-        self.pages_schema = pages_schema
+        self.store = ledger.store
         self.run_id = run_id
+        self.executor = executor
+        self.milvus = milvus
         self.suspects = suspects if suspects is not None else MilvusSuspects(everything=True)
+        self.delete_calls = 0  # deletes by filter sent from the driver (resyncs, documents gone)
 
-    def commit(self, unit_id: str, info: dict, flow: pa.Table) -> dict:
+    def _run(self, fn, *args):
+        return self.executor.run_task(fn, *args) if self.executor is not None else fn(*args)
+
+    def commit(self, unit_id: str, info: dict, parts: list[dict]) -> dict:
         """Make the unit durable and return what it added (for the run summary)."""
         state = self.ledger.state
-        fold_failed_pages(info, flow)
-        pages = to_pages_table(flow, self.pages_schema)
-        quarantine = quarantine_table(info["quarantine"], unit_id, self.run_id)
+        quarantine = fold_failed(info, parts)
+        files = [f for p in parts for f in p["files"]]
         uris = {d["uri"] for d in info["docs"]}
-        superseded = sorted(u for u in uris if u in state.docs)
-
-        files = []
-        for prefix, table in ((PAGES_PREFIX, pages), (QUARANTINE_PREFIX, quarantine)):
-            if table.num_rows:
-                key = shard_key(prefix, unit_id)
-                self.parquet.write(key, table)
-                files.append({"key": key, "docs": sorted(set(table[S.SOURCE_URI].to_pylist()))})
-
+        superseded = sorted(u for u in uris if u in state)
         # Older files that still hold a superseded version: rewrite them without it. The old
         # file is deleted only after the commit, so until then the old version stays readable.
-        rewrites = self._rewrite_without(superseded, unit_id) if superseded else []
-        checkpoint("shard_written")
-
-        if self.milvus is not None:
-            self.milvus.write_pages(pages)
-            # Rows of any other version go, for every document Milvus may hold rows of: those
-            # the ledger knows, and those of a commit that died before its record (suspects).
-            versions = {d["doc_id"]: (d["version"] if d["n_pages"] else None) for d in info["docs"]
-                        if self.suspects.may_hold(d["uri"], state)}
-            if versions:
-                self.milvus.delete_other_versions(versions)
-            # No flush per unit: an acknowledged write is already in Milvus' write-ahead log (the
-            # message queue of a server, the WAL file of Lite), and flushing every unit makes
-            # tiny sealed segments that slow search down. The run flushes once at its end.
-            checkpoint("milvus_written")
-
-        self.ledger.commit(
-            {
-                "unit_id": unit_id,
-                "run_id": self.run_id,
-                "docs": [
-                    {"uri": d["uri"], "doc_id": d["doc_id"], "version": d["version"], "status": d["status"],
-                     "n_pages": d["n_pages"]}
-                    for d in info["docs"]
-                ],
-                "files": files,
-                "rewrites": rewrites,
-                "superseded": superseded,
-            }
-        )
+        holding = state.files_holding(set(superseded)) if superseded else []
+        rewrites = self._run(rewrite_without, self.store, holding, superseded, unit_id) if holding else []
+        self.ledger.commit({
+            "unit_id": unit_id,
+            "run_id": self.run_id,
+            "docs": [{"uri": d["uri"], "doc_id": d["doc_id"], "version": d["version"], "status": d["status"],
+                      "n_pages": d["n_pages"]} for d in info["docs"]],
+            "files": [{"key": f["key"], "docs": f["docs"]} for f in files],
+            "rewrites": rewrites,
+            "superseded": superseded,
+        })
         checkpoint("committed")
-        self.suspects.uris -= uris  # deleted for above; the ledger knows them now
+        self.suspects.uris -= uris  # their writer deleted other versions; the ledger knows them now
         for rw in rewrites:
-            self.parquet.store.delete(rw["old"])
-        return {"pages": pages.num_rows, "quarantine": quarantine.num_rows, "superseded": len(superseded),
-                "table": pages}
+            self.store.delete(rw["old"])
+        pages_key = PAGES_PREFIX + "/"
+        return {"pages": sum(f["rows"] for f in files if f["key"].startswith(pages_key)),
+                "bytes": sum(f["bytes"] for f in files if f["key"].startswith(pages_key)),
+                "quarantine": quarantine, "superseded": len(superseded), "files": files}
 
     def resync_milvus(self, uris: set[str]) -> int:
         """Make Milvus hold exactly the committed version of documents the ledger knows but this
@@ -129,33 +140,18 @@ class UnitCommitter:
         commit died between its Milvus writes and its record: Milvus holds the dead commit's
         version). Their committed pages are upserted again from the shards, and other versions'
         rows deleted. Returns pages written."""
-        docs = {u: self.ledger.state.docs[u] for u in uris if u in self.ledger.state.docs}
+        state = self.ledger.state
+        docs = {u: d for u in uris if (d := state.get(u, with_version=True)) is not None}
         if self.milvus is None or not docs:
             return 0
-        keep = pa.array(sorted(docs))
-        written = 0
-        for key in self.ledger.state.files_holding(set(docs)):
-            if not key.startswith(PAGES_PREFIX + "/"):
-                continue
-            table = self.parquet.read(key)
-            table = table.filter(pc.is_in(table[S.SOURCE_URI], value_set=keep))
-            self.milvus.write_pages(table)
-            written += table.num_rows
-        self.milvus.delete_other_versions({S.doc_id_for(u): (d.version if d.n_pages else None) for u, d in docs.items()})
+        keys = [k for k in self.ledger.state.files_holding(set(docs)) if k.startswith(PAGES_PREFIX + "/")]
+        if self.executor is None or self.executor.tasks_in_driver:
+            written = resync_pages(self.store, self.milvus, keys, sorted(docs), True)
+        else:
+            written = self._run(resync_pages, self.store, self.milvus.for_workers(), keys, sorted(docs))
+        self.delete_calls += self.milvus.delete_other_versions(
+            {S.doc_id_for(u): (d.version if d.n_pages else None) for u, d in docs.items()})
         return written
-
-    def _rewrite_without(self, uris: list[str], unit_id: str) -> list[dict]:
-        drop = pa.array(uris)
-        rewrites = []
-        for old in self.ledger.state.files_holding(set(uris)):
-            table = self.parquet.read(old)
-            keep = table.filter(pc.invert(pc.is_in(table[S.SOURCE_URI], value_set=drop)))
-            new = None
-            if keep.num_rows:
-                new = _rewritten_key(old, unit_id)
-                self.parquet.write(new, keep)
-            rewrites.append({"old": old, "new": new})
-        return rewrites
 
     def delete_documents(self, uris: list[str]) -> int:
         """Remove documents gone from the source: shards rewritten without them, their Milvus
@@ -166,12 +162,13 @@ class UnitCommitter:
         if not uris:
             return 0
         unit_id = "d" + hashlib.blake2b("\n".join(uris).encode(), digest_size=10).hexdigest()
-        removed = sum(self.ledger.state.docs[u].n_pages for u in uris if u in self.ledger.state.docs)
-        rewrites = self._rewrite_without(uris, unit_id)
+        removed = sum(d.n_pages for u in uris if (d := self.ledger.state.get(u)) is not None)
+        holding = self.ledger.state.files_holding(set(uris))
+        rewrites = self._run(rewrite_without, self.store, holding, uris, unit_id) if holding else []
         if self.milvus is not None:
-            self.milvus.delete_other_versions({S.doc_id_for(u): None for u in uris})
+            self.delete_calls += self.milvus.delete_other_versions({S.doc_id_for(u): None for u in uris})
         self.ledger.commit({"unit_id": unit_id, "run_id": self.run_id, "docs": [], "files": [], "rewrites": rewrites,
                             "superseded": uris, "deleted": uris})
         for rw in rewrites:
-            self.parquet.store.delete(rw["old"])
+            self.store.delete(rw["old"])
         return removed

@@ -51,6 +51,10 @@ class IngestConfig:
     embed_actors: int | None = None  # default: one per GPU, or 1 on a CPU-only cluster
     render_actors: int | None = None  # default: the CPUs left after the embedding actors
     object_store_mb: float | None = None  # Ray object store budget for pages in flight (default 128 MB per actor, >= 256)
+    encode_actors: int | None = None  # pooling/encoding actors (default: one per accelerator)
+    write_actors: int | None = None  # writer actors (default: one per two accelerators)
+    write_placement: str = "auto"  # auto | workers | driver: where Parquet and Milvus writes happen
+    write_batch_pages: int = 64  # pages per writer call (a Parquet part holds at most this many)
     batch_size: int = 8  # pages per forward pass
     max_batch_tokens: int | None = None  # visual tokens per forward pass (default: batch_size full-budget pages)
     page_timeout_s: float = 60.0
@@ -91,14 +95,15 @@ class IngestConfig:
         choices = {"executor": ("ray", "local"), "weights": ("hub", "random"),
                    "dtype": ("auto", "float32", "bfloat16", "float16"),
                    "s3_addressing_style": ("auto", "path", "virtual"), "s3_retry_mode": ("standard", "adaptive"),
-                   "milvus_mv_mode": ("auto", "rows", "struct"),
+                   "milvus_mv_mode": ("auto", "rows", "struct"), "write_placement": ("auto", "workers", "driver"),
                    "attn_implementation": ("auto", "sdpa", "eager", "flash_attention_2")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
         positive = ["milvus_timeout_s", "ledger_compact_every", "lock_lease_s", "fde_reps", "fde_bits", "fde_proj_dim", "s3_max_attempts", "batch_size", "page_timeout_s", "max_doc_bytes", "max_pages", "unit_max_docs",
                     "unit_max_bytes", "progress_interval_s"]
-        for key in positive + ["max_pixels", "embed_actors", "render_actors", "max_batch_tokens", "object_store_mb"]:
+        for key in positive + ["max_pixels", "embed_actors", "render_actors", "max_batch_tokens", "object_store_mb",
+                               "encode_actors", "write_actors", "write_batch_pages"]:
             v = getattr(self, key)
             if v is not None and v <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {v!r}")
@@ -180,13 +185,14 @@ class IngestConfig:
         return FdeParams(self.fde_reps, self.fde_bits, self.fde_proj_dim, self.fde_seed)
 
     def milvus_connection(self):
-        """Connection options; the token and password come from the environment, now."""
-        from operators.milvus_sink import MilvusConnection
+        """Connection options; the token and password come from the environment of the process
+        that connects (never from a file, never pickled into a worker)."""
+        from operators.milvus_client import MilvusConnection
 
-        return MilvusConnection(self.milvus_uri(), token=os.environ.get(self.milvus_token_env) or None,
-                                user=self.milvus_user, password=os.environ.get(self.milvus_password_env) or None,
-                                db_name=self.milvus_db, ca_file=self.milvus_ca_file, server_name=self.milvus_server_name,
-                                timeout_s=self.milvus_timeout_s, retries=self.milvus_retries)
+        return MilvusConnection(self.milvus_uri(), user=self.milvus_user, db_name=self.milvus_db,
+                                ca_file=self.milvus_ca_file, server_name=self.milvus_server_name,
+                                timeout_s=self.milvus_timeout_s, retries=self.milvus_retries,
+                                token_env=self.milvus_token_env, password_env=self.milvus_password_env)
 
     def milvus_uri(self) -> str:
         out = self.out[len("file://"):] if self.out.startswith("file://") else self.out

@@ -1,4 +1,5 @@
-"""The ingest job: plan units from the source and the ledger, run them, commit, summarise.
+"""The ingest job: recover, open the sinks, plan units from the source and the ledger, run them,
+commit each, finish; then summarise.
 
 >>> from pipelines.config import IngestConfig
 >>> summary = run_ingest(IngestConfig(source="examples/pdfs", out="/tmp/out", executor="local").validate())  # doctest: +SKIP
@@ -12,44 +13,40 @@ import json
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from operators import schema as S
-from operators.embed import EmbedPages, layout_fields, sv_vlm_field, text_field
+from operators.embed import EmbedPages, EmbedSinglePages, EmbedText
+from operators.encode import EncodePages
 from operators.layouts import parse_layouts
-from operators.milvus_sink import MilvusSink, redact_uri
+from operators.milvus_client import redact_uri
+from operators.milvus_writer import MilvusWriter
 from operators.models import ModelSpec, adapter_for
-from operators.parquet_sink import PAGES_PREFIX, QUARANTINE_PREFIX, ParquetSink
+from operators.parquet_sink import PAGES_PREFIX, QUARANTINE_PREFIX
 from operators.render import RenderLimits, RenderPages, load_password_map
 from operators.sources import open_source
 from operators.store import open_store
 from operators.sv_models import sv_embedder_for
 from operators.text_embed import TextEmbedder, split_model_specs, sv_model_spec
+from operators.writer import PagesWriter
 from pipelines.commit import UnitCommitter
 from pipelines.config import IngestConfig
+from pipelines.executor import Pipeline, UnitTracker
 from pipelines.layout_stats import LayoutStats
 from pipelines.ledger import LEDGER_PREFIX, Ledger
 from pipelines.lock import RunLock
-from pipelines.plan import PlanCounts, plan_units
+from pipelines.plan import PlanCounts, PlanFile, plan_units
 from pipelines.progress import Progress
 from pipelines.stage_stats import StageStats, bottleneck
 
 RUNS_PREFIX = "_runs"
+PLACEMENT_WORDS = {"driver": "in the driver", "driver_node": "one writer on the driver's node",
+                   "workers": "on the workers"}
 
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-
-
-def make_executor(cfg: IngestConfig):
-    if cfg.executor == "local":
-        from pipelines.local_executor import LocalExecutor
-
-        return LocalExecutor()
-    from pipelines.ray_executor import RayExecutor
-
-    return RayExecutor(address=cfg.ray_address, num_gpus=cfg.num_gpus, embed_actors=cfg.embed_actors,
-                       render_actors=cfg.render_actors, object_store_mb=cfg.object_store_mb)
 
 
 def model_spec(cfg: IngestConfig) -> ModelSpec:
@@ -74,232 +71,346 @@ def _suspect_orphans(store, keys: list[str], suspects) -> None:
         suspects.uris.update(uris)
 
 
-def _chain(first, rest):
-    if first is not None:
-        yield first
-        yield from rest
+@dataclass
+class RunTotals:
+    """What the run's commits added, for the summary."""
+
+    docs: dict = field(default_factory=lambda: {"indexed": 0, "partial": 0, "quarantined": 0})
+    pages: int = 0
+    page_quarantine: int = 0
+    superseded: int = 0
+    quarantine: list = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    def add(self, info: dict, added: dict) -> None:
+        for d in info["docs"]:
+            self.docs[d["status"]] += 1
+        for q in added["quarantine"]:
+            self.quarantine.append({"source_uri": q["source_uri"], "reason": q["reason"], "page_number": q["page_number"]})
+            self.page_quarantine += q["page_number"] is not None
+        self.pages += added["pages"]
+        self.superseded += added["superseded"]
+        for stage, s in info.get("settings", {}).items():
+            self.settings.setdefault(stage, s)
 
 
-def _announced(units, counts: PlanCounts, progress: Progress, log):
-    """Pass units through; when the listing is exhausted, say what it found."""
-    n = 0
-    for unit in units:
-        n += 1
-        yield unit
-    progress.total_units = n
-    log.write(f"[pagemill] listing done: {counts.seen} documents seen, {counts.skipped_unchanged} unchanged, "
-              f"{counts.pending} to process in {n} units\n")
+class IngestJob:
+    """One run over one OUT. Phases: ``recover`` (what a dead run left), ``open_sinks`` (models,
+    schema, Milvus collections: everything that can fail before work), ``plan`` (listing against
+    the ledger), ``execute`` (stages, writers, commits), ``finish`` (deletes, compaction, resync,
+    flush) and ``summary``."""
+
+    def __init__(self, cfg: IngestConfig, log=None):
+        self.cfg = cfg
+        self.log = log or sys.stderr  # looked up now: a stream bound at import time may be closed since
+        self.t_start = time.time()
+        self.run_id = new_run_id()
+        self.totals = RunTotals()
+        self.stage_stats = StageStats()
+
+    def say(self, line: str) -> None:
+        self.log.write(f"[pagemill] {line}\n")
+
+    # -- the job ---------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        s3 = cfg.s3_options()
+        self.source = open_source(cfg.source, include=tuple(cfg.include), exclude=tuple(cfg.exclude), s3_options=s3)
+        self.store = open_store(cfg.out, s3_options=s3)
+        self.store.check()
+        self.lock = RunLock(self.store, self.run_id, lease_s=cfg.lock_lease_s)
+        self.lock.acquire()
+        try:
+            self.recover()
+            self.open_sinks()
+            self.executor = self.make_executor()
+            try:
+                self.execute()
+                self.finish()
+            except BaseException:
+                self.executor.close()
+                self.milvus.close()
+                raise
+            self.executor.close()
+            self.milvus_counts = {c: self.milvus.count(c) for c in self.milvus.collections}
+            self.milvus.close()
+            return self.summary()
+        finally:
+            self.lock.release()
+
+    def recover(self) -> None:
+        self.ledger = Ledger(self.store)
+        self.ledger.load()
+        # Files of units that never committed (the previous run died): not part of the index. Their
+        # documents may have Milvus rows the ledger does not know: recorded before the files go.
+        self.orphans = self.ledger.orphans((PAGES_PREFIX, QUARANTINE_PREFIX))
+        self.suspects = self.ledger.load_suspects()
+        if self.orphans:
+            # A unit's own page parts hold what its writers sent to Milvus; a rewrite (``~`` in
+            # the name: an older shard without the superseded documents) sent nothing.
+            _suspect_orphans(self.store, [k for k in self.orphans if k.startswith(PAGES_PREFIX + "/") and "~" not in k],
+                             self.suspects)
+            self.ledger.save_suspects(self.suspects)
+        for key in self.orphans:
+            self.store.delete(key)
+        for key in [o.key for o in self.store.list(RUNS_PREFIX) if "/plan/" in o.key]:
+            self.store.delete(key)  # plan files of runs that died
+
+    def open_sinks(self) -> None:
+        cfg = self.cfg
+        self.spec = model_spec(cfg)
+        adapter = adapter_for(self.spec)  # cheap: reads the preset, loads nothing
+        self.dim = adapter.dim
+        self.budget = adapter.pixel_budget()
+        self.layouts = parse_layouts(cfg.layouts)
+        self.fde = cfg.fde_params()
+        _, self.text_model = split_model_specs(cfg.model)
+        self.text_dim = TextEmbedder(self.text_model).dim if self.text_model else None
+        self.sv_model = sv_model_spec(cfg.model)
+        self.sv_dim = sv_embedder_for(self.sv_model, self.spec).dim if self.sv_model else None  # loads nothing
+        encode = EncodePages(self.dim, self.layouts, self.fde, text_dim=self.text_dim, sv_dim=self.sv_dim)
+        self.pages_schema = S.pages_schema(self.dim, encode.extra_fields())
+        # Connect (and create collections) before any work: an unreachable sink, or a field or
+        # index the server would refuse, fails here, before anything is written.
+        from operators.milvus_plan import parse_index_specs
+
+        self.milvus = MilvusWriter(cfg.milvus_connection(), cfg.collection, self.dim, text_dim=self.text_dim,
+                                   layouts=self.layouts, fde_dim=self.fde.dim,
+                                   index_specs=parse_index_specs(cfg.milvus_index), mv_mode=cfg.milvus_mv_mode,
+                                   milvus_layouts=cfg.milvus_layouts or None, partition_key=cfg.milvus_partition_key,
+                                   corpus=cfg.corpus, extra_sv={"sv-vlm": self.sv_dim} if self.sv_dim else None)
+        self.milvus_plan = self.milvus.setup()
+        suspects = self.suspects
+        if self.ledger.state.empty() and not suspects.everything and any(
+                self.milvus.count_own(c, cfg.corpus) for c in self.milvus.collections):
+            suspects.everything, suspects.why = True, "Milvus holds rows that the (empty) ledger does not account for"
+            self.ledger.save_suspects(suspects)
+        if suspects.everything:
+            self.say(f"milvus: every commit deletes other versions' rows ({suspects.why})")
+        self.had_suspects = bool(suspects.uris or suspects.everything)  # commits take theirs off the list
+        for note in self.milvus_plan.notes:
+            self.say(f"milvus: {note}")
+        metadata = {"model": self.spec.name, "weights": cfg.weights, "dim": self.dim, "corpus": cfg.corpus,
+                    "text_model": self.text_model, "sv_model": self.sv_model,
+                    "layouts": {lay.name: lay.params(self.fde) for lay in self.layouts}}
+        stages = [RenderPages(self.source, self.budget, RenderLimits(
+            page_timeout_s=cfg.page_timeout_s, max_pages=cfg.max_pages, max_bytes=cfg.max_doc_bytes,
+            extract_text=cfg.extract_text, password_map=load_password_map(cfg.passwords) if cfg.passwords else ())),
+            EmbedPages(self.spec, batch_size=cfg.batch_size, max_batch_tokens=cfg.max_batch_tokens,
+                       keep_pixels=bool(self.sv_model))]
+        if self.sv_model:
+            stages.append(EmbedSinglePages(self.sv_model, self.spec, batch_size=cfg.batch_size))
+        if self.text_model:
+            stages.append(EmbedText(self.text_model, device=cfg.device))
+        stages.append(encode)
+        self.writer = PagesWriter(self.store, self.pages_schema, metadata, self.run_id, self.milvus.for_workers())
+        self.pipeline = Pipeline(stages, self.writer, batch_sizes={
+            "render": 1, "embed": cfg.batch_size, "embed_sv": cfg.batch_size, "embed_text": 64, "encode": None,
+            "write": cfg.write_batch_pages})
+        self.layout_stats = LayoutStats(self.layouts, self.dim, self.fde)
+
+    def make_executor(self):
+        cfg = self.cfg
+        if cfg.executor == "local":
+            from pipelines.local_executor import LocalExecutor
+
+            return LocalExecutor()
+        from pipelines.ray_executor import RayExecutor
+
+        return RayExecutor(address=cfg.ray_address, num_gpus=cfg.num_gpus, embed_actors=cfg.embed_actors,
+                           render_actors=cfg.render_actors, object_store_mb=cfg.object_store_mb,
+                           encode_actors=cfg.encode_actors, write_actors=cfg.write_actors,
+                           write_placement=cfg.write_placement, out_is_local=self.store.local_path("") is not None,
+                           milvus_lite=self.milvus.conn.lite, log=self.log)
+
+    def plan(self):
+        """Units stream from the listing: the driver never holds the whole source in memory."""
+        cfg = self.cfg
+        self.counts = PlanCounts(seen_keys=[] if cfg.delete_missing else None)
+        self.say(f"run {self.run_id}: planning from {self.source.uri}"
+                 + (f" ({len(self.orphans)} files of an interrupted run removed)" if self.orphans else ""))
+        listing = self.source.list_documents()
+        first = next(iter_ := iter(listing), None)  # the first listing call fails fast on a bad source
+
+        def chain():
+            if first is not None:
+                yield first
+                yield from iter_
+
+        return plan_units(chain(), self.ledger.state, cfg.unit_max_docs, cfg.unit_max_bytes, self.counts,
+                          retry_quarantined=cfg.retry_quarantined, suspects=self.suspects)
+
+    def execute(self) -> None:
+        self.progress = Progress(None, self.cfg.progress_interval_s, stream=self.log)
+        units = self.plan()
+        plan_file = None
+        if self.cfg.executor != "local":
+            plan_file = PlanFile(self.store, self.run_id)
+            for unit in units:
+                plan_file.add(unit)
+            plan_file.close()
+            self._listed(plan_file.units)
+            if plan_file.units:
+                self.executor.start()
+                where = self.executor.placement
+                self.say(f"writes: {PLACEMENT_WORDS[where['where']]} ({where['why']})")
+                if where["where"] == "driver":
+                    self.writer.share_client(self.milvus)
+            units = iter(())
+        else:
+            units = self._announced(units)
+            self.writer.share_client(self.milvus)
+        self.committer = UnitCommitter(self.ledger, self.run_id, executor=self.executor, milvus=self.milvus,
+                                       suspects=self.suspects)
+        tracker = UnitTracker(self.on_unit, on_stats=self.stage_stats.observe)
+        t = time.time()
+        self.exec_stats = self.executor.run(units, self.pipeline, tracker, plan=plan_file)
+        self.run_s = time.time() - t
+        self.progress.finish()
+        if plan_file is not None:
+            plan_file.delete()
+
+    def _listed(self, n_units: int) -> None:
+        self.progress.total_units = n_units
+        c = self.counts
+        self.say(f"listing done: {c.seen} documents seen, {c.skipped_unchanged} unchanged, {c.pending} to process "
+                 f"in {n_units} units")
+
+    def _announced(self, units):
+        """Pass units through; when the listing is exhausted, say what it found."""
+        n = 0
+        for unit in units:
+            n += 1
+            yield unit
+        self._listed(n)
+
+    def on_unit(self, unit_id: str, info: dict, parts: list[dict]) -> None:
+        self.lock.check()
+        t = time.perf_counter()
+        added = self.committer.commit(unit_id, info, parts)
+        self.stage_stats.committed(added["pages"], time.perf_counter() - t)
+        for p in parts:
+            self.stage_stats.wrote(p)
+        self.layout_stats.add_counts(info, parts)
+        self.totals.add(info, added)
+        self.progress.update(added["pages"], sum(1 for d in info["docs"] if d["status"] == "quarantined"))
+
+    def finish(self) -> None:
+        cfg = self.cfg
+        # Every unit committed, no writer in flight: a file no record names is a part that a
+        # retried write batch left under another key (a lost node's), never read by anyone.
+        self.swept = self.ledger.orphans((PAGES_PREFIX, QUARANTINE_PREFIX))
+        for key in self.swept:
+            self.store.delete(key)
+        self.deleted_docs = self.deleted_pages = 0
+        if cfg.delete_missing:
+            missing = self.ledger.state.missing(self.counts.seen_key_array())
+            if missing and not self.counts.seen:
+                raise ValueError(f"--delete-missing: the source lists no documents at all; refusing to delete all "
+                                 f"{len(missing)} indexed documents (wrong source?)")
+            self.deleted_docs, self.deleted_pages = len(missing), self.committer.delete_documents(missing)
+        if self.ledger.state.records and len(self.ledger.pending_records) >= cfg.ledger_compact_every:
+            self.ledger.compact()
+        # Suspects left that the ledger knows were not committed again (unchanged since their
+        # last commit): Milvus may hold the dead commit's version of them, so resync them.
+        self.resynced = self.committer.resync_milvus(self.suspects.uris)
+        self.milvus.flush()  # once per run: seals the run's segments (commits do not flush)
+        if self.had_suspects:
+            # A run over the whole source has given every document a deleting commit or a resync,
+            # so the unexplained rows are accounted for.
+            self.suspects.uris = {u for u in self.suspects.uris if u not in self.ledger.state}
+            if not cfg.retry_quarantined:
+                self.suspects.everything, self.suspects.why = False, None
+            self.ledger.save_suspects(self.suspects)
+
+    def summary(self) -> dict:
+        cfg, totals = self.cfg, self.totals
+        stages = self.stage_stats.summary()
+        diagnosis = bottleneck(stages, accelerator=self.spec.name.startswith("sim:") or _on_accelerator(totals))
+        if diagnosis:
+            self.say(diagnosis)
+        layouts_summary = self.layout_stats.summary()
+        if cfg.fidelity_queries:
+            from pipelines.fidelity import measure_fidelity
+
+            fid = measure_fidelity(self.store, self.spec, self.layouts, self.fde, cfg.fidelity_queries,
+                                   seed=cfg.fidelity_seed)
+            for name, res in fid["layouts"].items():
+                layouts_summary.setdefault(name, {})["fidelity"] = res
+        wall = time.time() - self.t_start
+        embed = stages.get("embed", {})
+        summary = {
+            "run_id": self.run_id,
+            "started_at": datetime.fromtimestamp(self.t_start, timezone.utc).isoformat(),
+            "source": self.source.uri,
+            "out": self.store.uri,
+            "executor": cfg.executor,
+            "documents": {
+                "seen": self.counts.seen,
+                "indexed": totals.docs["indexed"] + totals.docs["partial"],
+                "partial": totals.docs["partial"],
+                "skipped_unchanged": self.counts.skipped_unchanged,
+                "quarantined": totals.docs["quarantined"],
+                "replaced_versions": totals.superseded,
+                "retried": self.counts.retried,
+                "deleted": self.deleted_docs,
+                "deferred": self.counts.deferred,
+            },
+            "pages": {
+                "indexed": totals.pages,
+                "embedded": int(embed.get("items", 0)),
+                "quarantined": totals.page_quarantine,
+                "deleted": self.deleted_pages,
+            },
+            "units": {"planned": self.progress.total_units, "committed": self.progress.units,
+                      "orphan_files_removed": len(self.orphans), "retried_parts_removed": len(self.swept)},
+            "quarantine": totals.quarantine,
+            "layouts": layouts_summary,
+            "milvus": {
+                "uri": redact_uri(cfg.milvus_uri()),
+                "rows_written": self.stage_stats.milvus_rows(),
+                "delete_calls": self.stage_stats.delete_calls() + self.committer.delete_calls,
+                "pages_resynced": self.resynced,
+                "upsert_path": self.stage_stats.upsert_path or "columns",
+                "row_counts": self.milvus_counts,
+                **self.milvus_plan.summary(),
+            },
+            "outputs": {
+                "pages_bytes": self.stage_stats.written_bytes(PAGES_PREFIX),
+                "quarantine_bytes": self.stage_stats.written_bytes(QUARANTINE_PREFIX),
+                "pages_total_bytes": sum(o.size for o in self.store.list(PAGES_PREFIX)),
+                "ledger_records": self.ledger.state.records,
+            },
+            "model": totals.settings.get("embed") or {"model": self.spec.name, "weights": cfg.weights, "dim": self.dim},
+            "executor_stats": {**self.exec_stats, "embed_actor_devices": sorted(
+                {w["visible_devices"] for w in stages.get("embed", {}).get("per_worker", []) if w.get("visible_devices")})},
+            "stages": stages,
+            "bottleneck": diagnosis,
+            "wall_s": round(wall, 3),
+            "run_s": round(getattr(self, "run_s", 0.0), 3),
+            "pages_per_s": round(totals.pages / wall, 3) if wall > 0 else 0.0,
+        }
+        if "embed_sv" in totals.settings:
+            summary["model"]["sv_model"] = totals.settings["embed_sv"].get("sv_model")
+        if "embed_text" in totals.settings:
+            summary["model"].update(totals.settings["embed_text"])
+        data = json.dumps(summary, indent=2, sort_keys=True).encode()
+        self.store.write_bytes(f"{RUNS_PREFIX}/{self.run_id}.json", data)
+        if cfg.summary:
+            with open(cfg.summary, "wb") as f:
+                f.write(data)
+        return summary
+
+
+def _on_accelerator(totals: RunTotals) -> bool:
+    device = str(totals.settings.get("embed", {}).get("device") or "")
+    return device.startswith("cuda") or device == "sim"
 
 
 def run_ingest(cfg: IngestConfig, log=None) -> dict:
     """Run the job to the end and return the run summary (also written to ``OUT/_runs/``)."""
-    log = log or sys.stderr  # looked up now: a stream bound at import time may be closed since
-    t_start = time.time()
-    run_id = new_run_id()
-    s3 = cfg.s3_options()
-    source = open_source(cfg.source, include=tuple(cfg.include), exclude=tuple(cfg.exclude), s3_options=s3)
-    store = open_store(cfg.out, s3_options=s3)
-    store.check()
-    lock = RunLock(store, run_id, lease_s=cfg.lock_lease_s)
-    lock.acquire()
-    try:
-        return _run_locked(cfg, run_id, t_start, source, store, lock, log)
-    finally:
-        lock.release()
+    return IngestJob(cfg, log).run()
 
 
-def _run_locked(cfg: IngestConfig, run_id: str, t_start: float, source, store, lock: RunLock, log) -> dict:
-    ledger = Ledger(store)
-    ledger.load()
-    # Files of units that never committed (the previous run died): not part of the index. Their
-    # documents may have Milvus rows the ledger does not know: recorded before the files go.
-    orphans = ledger.orphans((PAGES_PREFIX, QUARANTINE_PREFIX))
-    suspects = ledger.load_suspects()
-    if orphans:
-        # A unit's own page shards hold what its commit sent to Milvus; a rewrite (``~`` in
-        # the name: an older shard without the superseded documents) sent nothing.
-        _suspect_orphans(store, [k for k in orphans if k.startswith(PAGES_PREFIX + "/") and "~" not in k], suspects)
-        ledger.save_suspects(suspects)
-    for key in orphans:
-        store.delete(key)
-
-    spec = model_spec(cfg)
-    adapter = adapter_for(spec)  # cheap: reads the preset, loads nothing
-    dim = adapter.dim
-    layouts = parse_layouts(cfg.layouts)
-    fde = cfg.fde_params()
-    _, text_model = split_model_specs(cfg.model)
-    text_dim = TextEmbedder(text_model).dim if text_model else None
-    sv_model = sv_model_spec(cfg.model)
-    sv_dim = sv_embedder_for(sv_model, spec).dim if sv_model else None  # from the preset or config: loads nothing
-    schema = S.pages_schema(dim, layout_fields(layouts, dim, fde) + ([text_field(text_dim)] if text_dim else [])
-                            + ([sv_vlm_field(sv_dim)] if sv_dim else []))
-    # Connect (and create collections) before any work: an unreachable sink, or a field or index
-    # the server would refuse, fails here, before anything is written.
-    from operators.milvus_plan import parse_index_specs
-
-    milvus = MilvusSink(cfg.milvus_connection(), cfg.collection, dim, text_dim=text_dim, layouts=layouts,
-                        fde_dim=fde.dim, index_specs=parse_index_specs(cfg.milvus_index), mv_mode=cfg.milvus_mv_mode,
-                        milvus_layouts=cfg.milvus_layouts or None, partition_key=cfg.milvus_partition_key,
-                        corpus=cfg.corpus, extra_sv={"sv-vlm": sv_dim} if sv_dim else None)
-    milvus_plan = milvus.setup()
-    if not ledger.state.docs and not suspects.everything and any(milvus.count_own(c) for c in milvus.collections):
-        suspects.everything, suspects.why = True, "Milvus holds rows that the (empty) ledger does not account for"
-        ledger.save_suspects(suspects)
-    if suspects.everything:
-        log.write(f"[pagemill] milvus: every commit deletes other versions' rows ({suspects.why})\n")
-    had_suspects = bool(suspects.uris or suspects.everything)  # commits take theirs off the list
-    for note in milvus_plan.notes:
-        log.write(f"[pagemill] milvus: {note}\n")
-    parquet = ParquetSink(store, metadata={"model": spec.name, "weights": cfg.weights, "dim": dim, "corpus": cfg.corpus,
-                                           "text_model": text_model, "sv_model": sv_model,
-                                           "layouts": {lay.name: lay.params(fde) for lay in layouts}})
-    committer = UnitCommitter(ledger, parquet, milvus, schema, run_id, suspects=suspects)
-
-    counts = PlanCounts(seen_uris=set() if cfg.delete_missing else None)
-    progress = Progress(None, cfg.progress_interval_s, stream=log)
-    log.write(f"[pagemill] run {run_id}: planning from {source.uri}"
-              + (f" ({len(orphans)} files of an interrupted run removed)" if orphans else "") + "\n")
-    # Units stream from the listing: the driver never holds the whole source in memory.
-    listing = source.list_documents()
-    first = next(iter_ := iter(listing), None)  # the first listing call fails fast on a bad source
-    units = _announced(plan_units(_chain(first, iter_), ledger.state, cfg.unit_max_docs, cfg.unit_max_bytes, counts,
-                                  retry_quarantined=cfg.retry_quarantined), counts, progress, log)
-
-    render = RenderPages(source, adapter.pixel_budget(),
-                         RenderLimits(page_timeout_s=cfg.page_timeout_s, max_pages=cfg.max_pages,
-                                      max_bytes=cfg.max_doc_bytes, extract_text=cfg.extract_text,
-                                      password_map=load_password_map(cfg.passwords) if cfg.passwords else ()))
-    embed = EmbedPages(spec, batch_size=cfg.batch_size, layouts=layouts, fde=fde, max_batch_tokens=cfg.max_batch_tokens,
-                       text_model=text_model, sv_model=sv_model)
-    layout_stats = LayoutStats(layouts, dim, fde)
-    totals = {"indexed": 0, "partial": 0, "quarantined": 0, "pages": 0, "page_quarantine": 0, "superseded": 0}
-    quarantine: list[dict] = []
-    embed_settings: dict = {}
-    devices_seen: set[str] = set()
-
-    stage_stats = StageStats()
-
-    def on_unit(unit_id: str, info: dict, flow) -> None:
-        lock.check()
-        stage_stats.observe(info)
-        t_commit = time.perf_counter()
-        added = committer.commit(unit_id, info, flow)
-        stage_stats.committed(added["pages"], time.perf_counter() - t_commit)
-        layout_stats.add(added["table"])
-        embed_settings.update(info.get("embed_settings", {}))
-        if embed_settings.get("visible_devices"):
-            devices_seen.add(embed_settings["visible_devices"])
-        for d in info["docs"]:
-            key = {"indexed": "indexed", "partial": "partial", "quarantined": "quarantined"}[d["status"]]
-            totals[key] += 1
-        for q in info["quarantine"]:
-            quarantine.append({"source_uri": q["source_uri"], "reason": q["reason"], "page_number": q["page_number"]})
-            totals["page_quarantine"] += q["page_number"] is not None
-        totals["pages"] += added["pages"]
-        totals["superseded"] += added["superseded"]
-        progress.update(added["pages"], sum(1 for d in info["docs"] if d["status"] == "quarantined"))
-
-    executor = make_executor(cfg)
-    t_exec = time.time()
-    try:
-        exec_stats = executor.run(units, render, embed, on_unit)
-        progress.finish()
-        deleted_docs = deleted_pages = 0
-        if cfg.delete_missing:
-            missing = [u for u in ledger.state.docs if u not in counts.seen_uris]
-            if missing and not counts.seen_uris:
-                raise ValueError(f"--delete-missing: the source lists no documents at all; refusing to delete all "
-                                 f"{len(missing)} indexed documents (wrong source?)")
-            deleted_docs, deleted_pages = len(missing), committer.delete_documents(missing)
-        if ledger.state.records and len(ledger.pending_records) >= cfg.ledger_compact_every:
-            ledger.compact()
-        # Suspects left that the ledger knows were not committed again (unchanged since their
-        # last commit): Milvus may hold the dead commit's version of them, so resync them.
-        resynced = committer.resync_milvus(suspects.uris)
-        milvus.flush()  # once per run: seals the run's segments (commits do not flush)
-        if had_suspects:
-            # A run over the whole source has given every document a deleting commit or a resync,
-            # so the unexplained rows are accounted for.
-            suspects.uris = {u for u in suspects.uris if u not in ledger.state.docs}
-            if not cfg.retry_quarantined:
-                suspects.everything, suspects.why = False, None
-            ledger.save_suspects(suspects)
-    except BaseException:
-        executor.close()
-        milvus.close()
-        raise
-    executor.close()
-    milvus_counts = {c: milvus.count(c) for c in milvus.collections}
-    milvus.close()
-    stages = stage_stats.summary()
-    diagnosis = bottleneck(stages)
-    if diagnosis:
-        log.write(f"[pagemill] {diagnosis}\n")
-    layouts_summary = layout_stats.summary()
-    if cfg.fidelity_queries:
-        from pipelines.fidelity import measure_fidelity
-
-        fid = measure_fidelity(store, spec, layouts, fde, cfg.fidelity_queries, seed=cfg.fidelity_seed)
-        for name, res in fid["layouts"].items():
-            layouts_summary.setdefault(name, {})["fidelity"] = res
-    wall = time.time() - t_start
-
-    summary = {
-        "run_id": run_id,
-        "started_at": datetime.fromtimestamp(t_start, timezone.utc).isoformat(),
-        "source": source.uri,
-        "out": store.uri,
-        "executor": cfg.executor,
-        "documents": {
-            "seen": counts.seen,
-            "indexed": totals["indexed"] + totals["partial"],
-            "partial": totals["partial"],
-            "skipped_unchanged": counts.skipped_unchanged,
-            "quarantined": totals["quarantined"],
-            "replaced_versions": totals["superseded"],
-            "retried": counts.retried,
-            "deleted": deleted_docs,
-            "deferred": counts.deferred,
-        },
-        "pages": {
-            "indexed": totals["pages"],
-            "embedded": totals["pages"],
-            "quarantined": totals["page_quarantine"],
-            "deleted": deleted_pages,
-        },
-        "units": {"planned": progress.total_units, "committed": progress.units, "orphan_files_removed": len(orphans)},
-        "quarantine": quarantine,
-        "layouts": layouts_summary,
-        "milvus": {
-            "uri": redact_uri(cfg.milvus_uri()),
-            "rows_written": dict(milvus.rows_written),
-            "delete_calls": milvus.delete_calls,
-            "pages_resynced": resynced,
-            "upsert_path": milvus.upsert_path,
-            "row_counts": milvus_counts,
-            **milvus.plan.summary(),
-        },
-        "outputs": {
-            "pages_bytes": parquet.bytes_written.get(PAGES_PREFIX, 0),
-            "quarantine_bytes": parquet.bytes_written.get(QUARANTINE_PREFIX, 0),
-            "pages_total_bytes": sum(o.size for o in store.list(PAGES_PREFIX)),
-            "ledger_records": ledger.state.records,
-        },
-        "model": embed_settings or {"model": cfg.model, "weights": cfg.weights, "dim": dim},
-        "executor_stats": {**exec_stats, "embed_actor_devices": sorted(devices_seen)},
-        "stages": stages,
-        "bottleneck": diagnosis,
-        "wall_s": round(wall, 3),
-        "run_s": round(time.time() - t_exec, 3),
-        "pages_per_s": round(totals["pages"] / wall, 3) if wall > 0 else 0.0,
-    }
-    data = json.dumps(summary, indent=2, sort_keys=True).encode()
-    store.write_bytes(f"{RUNS_PREFIX}/{run_id}.json", data)
-    if cfg.summary:
-        with open(cfg.summary, "wb") as f:
-            f.write(data)
-    return summary
-
-
-__all__ = ["run_ingest", "LEDGER_PREFIX", "RUNS_PREFIX"]
+__all__ = ["IngestJob", "run_ingest", "LEDGER_PREFIX", "RUNS_PREFIX"]

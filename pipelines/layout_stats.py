@@ -24,27 +24,31 @@ def bytes_per_vector(layout: Layout, dim: int, fde: FdeParams) -> float:
 
 
 class LayoutStats:
+    """Vectors per page of each layout over the run's commits, from the writers' counts."""
+
     def __init__(self, layouts: list[Layout], dim: int, fde: FdeParams):
         self.layouts = layouts
         self.dim = dim
         self.fde = fde
-        self.counts: dict[str, list[np.ndarray]] = {lay.name: [] for lay in layouts}
+        self.pages = 0
+        self.vectors: dict[str, int] = {lay.name: 0 for lay in layouts}
 
-    def add(self, pages: pa.Table) -> None:
-        if pages.num_rows:
+    def add_counts(self, info: dict, parts: list[dict]) -> None:
+        for p in parts:
+            n = sum(p["docs"].values())
+            self.pages += n
             for lay in self.layouts:
-                self.counts[lay.name].append(layout_vector_counts(pages, lay))
+                self.vectors[lay.name] += n if lay.kind == "sv" else p.get("vectors", {}).get(lay.column, 0)
 
     def summary(self) -> dict:
         out = {}
         for lay in self.layouts:
-            counts = np.concatenate(self.counts[lay.name]) if self.counts[lay.name] else np.zeros(0)
             bpv = bytes_per_vector(lay, self.dim, self.fde)
-            mean = float(counts.mean()) if len(counts) else 0.0
+            mean = self.vectors[lay.name] / self.pages if self.pages else 0.0
             out[lay.name] = {
                 "column": lay.column,
                 "params": lay.params(self.fde),
-                "pages": int(len(counts)),
+                "pages": self.pages,
                 "vectors_per_page": round(mean, 3),
                 "bytes_per_vector": bpv,
                 "raw_bytes_per_page": round(mean * bpv, 1),

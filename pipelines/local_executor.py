@@ -1,32 +1,38 @@
-"""The plain loop: the same stages, one unit after another, in this process. For debugging."""
+"""The plain loop: the same stages and writer, one unit after another, in this process."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from operators.render import units_table
-from pipelines.executor import Executor, OnUnit, UnitCollector
+from pipelines.executor import Executor, Pipeline, UnitTracker
 from pipelines.faults import checkpoint
 from pipelines.plan import WorkUnit
+
+CHECKPOINT_AFTER = {"render": "rendered", "embed": "embedded"}
 
 
 class LocalExecutor(Executor):
     name = "local"
 
-    def run(self, units: Iterable[WorkUnit], render, embed, on_unit: OnUnit) -> dict:
-        collector = UnitCollector(on_unit)
+    def run(self, units: Iterable[WorkUnit], pipeline: Pipeline, tracker: UnitTracker, plan=None) -> dict:
         started = False
+        ops = [*pipeline.stages, pipeline.writer]
         try:
             for unit in units:
-                if not started:  # load the model only when there is work
-                    render.setup()
-                    embed.setup()
+                if not started:  # load the models only when there is work
+                    for op in ops:
+                        op.setup()
                     started = True
-                rendered = render(units_table([(unit.unit_id, unit.docs)]))
-                checkpoint("rendered")
-                embedded = embed(rendered)
-                checkpoint("embedded")
-                collector.add(embedded)
+                table = units_table([(unit.unit_id, unit.docs)], unit.may_hold_fn())
+                for op in pipeline.stages:
+                    table = op(table)
+                    if op.name in CHECKPOINT_AFTER:
+                        checkpoint(CHECKPOINT_AFTER[op.name])
+                tracker.add(pipeline.writer(table))
         finally:
-            render.close()
-        return {"render": dict(render.stats), "embed": dict(embed.stats)} if started else {}
+            for op in ops:
+                op.close()
+        if tracker.pending:
+            raise RuntimeError(f"{tracker.pending} units ended incomplete (pages lost between stages)")
+        return {"write_placement": "driver"} if started else {}

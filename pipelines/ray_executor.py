@@ -1,81 +1,113 @@
-"""Ray Data executor: the one module that imports Ray.
+"""Ray Data executor: the one module that imports Ray (its types change between releases).
 
-Streaming execution: a pool of render actors (CPU; each owns a MuPDF child process) feeds a pool
-of embedding actors (one per GPU, ``num_gpus`` each, so Ray pins every actor to its own device;
-``num_gpus=0`` on a CPU-only cluster). The driver consumes embedded batches as they come and
-commits units as soon as they are complete, so rendering, embedding and committing overlap and
-the driver holds only the units in flight.
+One streaming dataset per run: the plan file (``OUT/_runs/<run>/plan/``) is read by a datasource,
+then each stage is a pool of actors: render (CPU; each owns a MuPDF child), the model stages
+(one actor per GPU, ``num_gpus`` each, so Ray pins every actor to its own device), encode (CPU:
+pooling, encodings, FDE) and the writers (CPU, on the workers: Parquet parts and Milvus rows).
+The driver reads only the writers' small results and commits units as they complete, so models
+load once per run, rendering, embedding, encoding, writing and committing overlap, and memory
+follows the units in flight (an object-store budget bounds what waits between stages).
+
+Writes stay in one process on the driver's node where workers cannot do them: Milvus Lite is a
+single-process database file (the driver writes, as the local executor does), and a local OUT on
+a multi-node cluster is reachable from the driver's node only (one writer there).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
 from collections.abc import Iterable
 from itertools import islice
 
-from pipelines.executor import Executor, OnUnit, UnitCollector
-from pipelines.plan import WorkUnit
+from operators.faults import checkpoint
+from pipelines.executor import Executor, Pipeline, UnitTracker
+from pipelines.plan import WorkUnit, read_plan_part
 
 try:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
 except ImportError as e:  # pragma: no cover - ray is a declared dependency
     raise ImportError("the Ray executor needs Ray Data: pip install 'ray[data]'") from e
 
+READ_CPUS = 0.01  # a plan part is a small file: its read task must not starve the actor pools
+HEADROOM_CPUS = 0.05  # per node, left free: pools are placed node by node, and a read task must still fit
 
-class _RenderActor:
-    def __init__(self, stage):
-        self.stage = stage
-        self.stage.setup()
+
+class PlanDatasource(Datasource):
+    """The run's plan file parts, one read task each, read through pagemill's own store (local
+    folder or S3, with the worker's credentials)."""
+
+    def __init__(self, store, keys: list[str]):
+        self.store = store
+        self.keys = keys
+
+    def estimate_inmemory_data_size(self):
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list:
+        tasks = []
+        for key in self.keys:
+            def read(key=key, store=self.store):
+                yield read_plan_part(store, key)
+
+            tasks.append(ReadTask(read, BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)))
+        return tasks
+
+
+class _StageActor:
+    """One worker of a stage: the operator, set up once (a model loads once per actor)."""
+
+    def __init__(self, op):
+        self.op = op
+        labels = {"node_id": ray.get_runtime_context().get_node_id()}
+        counters = getattr(op, "counters", None)
+        if counters is not None:
+            counters.labels.update(labels)
+        self.op.setup()
 
     def __call__(self, batch):
-        return self.stage(batch)
+        checkpoint(f"{self.op.name}_call")
+        return self.op(batch)
 
 
-class _EmbedActor:
-    def __init__(self, stage):
-        self.stage = stage
-        self.stage.setup()  # the model is loaded once per actor, not per batch
-        self.gpu_ids = ray.get_gpu_ids()
+def _node_rotation():
+    from itertools import cycle
 
-    def __call__(self, batch):
-        _maybe_die()
-        return self.stage(batch)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-
-def _maybe_die() -> None:
-    """Crash test hook: ``PAGEMILL_EMBED_EXIT_ONCE=<file>`` makes the first embedding call in
-    the cluster exit the actor's process abruptly (the file records that it happened)."""
-    marker = os.environ.get("PAGEMILL_EMBED_EXIT_ONCE")
-    if marker:
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        os._exit(1)
+    nodes = cycle(sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")))
+    return lambda: {"scheduling_strategy": NodeAffinitySchedulingStrategy(next(nodes), soft=True)}
 
 
 class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, address: str | None = None, num_gpus: float | None = None, embed_actors: int | None = None,
-                 render_actors: int | None = None, window_units: int = 512, object_store_mb: float | None = None):
+                 render_actors: int | None = None, object_store_mb: float | None = None,
+                 encode_actors: int | None = None, write_actors: int | None = None, write_placement: str = "auto",
+                 out_is_local: bool = True, milvus_lite: bool = False, log=None):
         self.address = address
         self.num_gpus = num_gpus
         self.embed_actors = embed_actors
         self.render_actors = render_actors
-        self.window_units = window_units
+        self.encode_actors = encode_actors
+        self.write_actors = write_actors
         self.object_store_mb = object_store_mb
+        self.write_placement = write_placement
+        self.out_is_local = out_is_local
+        self.milvus_lite = milvus_lite
+        self.log = log
         self._started_here = False
+        self.placement: dict | None = None
 
     def _init(self) -> None:
         if ray.is_initialized():
             return
-        kwargs = dict(logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
+        kwargs = dict(logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
         if self.address:
             ray.init(address=self.address, **kwargs)
         else:
@@ -84,67 +116,149 @@ class RayExecutor(Executor):
             ray.init(**kwargs)
             self._started_here = True
 
-    def resources(self) -> dict:
-        """The pool sizes and per-actor GPUs this run uses, derived from the cluster."""
+    def start(self) -> None:
+        """Connect (or start a local Ray) and decide where writes happen; say so."""
+        self._init()
+        self.placement = self._placement()
+
+    def _placement(self) -> dict:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        driver_node = ray.get_runtime_context().get_node_id()
+        if self.write_placement == "driver" or (self.write_placement == "auto" and self.milvus_lite):
+            why = ("Milvus Lite is a single-process database file" if self.milvus_lite and self.write_placement == "auto"
+                   else "--write-placement driver")
+            return {"where": "driver", "why": why, "driver_node": driver_node}
+        if self.write_placement == "auto" and self.out_is_local and len(nodes) > 1:
+            return {"where": "driver_node", "why": f"OUT is a local folder and the cluster has {len(nodes)} nodes: "
+                    f"only the driver's node can reach it", "driver_node": driver_node}
+        return {"where": "workers", "why": "writer actors on the workers", "driver_node": driver_node}
+
+    def resources(self, pipeline: Pipeline) -> dict:
+        """Actors and per-actor resources of every stage, from the cluster. The model stages take
+        the accelerators (one actor per GPU each; a GPU shared by the model stages when there are
+        several); encode and write take fractions of a CPU; render gets the CPUs left. Logical CPU
+        requests must fit the cluster, or Ray Data cannot schedule every pool."""
         total = ray.cluster_resources()
         gpus = float(total.get("GPU", 0))
         cpus = float(total.get("CPU", 1))
-        num_gpus = self.num_gpus if self.num_gpus is not None else (1.0 if gpus >= 1 else 0.0)
-        if self.embed_actors:
-            n_embed = self.embed_actors
-        elif num_gpus > 0:
-            n_embed = max(1, int(gpus // num_gpus))
-        else:
-            n_embed = 1
-        embed_cpus = 1.0
-        n_render = self.render_actors or max(1, int(cpus - n_embed * embed_cpus))
+        n_nodes = max(1, sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")))
+        names = [op.name for op in pipeline.stages]
+        models = [op for op in pipeline.stages if getattr(op, "accelerator", False)]
+        sim = any(getattr(getattr(op, "spec", None), "name", "").startswith("sim:") for op in models)
+        num_gpus = self.num_gpus if self.num_gpus is not None else (1.0 if gpus >= 1 and not sim else 0.0)
+        out: dict = {"cluster_cpus": cpus, "cluster_gpus": gpus, "stages": {}}
+        used = READ_CPUS
+        for op in models:
+            if num_gpus > 0:
+                share = num_gpus / len(models)
+                n = self.embed_actors or max(1, int(gpus // num_gpus))
+                spec = {"actors": n, "num_gpus": share, "num_cpus": 1.0 if op.name == "embed" else 0.5}
+            else:
+                # CPU-only: the model is the compute (tiny models in tests), or a simulated
+                # accelerator that sleeps (sim:); one actor unless told otherwise.
+                n = self.embed_actors or 1
+                c = 0.25 if sim and op.name == "embed" else (1.0 if op.name == "embed" else 0.5)
+                spec = {"actors": n, "num_gpus": 0.0, "num_cpus": c}
+            out["stages"][op.name] = spec
+            used += spec["actors"] * spec["num_cpus"]
+        accel = max(1, int(gpus)) if num_gpus > 0 else max(1, out["stages"].get("embed", {}).get("actors", 1))
+        if "encode" in names:
+            n = self.encode_actors or accel
+            out["stages"]["encode"] = {"actors": n, "num_gpus": 0.0, "num_cpus": 0.5}
+            used += n * 0.5
+        if self.placement and self.placement["where"] != "driver":
+            n = 1 if self.placement["where"] == "driver_node" else (self.write_actors or max(1, math.ceil(accel / 2)))
+            out["stages"]["write"] = {"actors": n, "num_gpus": 0.0, "num_cpus": 0.25}
+            used += n * 0.25
+        left = cpus - used - HEADROOM_CPUS * n_nodes
+        n_render = self.render_actors or max(1, int(left))
+        out["stages"]["render"] = {"actors": n_render, "num_gpus": 0.0,
+                                   "num_cpus": round(max(0.05, min(1.0, left / n_render)), 3)}
+        if cpus - used - n_render * out["stages"]["render"]["num_cpus"] < -1e-6:
+            raise ValueError(f"the stages ask for {used + n_render * out['stages']['render']['num_cpus']:.2f} CPUs "
+                             f"and the cluster has {cpus:g}: lower --embed-actors/--render-actors/--encode-actors/"
+                             f"--write-actors")
+        n_actors = sum(s["actors"] for s in out["stages"].values())
         # Enough for a few batches per actor in flight (full-budget pages are ~2 MB of pixels).
-        object_store_mb = float(max(256, 128 * (n_embed + n_render)))
-        return {"cluster_cpus": cpus, "cluster_gpus": gpus, "embed_actors": n_embed, "num_gpus_per_actor": num_gpus,
-                "embed_cpus_per_actor": embed_cpus, "render_actors": n_render, "object_store_budget_mb": object_store_mb}
+        out["object_store_budget_mb"] = float(max(256, 128 * n_actors))
+        return out
 
-    def run(self, units: Iterable[WorkUnit], render, embed, on_unit: OnUnit) -> dict:
-        it = iter(units)
-        first = list(islice(it, 1))
-        if not first:
-            return {}  # nothing to do: do not start Ray at all
-        self._init()
+    def _remote_args(self, stage: str, spec: dict) -> dict:
+        args = {"num_cpus": spec["num_cpus"]}
+        if spec["num_gpus"]:
+            args["num_gpus"] = spec["num_gpus"]
+        if stage == "write" and self.placement["where"] == "driver_node":
+            args["label_selector"] = {"ray.io/node-id": self.placement["driver_node"]}
+        elif stage == "write":
+            # Writers round-robin over the nodes (soft: a full node passes its turn), so that every
+            # node writes what it encoded; the other pools follow Ray Data's default (SPREAD).
+            args["ray_remote_args_fn"] = _node_rotation()
+        return args
+
+    def run(self, units: Iterable[WorkUnit], pipeline: Pipeline, tracker: UnitTracker, plan=None) -> dict:
+        if plan is None or not plan.keys:
+            it = iter(units)
+            if not list(islice(it, 1)):
+                return {}  # nothing to do: do not start Ray at all
+            raise ValueError("the Ray executor streams from a plan file (pipelines.plan.PlanFile)")
+        if self.placement is None:
+            self.start()
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # pagemill reports progress itself
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False  # pagemill prints its own progress line
         ctx.print_on_execution_start = False
-        res = self.resources()
+        res = self.resources(pipeline)
         # Bound what streams between stages: rendered pages wait in the object store for the
         # embedding actors, and render is usually faster; without a budget they pile up.
         budget = self.object_store_mb or res["object_store_budget_mb"]
         ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
             object_store_memory=budget * 2**20)
-        collector = UnitCollector(on_unit)
-        while True:
-            window = first + list(islice(it, self.window_units - len(first)))
-            first = []
-            if not window:
-                break
-            items = [{"unit_id": u.unit_id, "docs": json.dumps([[d.uri, d.version, d.size] for d in u.docs])}
-                     for u in window]
-            ds = ray.data.from_items(items, override_num_blocks=len(items))
-            ds = ds.map_batches(
-                _RenderActor, fn_constructor_kwargs={"stage": render}, batch_size=1, batch_format="pyarrow",
-                compute=ActorPoolStrategy(size=min(res["render_actors"], len(items))), num_cpus=1,
-            )
-            ds = ds.map_batches(
-                _EmbedActor, fn_constructor_kwargs={"stage": embed}, batch_size=embed.batch_size,
-                batch_format="pyarrow", compute=ActorPoolStrategy(size=res["embed_actors"]),
-                num_gpus=res["num_gpus_per_actor"], num_cpus=res["embed_cpus_per_actor"],
-            )  # Ray Data restarts a dead actor (OOM-killed, preempted) and retries its batch
+        read_args = {}
+        if self.out_is_local and self.placement["where"] != "workers":
+            read_args["label_selector"] = {"ray.io/node-id": self.placement["driver_node"]}  # the plan is on its disk
+        # A block per unit (Ray Data splits each part's output to reach the number of blocks asked
+        # for): units spread over the render actors instead of queueing behind one.
+        ds = ray.data.read_datasource(PlanDatasource(plan.store, plan.keys), num_cpus=READ_CPUS,
+                                      override_num_blocks=max(len(plan.keys), plan.units), **read_args)
+        ops = list(pipeline.stages)
+        if self.placement["where"] != "driver":
+            ops.append(pipeline.writer)
+        for op in ops:
+            spec = res["stages"][op.name]
+            ds = ds.map_batches(_StageActor, fn_constructor_kwargs={"op": op}, batch_size=pipeline.batch_size(op),
+                                batch_format="pyarrow", compute=ActorPoolStrategy(size=spec["actors"]),
+                                **self._remote_args(op.name, spec))
+            # Ray Data restarts a dead actor (OOM-killed, preempted, its node lost) and retries
+            # its batch; a retried write rewrites the same keys.
+        writer = None
+        if self.placement["where"] == "driver":
+            writer = pipeline.writer
+            writer.setup()
+        try:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                collector.add(batch)
-        if collector.pending:
-            raise RuntimeError(f"{collector.pending} units ended incomplete (pages lost between stages)")
-        return {"resources": res}
+                tracker.add(writer(batch) if writer is not None else batch)
+        finally:
+            if writer is not None:
+                writer.close()
+        if tracker.pending:
+            raise RuntimeError(f"{tracker.pending} units ended incomplete (pages lost between stages)")
+        return {"resources": res, "write_placement": self.placement["where"], "write_placement_why": self.placement["why"]}
+
+    @property
+    def tasks_in_driver(self) -> bool:
+        return self.placement is None or self.placement["where"] == "driver"
+
+    def run_task(self, fn, *args):
+        if self.tasks_in_driver:
+            return fn(*args)
+        opts: dict = {"num_cpus": 0.1, "max_retries": 3}
+        if self.placement["where"] == "driver_node":
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(self.placement["driver_node"], soft=False)
+        return ray.get(ray.remote(fn).options(**opts).remote(*args))
 
     def close(self) -> None:
         if self._started_here and ray.is_initialized():
             ray.shutdown()
             self._started_here = False
-

@@ -1,33 +1,70 @@
 """Per-stage instrumentation of a run and the one-line bottleneck diagnosis.
 
-Render and embed workers stamp their cumulative counters on each unit's marker row (the only
-channel back from a streaming actor); the driver keeps the latest counters per worker and times
-its own commits. The stage that limits a streaming run is the one that never waits: the highest
-*utilisation* (busy / wall time of its workers). Its *capacity* (pages / busy seconds x workers)
-is beside it, with how much more the other stages could take. (Capacities alone mislead when
-stages share cores: every stage then looks slower than it is.)
+Every worker of every stage (render, the model stages, encode, write) stamps its cumulative
+counters on each unit's marker row (the only channel back from a streaming actor that needs no
+service); the driver keeps the latest counters per worker and times its own commits (the ledger
+records). A worker's wall time counts from the end of its set-up (a model load is start-up, not
+work), and the driver's from the first unit's arrival. The stage that limits a streaming run is
+the one that never waits: the highest *utilisation* (busy / wall time of its workers). Its
+*capacity* (pages / busy seconds x workers) is beside it. (Capacities alone mislead when stages
+share cores: every stage then looks slower than it is.)
 """
 
 from __future__ import annotations
 
 import time
 
+STAGES = ("render", "embed", "embed_sv", "embed_text", "encode", "write")
+MODEL_STAGES = ("embed", "embed_sv", "embed_text")
+WHAT = {"render": "render (MuPDF, CPU)", "embed": "embed (model forward)", "embed_sv": "embed_sv (single-vector model)",
+        "embed_text": "embed_text (text model)", "encode": "encode (pooling and encodings, CPU)",
+        "write": "write (Parquet + Milvus)", "commit": "commit (ledger, driver)"}
+
 
 class StageStats:
     def __init__(self, clock=time.perf_counter):
         self.clock = clock
-        self.workers: dict[str, dict[str, dict]] = {"render": {}, "embed": {}}
+        self.workers: dict[str, dict[str, dict]] = {s: {} for s in STAGES}
         self.commit = {"units": 0, "pages": 0, "busy_s": 0.0}
         self.start = clock()
         self._first: tuple[float, int] | None = None  # (time, pages) at the first commit
         self._first_arrival: float | None = None  # when the first unit reached the driver
         self._last: tuple[float, int] | None = None
+        self._commits_after_first = 0
+        self._milvus_rows: dict[str, int] = {}
+        self._delete_calls = 0
+        self._bytes: dict[str, int] = {}
+        self.upsert_path: str | None = None
 
-    def observe(self, info: dict) -> None:
-        for stage, key in (("render", "render_stats"), ("embed", "embed_stats")):
-            s = info.get(key)
-            if s:
-                self.workers[stage][s["worker"]] = s
+    def observe(self, reports: list[dict]) -> None:
+        """Workers' cumulative counters ({stage: counters}); the latest report of a worker wins
+        (reports can arrive out of order: the one with the longest wall time is the latest)."""
+        for report in reports:
+            for stage, s in report.items():
+                if stage in self.workers and s:
+                    old = self.workers[stage].get(s["worker"])
+                    if old is None or s.get("wall_s", 0) >= old.get("wall_s", 0):
+                        self.workers[stage][s["worker"]] = s
+
+    def wrote(self, part: dict) -> None:
+        """A writer's result for part of a unit: Milvus rows, deletes, bytes."""
+        for c, n in part.get("milvus_rows", {}).items():
+            self._milvus_rows[c] = self._milvus_rows.get(c, 0) + n
+        self._delete_calls += part.get("delete_calls", 0)
+        for f in part["files"]:
+            prefix = f["key"].split("/", 1)[0]
+            self._bytes[prefix] = self._bytes.get(prefix, 0) + f["bytes"]
+        if part.get("upsert_path"):
+            self.upsert_path = part["upsert_path"]
+
+    def milvus_rows(self) -> dict[str, int]:
+        return dict(self._milvus_rows)
+
+    def delete_calls(self) -> int:
+        return self._delete_calls
+
+    def written_bytes(self, prefix: str) -> int:
+        return self._bytes.get(prefix, 0)
 
     def committed(self, pages: int, seconds: float) -> None:
         self.commit["units"] += 1
@@ -37,25 +74,26 @@ class StageStats:
         if self._first is None:
             self._first = (now, self.commit["pages"])
             self._first_arrival = now - seconds
+        else:
+            self._commits_after_first += 1
         self._last = (now, self.commit["pages"])
 
     def steady_pages_per_s(self) -> float | None:
         """Pages committed after the first unit, over the time since it: the rate once actors are
-        up and models loaded (start-up is a fixed cost that a backfill amortises)."""
-        if not self._first or not self._last or self._last[0] - self._first[0] <= 0:
+        up and models loaded (start-up is a fixed cost that a backfill amortises). None when too
+        few units committed after the first, or too close together, to measure a rate."""
+        if not self._first or self._commits_after_first < 2 or self._last[0] - self._first[0] < 0.2:
             return None
         return (self._last[1] - self._first[1]) / (self._last[0] - self._first[0])
 
     def _commit_window(self, wall: float) -> float:
-        """The driver's time since the first unit reached it: like the workers' wall time (from
-        their set-up), it leaves out start-up, when there is nothing to commit yet."""
         if self._first_arrival is None or self._last is None:
             return wall
         return max(1e-9, self._last[0] - self._first_arrival)
 
     def summary(self) -> dict:
         wall = max(1e-9, self.clock() - self.start)
-        out = {}
+        out: dict = {}
         for stage, workers in self.workers.items():
             if not workers:
                 continue
@@ -66,14 +104,23 @@ class StageStats:
                  "items_per_busy_s": round(pages / busy, 2) if busy else None,
                  "capacity_pages_per_s": round(pages / busy * len(workers), 2) if busy else None,
                  "utilisation": round(busy / worker_wall, 3) if worker_wall else None,
-                 "waiting_s": round(max(0.0, worker_wall - busy), 3)}
-            if stage == "embed":
+                 "waiting_s": round(max(0.0, worker_wall - busy), 3),
+                 "per_worker": [{k: w[k] for k in ("worker", "node_id", "visible_devices", "pages", "busy_s", "wall_s",
+                                                   "forward_s")
+                                 if k in w} for w in sorted(workers.values(), key=lambda w: w["worker"])]}
+            if stage in MODEL_STAGES:
                 forward = sum(w.get("forward_s", 0.0) for w in workers.values())
                 batches = sum(w.get("batches", 0) for w in workers.values())
-                s.update(accelerator_busy=round(forward / worker_wall, 3) if worker_wall else None,
-                         forward_s=round(forward, 3), batches=batches,
-                         mean_batch_pages=round(pages / batches, 2) if batches else None,
-                         layouts_s=round(sum(w.get("layouts_s", 0.0) for w in workers.values()), 3))
+                s.update(forward_s=round(forward, 3), batches=batches,
+                         forward_share=round(forward / worker_wall, 3) if worker_wall else None,
+                         mean_batch_pages=round(pages / batches, 2) if batches else None)
+                for w in s["per_worker"]:
+                    w["forward_share"] = round(w.get("forward_s", 0.0) / w["wall_s"], 3) if w.get("wall_s") else None
+            if stage == "encode":
+                s["layouts_s"] = round(sum(w.get("layouts_s", 0.0) for w in workers.values()), 3)
+            if stage == "write":
+                for key in ("parquet_s", "milvus_s", "files", "bytes", "milvus_rows"):
+                    s[key] = round(sum(w.get(key, 0) for w in workers.values()), 3)
             out[stage] = s
         c = self.commit
         if c["units"]:
@@ -84,13 +131,15 @@ class StageStats:
             steady = self.steady_pages_per_s()
             out["steady_pages_per_s"] = round(steady, 2) if steady else None
             out["first_commit_s"] = round(self._first[0] - self.start, 3)
+            out["steady_window_s"] = round(self._last[0] - self._first[0], 3)
         return out
 
 
-WHAT = {"render": "render (MuPDF, CPU)", "embed": "embed (model forward)", "commit": "commit (Parquet + Milvus, driver)"}
-
-
-def bottleneck(stages: dict) -> str | None:
+def bottleneck(stages: dict, accelerator: bool = False) -> str | None:
+    """The stage with the highest utilisation, with the others beside it. ``accelerator``: the
+    model ran on an accelerator (a GPU, or sim:), so its forward-pass share is worth naming."""
+    if not stages.get("steady_window_s"):
+        return None  # one unit, or none: no steady state to diagnose
     stages = {k: v for k, v in stages.items() if isinstance(v, dict)}
     cap = {k: v["capacity_pages_per_s"] for k, v in stages.items() if v.get("capacity_pages_per_s")}
     util = {k: stages[k]["utilisation"] for k in cap if stages[k].get("utilisation") is not None}
@@ -98,8 +147,8 @@ def bottleneck(stages: dict) -> str | None:
         return None
     slow = max(util, key=util.get)
     others = ", ".join(f"{k} busy {util[k]:.0%}" for k in util if k != slow)
-    line = (f"bottleneck: {WHAT[slow]}, busy {util[slow]:.0%} of the run at {cap[slow]:.1f} pages/s "
+    line = (f"bottleneck: {WHAT.get(slow, slow)}, busy {util[slow]:.0%} of its time at {cap[slow]:.1f} pages/s "
             f"per busy second; {others}")
-    if "embed" in stages and stages["embed"].get("accelerator_busy") is not None:
-        line += f"; accelerator busy {stages['embed']['accelerator_busy']:.0%}"
+    if accelerator and stages.get("embed", {}).get("forward_share") is not None:
+        line += f"; accelerator busy {stages['embed']['forward_share']:.0%}"
     return line

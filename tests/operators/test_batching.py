@@ -12,7 +12,7 @@ from operators import schema as S
 from operators.batching import OOM, embed_with_split, token_batches
 from operators.embed import EmbedPages
 from operators.models import ModelSpec
-from pipelines.commit import fold_failed_pages
+from pipelines.commit import fold_failed
 
 
 def test_batches_respect_pages_and_tokens():
@@ -53,15 +53,19 @@ def test_other_errors_are_not_swallowed():
         embed_with_split(embed, [1, 2])
 
 
-def test_embed_stage_turns_an_unfittable_page_into_a_quarantined_page(monkeypatch):
+def test_embed_stage_turns_an_unfittable_page_into_a_quarantined_page(monkeypatch, tmp_path):
+    from operators.encode import EncodePages
+    from operators.store import LocalStore
+    from operators.writer import PagesWriter
+
     stage = EmbedPages(ModelSpec(), batch_size=4)
     stage.setup()
     real = stage.adapter.embed_images
 
-    def flaky(images):  # the tallest page never fits
+    def flaky(images, keys=None):  # the tallest page never fits
         if any(im.shape[0] >= 336 for im in images):
             raise RuntimeError("CUDA out of memory (injected)")
-        return real(images)
+        return real(images, keys)
 
     monkeypatch.setattr(stage.adapter, "embed_images", flaky)
     rng = np.random.default_rng(0)
@@ -70,7 +74,8 @@ def test_embed_stage_turns_an_unfittable_page_into_a_quarantined_page(monkeypatc
                       "n_pages": 3}], "quarantine": [], "n_pages": 3}
     rows = {f.name: [] for f in S.RENDERED_SCHEMA}
     for n, (h, w) in enumerate(sizes):
-        for k, v in ((S.UNIT_ID, "u"), (S.KIND, S.KIND_PAGE), (S.DOC_ID, "x"), (S.SOURCE_URI, "file:///d.pdf"),
+        for k, v in ((S.UNIT_ID, "u"), (S.KIND, S.KIND_PAGE), (S.PAGE_ID, S.page_id_for("file:///d.pdf", n)),
+                     (S.DOC_ID, "x"), (S.SOURCE_URI, "file:///d.pdf"),
                      (S.DOC_VERSION, "1"), (S.PAGE_NUMBER, n), (S.WIDTH, w), (S.HEIGHT, h),
                      (S.PIXELS, rng.integers(0, 255, h * w * 3, dtype=np.uint8).tobytes()), (S.TEXT, None),
                      (S.UNIT_INFO, None)):
@@ -78,9 +83,14 @@ def test_embed_stage_turns_an_unfittable_page_into_a_quarantined_page(monkeypatc
     out = stage(pa.table(rows, schema=S.RENDERED_SCHEMA))
     assert out[S.KIND].to_pylist() == [S.KIND_PAGE, S.KIND_PAGE_FAILED, S.KIND_PAGE]
     assert json.loads(out[S.UNIT_INFO][1].as_py())["reason"] == "oom"
-    assert out[S.MV][1].as_py() is None and len(out[S.MV][0].as_py()) > 0
-    fold_failed_pages(info, out)
+    assert out[S.MV_RAW][1].as_py() is None and len(out[S.MV_RAW][0].as_py()) > 0
+    encode = EncodePages(stage.dim)
+    writer = PagesWriter(LocalStore(tmp_path), S.pages_schema(stage.dim), {}, "run")
+    results = writer(encode(out))
+    parts = [json.loads(r) for r, k in zip(results["result"].to_pylist(), results["kind"].to_pylist()) if k == "part"]
+    assert [p["docs"] for p in parts] == [{"file:///d.pdf": 2}]
+    entries = fold_failed(info, parts)
     assert info["n_pages"] == 2 and info["docs"][0]["status"] == "partial" and info["docs"][0]["n_pages"] == 2
-    assert info["quarantine"] == [{"source_uri": "file:///d.pdf", "doc_version": "1", "page_number": 1,
+    assert entries == [{"source_uri": "file:///d.pdf", "doc_version": "1", "page_number": 1,
                                    "stage": "embed", "reason": "oom",
                                    "detail": "does not fit in device memory even alone"}]

@@ -34,7 +34,7 @@ def test_two_embedding_actors_get_two_gpus(small_corpus, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout.split("SUMMARY ", 1)[1])
     res = summary["executor_stats"]["resources"]
-    assert res["cluster_gpus"] == 2 and res["num_gpus_per_actor"] == 1 and res["embed_actors"] == 2
+    assert res["cluster_gpus"] == 2 and res["stages"]["embed"]["num_gpus"] == 1 and res["stages"]["embed"]["actors"] == 2
     assert summary["executor_stats"]["embed_actor_devices"] == ["0", "1"]
     assert summary["model"]["device"] == "cpu"  # declared GPUs, no CUDA: the model runs on the CPU
     assert summary["pages"]["indexed"] == sum(small_corpus.ok_pages.values())
@@ -43,7 +43,8 @@ def test_two_embedding_actors_get_two_gpus(small_corpus, tmp_path):
 DIE_SCRIPT = textwrap.dedent("""
     import json, os, sys
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ["PAGEMILL_EMBED_EXIT_ONCE"] = sys.argv[3]
+    os.environ["PAGEMILL_KILL_AT"] = "embed_call:1"  # the first embedding batch in the cluster kills its actor
+    os.environ["PAGEMILL_KILL_ONCE"] = sys.argv[3]
     import ray
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     from pipelines.config import IngestConfig

@@ -8,27 +8,30 @@ from pipelines.stage_stats import StageStats, bottleneck
 def test_latest_counters_per_worker_are_summed_and_the_busiest_stage_named():
     now = [0.0]
     st = StageStats(clock=lambda: now[0])
-    st.observe({"render_stats": {"worker": "a:1", "pages": 10, "busy_s": 1.0, "wall_s": 10.0},
-                "embed_stats": {"worker": "a:2", "pages": 10, "busy_s": 9.0, "wall_s": 10.0, "forward_s": 8.0,
-                                "batches": 2, "layouts_s": 0.5}})
+    st.observe([{"render": {"worker": "a:1", "pages": 10, "busy_s": 1.0, "wall_s": 10.0},
+                "embed": {"worker": "a:2", "pages": 10, "busy_s": 9.0, "wall_s": 10.0, "forward_s": 8.0,
+                                "batches": 2}}])
     # cumulative counters: the later report of the same worker replaces the earlier one
-    st.observe({"render_stats": {"worker": "a:1", "pages": 20, "busy_s": 2.0, "wall_s": 20.0},
-                "embed_stats": {"worker": "a:2", "pages": 20, "busy_s": 18.0, "wall_s": 20.0, "forward_s": 16.0,
-                                "batches": 4, "layouts_s": 1.0}})
-    st.observe({"render_stats": {"worker": "b:1", "pages": 20, "busy_s": 2.0, "wall_s": 20.0}})
-    now[0] = 10.0
-    st.committed(20, 1.0)
-    now[0] = 20.0
-    st.committed(20, 1.0)
+    st.observe([{"render": {"worker": "a:1", "pages": 20, "busy_s": 2.0, "wall_s": 20.0},
+                "embed": {"worker": "a:2", "pages": 20, "busy_s": 18.0, "wall_s": 20.0, "forward_s": 16.0,
+                                "batches": 4}}])
+    st.observe([{"render": {"worker": "b:1", "pages": 20, "busy_s": 2.0, "wall_s": 20.0}}])
+    for t in (10.0, 15.0, 20.0):
+        now[0] = t
+        st.committed(20, 1.0)
     s = st.summary()
-    # busy 2 s of the 11 s since the first unit reached the driver (at 9 s)
-    assert s["commit"]["utilisation"] == 0.182 and s["steady_pages_per_s"] == 2.0
+    # busy 3 s of the 11 s since the first unit reached the driver (at 9 s)
+    assert s["commit"]["utilisation"] == 0.273 and s["steady_pages_per_s"] == 4.0
     assert s["render"]["workers"] == 2 and s["render"]["items"] == 40 and s["render"]["busy_s"] == 4.0
     assert s["render"]["capacity_pages_per_s"] == 20.0  # 10 pages per busy second x 2 workers
-    assert s["embed"]["accelerator_busy"] == 0.8 and s["embed"]["mean_batch_pages"] == 5.0
-    assert s["commit"]["items"] == 40 and s["commit"]["capacity_pages_per_s"] == 20.0
-    line = bottleneck(s)
+    assert s["embed"]["forward_share"] == 0.8 and s["embed"]["mean_batch_pages"] == 5.0
+    assert s["embed"]["per_worker"] == [{"worker": "a:2", "pages": 20, "busy_s": 18.0, "wall_s": 20.0, "forward_s": 16.0,
+                                         "forward_share": 0.8}]
+    assert s["commit"]["items"] == 60 and s["commit"]["capacity_pages_per_s"] == 20.0
+    line = bottleneck(s, accelerator=True)
     assert line.startswith("bottleneck: embed (model forward), busy 90%") and "accelerator busy 80%" in line
+    # A CPU-only run does not speak of an accelerator.
+    assert "accelerator" not in bottleneck(s, accelerator=False)
 
 
 def test_a_commit_busy_since_the_first_unit_is_the_bottleneck_despite_a_long_start_up():
@@ -36,15 +39,15 @@ def test_a_commit_busy_since_the_first_unit_is_the_bottleneck_despite_a_long_sta
     the time since the first unit arrived limits the run, though busy only 30% of the whole."""
     now = [0.0]
     st = StageStats(clock=lambda: now[0])
-    st.observe({"render_stats": {"worker": "a:1", "pages": 40, "busy_s": 6.0, "wall_s": 12.0},
-                "embed_stats": {"worker": "a:2", "pages": 40, "busy_s": 7.0, "wall_s": 11.0, "forward_s": 6.0,
-                                "batches": 5}})
+    st.observe([{"render": {"worker": "a:1", "pages": 40, "busy_s": 6.0, "wall_s": 12.0},
+                                "embed": {"worker": "a:2", "pages": 40, "busy_s": 7.0, "wall_s": 11.0,
+                                          "forward_s": 6.0, "batches": 5}}])
     for t, took in ((21.0, 1.0), (22.0, 0.9), (23.0, 0.9), (24.0, 0.9), (30.0, 5.3)):  # first arrival at 20 s
         now[0] = t
         st.committed(8, took)
     s = st.summary()
     assert s["commit"]["utilisation"] == 0.9  # 9 s busy of the 10 s since 20 s
-    assert bottleneck(s).startswith("bottleneck: commit (Parquet + Milvus, driver), busy 90%")
+    assert bottleneck(s).startswith("bottleneck: commit (ledger, driver), busy 90%")
 
 
 def test_a_real_run_reports_stages(small_corpus, tmp_path):
@@ -57,7 +60,8 @@ def test_a_real_run_reports_stages(small_corpus, tmp_path):
                  "--unit-max-docs", "3", "--summary", str(summary), "--quiet"]) == 0
     s = json.loads(summary.read_text())
     stages = s["stages"]
-    assert {"render", "embed", "commit"} <= set(stages)
-    assert stages["embed"]["items"] == stages["render"]["items"] == s["pages"]["indexed"]
-    assert 0 < stages["embed"]["accelerator_busy"] <= 1 and stages["steady_pages_per_s"] > 0
-    assert s["bottleneck"].startswith("bottleneck: ")
+    assert {"render", "embed", "encode", "write", "commit"} <= set(stages)
+    assert stages["embed"]["items"] == stages["render"]["items"] == s["pages"]["indexed"] == s["pages"]["embedded"]
+    assert stages["write"]["items"] == stages["encode"]["items"] == s["pages"]["indexed"]
+    assert 0 < stages["embed"]["forward_share"] <= 1 and stages["steady_pages_per_s"] > 0
+    assert s["bottleneck"].startswith("bottleneck: ") and "accelerator" not in s["bottleneck"]  # a CPU run

@@ -1,0 +1,159 @@
+"""The fleet's data path on CPUs: driver CPU per page with writes on the driver vs on the workers,
+1 vs 2 writer actors, and the simulated accelerator's busy fraction, in one run.
+
+    python -m benchmarks.fleet [--corpus DIR] [--small 120] [--large 480] [--rate 400] [--busy-rate 6]
+
+Everything runs against real services started here: a Ray cluster started apart from the driver
+(``ray start``, so its processes are not the driver's CPU), a Milvus 2.3.5 server (TLS, auth),
+and Parquet on the local disk; pages are real PDF pages of the dev corpus rendered at ColQwen2's
+budget, embedded by ``sim:colqwen2@<rate>`` (the preset's exact shapes: ~770 vectors of 128 per
+page) into ``mv`` + ``mv-pool3`` + ``sv-mean``. The driver's CPU seconds (``time.process_time``
+of the driver process, every thread: Ray Data's scheduler, the commits, the Milvus client) are
+measured for a small and a large run of each placement: the margin per page is their difference
+over the difference in pages, so start-up cancels out. Target (issue 15): <= 0.5 ms of driver CPU
+per page with writes on the workers (>= 25x less than on the driver).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CORPUS = REPO.parent / "shared" / "corpus"
+
+
+def sample_pages(corpus: Path, n_pages: int, dest: Path) -> tuple[Path, int]:
+    """Whole documents of the dev corpus (unencrypted, at most 12 pages) until ``n_pages``."""
+    import pymupdf
+
+    src = dest / f"docs-{n_pages}"
+    src.mkdir()
+    total = 0
+    for p in sorted(corpus.rglob("*.pdf")):
+        if "pathological" in p.parts or total >= n_pages:
+            continue
+        try:
+            with pymupdf.open(p) as d:
+                if d.needs_pass or not 0 < d.page_count <= 12 or d.page_count + total > n_pages + 6:
+                    continue
+                total += d.page_count
+        except Exception:
+            continue
+        shutil.copy(p, src / f"{len(list(src.iterdir())):04d}-{p.name}")
+    return src, total
+
+
+@contextlib.contextmanager
+def ray_cluster(cpus: int, tmp: Path):
+    """A Ray head started apart from this process (its processes are not the driver's)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import free_port
+
+    port = free_port()
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    ray_bin = Path(sys.executable).with_name("ray")
+    subprocess.run([str(ray_bin), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                    f"--num-cpus={cpus}", "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={tmp / 'ray'}",
+                    "--disable-usage-stats"], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run(src: Path, out: Path, address: str, server, rate: float, placement: str, writers: int | None = None,
+        collection: str = "fleet") -> dict:
+    import ray
+    from milvus_server import ROOT_USER
+
+    from pipelines.config import IngestConfig
+    from pipelines.ingest import run_ingest
+
+    cfg = IngestConfig(source=str(src), out=str(out), executor="ray", ray_address=address,
+                       model=f"sim:colqwen2@{rate:g}", layouts=["mv-pool3"], milvus=server.uri, milvus_user=ROOT_USER,
+                       milvus_ca_file=server.ca_file, milvus_server_name="localhost", collection=collection,
+                       write_placement=placement, write_actors=writers, unit_max_docs=4, progress_interval_s=3600,
+                       extract_text=False).validate()
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        summary = run_ingest(cfg, log=open(os.devnull, "w"))
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+        client = server.client()
+        for c in client.list_collections():
+            if c.startswith(collection + "_"):
+                client.drop_collection(c)
+        client.close()
+    return {"pages": summary["pages"]["indexed"], "cpu_s": cpu, "wall_s": wall, "summary": summary}
+
+
+def main(argv=None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", type=Path, default=Path(os.environ.get("PAGEMILL_CORPUS", DEFAULT_CORPUS)))
+    ap.add_argument("--small", type=int, default=120, help="pages of the small run")
+    ap.add_argument("--large", type=int, default=480, help="pages of the large run")
+    ap.add_argument("--rate", type=float, default=400.0, help="sim pages/s per accelerator for the CPU runs")
+    ap.add_argument("--busy-rate", type=float, default=6.0, help="sim pages/s this machine can feed (busy fraction)")
+    ap.add_argument("--cpus", type=int, default=4, help="logical CPUs of the Ray cluster")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import free_port
+    from milvus_server import start_milvus_server
+
+    rows, lines = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        small, n_small = sample_pages(args.corpus, args.small, tmp)
+        large, n_large = sample_pages(args.corpus, args.large, tmp)
+        server = start_milvus_server(tmp / "milvus", free_port)
+        from milvus_server import ROOT_PASSWORD
+
+        os.environ["MILVUS_PASSWORD"] = ROOT_PASSWORD  # the workers' environment, like a pod's Secret
+        try:
+            with ray_cluster(args.cpus, tmp) as address:
+                for placement in ("driver", "workers"):
+                    a = run(small, tmp / f"{placement}-s", address, server, args.rate, placement)
+                    b = run(large, tmp / f"{placement}-l", address, server, args.rate, placement)
+                    rows[placement] = (a, b)
+                two = run(large, tmp / "two-writers", address, server, args.rate, "workers", writers=2)
+                busy = run(large, tmp / "busy", address, server, args.busy_rate, "workers")
+        finally:
+            server.stop()
+    lines += [f"Fleet data path: sim:colqwen2 (mv + mv-pool3 + sv-mean) into Milvus {server.version} and Parquet, "
+              f"Ray cluster of {args.cpus} logical CPUs started apart from the driver, {os.cpu_count()} cores; "
+              f"{n_small} and {n_large} pages of the dev corpus", "",
+              "| writes | driver CPU s (small) | driver CPU s (large) | driver CPU ms / page at the margin | "
+              "pages/s (large) |", "|---|---:|---:|---:|---:|"]
+    margin = {}
+    for placement, (a, b) in rows.items():
+        margin[placement] = 1000 * (b["cpu_s"] - a["cpu_s"]) / max(1, b["pages"] - a["pages"])
+        lines.append(f"| on the {placement} | {a['cpu_s']:.2f} | {b['cpu_s']:.2f} | {margin[placement]:.2f} | "
+                     f"{b['pages'] / b['wall_s']:.1f} |")
+    one = rows["workers"][1]
+    steady = {k: (r["summary"]["stages"].get("steady_pages_per_s") or 0) for k, r in (("one", one), ("two", two))}
+    lines += ["", f"driver CPU per page, driver ÷ workers: {margin['driver'] / max(margin['workers'], 1e-9):.1f}x "
+              f"(target >= 25x, and <= 0.5 ms per page on the workers: {margin['workers']:.2f} ms)",
+              f"end to end with writes on the workers: 1 writer {one['pages'] / one['wall_s']:.1f} pages/s "
+              f"(steady {steady['one']:.1f}), 2 writers {two['pages'] / two['wall_s']:.1f} pages/s "
+              f"(steady {steady['two']:.1f})"]
+    e = busy["summary"]["stages"].get("embed", {})
+    lines += [f"sim:colqwen2@{args.busy_rate:g} (a rate these {os.cpu_count()} cores can feed): accelerator busy "
+              f"{e.get('forward_share')} of the embedding actor's time (target >= 0.9); "
+              f"run's own diagnosis: {busy['summary'].get('bottleneck')}"]
+    table = "\n".join(lines)
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
