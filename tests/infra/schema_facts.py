@@ -10,11 +10,13 @@ version that added it.
 from __future__ import annotations
 
 # --- KubeRay ---------------------------------------------------------------------------------
-# ray-project/kuberay, ray-operator/apis/ray/v1/raycluster_types.go and rayjob_types.go (v1.1 to
-# v1.7 read; the CRDs ray-operator/config/crd/bases/ray.io_rayclusters.yaml / ray.io_rayjobs.yaml
-# are generated from them); "since" from the v1.1.0 / v1.2.0 release notes (activeDeadlineSeconds
-# and submissionMode are new in 1.1, backoffLimit and submitterConfig in 1.2). Fields added later
-# than 1.2 are left out on purpose: a manifest that uses one needs a newer minimum than we state.
+# ray-project/kuberay: ray-operator/apis/ray/v1/raycluster_types.go (read at a v1.1-era commit) and
+# rayjob_types.go (read at a later one, with InteractiveMode and deletionStrategy); the CRDs
+# ray-operator/config/crd/bases/ray.io_rayclusters.yaml / ray.io_rayjobs.yaml are generated from
+# them. "since": activeDeadlineSeconds and submissionMode from the v1.1.0 release notes,
+# backoffLimit 1.2 (the review of issue 19). Fields whose first version was not read (added after
+# 1.1, such as submitterConfig) are left out on purpose: using one fails the check until its
+# version is recorded here.
 KUBERAY_TYPES: dict[str, dict] = {
     "RayCluster": {"apiVersion": "str", "kind": "str", "metadata": "ObjectMeta", "spec": "RayClusterSpec"},
     "RayJob": {"apiVersion": "str", "kind": "str", "metadata": "ObjectMeta", "spec": "RayJobSpec"},
@@ -37,7 +39,7 @@ KUBERAY_TYPES: dict[str, dict] = {
         "clusterSelector": "map", "suspend": "bool", "submitterPodTemplate": "PodTemplateSpec",
         "entrypointNumCpus": "any", "entrypointNumGpus": "any", "entrypointResources": "str",
         "activeDeadlineSeconds": ("int", (1, 1)), "submissionMode": ("str", (1, 1)),
-        "backoffLimit": ("int", (1, 2)), "submitterConfig": ("any", (1, 2)),
+        "backoffLimit": ("int", (1, 2)),
     },
 }
 # Required by the v1.1 CRD (json tags without omitempty), so that the manifests apply on 1.1 and later.
@@ -59,8 +61,9 @@ PROBE_COMMAND = "wget -T 2 -q -O- http://localhost:%d/%s | grep success"
 PROBE_PATHS = {"api/local_raylet_healthz": DASHBOARD_AGENT_PORT, "api/gcs_healthz": 8265}
 
 # --- Kubernetes core ---------------------------------------------------------------------------
-# kubernetes/kubernetes staging/src/k8s.io/api: core/v1/types.go, batch/v1/types.go,
-# rbac/v1/types.go (1.31), only the fields below. CronJobSpec.timeZone is GA since Kubernetes 1.27.
+# The Kubernetes API's types (k8s.io/api core/v1, batch/v1, rbac/v1, as in the API reference for
+# 1.27+; not read from a stored copy here): the fields infra/ uses and the ones next to them.
+# CronJobSpec.timeZone is GA since Kubernetes 1.27.
 K8S_TYPES: dict[str, dict] = {
     "ObjectMeta": {"name": "str", "namespace": "str", "labels": "map", "annotations": "map"},
     "PodTemplateSpec": {"metadata": "ObjectMeta", "spec": "PodSpec"},

@@ -202,6 +202,13 @@ def ray_job_cluster(tmp_path_factory, moto_s3, milvus_server):
             hub_cache.wait(timeout=10)
 
 
+def ray_nodes_log(cluster: dict) -> str:
+    """The end of `ray start --block`'s output: it names a node process that died (a raylet
+    killed by signal 9 means a `ray stop --force` elsewhere on the machine, e.g. another test
+    session ending, which stops every Ray process it can see)."""
+    return "\n--- ray start --block:\n" + (cluster["base"] / "ray-start.log").read_text(errors="replace")[-1500:]
+
+
 def submitter_env() -> dict:
     """The submitter pod's environment: the image's, none of the ConfigMap or Secrets."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PAGEMILL_", "AWS_", "MILVUS_"))}
@@ -241,7 +248,7 @@ def test_rayjob_entrypoint_runs_through_the_kuberay_submitter(ray_job_cluster, m
     address = ray_job_cluster["address"]
     submission_id = f"{RAYJOB['metadata']['name']}-{uuid.uuid4().hex[:5]}"
     first = run_submitter(address, submission_id)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 0, first.stderr[-2000:] + ray_nodes_log(ray_job_cluster)
 
     # Status and logs through the Jobs API, as the operator reads them.
     client = JobSubmissionClient(address)
