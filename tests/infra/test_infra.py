@@ -127,7 +127,10 @@ def test_no_plaintext_secret_values():
 
 
 def pagemill_commands() -> list[str]:
-    """Every `pagemill ...` command line in the manifests: YAML values and documented comments."""
+    """Every `pagemill ...` command line in the manifests: documented comments, YAML values, and
+    entrypoints that take their settings from the pagemill-ingest ConfigMap (expanded with it)."""
+    from test_manifest_facts import INGEST, expand
+
     found = []
     for path in YAMLS:
         for line in path.read_text().splitlines():
@@ -135,7 +138,11 @@ def pagemill_commands() -> list[str]:
                 found += [m.group(0) for m in re.finditer(r"pagemill (?:ingest)\b[^\"\n]*", line)]
         for doc in yaml.safe_load_all(path.read_text()):
             for _, value in _walk(doc or {}):
-                if isinstance(value, str) and "pagemill " in value:
+                if not isinstance(value, str) or "pagemill " not in value:
+                    continue
+                if "${" in value:
+                    found.append(shlex.join(expand(value, INGEST["data"])))
+                else:
                     found += [m.group(0) for m in re.finditer(r"pagemill (?:ingest)\b[^\n\"']*", value.replace("\n", " "))]
     return found
 
@@ -209,6 +216,7 @@ def test_local_launchers_serve_a_real_ingest(tmp_path):
 
 def test_containerfile_installs_the_project():
     text = (INFRA / "Containerfile").read_text()
-    assert re.search(r"^FROM nvidia/cuda:[\w.-]+-runtime", text, re.M)
+    assert re.search(r"^FROM python:3\.11[\w.-]*-slim", text, re.M)  # torch's CUDA wheels bring CUDA
     assert "pip install /src" in text and "operators" in text and "pipelines" in text
+    assert re.search(r"apt-get install [^\n]*\bwget\b", text)  # KubeRay's probes before 1.6
     assert Path(REPO / "docs" / "backfill.md").is_file()
