@@ -218,6 +218,22 @@ def test_every_referenced_account_configmap_and_secret_exists_or_is_documented()
                                                                   re.findall(r"--from-file=(\S+)", cm_cmd))
 
 
+def test_every_ray_pod_can_write_where_the_writers_run():
+    """Writer actors run on any worker (pagemill sends no secret to a worker): every Ray pod, head
+    and workers, of the RayCluster and the RayJob gets the S3 credentials, the site settings and
+    the Milvus token from the environment."""
+    clusters = [d["spec"] for d in of_kind("RayCluster")] + [d["spec"]["rayClusterSpec"] for d in of_kind("RayJob")]
+    assert len(clusters) == 2
+    for spec in clusters:
+        groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+        for group in groups:
+            for c in group["template"]["spec"]["containers"]:
+                from_refs = {next(iter(r)): r[next(iter(r))]["name"] for r in c.get("envFrom", [])}
+                assert from_refs == {"configMapRef": "pagemill-ingest", "secretRef": "pagemill-s3"}, group
+                token = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in c.get("env", [])}
+                assert token.get("MILVUS_TOKEN") == {"name": "pagemill-milvus", "key": "token"}, group
+
+
 def test_submitter_role_grants_what_the_nightly_script_calls():
     source = inspect.getsource(load_nightly_submit().Api)
     needed = {"list": '"GET", "?labelSelector', "get": '"GET", f"/{name}"', "create": '"POST"', "delete": '"DELETE"'}
