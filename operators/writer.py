@@ -61,12 +61,17 @@ class PagesWriter(Stage):
     name = "write"
     extra_counters = {"parquet_s": 0.0, "milvus_s": 0.0, "files": 0, "bytes": 0, "milvus_rows": 0, "delete_calls": 0}
 
-    def __init__(self, store: OutputStore, pages_schema: pa.Schema, metadata: dict, run_id: str, milvus=None):
+    def __init__(self, store: OutputStore, pages_schema: pa.Schema, metadata: dict, run_id: str, milvus=None,
+                 bulk: OutputStore | None = None):
+        """``bulk``: a first load into empty collections: instead of upserting, stage each part's
+        rows as Parquet files in the collections' schema there (``<collection>/<part>.parquet``),
+        for Milvus to import itself at the end of the run."""
         self.store = store
         self.pages_schema = pages_schema
         self.metadata = metadata
         self.run_id = run_id
         self.milvus = milvus
+        self.bulk = bulk
         self.parquet: ParquetSink | None = None
         # Multi-vector columns, whose vectors per page each result counts (for the summary).
         self._ragged = [f.name for f in pages_schema if pa.types.is_list(f.type) and not f.name.endswith("_scale")]
@@ -103,6 +108,9 @@ class PagesWriter(Stage):
         tm = time.perf_counter()
         for unit_id, pages, info in written:
             res = next(r for u, _, r in results if u == unit_id)
+            if self.bulk is not None:
+                res["staged"] = self._stage(unit_id, pages) if pages.num_rows else []
+                continue  # empty collections: nothing of another version to delete
             if self.milvus is not None and pages.num_rows:
                 res["milvus_rows"] = self.milvus.write_pages(pages)
                 res["upsert_path"] = self.milvus.upsert_path
@@ -128,6 +136,24 @@ class PagesWriter(Stage):
             rows[S.KIND].append(kind)
             rows["result"].append(json.dumps(res))
         return pa.table(rows, schema=RESULT_SCHEMA)
+
+    def _stage(self, unit_id: str, pages: pa.Table) -> list[dict]:
+        """Milvus' import files for these pages, one per collection (the rows the upserts would
+        send, as ``Columns.to_arrow`` types them)."""
+        import io
+
+        import pyarrow.parquet as pq
+
+        stem = part_key("", unit_id, pages[S.PAGE_ID].to_pylist())[1:].removesuffix(".parquet")
+        staged = []
+        for collection, cols in self.milvus.columns_for(pages).items():
+            buf = io.BytesIO()
+            pq.write_table(cols.to_arrow(), buf, compression="zstd")
+            key = f"{collection}/{stem}.parquet"
+            self.bulk.write_bytes(key, buf.getvalue())
+            staged.append({"collection": collection, "key": key, "rows": cols.n})
+            self.stats["milvus_rows"] += cols.n
+        return staged
 
     def _write_files(self, unit_id: str, part: pa.Table, results: list) -> tuple[str, pa.Table, dict | None]:
         kinds = part[S.KIND].to_pylist()

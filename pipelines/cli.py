@@ -67,6 +67,10 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--write-placement", choices=["auto", "workers", "driver"],
                    help="where Parquet and Milvus writes run: auto (default: workers, except Milvus Lite or a local OUT "
                    "on a multi-node cluster), workers, driver")
+    p.add_argument("--milvus-bulk-dir",
+                   help="first load into empty collections: writers stage Parquet import files here (where the Milvus "
+                   "server reads them: its local storage, or s3://bucket/prefix in its bucket) instead of upserting, and "
+                   "Milvus imports them at the end of the run")
     p.add_argument("--write-batch-pages", type=int, help="pages per writer call: the most a Parquet part holds (64)")
     p.add_argument("--object-store-mb", type=float,
                    help="Ray object store budget for pages between stages (default 128 MB per actor, at least 256)")

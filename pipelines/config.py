@@ -35,6 +35,7 @@ class IngestConfig:
     milvus_index: list[str] = field(default_factory=list)  # LAYOUT=TYPE[:k=v,...], e.g. sv-mean=HNSW:M=16
     milvus_mv_mode: str = "auto"  # auto | rows | struct (array of structs, Milvus >= 2.6.4)
     milvus_layouts: list[str] = field(default_factory=list)  # layouts to write to Milvus (default: all of the run's)
+    milvus_bulk_dir: str | None = None  # a first load: writers stage Parquet import files here, Milvus imports them at the end
     milvus_partition_key: bool = False  # add a `corpus` partition key field to every collection
     corpus: str = "default"  # the value of the corpus field (with milvus_partition_key); filter with search --corpus
     collection: str = "pagemill"

@@ -41,6 +41,7 @@ from pipelines.progress import Progress
 from pipelines.stage_stats import StageStats, bottleneck
 
 RUNS_PREFIX = "_runs"
+BULK_STATE_KEY = "_ledger/milvus_bulk.json"  # a first load whose staged files Milvus has not imported yet
 PLACEMENT_WORDS = {"driver": "in the driver", "driver_node": "one writer on the driver's node",
                    "workers": "on the workers"}
 
@@ -181,6 +182,7 @@ class IngestJob:
                                    milvus_layouts=cfg.milvus_layouts or None, partition_key=cfg.milvus_partition_key,
                                    corpus=cfg.corpus, extra_sv={"sv-vlm": self.sv_dim} if self.sv_dim else None)
         self.milvus_plan = self.milvus.setup()
+        self.bulk = self._open_bulk()
         suspects = self.suspects
         if self.ledger.state.empty() and not suspects.everything and any(
                 self.milvus.count_own(c, cfg.corpus) for c in self.milvus.collections):
@@ -204,11 +206,43 @@ class IngestJob:
         if self.text_model:
             stages.append(EmbedText(self.text_model, device=cfg.device))
         stages.append(encode)
-        self.writer = PagesWriter(self.store, self.pages_schema, metadata, self.run_id, self.milvus.for_workers())
+        self.writer = PagesWriter(self.store, self.pages_schema, metadata, self.run_id, self.milvus.for_workers(),
+                                  bulk=self.bulk)
         self.pipeline = Pipeline(stages, self.writer, batch_sizes={
             "render": 1, "embed": cfg.batch_size, "embed_sv": cfg.batch_size, "embed_text": 64, "encode": None,
             "write": cfg.write_batch_pages})
         self.layout_stats = LayoutStats(self.layouts, self.dim, self.fde)
+
+    def _open_bulk(self):
+        """``--milvus-bulk-dir``: a first load, imported by Milvus at the end of the run. Refused
+        unless the collections are empty (import inserts; it cannot replace rows), or this
+        continues a first load that an earlier run staged and never imported. A run without the
+        option refuses while such a load is pending: Milvus lacks the rows of committed units."""
+        from operators.milvus_plan import MilvusError
+
+        pending = json.loads(self.store.read_bytes(BULK_STATE_KEY)) if self.store.exists(BULK_STATE_KEY) else None
+        if not self.cfg.milvus_bulk_dir:
+            if pending:
+                raise MilvusError(f"a first load into Milvus by bulk import is unfinished (staged in {pending['dir']}): "
+                                  f"run again with --milvus-bulk-dir {pending['dir']}, or load Milvus from the shards "
+                                  f"with pagemill milvus-load --recreate")
+            return None
+        held = {c: n for c in self.milvus.collections if (n := self.milvus.count(c))}
+        if held:
+            raise MilvusError(f"--milvus-bulk-dir is for a first load, but {', '.join(f'{c} ({n} rows)' for c, n in held.items())} "
+                              f"already hold rows (import inserts and cannot replace rows): drop the option to upsert, "
+                              f"or rebuild with pagemill milvus-load --recreate --bulk-dir")
+        stage = open_store(self.cfg.milvus_bulk_dir, s3_options=self.cfg.s3_options())
+        # Files staged by units that never committed (a run that died): not to be imported.
+        committed = self.ledger.state.unit_index
+        for c in self.milvus.collections:
+            for obj in stage.list(c):
+                if obj.key.rsplit("/", 1)[-1].split("-", 1)[0] not in committed:
+                    stage.delete(obj.key)
+        self.store.write_bytes(BULK_STATE_KEY, json.dumps({"dir": self.cfg.milvus_bulk_dir, "pending": True}).encode())
+        self.say(f"milvus: first load by bulk import: writers stage Parquet files in {self.cfg.milvus_bulk_dir}, "
+                 f"imported at the end of the run")
+        return stage
 
     def make_executor(self):
         cfg = self.cfg
@@ -315,6 +349,15 @@ class IngestJob:
         # Suspects left that the ledger knows were not committed again (unchanged since their
         # last commit): Milvus may hold the dead commit's version of them, so resync them.
         self.resynced = self.committer.resync_milvus(self.suspects.uris)
+        self.imported = None
+        if self.bulk is not None:
+            from pipelines.milvus_load import import_staged
+
+            self.imported = import_staged(self.milvus, self.bulk, self.milvus.collections)
+            self.store.delete(BULK_STATE_KEY)  # imported: Milvus holds every committed unit's rows
+            for c in self.milvus.collections:
+                for obj in self.bulk.list(c):
+                    self.bulk.delete(obj.key)
         self.milvus.flush()  # once per run: seals the run's segments (commits do not flush)
         if self.had_suspects:
             # A run over the whole source has given every document a deleting commit or a resync,
@@ -372,6 +415,7 @@ class IngestJob:
                 "rows_written": self.stage_stats.milvus_rows(),
                 "delete_calls": self.stage_stats.delete_calls() + self.committer.delete_calls,
                 "pages_resynced": self.resynced,
+                "bulk_imported": self.imported,
                 "upsert_path": self.stage_stats.upsert_path or "columns",
                 "row_counts": self.milvus_counts,
                 **self.milvus_plan.summary(),

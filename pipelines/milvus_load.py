@@ -179,3 +179,35 @@ def bulk_wait(sink, tasks: list[int], timeout_s: float = 600.0) -> int:
             raise MilvusError(f"Milvus bulk import still {state.state_name} after {timeout_s:.0f}s")
         time.sleep(0.5)
     return rows
+
+
+def stage_base(stage) -> str:
+    """The path prefix the Milvus server reads a staged file under: absolute on its local
+    storage, or the key in the bucket it uses."""
+    return str(stage.root) + "/" if hasattr(stage, "root") else getattr(stage, "prefix", "")
+
+
+def import_staged(sink, stage, collections: list[str], timeout_s: float = 600.0) -> dict[str, int]:
+    """Import every file staged under ``<collection>/`` in ``stage`` (one task per file), wait,
+    and return rows imported per collection, checked against the files' own row counts."""
+    from operators.milvus_plan import MilvusError
+    from operators.milvus_private import bulk_insert
+
+    base = stage_base(stage)
+    tasks, expected = [], {}
+    for c in collections:
+        for obj in stage.list(c):
+            if not obj.key.endswith(".parquet"):
+                continue
+            rows = pq.ParquetFile(io.BytesIO(stage.read_bytes(obj.key))).metadata.num_rows
+            tasks.append(sink._guard("bulk import", bulk_insert, sink.client, c, [base + obj.key], sink.conn.timeout_s))
+            expected[c] = expected.get(c, 0) + rows
+    bulk_wait(sink, tasks, timeout_s)
+    deadline = time.monotonic() + timeout_s
+    counts = {c: sink.count(c) for c in collections}
+    while counts != {c: expected.get(c, 0) for c in collections} and time.monotonic() < deadline:
+        time.sleep(1.0)  # imported segments count once the server has sealed and loaded them
+        counts = {c: sink.count(c) for c in collections}
+    if counts != {c: expected.get(c, 0) for c in collections}:
+        raise MilvusError(f"bulk import: Milvus holds {counts}, the staged files {expected}")
+    return counts

@@ -314,3 +314,40 @@ def test_bulk_import_path_gives_the_same_index(server, direct, tmp_path, capsys)
     # Import inserts, it cannot replace: a second bulk load into full collections is refused.
     assert main(args) == 1
     assert "already hold rows" in capsys.readouterr().err
+
+
+def test_ingest_first_load_by_bulk_import(server, direct, tmp_path, capsys):
+    """ingest --milvus-bulk-dir: the writers stage Parquet import files instead of upserting and
+    Milvus imports them at the end of the run: the same index as the upserts'. A run killed
+    before the import leaves the load pending: a plain run refuses, the bulk run finishes it."""
+    import os
+    import subprocess
+
+    from conftest import REPO, pagemill_cmd
+
+    source, direct_out, _ = direct
+    stage = tmp_path / "stage"
+    out = tmp_path / "out"
+    args = ["ingest", str(source), "--out", str(out), "--executor", "local", "--layouts", "mv-pool3,mv-bin,sv-fde",
+            "--collection", "firstload", "--milvus-bulk-dir", str(stage), "--quiet", *conn_args(server),
+            *sum((["--milvus-index", i] for i in INDEXES), [])]
+    # killed after two units committed: their files are staged, nothing imported
+    killed = subprocess.run(pagemill_cmd(*args, "--unit-max-docs", "2"), cwd=REPO, capture_output=True,
+                            env=dict(os.environ, PAGEMILL_KILL_AT="committed:2"))
+    assert killed.returncode == -9
+    assert sum(counts(server, "firstload").values()) == 0 and list(stage.rglob("*.parquet"))
+    plain = [a for a in args if a not in ("--milvus-bulk-dir", str(stage))]
+    assert main(plain) == 1
+    assert "bulk import is unfinished" in capsys.readouterr().err
+    summary_path = tmp_path / "s.json"
+    assert main([*args, "--unit-max-docs", "2", "--summary", str(summary_path)]) == 0
+    summary = json.loads(summary_path.read_text())
+    direct_counts = counts(server, "direct")
+    assert {c.replace("firstload", "direct"): n for c, n in counts(server, "firstload").items()} == direct_counts
+    assert summary["milvus"]["bulk_imported"] == counts(server, "firstload")
+    assert summary["milvus"]["rows_written"] == {} and not list(stage.rglob("*.parquet"))  # imported, then removed
+    assert [r["page_id"] for r in search_in(server, out, "firstload", "mv-bin")] == \
+        [r["page_id"] for r in search_in(server, direct_out, "direct", "mv-bin")]
+    # the load is done: a plain run goes on with upserts; another first load is refused
+    assert main(plain) == 0
+    assert main(args) == 1 and "already hold rows" in capsys.readouterr().err
