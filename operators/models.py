@@ -446,9 +446,19 @@ def load_once(adapter) -> bool:
     return True
 
 
+def quiet_transformers() -> None:
+    """No "Loading weights" bars or advisory warnings from transformers: pagemill reports what
+    it loads itself, and bars with ANSI codes make logs unreadable."""
+    from transformers.utils import logging as tf_logging
+
+    tf_logging.disable_progress_bar()
+    tf_logging.set_verbosity_error()
+
+
 def build_or_load(adapter) -> tuple:
     """Device and dtype from the adapter's spec, then (model, processor): built from the preset
     with random weights, or loaded from the checkpoint."""
+    quiet_transformers()
     adapter.device = resolve_device(adapter.spec.device)
     adapter.torch_dtype = resolve_dtype(adapter.spec.dtype, adapter.device)
     adapter.spec.attn_implementation = resolve_attn(adapter.spec.attn_implementation, adapter.device)

@@ -39,6 +39,10 @@ class Source:
     def read(self, ref: DocumentRef) -> bytes:
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Fail (SourceError) if the source cannot be listed at all, before anything is written."""
+        next(iter(self.list_documents()), None)
+
 
 def is_pdf_name(name: str) -> bool:
     return name.lower().endswith(".pdf")

@@ -62,6 +62,9 @@ class TextEmbedder:
             return
         from transformers import AutoModel, AutoTokenizer
 
+        from operators.models import quiet_transformers
+
+        quiet_transformers()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.source)
             model = AutoModel.from_pretrained(self.source)

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 import numpy as np
 import psutil
 
+from operators.errors import UsageError
 from operators.models import ModelSpec, adapter_for
 from operators.render import RenderLimits, RenderPages, units_table
 from operators.sources import LocalSource
@@ -52,7 +53,7 @@ def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: s
         src = LocalSource(source)
         refs = list(src.list_documents())
         if not refs:
-            raise ValueError(f"no PDFs under {source}")
+            raise UsageError(f"no PDFs under {source}")
         stage = RenderPages(src, budget, RenderLimits(page_timeout_s=120, extract_text=False))
         stage.setup()
         try:

@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+from operators.errors import UsageError
+
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
 
@@ -124,7 +126,7 @@ def _milvus_connection(args, uri: str):
     from operators.milvus_client import MilvusConnection
 
     if args.milvus_ca_file and not os.path.isfile(args.milvus_ca_file):
-        raise ValueError(f"--milvus-ca-file: no such file {args.milvus_ca_file!r}")
+        raise UsageError(f"--milvus-ca-file: no such file {args.milvus_ca_file!r}")
     return MilvusConnection(uri, user=args.milvus_user, db_name=args.milvus_db, ca_file=args.milvus_ca_file,
                             server_name=args.milvus_server_name)
 
@@ -244,7 +246,7 @@ def _calibrate(args) -> int:
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
-    print(text)
+    _print(args, text)
     return 0
 
 
@@ -314,24 +316,24 @@ def _milvus_load_parser(sub) -> argparse.ArgumentParser:
 def _milvus_load(args) -> int:
     from operators.milvus_plan import parse_index_specs
     from operators.s3 import S3Options
-    from operators.store import open_store
+    from operators.store import open_output
     from pipelines.milvus_load import milvus_load
 
     if args.batch_pages <= 0:
-        raise ValueError(f"--batch-pages: must be > 0, got {args.batch_pages}")
-    store = open_store(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
+        raise UsageError(f"--batch-pages: must be > 0, got {args.batch_pages}")
+    store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     uri = args.milvus or store.local_path("milvus.db")
     if not uri:
-        raise ValueError("--milvus is required when OUT is not a local folder")
+        raise UsageError("--milvus is required when OUT is not a local folder")
     layouts = [x.strip() for x in (args.milvus_layouts or "").split(",") if x.strip()] or None
     summary = milvus_load(store, _milvus_connection(args, uri), args.collection, recreate=args.recreate,
                           batch_pages=args.batch_pages, index_specs=parse_index_specs(args.milvus_index),
                           mv_mode=args.milvus_mv_mode, milvus_layouts=layouts, partition_key=args.milvus_partition_key,
                           corpus=args.corpus, bulk_dir=args.bulk_dir)
     if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        _print(args, json.dumps(summary, indent=2, sort_keys=True))
     else:
-        print(f"loaded {summary['pages']} pages from {summary['shards']} shards into {summary['uri']} "
+        _print(args, f"loaded {summary['pages']} pages from {summary['shards']} shards into {summary['uri']} "
               f"in {summary['wall_s']:.1f} s: " + ", ".join(f"{c} {n}" for c, n in summary["row_counts"].items()))
     return 0
 
@@ -339,13 +341,16 @@ def _milvus_load(args) -> int:
 def _search(args) -> int:
     from operators.milvus_reader import MilvusReader
     from operators.s3 import S3Options
-    from operators.store import open_store
+    from operators.store import open_output
     from pipelines.search import search
 
-    store = open_store(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
+    for name, value in (("-k", args.k), ("--candidates", args.candidates)):
+        if value < 1:
+            raise UsageError(f"{name}: must be at least 1, got {value}")
+    store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     uri = args.milvus or store.local_path("milvus.db")
     if not uri:
-        raise ValueError("--milvus is required when OUT is not a local folder")
+        raise UsageError("--milvus is required when OUT is not a local folder")
     sink = MilvusReader(_milvus_connection(args, uri), args.collection)
     sink.connect()
     try:
@@ -354,17 +359,27 @@ def _search(args) -> int:
                          corpus=args.corpus)
     finally:
         sink.close()
+    from pipelines.search import recorded_metadata
+
+    meta = recorded_metadata(store)
+    warnings = []
+    if meta.get("weights") == "random":
+        warnings.append(f"this index was built with random weights ({meta.get('model')} --weights random): its "
+                        f"rankings are noise, a check that the machinery works; ingest with --weights hub for real ones")
+    for w in warnings:
+        args.console.write(f"pagemill: note: {w}\n")
     if args.json:
-        print(json.dumps(results, indent=2))
+        _print(args, json.dumps({"query": args.query, "index": {"model": meta.get("model"), "weights": meta.get("weights")},
+                                 "warnings": warnings, "results": results}, indent=2))
         return 0
-    print(f"{'rank':>4}  {'score':>10}  {'page_id':<24}  page  source_uri")
+    _print(args, f"{'rank':>4}  {'score':>10}  {'page_id':<24}  page  source_uri")
     for r in results:
-        print(f"{r['rank']:>4}  {r['score']:>10.4f}  {r['page_id']:<24}  {r['page_number']:>4}  {r['source_uri']}")
+        _print(args, f"{r['rank']:>4}  {r['score']:>10.4f}  {r['page_id']:<24}  {r['page_number']:>4}  {r['source_uri']}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pagemill", description="Batch indexing for visual document retrieval.")
+    parser = Parser(prog="pagemill", description="Batch indexing for visual document retrieval.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _ingest_parser(sub)
     _fidelity_parser(sub)
@@ -373,16 +388,20 @@ def build_parser() -> argparse.ArgumentParser:
     _calibrate_parser(sub)
     _search_parser(sub)
     _milvus_load_parser(sub)
+    for p in sub.choices.values():
+        p.add_argument("--verbose", action="store_true",
+                       help="show what Ray, transformers and other libraries print (default: kept in a log file, "
+                       "named when something fails; a run copies it to OUT/_runs/<run>.log)")
     return parser
 
 
 def _report(args) -> int:
     from operators.milvus_reader import MilvusReader
     from operators.s3 import S3Options
-    from operators.store import open_store
+    from operators.store import open_output
     from pipelines.report import build_report, format_report, load_prices, measure_run
 
-    store = open_store(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
+    store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     milvus_uri = args.milvus
     if milvus_uri is None and store.local_path("milvus.db") and os.path.exists(store.local_path("milvus.db")):
         milvus_uri = store.local_path("milvus.db")
@@ -406,7 +425,7 @@ def _report(args) -> int:
         from pipelines.report_html import write_html
 
         write_html(report, text, args.html)
-    print(json.dumps(report, indent=2, sort_keys=True) if args.json else text)
+    _print(args, json.dumps(report, indent=2, sort_keys=True) if args.json else text)
     return 0
 
 
@@ -418,12 +437,12 @@ def _plan(args) -> int:
         with open(args.calibration) as f:
             calibration = json.load(f)
     elif args.deadline:
-        raise ValueError("--deadline needs --calibration (pages/s per GPU from pagemill calibrate)")
+        raise UsageError("--deadline needs --calibration (pages/s per GPU from pagemill calibrate)")
     result = plan(preset=args.model, vectors_per_page=args.vectors_per_page, dim=args.dim, dtype=args.dtype,
                   pages=args.pages, layouts=[x for x in (args.layouts or "").split(",") if x.strip()],
                   calibration=calibration, deadline_hours=args.deadline, index=args.index, replicas=args.replicas,
                   prices=load_prices(args.prices))
-    print(json.dumps(result, indent=2, sort_keys=True) if args.json else format_plan(result))
+    _print(args, json.dumps(result, indent=2, sort_keys=True) if args.json else format_plan(result))
     return 0
 
 
@@ -435,12 +454,12 @@ def _fidelity(args) -> int:
     from operators.models import ModelSpec
     from operators.parquet_sink import PAGES_PREFIX
     from operators.s3 import S3Options
-    from operators.store import open_store
+    from operators.store import open_output
     from pipelines.config import ConfigError
     from pipelines.costs import human_bytes
     from pipelines.fidelity import measure_fidelity
 
-    store = open_store(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
+    store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     shards = store.list(PAGES_PREFIX)
     if not shards:
         raise ConfigError(f"out: no shards under {args.out}/pages: run pagemill ingest first")
@@ -450,14 +469,16 @@ def _fidelity(args) -> int:
                      weights=args.weights or recorded.get("weights", "random"))
     result = measure_fidelity(store, spec, None, _fde_from(recorded), args.queries, seed=args.seed,
                               max_pages=args.max_pages)
+    if result.get("note"):
+        args.console.write(f"pagemill: note: {result['note']}\n")
     if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
+        _print(args, json.dumps(result, indent=2, sort_keys=True))
         return 0
-    print(f"{result['queries']} queries over {result['pages']} pages (seed {result['seed']}); reference: mv MaxSim")
-    print(f"{'layout':<16}{'vectors/page':>14}{'bytes/page':>12}{'recall@10':>11}{'nDCG@10':>10}")
+    _print(args, f"{result['queries']} queries over {result['pages']} pages (seed {result['seed']}); reference: mv MaxSim")
+    _print(args, f"{'layout':<16}{'vectors/page':>14}{'bytes/page':>12}{'recall@10':>11}{'nDCG@10':>10}")
     rows = sorted(result["layouts"].items(), key=lambda kv: -kv[1]["bytes_per_page"])
     for name, r in rows:
-        print(f"{name:<16}{r['vectors_per_page']:>14.1f}{human_bytes(r['bytes_per_page']):>12}"
+        _print(args, f"{name:<16}{r['vectors_per_page']:>14.1f}{human_bytes(r['bytes_per_page']):>12}"
               f"{r['recall_at_10']:>11.3f}{r['ndcg_at_10']:>10.3f}")
     return 0
 
@@ -476,12 +497,28 @@ def _ingest(args) -> int:
     from pipelines.ingest import run_ingest
 
     file_values = load_config_file(args.config) if args.config else {}
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet")}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet", "verbose", "console")}
     cfg = build_config(file_values, overrides)
-    summary = run_ingest(cfg)
+    summary = run_ingest(cfg, log=args.console)
     if not args.quiet:
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        _print(args, json.dumps(summary, indent=2, sort_keys=True))
     return 0
+
+
+def _print(args, *parts) -> None:
+    """A result line on stdout (the real one, while the libraries' output goes to the log)."""
+    print(*parts, file=args.console.out if hasattr(args, "console") else sys.stdout)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: what is wrong and where the help is, not 40 lines of usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_CONFIG, f"pagemill: {message} (see: {self.prog} --help)\n")
+
+
+COMMANDS = {"ingest": "_ingest", "fidelity": "_fidelity", "report": "_report", "plan": "_plan",
+            "calibrate": "_calibrate", "search": "_search", "milvus-load": "_milvus_load"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -491,18 +528,31 @@ def main(argv: list[str] | None = None) -> int:
     from operators.sources import SourceError
     from operators.store import StoreError
     from pipelines.config import ConfigError
+    from pipelines.console import Console
     from pipelines.lock import LockError
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    console = args.console = Console(verbose=getattr(args, "verbose", False))
+    where = ""
     try:
-        return {"ingest": _ingest, "fidelity": _fidelity, "report": _report, "plan": _plan,
-                "calibrate": _calibrate, "search": _search, "milvus-load": _milvus_load}[args.command](args)
+        with console.capture():
+            try:
+                return globals()[COMMANDS[args.command]](args)
+            finally:
+                where = f" (details: {console.log_path})" if console.log_path and console.log_text().strip() else ""
+    except BrokenPipeError:
+        # `pagemill search ... | head`: the reader has what it wanted.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ConfigError as e:
         print(f"pagemill: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except (SourceError, StoreError, MilvusError, ModelError, LockError, ValueError) as e:
+    except (SourceError, ModelError, UsageError) as e:  # the input is wrong: what, and what to do
         print(f"pagemill: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (MilvusError, LockError, StoreError) as e:
+        print(f"pagemill: error: {e}{where}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("pagemill: interrupted; committed units are kept, re-run to resume", file=sys.stderr)
@@ -511,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("PAGEMILL_DEBUG"):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"pagemill: failed: {type(e).__name__}: {first} (PAGEMILL_DEBUG=1 shows the traceback)", file=sys.stderr)
+        print(f"pagemill: failed: {type(e).__name__}: {first}{where} (PAGEMILL_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
         return EXIT_FAILED
 
 

@@ -110,6 +110,10 @@ class Executor:
 
     tasks_in_driver = True  # run_task runs in this process
 
+    def live_counters(self) -> dict:
+        """Pages each stage's workers have handled so far (for the heartbeat)."""
+        return {}
+
     def run_task(self, fn, *args):
         """Run ``fn(*args)`` where the data lives (a worker for Ray; here for the local
         executor) and return its (small) result: rewrites of older shards and other maintenance

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators import schema as S
+from operators.errors import UsageError
 from operators.fde import FdeParams
 from operators.layouts import Layout, LayoutScorer, parse_layout
 from operators.models import ModelSpec, adapter_for
@@ -111,7 +112,7 @@ def measure_fidelity(store: OutputStore, spec: ModelSpec, layouts: list[Layout] 
         schema = pq.read_schema(io.BytesIO(store.read_bytes(o.key)))
         break
     if schema is None:
-        raise ValueError("OUT/pages is empty: nothing to measure")
+        raise UsageError("OUT/pages is empty: nothing to measure")
     present = layouts_in(schema)
     layouts = [lay for lay in (layouts or present) if lay.column in schema.names]
     extra_cols = [c for lay in layouts for c in (lay.column, lay.scale_column) if c]
@@ -123,7 +124,7 @@ def measure_fidelity(store: OutputStore, spec: ModelSpec, layouts: list[Layout] 
     texts = table[S.TEXT].to_pylist()
     picked = sample_queries(texts, n_queries, seed)
     if not picked:
-        raise ValueError("no page has a text layer with usable sentences: fidelity needs text queries")
+        raise UsageError("no page has a text layer with usable sentences: fidelity needs text queries")
     adapter = adapter_for(spec)
     queries = []
     for start in range(0, len(picked), 16):
@@ -134,4 +135,9 @@ def measure_fidelity(store: OutputStore, spec: ModelSpec, layouts: list[Layout] 
         counts = layout_vector_counts(table, lay)
         metrics[lay.name].update(vectors_per_page=round(float(counts.mean()), 3),
                                  bytes_per_page=round(float(counts.mean()) * bytes_per_vector(lay, dim, fde or FdeParams()), 1))
-    return {"queries": len(picked), "pages": table.num_rows, "seed": seed, "layouts": metrics}
+    usable = sum(1 for t in texts if sentences(t))
+    out = {"queries": len(picked), "pages": table.num_rows, "seed": seed, "layouts": metrics}
+    if len(picked) < n_queries:
+        out["note"] = (f"{n_queries} queries asked, {len(picked)} measured: only {usable} of the {table.num_rows} pages "
+                       f"have a sentence usable as a query (capitalised, 5 to 30 words, ending in . ! or ?; one per page)")
+    return out

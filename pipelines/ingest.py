@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from operators import schema as S
 from operators.embed import EmbedPages, EmbedSinglePages, EmbedText
 from operators.encode import EncodePages
+from operators.errors import UsageError
 from operators.layouts import parse_layouts
 from operators.milvus_client import redact_uri
 from operators.milvus_writer import MilvusWriter
@@ -118,6 +119,12 @@ class IngestJob:
         cfg = self.cfg
         s3 = cfg.s3_options()
         self.source = open_source(cfg.source, include=tuple(cfg.include), exclude=tuple(cfg.exclude), s3_options=s3)
+        self.source.check()  # a missing source fails here, before OUT is created
+        self.model_preflight()
+        if cfg.executor == "ray" and cfg.ray_address:
+            from pipelines.ray_executor import check_address
+
+            check_address(cfg.ray_address)
         self.store = open_store(cfg.out, s3_options=s3)
         self.store.check()
         self.lock = RunLock(self.store, self.run_id, lease_s=cfg.lock_lease_s)
@@ -139,6 +146,17 @@ class IngestJob:
             return self.summary()
         finally:
             self.lock.release()
+            if hasattr(self.log, "log_text") and self.log.log_path:
+                # What Ray and the libraries printed (not on the terminal): kept with the run.
+                self.store.write_bytes(f"{RUNS_PREFIX}/{self.run_id}.log", self.log.log_text())
+
+    def model_preflight(self) -> None:
+        """Every model of the run resolves before Ray starts: a typo, a checkpoint that is not
+        there, or a hub that cannot be reached is one line naming the model, not minutes of
+        actor restarts."""
+        from operators.preflight import check_models
+
+        check_models(self.cfg.model, model_spec(self.cfg))
 
     def recover(self) -> None:
         self.ledger = Ledger(self.store)
@@ -276,7 +294,7 @@ class IngestJob:
                           retry_quarantined=cfg.retry_quarantined, suspects=self.suspects)
 
     def execute(self) -> None:
-        self.progress = Progress(None, self.cfg.progress_interval_s, stream=self.log)
+        self.progress = Progress(None, self.cfg.progress_interval_s, stream=self.log, live=self.executor.live_counters)
         units = self.plan()
         plan_file = None
         if self.cfg.executor != "local":
@@ -299,9 +317,12 @@ class IngestJob:
                                        suspects=self.suspects)
         tracker = UnitTracker(self.on_unit, on_stats=self.stage_stats.observe)
         t = time.time()
-        self.exec_stats = self.executor.run(units, self.pipeline, tracker, plan=plan_file)
+        self.progress.begin()
+        try:
+            self.exec_stats = self.executor.run(units, self.pipeline, tracker, plan=plan_file)
+        finally:
+            self.progress.finish()
         self.run_s = time.time() - t
-        self.progress.finish()
         if plan_file is not None:
             plan_file.delete()
 
@@ -341,7 +362,7 @@ class IngestJob:
         if cfg.delete_missing:
             missing = self.ledger.state.missing(self.counts.seen_key_array())
             if missing and not self.counts.seen:
-                raise ValueError(f"--delete-missing: the source lists no documents at all; refusing to delete all "
+                raise UsageError(f"--delete-missing: the source lists no documents at all; refusing to delete all "
                                  f"{len(missing)} indexed documents (wrong source?)")
             self.deleted_docs, self.deleted_pages = len(missing), self.committer.delete_documents(missing)
         if self.ledger.state.records and len(self.ledger.pending_records) >= cfg.ledger_compact_every:

@@ -15,9 +15,14 @@ CHECKPOINT_AFTER = {"render": "rendered", "embed": "embedded"}
 class LocalExecutor(Executor):
     name = "local"
 
+    _ops: list = []
+
+    def live_counters(self) -> dict:
+        return {op.name: op.stats.get("pages", 0) for op in self._ops}
+
     def run(self, units: Iterable[WorkUnit], pipeline: Pipeline, tracker: UnitTracker, plan=None) -> dict:
         started = False
-        ops = [*pipeline.stages, pipeline.writer]
+        ops = self._ops = [*pipeline.stages, pipeline.writer]
         try:
             for unit in units:
                 if not started:  # load the models only when there is work

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators import schema as S
+from operators.errors import UsageError
 from operators.layouts import parse_layouts
 from operators.milvus_client import MilvusConnection, redact_uri
 from operators.milvus_plan import IndexSpec
@@ -52,7 +53,7 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
     ledger.load()
     shards = sorted(k for k in ledger.state.files if k.startswith(PAGES_PREFIX + "/"))
     if not shards:
-        raise ValueError(f"no committed shards under {store.uri}/pages: run pagemill ingest first")
+        raise UsageError(f"no committed shards under {store.uri}/pages: run pagemill ingest first")
     schema = _open(store, shards[0]).schema_arrow
     meta = _metadata(schema)
     layouts = parse_layouts(list(meta.get("layouts", {})))

@@ -1,9 +1,16 @@
-"""A periodic progress line on stderr: units, pages, pages/s, quarantined, ETA."""
+"""The heartbeat of a run: pages rendered, embedded and committed, rate and ETA, on a clock.
+
+A line comes every ``interval_s`` whether or not a unit committed (a run of one big unit is not
+silent for minutes): the workers' live counters (``live()``: the executor's, summed over its
+workers) for what is in flight, the commits for what is done. On a terminal the line replaces
+itself every second; in a log it is one line per interval.
+"""
 
 from __future__ import annotations
 
-import sys
+import threading
 import time
+from collections.abc import Callable
 
 
 def _fmt_s(s: float) -> str:
@@ -12,40 +19,84 @@ def _fmt_s(s: float) -> str:
 
 
 class Progress:
-    def __init__(self, total_units: int | None, interval_s: float = 10.0, stream=None):
+    def __init__(self, total_units: int | None, interval_s: float = 10.0, stream=None,
+                 live: Callable[[], dict] | None = None):
+        import sys
+
         self.total_units = total_units
         self.interval_s = interval_s
         self.stream = stream or sys.stderr
+        self.live = live  # () -> {"render": pages, "embed": pages, ...}: the workers' counters
         self.start = time.monotonic()
-        self._last = 0.0
         self.units = 0
-        self._printed_units = -1
         self.pages = 0
         self.quarantined = 0
+        self._first_commit: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.lines = 0
+
+    # -- the clock ------------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Start the heartbeat (a daemon thread); ``finish`` stops it."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, name="pagemill-progress", daemon=True)
+            self._thread.start()
+
+    def _beat(self) -> None:
+        tty = getattr(self.stream, "tty", False)
+        tick = 1.0 if tty else self.interval_s
+        while not self._stop.wait(tick):
+            self._emit(live=tty)
+
+    def _emit(self, live: bool = False) -> None:
+        try:
+            counters = self.live() if self.live else {}
+        except Exception:  # a counter service that is gone must not stop the run
+            counters = {}
+        line = self.line(counters=counters)
+        with self._lock:
+            if live and hasattr(self.stream, "live"):
+                self.stream.live(line)
+            else:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            self.lines += 1
 
     def update(self, pages: int, quarantined: int) -> None:
-        self.units += 1
-        self.pages += pages
-        self.quarantined += quarantined
-        now = time.monotonic()
-        if now - self._last >= self.interval_s:
-            self._last = now
-            self._printed_units = self.units
-            self.stream.write(self.line(now) + "\n")
-            self.stream.flush()
+        """A unit committed."""
+        with self._lock:
+            self.units += 1
+            self.pages += pages
+            self.quarantined += quarantined
+            if self._first_commit is None:
+                self._first_commit = time.monotonic()
 
     def finish(self) -> None:
-        if self.units and self._printed_units != self.units:
-            self.stream.write(self.line() + "\n")
-            self.stream.flush()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self.units:
+            self._emit()
 
-    def line(self, now: float | None = None) -> str:
-        elapsed = max(1e-9, (now or time.monotonic()) - self.start)
-        rate = self.pages / elapsed
+    # -- the line -------------------------------------------------------------------------------
+
+    def line(self, now: float | None = None, counters: dict | None = None) -> str:
+        now = now or time.monotonic()
+        elapsed = max(1e-9, now - self.start)
         total = "?" if self.total_units is None else self.total_units
-        if self.units and self.total_units is not None:
-            eta = _fmt_s(elapsed / self.units * (self.total_units - self.units))
+        flow = ""
+        if counters:
+            flow = "".join(f" · {label} {counters[stage]}" for stage, label in
+                           (("render", "rendered"), ("embed", "embedded")) if stage in counters)
+        rate = self.pages / elapsed
+        if self.units and self.total_units is not None and self._first_commit is not None:
+            per_unit = (now - self.start) / self.units
+            eta = _fmt_s(per_unit * max(0, self.total_units - self.units))
         else:
-            eta = "? (listing)"
-        return (f"[pagemill] units {self.units}/{total} · pages {self.pages} · {rate:.1f} pages/s · "
-                f"quarantined {self.quarantined} · elapsed {_fmt_s(elapsed)} · ETA {eta}")
+            eta = "?"
+        return (f"[pagemill] {_fmt_s(elapsed)}{flow} · committed {self.pages} pages (units {self.units}/{total}) · "
+                f"{rate:.1f} pages/s · quarantined {self.quarantined} · ETA {eta}")

@@ -18,9 +18,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import time
 from collections.abc import Iterable
 from itertools import islice
 
+from operators.errors import UsageError
 from operators.faults import checkpoint
 from pipelines.executor import Executor, Pipeline, UnitTracker
 from pipelines.plan import WorkUnit, read_plan_part
@@ -58,11 +61,33 @@ class PlanDatasource(Datasource):
         return tasks
 
 
+class _ProgressBoard:
+    """Live counters of every worker of the run (for the driver's heartbeat): workers report
+    without waiting for an answer, the driver reads the sums."""
+
+    def __init__(self):
+        self.pages: dict[tuple[str, str], int] = {}
+
+    def report(self, stage: str, worker: str, pages: int) -> None:
+        self.pages[(stage, worker)] = max(pages, self.pages.get((stage, worker), 0))
+
+    def totals(self) -> dict:
+        out: dict[str, int] = {}
+        for (stage, _), n in self.pages.items():
+            out[stage] = out.get(stage, 0) + n
+        return out
+
+
 class _StageActor:
     """One worker of a stage: the operator, set up once (a model loads once per actor)."""
 
-    def __init__(self, op):
+    REPORT_EVERY_S = 1.0
+
+    def __init__(self, op, board=None):
         self.op = op
+        self.board = board
+        self._reported = 0.0
+        self.worker = f"{os.uname().nodename}:{os.getpid()}"
         labels = {"node_id": ray.get_runtime_context().get_node_id()}
         counters = getattr(op, "counters", None)
         if counters is not None:
@@ -71,7 +96,67 @@ class _StageActor:
 
     def __call__(self, batch):
         checkpoint(f"{self.op.name}_call")
-        return self.op(batch)
+        out = self.op(batch)
+        now = time.monotonic()
+        if self.board is not None and now - self._reported >= self.REPORT_EVERY_S:
+            self._reported = now
+            self.board.report.remote(self.op.name, self.worker, self.op.stats.get("pages", 0))  # no wait
+        return out
+
+
+_ERROR_LINE = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt))): (.+)$")
+
+
+def worker_error(e: BaseException) -> Exception:
+    """The root cause of an error raised in a worker (an actor's set-up, a stage's batch), as the
+    exception pagemill itself would raise in the driver: Ray wraps it (ActorDiedError,
+    RayTaskError) with tracebacks and ANSI colours around the one line that says what happened."""
+    from operators.milvus_plan import MilvusError
+    from operators.models import ModelError
+    from operators.sources import SourceError
+    from operators.store import StoreError
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    found = [m for m in map(_ERROR_LINE.match, text.splitlines()) if m and m.group(2) not in (
+        "ActorDiedError", "RayTaskError", "RayActorError", "ActorUnavailableError")]
+    if not found:
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        return WorkerError(f"a Ray worker failed: {type(e).__name__}: {first[:300]}")
+    name, message = found[-1].group(2), found[-1].group(3).strip()
+    known = {"ModelError": ModelError, "MilvusError": MilvusError, "SourceError": SourceError, "StoreError": StoreError}
+    if name in known:
+        return known[name](message)
+    return WorkerError(f"a Ray worker failed: {name}: {message[:300]}")
+
+
+class WorkerError(RuntimeError):
+    """An error in a worker, reduced to its root cause."""
+
+
+class RayStartError(RuntimeError):
+    """A local Ray did not come up."""
+
+
+def _first(e: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def check_address(address: str, timeout_s: float = 5.0) -> None:
+    """A cluster address must answer a TCP connection within seconds: ``ray.init`` itself retries
+    a wrong address for minutes."""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except ValueError:
+        raise UsageError(f"--ray-address {address!r}: expected HOST:PORT (or auto)") from None
+    except OSError as e:
+        raise UsageError(f"--ray-address {address}: nothing answers there ({type(e).__name__}: {e}): check the "
+                         f"address, or leave it out to start a local Ray") from None
 
 
 def _node_rotation():
@@ -109,11 +194,20 @@ class RayExecutor(Executor):
             return
         kwargs = dict(logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
         if self.address:
-            ray.init(address=self.address, **kwargs)
+            check_address(self.address)
+            try:
+                ray.init(address=self.address, **kwargs)
+            except (ConnectionError, RuntimeError) as e:
+                raise UsageError(f"--ray-address {self.address}: no Ray cluster answers there ({_first(e)}): check the "
+                                 f"address, or leave it out to start a local Ray") from None
         else:
             # A private local cluster; the env var keeps it from joining one by accident.
             os.environ.pop("RAY_ADDRESS", None)
-            ray.init(**kwargs)
+            try:
+                ray.init(**kwargs)
+            except Exception as e:
+                raise RayStartError(f"Ray could not start on this machine ({_first(e)}): run with --executor local, or "
+                                    f"start Ray yourself (ray start --head) and pass --ray-address") from None
             self._started_here = True
 
     def start(self) -> None:
@@ -175,7 +269,7 @@ class RayExecutor(Executor):
         out["stages"]["render"] = {"actors": n_render, "num_gpus": 0.0,
                                    "num_cpus": round(max(0.05, min(1.0, left / n_render)), 3)}
         if cpus - used - n_render * out["stages"]["render"]["num_cpus"] < -1e-6:
-            raise ValueError(f"the stages ask for {used + n_render * out['stages']['render']['num_cpus']:.2f} CPUs "
+            raise UsageError(f"the stages ask for {used + n_render * out['stages']['render']['num_cpus']:.2f} CPUs "
                              f"and the cluster has {cpus:g}: lower --embed-actors/--render-actors/--encode-actors/"
                              f"--write-actors")
         n_actors = sum(s["actors"] for s in out["stages"].values())
@@ -223,9 +317,12 @@ class RayExecutor(Executor):
         ops = list(pipeline.stages)
         if self.placement["where"] != "driver":
             ops.append(pipeline.writer)
+        self._board = ray.remote(num_cpus=0)(_ProgressBoard).remote()
+        self._driver_ops = [] if self.placement["where"] != "driver" else [pipeline.writer]
         for op in ops:
             spec = res["stages"][op.name]
-            ds = ds.map_batches(_StageActor, fn_constructor_kwargs={"op": op}, batch_size=pipeline.batch_size(op),
+            ds = ds.map_batches(_StageActor, fn_constructor_kwargs={"op": op, "board": self._board},
+                                batch_size=pipeline.batch_size(op),
                                 batch_format="pyarrow", compute=ActorPoolStrategy(size=spec["actors"]),
                                 **self._remote_args(op.name, spec))
             # Ray Data restarts a dead actor (OOM-killed, preempted, its node lost) and retries
@@ -237,12 +334,23 @@ class RayExecutor(Executor):
         try:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 tracker.add(writer(batch) if writer is not None else batch)
+        except ray.exceptions.RayError as e:
+            raise worker_error(e) from None
         finally:
             if writer is not None:
                 writer.close()
         if tracker.pending:
             raise RuntimeError(f"{tracker.pending} units ended incomplete (pages lost between stages)")
         return {"resources": res, "write_placement": self.placement["where"], "write_placement_why": self.placement["why"]}
+
+    _board = None
+    _driver_ops: list = []
+
+    def live_counters(self) -> dict:
+        out = dict(ray.get(self._board.totals.remote(), timeout=5)) if self._board is not None else {}
+        for op in self._driver_ops:
+            out[op.name] = op.stats.get("pages", 0)
+        return out
 
     @property
     def tasks_in_driver(self) -> bool:

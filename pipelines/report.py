@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from operators import schema as S
+from operators.errors import UsageError
 from operators.fde import FdeParams
 from operators.layouts import Layout, parse_layout, parse_layouts
 from operators.parquet_sink import PAGES_PREFIX
@@ -80,7 +81,8 @@ def _fde_from(recorded: dict) -> FdeParams:
 
 def latest_fidelity(store: OutputStore) -> dict[str, dict]:
     """Fidelity per layout from the newest run summary that measured it."""
-    for obj in sorted(store.list("_runs"), key=lambda o: o.key, reverse=True):
+    runs = [o for o in store.list("_runs") if o.key.endswith(".json") and o.key.count("/") == 1]
+    for obj in sorted(runs, key=lambda o: o.key, reverse=True):
         summary = json.loads(store.read_bytes(obj.key))
         found = {k: v["fidelity"] for k, v in summary.get("layouts", {}).items() if "fidelity" in v}
         if found:
@@ -93,7 +95,7 @@ def measure_run(store: OutputStore, max_shards: int = 200, milvus=None) -> dict:
     ``max_shards`` shards read for vector counts and key lengths)."""
     shards = _shards(store)
     if not shards:
-        raise ValueError("no shards under OUT/pages: run pagemill ingest first")
+        raise UsageError("no shards under OUT/pages: run pagemill ingest first")
     blobs = {}
     first = pq.ParquetFile(io.BytesIO(store.read_bytes(shards[0])))
     recorded = _recorded(first.schema_arrow)
@@ -306,7 +308,7 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
          replicas: int = 1, prices: Prices = DEFAULT_PRICES, lite: bool = False) -> dict:
     if preset:
         if preset not in MODEL_PRESETS:
-            raise ValueError(f"unknown model preset {preset!r} (known: {', '.join(sorted(MODEL_PRESETS))})")
+            raise UsageError(f"unknown model preset {preset!r} (known: {', '.join(sorted(MODEL_PRESETS))})")
         p = MODEL_PRESETS[preset]
         vectors_per_page = vectors_per_page or p["vectors_per_page"]
         dim = dim or p["dim"]
@@ -315,12 +317,12 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
         single = p.get("single", False)
     else:
         if not (vectors_per_page and dim):
-            raise ValueError("give --model PRESET, or --vectors-per-page and --dim")
+            raise UsageError("give --model PRESET, or --vectors-per-page and --dim")
         dtype = dtype or "bf16"
         special = 0
         single = vectors_per_page == 1
     if dtype not in ("fp32", "fp16", "bf16", "int8", "bin"):
-        raise ValueError(f"dtype: {dtype!r} is not one of fp32, fp16, bf16, int8, bin")
+        raise UsageError(f"dtype: {dtype!r} is not one of fp32, fp16, bf16, int8, bin")
     base = "sv-mean" if single else f"mv-{dtype}"
     names = [base] + [x for x in (layouts or []) if x != base]
     if single:
@@ -390,7 +392,7 @@ def load_prices(path: str | None) -> Prices:
         data = yaml.safe_load(f) or {}
     unknown = set(data) - set(Prices.__dataclass_fields__)
     if unknown:
-        raise ValueError(f"prices file {path}: unknown keys {sorted(unknown)} (known: {sorted(Prices.__dataclass_fields__)})")
+        raise UsageError(f"prices file {path}: unknown keys {sorted(unknown)} (known: {sorted(Prices.__dataclass_fields__)})")
     return Prices(**{k: float(v) for k, v in data.items()})
 
 

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from operators import encodings as E
 from operators import schema as S
+from operators.errors import UsageError
 from operators.fde import FdeEncoder, FdeParams
 from operators.layouts import LayoutScorer, normalise, parse_layout
 from operators.milvus_plan import CORPUS, TEXT_LAYOUT
@@ -32,7 +33,7 @@ from operators.store import OutputStore
 def recorded_metadata(store: OutputStore) -> dict:
     shards = [o.key for o in store.list(PAGES_PREFIX)]
     if not shards:
-        raise ValueError("no shards under OUT/pages: run pagemill ingest first")
+        raise UsageError("no shards under OUT/pages: run pagemill ingest first")
     meta = pq.read_schema(io.BytesIO(store.read_bytes(shards[0]))).metadata or {}
     return {k.decode()[len("pagemill."):]: json.loads(v) for k, v in meta.items() if k.startswith(b"pagemill.")}
 
@@ -78,7 +79,7 @@ def text_stage1(sink: MilvusReader, text_model: str, query_text: str, candidates
 
     fp = sink.plan.by_layout(TEXT_LAYOUT)
     if fp is None:
-        raise ValueError("this index has no text layer vectors: ingest with --model <model>,text:all-MiniLM-L6-v2")
+        raise UsageError("this index has no text layer vectors: ingest with --model <model>,text:all-MiniLM-L6-v2")
     sink.client.load_collection(fp.collection)
     q = TextEmbedder(text_model).embed_queries([query_text])[0]
     hits = sink.client.search(fp.collection, data=[q.tolist()], anns_field=fp.field, limit=candidates,
@@ -91,7 +92,7 @@ def corpus_filter(sink: MilvusReader, corpus: str | None) -> str:
     if not corpus:
         return ""
     if not sink.plan.partition_key:
-        raise ValueError(f"--corpus {corpus}: this index has no corpus field (ingest with --milvus-partition-key)")
+        raise UsageError(f"--corpus {corpus}: this index has no corpus field (ingest with --milvus-partition-key)")
     return f"{CORPUS} == {json.dumps(corpus)}"  # a quoted, escaped string literal
 
 
@@ -118,7 +119,7 @@ def stage1(sink: MilvusReader, query: np.ndarray, candidates: int, mode: str, fd
     fp = sink.plan.by_layout(layout)
     if fp is None or layout == TEXT_LAYOUT:
         held = [f.layout for f in sink.plan.fields if f.layout != TEXT_LAYOUT]
-        raise ValueError(f"--stage1 {mode!r}: not in Milvus (this index holds {', '.join(held)}; or use text)")
+        raise UsageError(f"--stage1 {mode!r}: not in Milvus (this index holds {', '.join(held)}; or use text)")
     client.load_collection(fp.collection)
     if fp.mode == "page":
         if fp.layout == "sv-vlm":
@@ -163,7 +164,7 @@ def search(query_text: str, store: OutputStore, sink: MilvusReader, *, k: int = 
     query = adapter.embed_queries([query_text])[0]
     text_model = meta.get("text_model")
     if (hybrid or stage1_mode == "text") and not text_model:
-        raise ValueError("this index has no text layer vectors: ingest with --model <model>,text:all-MiniLM-L6-v2")
+        raise UsageError("this index has no text layer vectors: ingest with --model <model>,text:all-MiniLM-L6-v2")
     if sink.plan is None:
         sink.discover()
     fde = None
@@ -179,7 +180,7 @@ def search(query_text: str, store: OutputStore, sink: MilvusReader, *, k: int = 
             from operators.sv_models import sv_embedder_for
 
             if not meta.get("sv_model"):
-                raise ValueError("this index has no sv-vlm vectors: ingest with --model <model>,sv:<model>")
+                raise UsageError("this index has no sv-vlm vectors: ingest with --model <model>,sv:<model>")
             sv_query = sv_embedder_for(meta["sv_model"], spec).embed_queries([query_text])[0].astype(np.float32)
         found = stage1(sink, query, candidates, stage1_mode, fde, sv_query, where)
         if hybrid:
@@ -191,7 +192,7 @@ def search(query_text: str, store: OutputStore, sink: MilvusReader, *, k: int = 
     else:
         layout = parse_layout(rerank)
         if layout.kind != "mv":
-            raise ValueError(f"--rerank {rerank!r}: a multi-vector layout (mv, mv-pool3, mv-int8, ...) or none")
+            raise UsageError(f"--rerank {rerank!r}: a multi-vector layout (mv, mv-pool3, mv-int8, ...) or none")
         if vectors_from == "milvus":
             docs = sink.fetch_vectors(layout.name, ids)
             scored = [(pid, float((query @ docs[pid].T).max(axis=1).sum())) for pid in ids if pid in docs]

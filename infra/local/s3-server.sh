@@ -4,6 +4,7 @@
 #   aws --endpoint-url "$AWS_ENDPOINT_URL" s3 mb s3://archive   (or boto3)
 #   pagemill ingest s3://archive/pdfs/ --out s3://archive/index/ --milvus demo.db
 #   infra/local/s3-server.sh stop
+# It needs moto's server, which pagemill's own install does not bring: pip install 'pagemill[local]'.
 # moto accepts any credentials; the exports below are its documented placeholder values.
 set -euo pipefail
 . "$(dirname "$0")/_common.sh"
@@ -18,6 +19,8 @@ case "${1:-}" in
     port="${PORT:-$(free_port)}"
     bin="$(dirname "$(command -v "$PY")")/moto_server"
     [ -x "$bin" ] || bin=moto_server
+    command -v "$bin" > /dev/null || {
+      echo "moto_server is not installed: pip install 'pagemill[local]' (moto's S3 server) and try again" >&2; exit 2; }
     nohup "$bin" -H 127.0.0.1 -p "$port" > "$STATE_DIR/s3.log" 2>&1 &
     echo $! > "$STATE_DIR/s3.pid"; echo "$port" > "$STATE_DIR/s3.port"
     wait_port "$port" "$(cat "$STATE_DIR/s3.pid")"

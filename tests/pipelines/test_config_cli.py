@@ -48,8 +48,9 @@ def test_cli_bad_config_one_line_exit_2(tmp_path):
 
 def test_cli_missing_source_fails_fast(tmp_path):
     r = _run("ingest", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--executor", "local")
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "source folder does not exist" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()  # nothing created before the inputs are known good
 
 
 def test_cli_unreachable_milvus_fails_fast_without_secret(tmp_path):

@@ -66,6 +66,6 @@ def test_plan_table_and_errors(capsys):
     assert main(["plan", "--model", "colpali"]) == 0
     text = capsys.readouterr().out
     assert "263.7 KB" in text and "263.7 GB" in text
-    assert main(["plan", "--model", "nope"]) == 1
+    assert main(["plan", "--model", "nope"]) == 2
     assert "unknown model preset" in capsys.readouterr().err
-    assert main(["plan", "--model", "colpali", "--deadline", "10"]) == 1
+    assert main(["plan", "--model", "colpali", "--deadline", "10"]) == 2

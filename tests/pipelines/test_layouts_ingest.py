@@ -114,7 +114,7 @@ def test_colpali_end_to_end_with_its_fixed_grid(small_corpus, tmp_path, capsys):
     special = pages["n_vectors"].to_numpy() - 64
     assert (pc.list_value_length(pages["mv_rowcol"]).to_numpy() == special + 16).all()
     assert main(["search", "a table of numbers", "--out", str(out), "-k", "3", "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)) == 3
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 3
 
 
 def test_a_second_single_vector_image_model_in_the_same_run(small_corpus, tmp_path, capsys):
@@ -132,7 +132,7 @@ def test_a_second_single_vector_image_model_in_the_same_run(small_corpus, tmp_pa
     assert s["milvus"]["fields"]["sv-vlm"]["collection"] == "pagemill_pages"
     assert s["model"]["sv_model"]["dim"] == 32 and s["model"]["sv_model"]["pooling"] == "last-token"
     assert main(["search", "revenue", "--out", str(out), "--stage1", "sv-vlm", "-k", "3", "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)) == 3
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 3
     lite = str(tmp_path / "reloaded.db")
     assert main(["milvus-load", str(out), "--milvus", lite, "--json"]) == 0
     loaded = json.loads(capsys.readouterr().out)
@@ -149,4 +149,4 @@ def test_colmodernvbert_end_to_end_with_tiles(small_corpus, tmp_path, capsys):
     assert (n % 4 == 0).all() and (n >= 4).all() and set(pages["patch_offset"].to_pylist()) == {0}
     assert (pages["patch_grid_h"].to_numpy() * pages["patch_grid_w"].to_numpy() == n).all()
     assert main(["search", "revenue", "--out", str(out), "-k", "3", "--rerank", "mv-pool2", "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)) == 3
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 3

@@ -121,7 +121,7 @@ def test_delete_missing_removes_pages_and_rows(small_corpus, tmp_path):
     assert milvus_counts(out)["patches"] == sum(after["n_vectors"].to_pylist())
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["ingest", str(empty), "--out", str(out), "--executor", "local", "--delete-missing", "--quiet"]) == 1
+    assert main(["ingest", str(empty), "--out", str(out), "--executor", "local", "--delete-missing", "--quiet"]) == 2
 
 
 def test_ledger_compaction_keeps_the_state(small_corpus, tmp_path):

@@ -137,7 +137,7 @@ def test_fatal_s3_errors_fail_fast_with_one_clear_line(s3_endpoint, bucket, tmp_
         endpoint = "http://127.0.0.1:9"
     r = _cli("ingest", src, "--out", str(tmp_path / "o"), "--s3-endpoint-url", endpoint, "--executor", "local",
              "--s3-max-attempts", "2", env_overrides=env)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr  # the input is wrong: exit 2, one line
     lines = [line for line in r.stderr.splitlines() if line.startswith("pagemill:")]
     assert len(lines) == 1 and "Traceback" not in r.stderr
     assert "cannot list s3://" in lines[0]

@@ -53,11 +53,11 @@ def test_cascade_equals_brute_force_when_candidates_cover_the_corpus(indexed, ve
 def test_patch_stage1_and_json_output(indexed, capsys):
     assert main(["search", QUERY, "--out", str(indexed), "--stage1", "patches", "--rerank", "mv-int8", "-k", "5",
                  "--json"]) == 0
-    results = json.loads(capsys.readouterr().out)
+    results = json.loads(capsys.readouterr().out)["results"]
     assert len(results) == 5 and results[0]["rank"] == 1
     assert main(["search", QUERY, "--out", str(indexed), "--rerank", "none", "-k", "3"]) == 0
     assert "page_id" in capsys.readouterr().out
-    assert main(["search", QUERY, "--out", str(indexed), "--rerank", "sv-mean"]) == 1
+    assert main(["search", QUERY, "--out", str(indexed), "--rerank", "sv-mean"]) == 2
 
 
 def test_calibrate_profile_feeds_the_planner(tmp_path, capsys):
@@ -107,15 +107,15 @@ def test_text_layer_sentence_finds_its_page(text_indexed, capsys):
         sentence = max(unique, key=len)
         assert main(["search", sentence, "--out", str(text_indexed), "--stage1", "text", "--rerank", "none", "-k", "3",
                      "--json"]) == 0
-        results = json.loads(capsys.readouterr().out)
+        results = json.loads(capsys.readouterr().out)["results"]
         hits += results[0]["page_id"] == pages["page_id"][i].as_py()
     assert hits == 8
     assert main(["search", "a sentence", "--out", str(text_indexed), "--hybrid", "-k", "5", "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)) == 5
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 5
 
 
 def test_corpus_filter_needs_an_index_with_a_partition_key(indexed, capsys):
-    assert main(["search", QUERY, "--out", str(indexed), "--corpus", "acme"]) == 1
+    assert main(["search", QUERY, "--out", str(indexed), "--corpus", "acme"]) == 2
     assert "no corpus field" in capsys.readouterr().err
 
 
