@@ -115,6 +115,7 @@ def main(argv=None) -> str:
         tmp = Path(tmp)
         small, n_small = sample_pages(args.corpus, args.small, tmp)
         large, n_large = sample_pages(args.corpus, args.large, tmp)
+        (tmp / "milvus").mkdir()
         server = start_milvus_server(tmp / "milvus", free_port)
         from milvus_server import ROOT_PASSWORD
 

@@ -98,6 +98,16 @@ class MilvusConnection:
         return is_lite_uri(self.uri)
 
 
+def release_lite(path: str) -> None:
+    """Stop this process' Milvus Lite server for a database file (pymilvus keeps it, and its
+    lock on the file, until the process exits): another process can open the file after."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        return
+    server_manager_instance.release_server(path)
+
+
 def first_line(e: BaseException, secrets: list[str] = ()) -> str:
     """One readable line of a client error: pymilvus' ``<MilvusException: (code=1, message=...)>``
     becomes its message, cut at a sentence, without secrets."""
@@ -154,6 +164,8 @@ class MilvusClientBase:
         if self.client is not None:
             self.client.close()
             self.client = None
+            if self.conn.lite:
+                release_lite(self.uri)
 
     def _guard(self, what: str, fn, *args, prefix: str | None = None, **kwargs):
         """Run a client call; any failure becomes one MilvusError line naming the URI (no secret)."""

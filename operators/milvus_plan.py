@@ -271,9 +271,13 @@ def _rows_vtype(server: ServerInfo, encoding: str) -> str:
 def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim: int, *, fde_dim: int | None = None,
                 text_dim: int | None = None, index_specs: dict[str, IndexSpec] | None = None, mv_mode: str = "auto",
                 milvus_layouts: list[str] | None = None, partition_key: bool = False,
-                extra_sv: dict[str, int] | None = None) -> MilvusPlan:
-    """``extra_sv``: page vectors of other models, by layout name (``{"sv-vlm": 1024}``)."""
-    """Decide every vector field, and check it against the server, before anything is created."""
+                extra_sv: dict[str, int] | None = None, existing_page_fields: set[str] | None = None) -> MilvusPlan:
+    """Decide every vector field, and check it against the server, before anything is created.
+
+    ``extra_sv``: page vectors of other models, by layout name (``{"sv-vlm": 1024}``);
+    ``existing_page_fields``: the fields of a page collection that exists already (a layout or
+    model added to an index: a collection's fields cannot be added to, so a new page-level
+    vector gets a collection of its own, like on servers with one vector field per collection)."""
     specs = dict(index_specs or {})
     default = specs.pop("*", None)
     if mv_mode not in MV_MODES:
@@ -305,10 +309,14 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
     pages = f"{collection}_pages"
     widened: list[str] = []
     fields: list[FieldPlan] = []
+    def page_home(column: str) -> str:
+        room = sum(1 for f in fields if f.collection == pages) < server.max_vector_fields
+        fits = existing_page_fields is None or column in existing_page_fields
+        return pages if room and fits else f"{collection}_{column}"
+
     for name in wanted:
         if name in extra_sv:
-            home = pages if sum(1 for f in fields if f.collection == pages) < server.max_vector_fields \
-                else f"{collection}_{name.replace('-', '_')}"
+            home = page_home(name.replace("-", "_"))
             fp = FieldPlan(name, home, name.replace("-", "_"), "float", int(extra_sv[name]), "page",
                            specs.get(name, default or IndexSpec()))
         elif name == TEXT_LAYOUT:
@@ -320,8 +328,7 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
                 d = fde_dim if lay.pooling == "fde" else dim
                 # sv-mean keys the page collection; other single vectors join it while the server
                 # allows more vector fields per collection, else get a page-level collection each.
-                home = pages if sum(1 for f in fields if f.collection == pages) < server.max_vector_fields \
-                    else f"{collection}_{lay.column}"
+                home = pages if name == "sv-mean" else page_home(lay.column)
                 fp = FieldPlan(name, home, lay.column, "float", int(d), "page", specs.get(name, default or IndexSpec()))
             elif resolved_mode == "struct":
                 spec = specs.get(name) or (default if default and default.index_type == "HNSW" else IndexSpec("HNSW"))

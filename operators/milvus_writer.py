@@ -66,6 +66,48 @@ class MilvusWriter(MilvusClientBase):
         self.delete_calls = 0  # deletes by filter sent (each costs the server a query)
         self._columnar: bool | None = None  # column requests (True), the row API (False), not yet known
 
+    def subset(self, layouts: list[str]) -> MilvusWriter:
+        """A copy for the workers that writes only these layouts' fields (and the keys of their
+        collections): what an added layout or model sends for pages Milvus already holds."""
+        import dataclasses
+
+        keep = [f for f in self.plan.fields if f.layout in layouts]
+        w = self.for_workers()
+        w.plan = dataclasses.replace(self.plan, fields=keep)
+        return w
+
+    def point_aliases(self, collection: str, base: str, drop_base: str | None = None) -> list[str]:
+        """After a reindex: the index's names (``<collection>_pages``, ...) become aliases of this
+        generation's collections (``<base>_pages``, ...), so that anyone who searches by those
+        names gets the new index; the retired generation's collections (``<drop_base>_...``) go.
+        Returns the aliases set."""
+        return self._guard("aliases", self._point_aliases, collection, base, drop_base)
+
+    def _point_aliases(self, collection: str, base: str, drop_base: str | None) -> list[str]:
+        c = self.client
+        names = set(c.list_collections())
+        done = []
+        if base != collection:
+            for real in self.collections:
+                alias = collection + real[len(base):]
+                try:
+                    current = c.describe_alias(alias).get("collection_name")
+                except Exception:
+                    current = None
+                if current:
+                    c.alter_alias(real, alias)
+                else:
+                    if alias in names:  # the first generation's real collection under the index's name
+                        c.drop_collection(alias)
+                    c.create_alias(real, alias)
+                done.append(alias)
+        if drop_base and drop_base != base:
+            old = [n for n in c.list_collections() if n.startswith(drop_base + "_") and not n.startswith(base + "_")
+                   and not n[len(drop_base) + 1:].startswith("g") and n not in done]
+            for n in old:
+                c.drop_collection(n)
+        return done
+
     def for_workers(self) -> MilvusWriter:
         """A copy to send to write workers: the decided plan, the connection without secrets."""
         if self.plan is None:
@@ -99,10 +141,15 @@ class MilvusWriter(MilvusClientBase):
             from operators.layouts import parse_layouts
 
             layouts = parse_layouts([])
+        existing = None
+        if self._guard("describe", self.client.has_collection, self.pages_collection):
+            desc = self._guard("describe", self.client.describe_collection, self.pages_collection)
+            existing = {f["name"] for f in desc.get("fields", [])} | {
+                f["name"] for f in desc.get("struct_array_fields", []) or []}
         self.plan = plan_fields(self.server, self.collection, layouts, self.dim, fde_dim=self.fde_dim,
                                 text_dim=self.text_dim, index_specs=self.index_specs, mv_mode=self.mv_mode,
                                 milvus_layouts=self.milvus_layouts, partition_key=self.partition_key,
-                                extra_sv=self.extra_sv)
+                                extra_sv=self.extra_sv, existing_page_fields=existing)
         self._guard("collection setup", self._ensure_collections, prefix="cannot use")
         for c in self.collections:
             self.rows_written.setdefault(c, 0)
@@ -219,7 +266,8 @@ class MilvusWriter(MilvusClientBase):
                     page_cols.fields[fp.field] = ("float", sv_matrix(pages, fp))
             else:
                 later.append(fp)
-        out[self.plan.pages_collection] = page_cols
+        if any(fp.collection == self.plan.pages_collection for fp in self.plan.fields):
+            out[self.plan.pages_collection] = page_cols  # (a subset plan of added layouts may not touch it)
         for fp in later:
             if fp.mode == "page":  # the text layer, or a single vector in a collection of its own
                 if fp.column not in pages.column_names:

@@ -650,6 +650,56 @@ def family_of(spec: ModelSpec) -> str:
     return "colpali" if "colpali" in lowered else ("colmodernvbert" if "modernvbert" in lowered else "colqwen2")
 
 
+def preprocessor_config(spec: ModelSpec) -> dict | None:
+    """The checkpoint's ``preprocessor_config.json`` (a local folder, or the Hugging Face cache),
+    without loading anything; None for presets with random weights or when it is not at hand."""
+    if spec.weights != WEIGHTS_HUB or spec.name.startswith("sim:"):
+        return None
+    name = PRESETS[spec.name]["hub_id"] if spec.name in PRESETS else spec.name
+    path = os.path.join(name, "preprocessor_config.json")
+    if not os.path.isfile(path):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "preprocessor_config.json")
+        except Exception:
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = cached
+    import json
+
+    with open(path) as f:
+        return json.load(f)
+
+
+def decide_budget(spec: ModelSpec) -> ModelSpec:
+    """The pixel budget, decided once, in the driver, before any page is rendered: the user's
+    ``--max-pixels``, else the checkpoint's processor (its ``max_pixels`` or longest edge), else
+    the preset's. The embedding actors then use exactly this budget (the processor is told it),
+    so no page is rendered at one size and resized to another."""
+    if spec.max_pixels:
+        return spec
+    conf = preprocessor_config(spec)
+    if not conf:
+        return spec
+    family = family_of(spec)
+    size = conf.get("size") or {}
+    import dataclasses
+
+    if family == "colqwen2":
+        budget = conf.get("max_pixels") or size.get("longest_edge")
+        return dataclasses.replace(spec, max_pixels=int(budget)) if budget else spec
+    if family == "colpali":
+        side = size.get("height") or conf.get("image_size")
+        if side:
+            return dataclasses.replace(spec, extra={**spec.extra, "image_size": int(side)})
+    if family == "colmodernvbert" and size.get("longest_edge"):
+        tile = (conf.get("max_image_size") or {}).get("longest_edge", 512)
+        return dataclasses.replace(spec, extra={**spec.extra, "longest_edge": int(size["longest_edge"]), "tile": int(tile)})
+    return spec
+
+
 def adapter_for(spec: ModelSpec) -> MultiVectorAdapter:
     """The adapter for a spec: ColQwen2 (Qwen2-VL), ColPali (PaliGemma), ColModernVBERT
     checkpoints, or the simulated accelerator (``sim:<preset>[@<pages per s>]``)."""

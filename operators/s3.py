@@ -128,6 +128,17 @@ class S3Source(_S3Base, Source):
                 raise SourceError(describe_error(e, f"cannot list {self.uri}")) from None
             raise
 
+    def head(self, uri: str) -> DocumentRef | None:
+        """The current version of one document (None when it is gone)."""
+        bucket, key = parse_s3_uri(uri)
+        try:
+            h = self.client.head_object(Bucket=bucket, Key=key)
+        except Exception as e:
+            if _error_code(e) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise OSError(describe_error(e, f"cannot stat {uri}")) from None
+        return DocumentRef(uri, f"{h['ETag'].strip(chr(34))}-{h['ContentLength']}", int(h["ContentLength"]))
+
     def read(self, ref: DocumentRef) -> bytes:
         bucket, key = parse_s3_uri(ref.uri)
         etag = ref.version.rsplit("-", 1)[0]
@@ -190,6 +201,9 @@ class S3Store(_S3Base, OutputStore):
             raise StoreError(describe_error(e, f"cannot list s3://{self.bucket}/{full}")) from None
         return out
 
+    def open_input(self, key: str):
+        return S3RangeFile(self, key)
+
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
@@ -204,6 +218,43 @@ class S3Store(_S3Base, OutputStore):
             if _error_code(e) in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise StoreError(describe_error(e, f"cannot stat s3://{self.bucket}/{self._key(key)}")) from None
+
+
+class S3RangeFile:
+    """A read-only, seekable file over one object, read by ranged GETs (pyarrow reads a Parquet
+    footer or a column chunk without fetching the rest)."""
+
+    def __init__(self, store: S3Store, key: str):
+        self.store, self.key = store, key
+        self.pos = 0
+        head = store.client.head_object(Bucket=store.bucket, Key=store._key(key))
+        self.size = int(head["ContentLength"])
+        self.closed = False
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = {0: offset, 1: self.pos + offset, 2: self.size + offset}[whence]
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.size, self.pos + n)
+        if end <= self.pos:
+            return b""
+        body = self.store.client.get_object(Bucket=self.store.bucket, Key=self.store._key(self.key),
+                                            Range=f"bytes={self.pos}-{end - 1}")["Body"].read()
+        self.pos += len(body)
+        return body
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def _error_code(e: Exception) -> str | None:

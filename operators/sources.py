@@ -91,6 +91,18 @@ class LocalSource(Source):
         return Path(unquote(urlparse(ref.uri).path)).read_bytes()
 
 
+class NoSource(Source):
+    """No listing at all (``pagemill relayout``: the index's own documents, nothing new)."""
+
+    uri = "(the index's documents)"
+
+    def list_documents(self) -> Iterator[DocumentRef]:
+        return iter(())
+
+    def read(self, ref: DocumentRef) -> bytes:
+        raise SourceError("relayout reads no documents")
+
+
 def open_source(uri: str, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), s3_options=None) -> Source:
     """A source for a local folder, a ``file://`` URI or an ``s3://bucket/prefix/`` URI."""
     parsed = urlparse(uri)

@@ -49,11 +49,24 @@ class OutputStore:
         """A filesystem path for the key when the store is local, else None."""
         return None
 
+    def open_input(self, key: str):
+        """Something pyarrow reads ranges of (a Parquet footer, a column chunk) without fetching
+        the whole object: a path here, a seekable reader of ranged GETs on an object store."""
+        import io
+
+        return self.local_path(key) or io.BytesIO(self.read_bytes(key))
+
     def check(self) -> None:
         """Fail fast if the root cannot be used (called before any work)."""
 
 
 class LocalStore(OutputStore):
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create output folder {self.root}: {e.strerror}") from None
+
     def __init__(self, root: str | os.PathLike, create: bool = True):
         """``create``: make the folder now (an output about to be written); readers pass False
         and create nothing."""

@@ -31,7 +31,7 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("source", nargs="?", help="folder, file:// or s3://bucket/prefix/ of PDFs (recursive, *.pdf)")
     p.add_argument("--out", help="output root: a folder, file:// or s3://bucket/prefix/")
     p.add_argument("--milvus", help="Milvus URI: a Milvus Lite file path (default OUT/milvus.db) or http://host:port")
-    p.add_argument("--collection", help="collection name prefix (default pagemill)")
+    p.add_argument("--collection", help="collection name prefix (default: the index's, else pagemill)")
     p.add_argument("--milvus-timeout", dest="milvus_timeout_s", type=float,
                    help="seconds per Milvus call (60); past it the run stops with one line, the unit uncommitted")
     p.add_argument("--milvus-retries", type=int, help="extra attempts for transient Milvus failures, with backoff (3)")
@@ -49,6 +49,11 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="the corpus (tenant) value written with --milvus-partition-key (default)")
     p.add_argument("--model", help="model spec: colqwen2-tiny, colqwen2, a hub id or a local directory")
     p.add_argument("--weights", choices=["hub", "random"], help="load checkpoint weights, or random weights")
+    p.add_argument("--reindex", action="store_const", const=True,
+                   help="the index holds another model: embed every document again with this one, in a new generation "
+                   "(its own shards and collections) swapped in when complete; search uses the old one until then")
+    p.add_argument("--drop-layouts", help="layouts to remove from Milvus (comma-separated; the index keeps every layout "
+                   "it has unless told)")
     p.add_argument("--trust-remote-code", action="store_const", const=True,
                    help="allow a checkpoint's own Python code to run (refused by default)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
@@ -185,7 +190,7 @@ def _report_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--pages", default="1000000,100000000", help="corpus sizes to project to (1M and 100M)")
     p.add_argument("--threshold", type=float, default=0.9, help="fidelity (recall@10) a recommended layout needs")
     p.add_argument("--milvus", help="also measure Milvus raw bytes here (default OUT/milvus.db when it exists)")
-    p.add_argument("--collection", default="pagemill", help="collection prefix (pagemill)")
+    p.add_argument("--collection", help="collection prefix (default: the index's, OUT/_index.json; else pagemill)")
     _milvus_connection_args(p)
     p.add_argument("--html", help="write an HTML report (with PNG charts beside it)")
     p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
@@ -263,7 +268,7 @@ def _search_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("query", help="the query text")
     p.add_argument("--out", required=True, help="output root of a run (its shards and, by default, its Milvus)")
     p.add_argument("--milvus", help="Milvus URI (default OUT/milvus.db); token from $MILVUS_TOKEN")
-    p.add_argument("--collection", default="pagemill", help="collection prefix (pagemill)")
+    p.add_argument("--collection", help="collection prefix (default: the index's, OUT/_index.json; else pagemill)")
     p.add_argument("-k", type=int, default=10, help="results (10)")
     p.add_argument("--candidates", type=int, default=100, help="pages from stage 1 (100)")
     p.add_argument("--stage1", default="sv-mean",
@@ -297,7 +302,7 @@ def _milvus_load_parser(sub) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
     p.add_argument("--milvus", help="Milvus URI (default OUT/milvus.db); token from $MILVUS_TOKEN")
-    p.add_argument("--collection", default="pagemill", help="collection prefix (pagemill)")
+    p.add_argument("--collection", help="collection prefix (default: the index's, OUT/_index.json; else pagemill)")
     p.add_argument("--recreate", action="store_true", help="drop this index's collections first")
     p.add_argument("--bulk-dir", help="use Milvus' bulk import: stage row files here, where the server can read them "
                    "(its local storage, or s3://bucket/prefix in the bucket Milvus uses); needs empty collections")
@@ -326,7 +331,9 @@ def _milvus_load(args) -> int:
     if not uri:
         raise UsageError("--milvus is required when OUT is not a local folder")
     layouts = [x.strip() for x in (args.milvus_layouts or "").split(",") if x.strip()] or None
-    summary = milvus_load(store, _milvus_connection(args, uri), args.collection, recreate=args.recreate,
+    from pipelines.identity import milvus_base
+
+    summary = milvus_load(store, _milvus_connection(args, uri), milvus_base(store, args.collection), recreate=args.recreate,
                           batch_pages=args.batch_pages, index_specs=parse_index_specs(args.milvus_index),
                           mv_mode=args.milvus_mv_mode, milvus_layouts=layouts, partition_key=args.milvus_partition_key,
                           corpus=args.corpus, bulk_dir=args.bulk_dir)
@@ -351,7 +358,9 @@ def _search(args) -> int:
     uri = args.milvus or store.local_path("milvus.db")
     if not uri:
         raise UsageError("--milvus is required when OUT is not a local folder")
-    sink = MilvusReader(_milvus_connection(args, uri), args.collection)
+    from pipelines.identity import milvus_base
+
+    sink = MilvusReader(_milvus_connection(args, uri), milvus_base(store, args.collection))
     sink.connect()
     try:
         results = search(args.query, store, sink, k=args.k, candidates=args.candidates, stage1_mode=args.stage1,
@@ -378,6 +387,126 @@ def _search(args) -> int:
     return 0
 
 
+STATUS_EXAMPLE = """examples:
+  pagemill status demo-out
+  pagemill status s3://archive/index/ --milvus http://milvus:19530 --json   # for a scheduler: .healthy, .problems
+"""
+
+
+def _status_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("status", help="what an OUT holds: its index, documents, shards, Milvus rows, runs, quarantine",
+                       description="Look inside an OUT (read-only).", epilog=STATUS_EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
+    p.add_argument("--milvus", help="Milvus URI (default OUT/milvus.db when it exists); token from $MILVUS_TOKEN")
+    p.add_argument("--collection", help="collection prefix (default: the index's)")
+    _milvus_connection_args(p)
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
+    p.add_argument("--json", action="store_true", help="print JSON (healthy, problems, and everything else)")
+    return p
+
+
+def _status(args) -> int:
+    from operators.milvus_client import is_lite_uri
+    from operators.milvus_reader import MilvusReader
+    from operators.s3 import S3Options
+    from operators.store import open_output
+    from pipelines.identity import milvus_base
+    from pipelines.status import format_status, index_status
+
+    store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
+    uri = args.milvus or store.local_path("milvus.db")
+    reader = None
+    if uri and (not is_lite_uri(uri) or os.path.exists(uri)):
+        reader = MilvusReader(_milvus_connection(args, uri), milvus_base(store, args.collection))
+        reader.connect()
+    try:
+        status = index_status(store, reader)
+    finally:
+        if reader is not None:
+            reader.close()
+    _print(args, json.dumps(status, indent=2, sort_keys=True) if args.json else format_status(status))
+    return 0
+
+
+def _quarantine_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("quarantine", help="the documents and pages an OUT could not index, with the reasons",
+                       description="List the quarantine of an OUT (read-only).",
+                       epilog="example:\n  pagemill quarantine demo-out --reason encrypted",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
+    p.add_argument("--reason", help="only this reason (open_error, encrypted, render_timeout, oom, ...)")
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def _quarantine(args) -> int:
+    from operators.parquet_sink import QUARANTINE_PREFIX
+    from operators.s3 import S3Options
+    from operators.store import open_output
+    from pipelines.identity import active_generation
+    from pipelines.ledger import Ledger
+    from pipelines.status import quarantine_rows
+
+    store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
+    ledger = Ledger(store, active_generation(store))
+    ledger.load()
+    rows = quarantine_rows(store, [k for k in ledger.state.files if k.startswith(QUARANTINE_PREFIX + "/")])
+    rows = [r for r in rows if args.reason is None or r["reason"] == args.reason]
+    if args.json:
+        _print(args, json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    _print(args, f"{'reason':<16} {'page':>5}  source_uri  (detail)")
+    for r in rows:
+        page = "" if r["page_number"] is None else str(r["page_number"])
+        _print(args, f"{r['reason']:<16} {page:>5}  {r['source_uri']}  ({r['detail']})")
+    return 0
+
+
+def _relayout_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("relayout", help="add layouts to an index from its archived multi-vectors (no model, CPU only)",
+                       description="Compute added storage layouts from the full multi-vectors in the shards.",
+                       epilog="example:\n  pagemill relayout demo-out --layouts mv-pool3,mv-bin --executor local",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="output root of an index (folder, file:// or s3://)")
+    p.add_argument("--layouts", required=True, help="layouts to add, comma-separated (mv-pool3, mv-rowcol, mv-bin, sv-fde, ...)")
+    p.add_argument("--drop-layouts", help="layouts to drop from Milvus, comma-separated")
+    p.add_argument("--milvus", help="Milvus URI (default OUT/milvus.db)")
+    p.add_argument("--executor", choices=["ray", "local"], help="ray (default) or local")
+    p.add_argument("--ray-address", help="join this Ray cluster (e.g. auto); default starts a local one")
+    _milvus_connection_args(p)
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
+    p.add_argument("--summary", help="also write the JSON run summary to this file")
+    p.add_argument("--quiet", action="store_true", help="do not print the summary at the end")
+    return p
+
+
+def _relayout(args) -> int:
+    """An ingest that embeds nothing: the listing is the index's own documents (all unchanged),
+    so only the added layouts are computed, from the archive."""
+    from operators.errors import UsageError
+    from operators.s3 import S3Options
+    from operators.store import open_output
+    from pipelines.config import IngestConfig
+    from pipelines.identity import load_state
+    from pipelines.ingest import run_ingest
+
+    store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
+    state = load_state(store)
+    if state is None or state.active is None:
+        raise UsageError(f"{args.out}: no index to add layouts to: run pagemill ingest first")
+    cfg = IngestConfig(source="", out=args.out, milvus=args.milvus, executor=args.executor or "ray",
+                       ray_address=args.ray_address, layouts=args.layouts, drop_layouts=args.drop_layouts or [],
+                       milvus_user=args.milvus_user, milvus_db=args.milvus_db, milvus_ca_file=args.milvus_ca_file,
+                       milvus_server_name=args.milvus_server_name, s3_endpoint_url=args.s3_endpoint_url,
+                       summary=args.summary, relayout_only=True)
+    summary = run_ingest(cfg.validate(), log=args.console)
+    if not args.quiet:
+        _print(args, json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="pagemill", description="Batch indexing for visual document retrieval.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -388,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     _calibrate_parser(sub)
     _search_parser(sub)
     _milvus_load_parser(sub)
+    _status_parser(sub)
+    _quarantine_parser(sub)
+    _relayout_parser(sub)
     for p in sub.choices.values():
         p.add_argument("--verbose", action="store_true",
                        help="show what Ray, transformers and other libraries print (default: kept in a log file, "
@@ -407,7 +539,9 @@ def _report(args) -> int:
         milvus_uri = store.local_path("milvus.db")
     sink = None
     if milvus_uri:
-        sink = MilvusReader(_milvus_connection(args, milvus_uri), args.collection)
+        from pipelines.identity import milvus_base
+
+        sink = MilvusReader(_milvus_connection(args, milvus_uri), milvus_base(store, args.collection))
         sink.connect()
         sink.discover()
     try:
@@ -447,24 +581,17 @@ def _plan(args) -> int:
 
 
 def _fidelity(args) -> int:
-    import io
 
-    import pyarrow.parquet as pq
 
     from operators.models import ModelSpec
-    from operators.parquet_sink import PAGES_PREFIX
     from operators.s3 import S3Options
     from operators.store import open_output
-    from pipelines.config import ConfigError
     from pipelines.costs import human_bytes
     from pipelines.fidelity import measure_fidelity
+    from pipelines.search import recorded_metadata
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
-    shards = store.list(PAGES_PREFIX)
-    if not shards:
-        raise ConfigError(f"out: no shards under {args.out}/pages: run pagemill ingest first")
-    meta = pq.read_schema(io.BytesIO(store.read_bytes(shards[0].key))).metadata or {}
-    recorded = {k.decode()[len("pagemill."):]: json.loads(v) for k, v in meta.items() if k.startswith(b"pagemill.")}
+    recorded = recorded_metadata(store)
     spec = ModelSpec(name=args.model or recorded.get("model", "colqwen2-tiny"),
                      weights=args.weights or recorded.get("weights", "random"))
     result = measure_fidelity(store, spec, None, _fde_from(recorded), args.queries, seed=args.seed,
@@ -518,7 +645,8 @@ class Parser(argparse.ArgumentParser):
 
 
 COMMANDS = {"ingest": "_ingest", "fidelity": "_fidelity", "report": "_report", "plan": "_plan",
-            "calibrate": "_calibrate", "search": "_search", "milvus-load": "_milvus_load"}
+            "calibrate": "_calibrate", "search": "_search", "milvus-load": "_milvus_load", "status": "_status",
+            "quarantine": "_quarantine", "relayout": "_relayout"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,9 +88,27 @@ def fold_failed(info: dict, parts: list[dict]) -> list[dict]:
     return info["quarantine"] + failed
 
 
+MANIFEST_KEY = f"{PAGES_PREFIX}/_manifest.json"
+MANIFEST_EVERY_S = 30.0  # past MANIFEST_MAX_FILES live files, the manifest is rewritten at most this often
+MANIFEST_MAX_FILES = 50_000
+
+
+def write_manifest(store: OutputStore, state, generation: int) -> None:
+    """``OUT/pages/_manifest.json``: the committed page shards of the active index, for readers
+    outside pagemill (DuckDB, Polars, pyarrow read exactly these files; a reader that globs
+    ``pages/`` can see a crashed run's leftovers, or another generation's shards during a
+    reindex). pyarrow and DuckDB skip files whose names start with ``_`` when they read the folder."""
+    import json
+    import time
+
+    files = sorted(k for k in state.files if k.startswith(PAGES_PREFIX + "/"))
+    store.write_bytes(MANIFEST_KEY, json.dumps({"generation": generation, "records": state.records,
+                                                "written_at": time.time(), "files": files}, indent=0).encode())
+
+
 class UnitCommitter:
     def __init__(self, ledger: Ledger, run_id: str, executor=None, milvus=None,
-                 suspects: MilvusSuspects | None = None):
+                 suspects: MilvusSuspects | None = None, manifest: bool = True):
         """``executor``: runs rewrites and resyncs where the data lives (``run_task``);
         ``milvus``: the driver's MilvusWriter (deletes of documents gone from the source, and
         the plan that resyncs use); ``suspects``: what Milvus may hold beyond the ledger."""
@@ -101,6 +119,36 @@ class UnitCommitter:
         self.milvus = milvus
         self.suspects = suspects if suspects is not None else MilvusSuspects(everything=True)
         self.delete_calls = 0  # deletes by filter sent from the driver (resyncs, documents gone)
+        self.manifest = manifest  # this is the active index: keep OUT/pages/_manifest.json current
+        self._retired: list[str] = []  # replaced files, deleted once a manifest without them is written
+        self._manifest_at = 0.0
+
+    def publish(self, force: bool = False) -> None:
+        """Write the manifest (at every commit, or every MANIFEST_EVERY_S for very large
+        archives), then delete the files it no longer names: a reader of the previous manifest
+        had them until now."""
+        import time
+
+        now = time.monotonic()
+        big = len(self.ledger.state.files) > MANIFEST_MAX_FILES
+        if self.manifest and (force or not big or now - self._manifest_at >= MANIFEST_EVERY_S):
+            write_manifest(self.store, self.ledger.state, self.ledger.generation)
+            self._manifest_at = now
+        elif self.manifest:
+            return  # deletes wait for the next manifest
+        for key in self._retired:
+            self.store.delete(key)
+        self._retired = []
+
+    def commit_rewrite(self, job: str, old: str, new: str) -> None:
+        """A shard rewritten with more columns (an added layout or model): one record."""
+        import hashlib
+
+        unit_id = f"{job}-{hashlib.blake2b(old.encode(), digest_size=6).hexdigest()}"
+        self.ledger.commit({"unit_id": unit_id, "run_id": self.run_id, "docs": [], "files": [],
+                            "rewrites": [{"old": old, "new": new}], "superseded": []})
+        self._retired.append(old)
+        self.publish()
 
     def _run(self, fn, *args):
         return self.executor.run_task(fn, *args) if self.executor is not None else fn(*args)
@@ -116,6 +164,7 @@ class UnitCommitter:
         # file is deleted only after the commit, so until then the old version stays readable.
         holding = state.files_holding(set(superseded)) if superseded else []
         rewrites = self._run(rewrite_without, self.store, holding, superseded, unit_id) if holding else []
+        checkpoint("rewritten")
         self.ledger.commit({
             "unit_id": unit_id,
             "run_id": self.run_id,
@@ -127,8 +176,8 @@ class UnitCommitter:
         })
         checkpoint("committed")
         self.suspects.uris -= uris  # their writer deleted other versions; the ledger knows them now
-        for rw in rewrites:
-            self.store.delete(rw["old"])
+        self._retired += [rw["old"] for rw in rewrites]
+        self.publish()
         pages_key = PAGES_PREFIX + "/"
         return {"pages": sum(f["rows"] for f in files if f["key"].startswith(pages_key)),
                 "bytes": sum(f["bytes"] for f in files if f["key"].startswith(pages_key)),
@@ -169,6 +218,6 @@ class UnitCommitter:
             self.delete_calls += self.milvus.delete_other_versions({S.doc_id_for(u): None for u in uris})
         self.ledger.commit({"unit_id": unit_id, "run_id": self.run_id, "docs": [], "files": [], "rewrites": rewrites,
                             "superseded": uris, "deleted": uris})
-        for rw in rewrites:
-            self.store.delete(rw["old"])
+        self._retired += [rw["old"] for rw in rewrites]
+        self.publish()
         return removed

@@ -38,9 +38,12 @@ class IngestConfig:
     milvus_bulk_dir: str | None = None  # a first load: writers stage Parquet import files here, Milvus imports them at the end
     milvus_partition_key: bool = False  # add a `corpus` partition key field to every collection
     corpus: str = "default"  # the value of the corpus field (with milvus_partition_key); filter with search --corpus
-    collection: str = "pagemill"
-    model: str = "colqwen2-tiny"
-    weights: str = "random"
+    collection: str | None = None  # default: the index's (OUT/_index.json), else pagemill
+    model: str | None = None  # default: the index's model (and text:/sv: models), else colqwen2-tiny
+    weights: str | None = None  # default: the index's (with its model), else random
+    reindex: bool = False  # embed every document again with a new model, in a new generation swapped in at the end
+    drop_layouts: list[str] = field(default_factory=list)  # layouts to drop from Milvus (the index keeps others)
+    relayout_only: bool = False  # `pagemill relayout`: no source, only the added layouts from the archive
     device: str = "auto"
     dtype: str = "auto"
     attn_implementation: str = "auto"  # auto | sdpa | eager | flash_attention_2 (auto: flash-attn on CUDA if installed)
@@ -89,11 +92,11 @@ class IngestConfig:
     fidelity_seed: int = 0
 
     def validate(self) -> IngestConfig:
-        if not self.source:
+        if not self.source and not self.relayout_only:
             raise ConfigError("source: required (a folder or file:// URI of PDFs)")
         if not self.out:
             raise ConfigError("out: required (the output root)")
-        choices = {"executor": ("ray", "local"), "weights": ("hub", "random"),
+        choices = {"executor": ("ray", "local"), "weights": ("hub", "random", None),
                    "dtype": ("auto", "float32", "bfloat16", "float16"),
                    "s3_addressing_style": ("auto", "path", "virtual"), "s3_retry_mode": ("standard", "adaptive"),
                    "milvus_mv_mode": ("auto", "rows", "struct"), "write_placement": ("auto", "workers", "driver"),
@@ -108,49 +111,26 @@ class IngestConfig:
             v = getattr(self, key)
             if v is not None and v <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {v!r}")
-        from operators.models import ModelError
-        from operators.text_embed import split_model_specs
-
-        try:
-            _, text_model = split_model_specs(self.model)
-        except ModelError as e:
-            raise ConfigError(f"model: {e}") from None
-        if text_model and not self.extract_text:
-            raise ConfigError("model: text:<model> needs the text layer; drop --no-text")
         if self.fidelity_queries < 0:
             raise ConfigError(f"fidelity_queries: must be >= 0, got {self.fidelity_queries}")
         if self.fde_bits > 10:
             raise ConfigError(f"fde_bits: {self.fde_bits} would make 2^{self.fde_bits} buckets per repetition (max 10)")
         from operators.layouts import LayoutError, parse_layouts
 
-        if isinstance(self.layouts, str):
-            self.layouts = [x for x in self.layouts.split(",") if x.strip()]
+        for key in ("layouts", "drop_layouts", "milvus_layouts"):
+            if isinstance(getattr(self, key), str):
+                setattr(self, key, [x.strip() for x in getattr(self, key).split(",") if x.strip()])
         try:
             parse_layouts(self.layouts)
         except LayoutError as e:
             raise ConfigError(f"layouts: {e}") from None
-        from operators.models import ModelSpec
-        from operators.sv_models import sv_embedder_for
-        from operators.text_embed import sv_model_spec
-
-        sv = sv_model_spec(self.model)
-        if sv:
-            try:
-                sv_embedder_for(sv, ModelSpec(weights=self.weights)).dim  # noqa: B018  (checks the spec and its @DIM)
-            except ModelError as e:
-                raise ConfigError(f"model: {e}") from None
-        run_layouts = ([lay.name for lay in parse_layouts(self.layouts)] + (["sv-vlm"] if sv else [])
-                       + (["text"] if text_model else []))
-        if isinstance(self.milvus_layouts, str):
-            self.milvus_layouts = [x.strip() for x in self.milvus_layouts.split(",") if x.strip()]
-        for name in self.milvus_layouts:
-            if name not in run_layouts:
-                raise ConfigError(f"milvus_layouts: {name!r} is not a layout of this run (its layouts: {', '.join(run_layouts)})")
+        if self.model is not None:
+            self.validate_model()
         if self.fidelity_queries and not self.extract_text:
             raise ConfigError("fidelity_queries: needs extract_text (queries are sentences of the text layer)")
         if self.num_gpus is not None and self.num_gpus < 0:
             raise ConfigError(f"num_gpus: must be >= 0, got {self.num_gpus!r}")
-        if not self.collection.replace("_", "").isalnum() or self.collection[0].isdigit():
+        if self.collection is not None and (not self.collection.replace("_", "").isalnum() or self.collection[0].isdigit()):
             raise ConfigError(f"collection: {self.collection!r} must be letters, digits and _ (not starting with a digit)")
         if self.milvus_retries < 0:
             raise ConfigError(f"milvus_retries: must be >= 0, got {self.milvus_retries}")
@@ -171,6 +151,33 @@ class IngestConfig:
         if self.milvus is None and "://" in self.out and not self.out.startswith("file://"):
             raise ConfigError("milvus: required when out is an object store (Milvus Lite needs a local file): "
                               "pass --milvus PATH.db or a server URI")
+        return self
+
+    def validate_model(self) -> IngestConfig:
+        """The checks that need the model spec (the job calls it again once the index's model
+        has filled an unspecified --model)."""
+        from operators.layouts import parse_layouts
+        from operators.models import ModelError, ModelSpec
+        from operators.sv_models import sv_embedder_for
+        from operators.text_embed import split_model_specs, sv_model_spec
+
+        try:
+            _, text_model = split_model_specs(self.model)
+        except ModelError as e:
+            raise ConfigError(f"model: {e}") from None
+        if text_model and not self.extract_text:
+            raise ConfigError("model: text:<model> needs the text layer; drop --no-text")
+        sv = sv_model_spec(self.model)
+        if sv:
+            try:
+                sv_embedder_for(sv, ModelSpec(weights=self.weights or "random")).dim  # noqa: B018  (checks its @DIM)
+            except ModelError as e:
+                raise ConfigError(f"model: {e}") from None
+        run_layouts = ([lay.name for lay in parse_layouts(self.layouts)] + (["sv-vlm"] if sv else [])
+                       + (["text"] if text_model else []))
+        for name in self.milvus_layouts:
+            if name not in run_layouts:
+                raise ConfigError(f"milvus_layouts: {name!r} is not a layout of this run (its layouts: {', '.join(run_layouts)})")
         return self
 
     def s3_options(self):

@@ -120,5 +120,18 @@ class Executor:
         that must happen in commit order."""
         return fn(*args)
 
+    def map_items(self, op, keys: list[str], driver_milvus=None):
+        """Run a per-item stage (``AugmentShards``: one shard key per call) over ``keys``; yield
+        (key, new key, pages) per item as results come. This process' version: in order."""
+        if driver_milvus is not None and hasattr(op, "share_client"):
+            op.share_client(driver_milvus)
+        op.setup()
+        try:
+            for key in keys:
+                out = op(pa.table({"key": [key]}))
+                yield from zip(out["key"].to_pylist(), out["new_key"].to_pylist(), out["pages"].to_pylist())
+        finally:
+            op.close()
+
     def close(self) -> None:
         pass

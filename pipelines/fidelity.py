@@ -9,7 +9,6 @@ nDCG@10 with graded relevance from the reference order (rank r in the reference 
 
 from __future__ import annotations
 
-import io
 import re
 
 import numpy as np
@@ -21,7 +20,6 @@ from operators.errors import UsageError
 from operators.fde import FdeParams
 from operators.layouts import Layout, LayoutScorer, parse_layout
 from operators.models import ModelSpec, adapter_for
-from operators.parquet_sink import PAGES_PREFIX
 from operators.store import OutputStore
 
 K = 10
@@ -67,7 +65,9 @@ def ranking_metrics(reference: np.ndarray, scores: np.ndarray, k: int = K) -> tu
 
 
 def read_pages(store: OutputStore, columns: list[str]) -> pa.Table:
-    tables = [pq.read_table(io.BytesIO(store.read_bytes(o.key)), columns=columns) for o in store.list(PAGES_PREFIX)]
+    from pipelines.identity import live_page_files
+
+    tables = [pq.read_table(store.open_input(key), columns=columns) for key in live_page_files(store)]
     return pa.concat_tables(tables).sort_by(S.PAGE_ID) if tables else pa.table({c: [] for c in columns})
 
 
@@ -105,12 +105,12 @@ def score_layouts(queries: list[np.ndarray], table: pa.Table, layouts: list[Layo
 def measure_fidelity(store: OutputStore, spec: ModelSpec, layouts: list[Layout] | None, fde: FdeParams | None,
                      n_queries: int, seed: int = 0, max_pages: int = 5000) -> dict:
     """Sample pages and queries from ``OUT/pages``, encode the queries, score every layout."""
+    from pipelines.identity import live_page_files
     from pipelines.layout_stats import bytes_per_vector, layout_vector_counts
 
     schema = None
-    for o in store.list(PAGES_PREFIX):
-        schema = pq.read_schema(io.BytesIO(store.read_bytes(o.key)))
-        break
+    for key in live_page_files(store)[-1:]:
+        schema = pq.read_schema(store.open_input(key))
     if schema is None:
         raise UsageError("OUT/pages is empty: nothing to measure")
     present = layouts_in(schema)

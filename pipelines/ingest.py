@@ -34,6 +34,16 @@ from operators.writer import PagesWriter
 from pipelines.commit import UnitCommitter
 from pipelines.config import IngestConfig
 from pipelines.executor import Pipeline, UnitTracker
+from pipelines.identity import (
+    IndexIdentity,
+    IndexState,
+    ModelIdentity,
+    checkpoint_id,
+    collection_base,
+    load_state,
+    refuse_change,
+    save_state,
+)
 from pipelines.layout_stats import LayoutStats
 from pipelines.ledger import LEDGER_PREFIX, Ledger
 from pipelines.lock import RunLock
@@ -42,6 +52,7 @@ from pipelines.progress import Progress
 from pipelines.stage_stats import StageStats, bottleneck
 
 RUNS_PREFIX = "_runs"
+DEFAULT_MODEL = "colqwen2-tiny"
 BULK_STATE_KEY = "_ledger/milvus_bulk.json"  # a first load whose staged files Milvus has not imported yet
 PLACEMENT_WORDS = {"driver": "in the driver", "driver_node": "one writer on the driver's node",
                    "workers": "on the workers"}
@@ -52,10 +63,14 @@ def new_run_id() -> str:
 
 
 def model_spec(cfg: IngestConfig) -> ModelSpec:
-    visual, _ = split_model_specs(cfg.model)
+    visual, _ = split_model_specs(cfg.model or DEFAULT_MODEL)
     return ModelSpec(name=visual, weights=cfg.weights, device=cfg.device, dtype=cfg.dtype,
                      attn_implementation=cfg.attn_implementation, max_pixels=cfg.max_pixels,
                      trust_remote_code=cfg.trust_remote_code)
+
+
+def _names(model: dict | None) -> str | None:
+    return model["name"] if model else None
 
 
 def _suspect_orphans(store, keys: list[str], suspects) -> None:
@@ -118,24 +133,35 @@ class IngestJob:
     def run(self) -> dict:
         cfg = self.cfg
         s3 = cfg.s3_options()
-        self.source = open_source(cfg.source, include=tuple(cfg.include), exclude=tuple(cfg.exclude), s3_options=s3)
-        self.source.check()  # a missing source fails here, before OUT is created
+        if cfg.relayout_only:
+            from operators.sources import NoSource
+
+            self.source = NoSource()
+        else:
+            self.source = open_source(cfg.source, include=tuple(cfg.include), exclude=tuple(cfg.exclude),
+                                      s3_options=s3)
+            self.source.check()  # a missing source fails here, before OUT is created
+        self.store = open_store(cfg.out, s3_options=s3, create=False)
+        self.index = load_state(self.store)  # what OUT already holds (None: a new index)
+        self.resolve()
         self.model_preflight()
         if cfg.executor == "ray" and cfg.ray_address:
             from pipelines.ray_executor import check_address
 
             check_address(cfg.ray_address)
-        self.store = open_store(cfg.out, s3_options=s3)
-        self.store.check()
+        self.store.check()  # creates a local OUT: the inputs are known good
         self.lock = RunLock(self.store, self.run_id, lease_s=cfg.lock_lease_s)
         self.lock.acquire()
         try:
+            self.identify()
             self.recover()
             self.open_sinks()
             self.executor = self.make_executor()
             try:
                 self.execute()
+                self.complete_layouts()
                 self.finish()
+                self.complete_generation()
             except BaseException:
                 self.executor.close()
                 self.milvus.close()
@@ -150,6 +176,124 @@ class IngestJob:
                 # What Ray and the libraries printed (not on the terminal): kept with the run.
                 self.store.write_bytes(f"{RUNS_PREFIX}/{self.run_id}.log", self.log.log_text())
 
+    # -- what the index is -----------------------------------------------------------------------
+
+    def resolve(self) -> None:
+        """Options the user left out come from the index (a nightly job needs no --model); the
+        pixel budget is decided here, once, before anything is rendered."""
+        from operators.models import decide_budget
+
+        cfg, active = self.cfg, self.index.active if self.index else None
+        target = self.index.pending if (self.index and self.index.pending and cfg.reindex and cfg.model is None) else active
+        if cfg.model is None:
+            if target is not None:
+                parts = [target.model.name] + [f"{p}{m['name']}" for p, m in (("text:", target.text_model),
+                                                                                ("sv:", target.sv_model)) if m]
+                cfg.model = ",".join(parts)
+                cfg.weights = cfg.weights or target.model.weights
+                cfg.max_pixels = cfg.max_pixels or (target.model.max_pixels or None)
+            else:
+                cfg.model = DEFAULT_MODEL
+        cfg.weights = cfg.weights or "random"
+        cfg.collection = cfg.collection or (active.collection if active else "pagemill")
+        cfg.validate_model()
+        spec = decide_budget(model_spec(cfg))
+        cfg.max_pixels = spec.max_pixels or cfg.max_pixels
+        self.budget_spec = spec
+
+    def requested_identity(self) -> IndexIdentity:
+        cfg = self.cfg
+        spec = self.budget_spec
+        adapter = adapter_for(spec)
+        budget = adapter.pixel_budget()
+        _, text = split_model_specs(cfg.model)
+        sv = sv_model_spec(cfg.model)
+        fde = cfg.fde_params()
+        return IndexIdentity(
+            model=ModelIdentity(spec.name, spec.weights, adapter.dim, checkpoint_id(spec), budget.max_pixels,
+                                budget.multiple),
+            layouts={lay.name: lay.params(fde) for lay in parse_layouts(cfg.layouts)},
+            text_model={"name": text, "dim": TextEmbedder(text).dim} if text else None,
+            sv_model={"name": sv, "dim": sv_embedder_for(sv, spec).dim} if sv else None,
+            collection=cfg.collection, milvus_base=cfg.collection)
+
+    def identify(self) -> None:
+        """Compare what the run asks for with what the index holds: a new index records itself; a
+        changed model is refused (or, with --reindex, becomes a new generation built beside the
+        active one); added layouts and models are built for the documents that lack them."""
+        cfg, out = self.cfg, self.store.uri
+        asked = self.requested_identity()
+        state = self.index or IndexState()
+        active = state.active
+        self.mode = "ingest"
+        self.added: list[str] = []
+        if active is None:
+            state.active = asked
+            target = asked
+        elif cfg.reindex:
+            pending = state.pending
+            if pending is not None and not (pending.model.same_embedding(asked.model)
+                                            and _names(pending.text_model) == _names(asked.text_model)
+                                            and _names(pending.sv_model) == _names(asked.sv_model)):
+                raise UsageError(f"a reindex to {pending.describe()} is in progress in {out}; this run asks for "
+                                 f"{asked.describe()}: finish that one first (run it again with --reindex and its "
+                                 f"model), or use a new --out")
+            if pending is None:
+                if active.model.same_embedding(asked.model) and _names(active.text_model) == _names(asked.text_model) \
+                        and _names(active.sv_model) == _names(asked.sv_model):
+                    raise UsageError(f"--reindex: {out} already holds {active.describe()}: there is nothing to embed "
+                                     f"again (drop --reindex)")
+                gen = active.generation + 1
+                asked.layouts = {**active.layouts, **asked.layouts}
+                asked.generation, asked.milvus_base = gen, collection_base(asked.collection, gen)
+                state.pending = asked
+                self.say(f"reindex: generation {gen} ({asked.describe()}) is built beside the active index "
+                         f"({active.describe()}), which search keeps using until every document is in the new one")
+            target = state.pending
+            self.mode = "reindex"
+        else:
+            if not active.model.same_embedding(asked.model):
+                raise refuse_change(active, asked, "another model or pixel budget", out)
+            for part in ("text_model", "sv_model"):
+                have, want = getattr(active, part), getattr(asked, part)
+                if have and want and have["name"] != want["name"]:
+                    raise refuse_change(active, asked, f"another {part.replace('_', ' ')}", out)
+                if want and not have:
+                    setattr(active, part, want)
+                    self.added.append("text" if part == "text_model" else "sv-vlm")
+            new = [name for name in asked.layouts if name not in active.layouts]
+            dropped = [name for name in cfg.drop_layouts if name in active.layouts]
+            for name in cfg.drop_layouts:
+                if name not in active.layouts and name not in ("text", "sv-vlm"):
+                    raise UsageError(f"--drop-layouts {name}: not a layout of the index (it has: {', '.join(active.layouts)})")
+                if name in ("mv", "sv-mean"):
+                    raise UsageError(f"--drop-layouts {name}: every index keeps mv (the archive) and sv-mean")
+            active.layouts = {**{k: v for k, v in active.layouts.items() if k not in dropped},
+                              **{k: asked.layouts[k] for k in new}}
+            self.added += new
+            self.dropped = dropped
+            active.building = sorted(set(active.building) | set(self.added))
+            if state.pending is not None:
+                self.say(f"note: a reindex to {state.pending.describe()} is in progress; this run updates the active "
+                         f"index (run with --reindex to continue the reindex)")
+            target = active
+            if self.added:
+                self.say(f"index: {', '.join(self.added)} added: new documents get them as they are embedded, the "
+                         f"others from the archive (no model run for layouts)")
+        self.dropped = getattr(self, "dropped", [])
+        self.target = target
+        self.index = state
+        # The run's layouts and models are the target index's: what it holds plus what was asked.
+        cfg.layouts = [name for name in target.layouts if name not in ("mv", "sv-mean")]
+        lay = target.layouts.get("sv-fde")
+        if lay:
+            cfg.fde_reps, cfg.fde_bits, cfg.fde_proj_dim, cfg.fde_seed = (lay["fde_reps"], lay["fde_bits"],
+                                                                          lay["fde_proj_dim"], lay["fde_seed"])
+        parts = [target.model.name.split("@", 1)[0] if not self.budget_spec.name.startswith("sim:") else self.budget_spec.name]
+        parts += [f"{p}{m['name']}" for p, m in (("text:", target.text_model), ("sv:", target.sv_model)) if m]
+        cfg.model = ",".join(parts)
+        save_state(self.store, state)
+
     def model_preflight(self) -> None:
         """Every model of the run resolves before Ray starts: a typo, a checkpoint that is not
         there, or a hub that cannot be reached is one line naming the model, not minutes of
@@ -159,11 +303,19 @@ class IngestJob:
         check_models(self.cfg.model, model_spec(self.cfg))
 
     def recover(self) -> None:
-        self.ledger = Ledger(self.store)
+        self.ledger = Ledger(self.store, self.target.generation)
         self.ledger.load()
+        # Files another generation holds (the active index during a reindex, or the reindex's
+        # during a plain run) are live too.
+        self.other_live: set[str] = set()
+        for other in (self.index.active, self.index.pending, self.index.retired):
+            if other is not None and other.generation != self.target.generation:
+                ledger = Ledger(self.store, other.generation)
+                ledger.load()
+                self.other_live |= ledger.state.live_files()
         # Files of units that never committed (the previous run died): not part of the index. Their
         # documents may have Milvus rows the ledger does not know: recorded before the files go.
-        self.orphans = self.ledger.orphans((PAGES_PREFIX, QUARANTINE_PREFIX))
+        self.orphans = self.ledger.orphans((PAGES_PREFIX, QUARANTINE_PREFIX), self.other_live)
         self.suspects = self.ledger.load_suspects()
         if self.orphans:
             # A unit's own page parts hold what its writers sent to Milvus; a rewrite (``~`` in
@@ -194,12 +346,13 @@ class IngestJob:
         # index the server would refuse, fails here, before anything is written.
         from operators.milvus_plan import parse_index_specs
 
-        self.milvus = MilvusWriter(cfg.milvus_connection(), cfg.collection, self.dim, text_dim=self.text_dim,
+        self.milvus = MilvusWriter(cfg.milvus_connection(), self.target.milvus_base, self.dim, text_dim=self.text_dim,
                                    layouts=self.layouts, fde_dim=self.fde.dim,
                                    index_specs=parse_index_specs(cfg.milvus_index), mv_mode=cfg.milvus_mv_mode,
                                    milvus_layouts=cfg.milvus_layouts or None, partition_key=cfg.milvus_partition_key,
                                    corpus=cfg.corpus, extra_sv={"sv-vlm": self.sv_dim} if self.sv_dim else None)
         self.milvus_plan = self.milvus.setup()
+        self._drop_layouts()
         self.bulk = self._open_bulk()
         suspects = self.suspects
         if self.ledger.state.empty() and not suspects.everything and any(
@@ -230,6 +383,27 @@ class IngestJob:
             "render": 1, "embed": cfg.batch_size, "embed_sv": cfg.batch_size, "embed_text": 64, "encode": None,
             "write": cfg.write_batch_pages})
         self.layout_stats = LayoutStats(self.layouts, self.dim, self.fde)
+
+    def _drop_layouts(self) -> None:
+        """``--drop-layouts``: the collections that hold only a dropped layout go (a field of the
+        page collection cannot be dropped: it stays, unwritten by new pages' writers only if
+        Milvus allows nulls, so it is said instead)."""
+        if not self.dropped:
+            return
+        from operators.layouts import parse_layout
+        from operators.milvus_plan import patches_collection
+
+        client = self.milvus.client
+        for name in self.dropped:
+            lay = parse_layout(name)
+            own = patches_collection(self.target.milvus_base, name) if lay.kind == "mv" else \
+                f"{self.target.milvus_base}_{lay.column}"
+            if client.has_collection(own):
+                client.drop_collection(own)
+                self.say(f"milvus: {own} dropped ({name} removed from the index)")
+            else:
+                self.say(f"milvus: {name} is a field of {self.milvus.pages_collection}, which Milvus cannot drop "
+                         f"from a collection: rebuild it without the layout with pagemill milvus-load --recreate")
 
     def _open_bulk(self):
         """``--milvus-bulk-dir``: a first load, imported by Milvus at the end of the run. Refused
@@ -290,8 +464,10 @@ class IngestJob:
                 yield first
                 yield from iter_
 
+        # A generation's units never share ids (and so file names) with another's.
         return plan_units(chain(), self.ledger.state, cfg.unit_max_docs, cfg.unit_max_bytes, self.counts,
-                          retry_quarantined=cfg.retry_quarantined, suspects=self.suspects)
+                          retry_quarantined=cfg.retry_quarantined, suspects=self.suspects,
+                          salt=f"g{self.target.generation}" if self.target.generation > 1 else "")
 
     def execute(self) -> None:
         self.progress = Progress(None, self.cfg.progress_interval_s, stream=self.log, live=self.executor.live_counters)
@@ -314,7 +490,7 @@ class IngestJob:
             units = self._announced(units)
             self.writer.share_client(self.milvus)
         self.committer = UnitCommitter(self.ledger, self.run_id, executor=self.executor, milvus=self.milvus,
-                                       suspects=self.suspects)
+                                       suspects=self.suspects, manifest=self.target is self.index.active)
         tracker = UnitTracker(self.on_unit, on_stats=self.stage_stats.observe)
         t = time.time()
         self.progress.begin()
@@ -351,11 +527,78 @@ class IngestJob:
         self.totals.add(info, added)
         self.progress.update(added["pages"], sum(1 for d in info["docs"] if d["status"] == "quarantined"))
 
+    def complete_layouts(self) -> None:
+        """Layouts, a text model or a single-vector model added to an existing index: the pages
+        committed before are given them from the archive (shards rewritten with the new columns,
+        the new Milvus fields filled), exactly-once per shard like any commit."""
+        self.relayouted = 0
+        if self.mode != "ingest" or not self.target.building:
+            return
+        from operators.augment import AugmentShards, augment_job_id
+        from operators.layouts import parse_layout
+
+        added = list(self.target.building)
+        layouts = [parse_layout(n) for n in added if n not in ("text", "sv-vlm")]
+        keys = sorted(k for k in self.ledger.state.files if k.startswith(PAGES_PREFIX + "/"))
+        sv = None
+        if "sv-vlm" in added:
+            limits = RenderLimits(page_timeout_s=self.cfg.page_timeout_s, max_pages=self.cfg.max_pages,
+                                  max_bytes=self.cfg.max_doc_bytes, extract_text=False)
+            sv = (self.sv_model, self.spec, self.source, self.budget, limits)
+        names = [n if n not in ("text",) else "text" for n in added]
+        milvus = self.milvus.subset([n for n in names if self.milvus.plan.by_layout(n)])
+        job = augment_job_id(added)
+        op = AugmentShards(self.store, job, self.pages_schema, self.dim, layouts, self.fde,
+                           text_model=self.text_model if "text" in added else None, sv=sv, milvus=milvus,
+                           device=self.cfg.device)
+        if keys:
+            self.say(f"index: adding {', '.join(added)} to {len(keys)} shards from the archive")
+        for key, new_key, pages in self.executor.map_items(op, keys, driver_milvus=self.milvus):
+            if new_key:
+                self.committer.commit_rewrite(job, key, new_key)
+                self.relayouted += pages
+        self.target.building = []
+        save_state(self.store, self.index)
+
+    def complete_generation(self) -> None:
+        """A reindex run that finished has every listed document in the new generation: swap it
+        in (``_index.json`` is the commit point), then retire the old one: its collections (the
+        index's names become aliases of the new ones), its shards and its ledger."""
+        self.swapped = False
+        state = self.index
+        if self.mode == "reindex" and state.pending is not None:
+            state.retired, state.active, state.pending = state.active, state.pending, None
+            state.history.append({"generation": state.active.generation, "swapped_at": time.time(),
+                                  "model": state.active.describe(), "run_id": self.run_id})
+            save_state(self.store, state)
+            self.swapped = True
+            self.say(f"reindex complete: generation {state.active.generation} ({state.active.describe()}) is the "
+                     f"index now")
+            from pipelines.commit import write_manifest
+
+            write_manifest(self.store, self.ledger.state, state.active.generation)
+        if state.retired is not None:
+            self.retire(state)
+
+    def retire(self, state: IndexState) -> None:
+        old, new = state.retired, state.active
+        aliases = self.milvus.point_aliases(new.collection, new.milvus_base, drop_base=old.milvus_base)
+        ledger = Ledger(self.store, old.generation)
+        ledger.load()
+        live_now = self.ledger.state.live_files() if self.ledger.generation == new.generation else set()
+        for key in sorted(ledger.state.live_files() - live_now):
+            self.store.delete(key)
+        ledger.delete_all()
+        state.retired = None
+        save_state(self.store, state)
+        if aliases:
+            self.say(f"milvus: {', '.join(aliases)} now point at generation {new.generation}")
+
     def finish(self) -> None:
         cfg = self.cfg
         # Every unit committed, no writer in flight: a file no record names is a part that a
         # retried write batch left under another key (a lost node's), never read by anyone.
-        self.swept = self.ledger.orphans((PAGES_PREFIX, QUARANTINE_PREFIX))
+        self.swept = self.ledger.orphans((PAGES_PREFIX, QUARANTINE_PREFIX), self.other_live)
         for key in self.swept:
             self.store.delete(key)
         self.deleted_docs = self.deleted_pages = 0
@@ -380,6 +623,7 @@ class IngestJob:
                 for obj in self.bulk.list(c):
                     self.bulk.delete(obj.key)
         self.milvus.flush()  # once per run: seals the run's segments (commits do not flush)
+        self.committer.publish(force=True)
         if self.had_suspects:
             # A run over the whole source has given every document a deleting commit or a resync,
             # so the unexplained rows are accounted for.
@@ -407,6 +651,9 @@ class IngestJob:
         summary = {
             "run_id": self.run_id,
             "started_at": datetime.fromtimestamp(self.t_start, timezone.utc).isoformat(),
+            "index": {"generation": self.target.generation, "mode": self.mode, "model": self.target.describe(),
+                      "added": self.added, "dropped": self.dropped, "swapped": self.swapped,
+                      "milvus_base": self.target.milvus_base},
             "source": self.source.uri,
             "out": self.store.uri,
             "executor": cfg.executor,
@@ -426,6 +673,7 @@ class IngestJob:
                 "embedded": int(embed.get("items", 0)),
                 "quarantined": totals.page_quarantine,
                 "deleted": self.deleted_pages,
+                "relayouted": self.relayouted,
             },
             "units": {"planned": self.progress.total_units, "committed": self.progress.units,
                       "orphan_files_removed": len(self.orphans), "retried_parts_removed": len(self.swept)},

@@ -39,9 +39,8 @@ import pyarrow.parquet as pq
 
 from operators.store import OutputStore
 
-LEDGER_PREFIX = "_ledger/units"
+LEDGER_PREFIX = "_ledger/units"  # the first generation's (see ledger_prefix)
 SNAPSHOT_PREFIX = "_ledger/snapshots"
-SUSPECTS_KEY = "_ledger/milvus_suspects.json"
 STATUSES = ("indexed", "partial", "quarantined")
 _CODE = {s: i for i, s in enumerate(STATUSES)}
 OVERLAY_FOLD = 500_000  # documents changed since the snapshot past which a run folds them into a new one
@@ -258,15 +257,27 @@ class MilvusSuspects:
         return {"uris": sorted(self.uris), "everything": self.everything, "why": self.why}
 
 
+def ledger_prefix(generation: int = 1) -> str:
+    """Where a generation's ledger lives: ``_ledger`` for the first index of an OUT, and
+    ``_ledger/g<N>`` for the one a ``--reindex`` builds beside it."""
+    return "_ledger" if generation <= 1 else f"_ledger/g{generation}"
+
+
 class Ledger:
-    def __init__(self, store: OutputStore):
+    def __init__(self, store: OutputStore, generation: int = 1):
         self.store = store
+        self.generation = generation
+        self.prefix = ledger_prefix(generation)
+        self.units_prefix = f"{self.prefix}/units"
+        self.snapshot_prefix = f"{self.prefix}/snapshots"
+        self.suspects_key = f"{self.prefix}/milvus_suspects.json"
         self.state = LedgerState(store=store)
         self.pending_records: list[str] = []
 
     def _snapshots(self) -> list[str]:
         """Complete snapshots (their meta.json written), oldest first."""
-        return sorted(o.key.rsplit("/", 1)[0] for o in self.store.list(SNAPSHOT_PREFIX) if o.key.endswith("/meta.json"))
+        return sorted(o.key.rsplit("/", 1)[0] for o in self.store.list(self.snapshot_prefix)
+                      if o.key.endswith("/meta.json") and o.key.count("/") == self.snapshot_prefix.count("/") + 2)
 
     def load(self) -> LedgerState:
         """The newest snapshot, then the unit records committed after it, in commit order."""
@@ -275,12 +286,13 @@ class Ledger:
         if snapshots:
             state, after = self._load_snapshot(snapshots[-1])
         else:
-            legacy = [o.key for o in self.store.list(SNAPSHOT_PREFIX) if o.key.endswith(".json") and o.key.count("/") == 2]
+            legacy = [o.key for o in self.store.list(self.snapshot_prefix)
+                      if o.key.endswith(".json") and o.key.count("/") == self.snapshot_prefix.count("/") + 1]
             if legacy:  # a JSON snapshot written by an earlier pagemill: replayed as one record
                 snap = json.loads(self.store.read_bytes(max(legacy)))
                 state, after = _from_json_snapshot(snap, self.store), snap["last_record"]
         self.pending_records = []
-        for obj in self.store.list(LEDGER_PREFIX):
+        for obj in self.store.list(self.units_prefix):
             name = obj.key.rsplit("/", 1)[-1]
             if not obj.key.endswith(".json") or name <= after:
                 continue  # folded into the snapshot (a compaction that died before deleting it)
@@ -331,7 +343,7 @@ class Ledger:
         if not self.pending_records:
             return 0
         state = self.state
-        folder = f"{SNAPSHOT_PREFIX}/{time.time_ns():020d}"
+        folder = f"{self.snapshot_prefix}/{time.time_ns():020d}"
         self.store.write_bytes(f"{folder}/docs.parquet", _merged_docs(state))
         buf = io.BytesIO()
         pq.write_table(pa.table({"key": list(state.files), "unit_id": [state.units[u] for u in state.files.values()]},
@@ -343,7 +355,7 @@ class Ledger:
             "written_at": time.time()}).encode())  # the snapshot's commit point
         for key in self.pending_records:
             self.store.delete(key)
-        for obj in self.store.list(SNAPSHOT_PREFIX):
+        for obj in self.store.list(self.snapshot_prefix):
             if not obj.key.startswith(folder + "/"):
                 self.store.delete(obj.key)  # keep only the newest snapshot
         folded = len(self.pending_records)
@@ -355,7 +367,7 @@ class Ledger:
     def commit(self, record: dict) -> str:
         """Write the record (the unit's commit point) and fold it into the in-memory state."""
         record = dict(record, committed_at=time.time())
-        key = f"{LEDGER_PREFIX}/{time.time_ns():020d}-{record['unit_id']}.json"
+        key = f"{self.units_prefix}/{time.time_ns():020d}-{record['unit_id']}.json"
         self.store.write_bytes(key, json.dumps(record, sort_keys=True).encode())
         self.state.apply(record)
         self.pending_records.append(key)
@@ -364,23 +376,31 @@ class Ledger:
         return key
 
     def load_suspects(self) -> MilvusSuspects:
-        if not self.store.exists(SUSPECTS_KEY):
+        if not self.store.exists(self.suspects_key):
             return MilvusSuspects()
-        d = json.loads(self.store.read_bytes(SUSPECTS_KEY))
+        d = json.loads(self.store.read_bytes(self.suspects_key))
         return MilvusSuspects(set(d.get("uris", [])), bool(d.get("everything")), d.get("why"))
 
     def save_suspects(self, suspects: MilvusSuspects) -> None:
         if suspects.uris or suspects.everything:
-            self.store.write_bytes(SUSPECTS_KEY, json.dumps(suspects.to_json(), sort_keys=True).encode())
-        elif self.store.exists(SUSPECTS_KEY):
-            self.store.delete(SUSPECTS_KEY)
+            self.store.write_bytes(self.suspects_key, json.dumps(suspects.to_json(), sort_keys=True).encode())
+        elif self.store.exists(self.suspects_key):
+            self.store.delete(self.suspects_key)
 
-    def orphans(self, prefixes: tuple[str, ...]) -> list[str]:
-        """Files under ``prefixes`` that no committed record makes live (left by a crash)."""
+    def delete_all(self) -> None:
+        """Remove this generation's ledger (a retired index after a reindex swapped it out)."""
+        for obj in self.store.list(self.prefix):
+            if self.generation > 1 or not obj.key.startswith("_ledger/g"):
+                self.store.delete(obj.key)
+
+    def orphans(self, prefixes: tuple[str, ...], also_live: set[str] | frozenset = frozenset()) -> list[str]:
+        """Files under ``prefixes`` that no committed record makes live (left by a crash).
+        ``also_live``: files another generation's ledger holds (during a reindex)."""
         live = self.state.files
         out = []
         for prefix in prefixes:
-            out += [o.key for o in self.store.list(prefix) if o.key not in live and not o.key.rsplit("/", 1)[-1].startswith("_")]
+            out += [o.key for o in self.store.list(prefix) if o.key not in live and o.key not in also_live
+                    and not o.key.rsplit("/", 1)[-1].startswith("_")]
         return out
 
 

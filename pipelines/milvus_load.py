@@ -49,13 +49,17 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
     it goes with ``recreate`` or a new collection."""
     log = log or sys.stderr  # looked up now: a stream bound at import time may be closed since
     t0 = time.monotonic()
-    ledger = Ledger(store)
+    from pipelines.identity import active_generation
+
+    ledger = Ledger(store, active_generation(store))
     ledger.load()
     shards = sorted(k for k in ledger.state.files if k.startswith(PAGES_PREFIX + "/"))
     if not shards:
         raise UsageError(f"no committed shards under {store.uri}/pages: run pagemill ingest first")
-    schema = _open(store, shards[0]).schema_arrow
-    meta = _metadata(schema)
+    schema = _open(store, shards[-1]).schema_arrow
+    from pipelines.search import recorded_metadata
+
+    meta = recorded_metadata(store)
     layouts = parse_layouts(list(meta.get("layouts", {})))
     dim = int(meta["dim"])
     fde_dim = int(meta.get("layouts", {}).get("sv-fde", {}).get("dim", 0)) or None

@@ -72,7 +72,7 @@ def _chunks(it: Iterable, n: int) -> Iterator[list]:
 
 def plan_units(
     listing: Iterable[DocumentRef], state: LedgerState, max_docs: int, max_bytes: int, counts: PlanCounts,
-    retry_quarantined: bool = False, suspects=None,
+    retry_quarantined: bool = False, suspects=None, salt: str = "",
 ) -> Iterator[WorkUnit]:
     """Yield work units of pending documents, streaming over the listing.
 
@@ -87,7 +87,7 @@ def plan_units(
     batch: list[DocumentRef] = []
     flags: list[bool] = []
     size = 0
-    salt = f"retry-{state.records}" if retry_quarantined else ""
+    salt = salt + (f"retry-{state.records}" if retry_quarantined else "")
     everything = bool(suspects and suspects.everything)
     suspect_uris = suspects.uris if suspects else set()
     kill_while_listing = armed("listing")

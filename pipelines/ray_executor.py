@@ -116,9 +116,23 @@ def worker_error(e: BaseException) -> Exception:
     from operators.sources import SourceError
     from operators.store import StoreError
 
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    chain, seen = [], set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:  # Ray Data chains the user's error as the cause
+        seen.add(id(cur))
+        chain.append(cur)
+        cur = getattr(cur, "cause", None) if isinstance(getattr(cur, "cause", None), BaseException) else \
+            (cur.__cause__ or cur.__context__)
+    for inner in reversed(chain):  # the innermost that is pagemill's own
+        if type(inner).__name__ in ("ModelError", "MilvusError", "SourceError", "StoreError", "UsageError"):
+            from operators.errors import UsageError as _Usage
+
+            kinds = {"ModelError": ModelError, "MilvusError": MilvusError, "SourceError": SourceError,
+                     "StoreError": StoreError, "UsageError": _Usage}
+            return kinds[type(inner).__name__](str(inner).strip().splitlines()[0])
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(str(c) for c in chain))
     found = [m for m in map(_ERROR_LINE.match, text.splitlines()) if m and m.group(2) not in (
-        "ActorDiedError", "RayTaskError", "RayActorError", "ActorUnavailableError")]
+        "ActorDiedError", "RayTaskError", "RayActorError", "ActorUnavailableError", "UserCodeException")]
     if not found:
         first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         return WorkerError(f"a Ray worker failed: {type(e).__name__}: {first[:300]}")
@@ -342,6 +356,29 @@ class RayExecutor(Executor):
         if tracker.pending:
             raise RuntimeError(f"{tracker.pending} units ended incomplete (pages lost between stages)")
         return {"resources": res, "write_placement": self.placement["where"], "write_placement_why": self.placement["why"]}
+
+    def map_items(self, op, keys: list[str], driver_milvus=None):
+        if not keys:
+            return
+        if self.placement is None:
+            self.start()
+        if self.placement["where"] == "driver":
+            yield from Executor.map_items(self, op, keys, driver_milvus)
+            return
+        total = ray.cluster_resources()
+        accel = bool(getattr(op, "text_model", None) or getattr(op, "sv", None)) and total.get("GPU", 0) >= 1
+        n = max(1, min(len(keys), int(total.get("CPU", 1) // 2) or 1))
+        args = {"num_cpus": 0.5, **({"num_gpus": 1.0 / max(1, n)} if accel else {})}
+        if self.placement["where"] == "driver_node":
+            args["label_selector"] = {"ray.io/node-id": self.placement["driver_node"]}
+        ds = ray.data.from_items([{"key": k} for k in keys], override_num_blocks=len(keys))
+        ds = ds.map_batches(_StageActor, fn_constructor_kwargs={"op": op}, batch_size=1, batch_format="pyarrow",
+                            compute=ActorPoolStrategy(size=n), **args)
+        try:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                yield from zip(batch["key"].to_pylist(), batch["new_key"].to_pylist(), batch["pages"].to_pylist())
+        except ray.exceptions.RayError as e:
+            raise worker_error(e) from None
 
     _board = None
     _driver_ops: list = []

@@ -21,7 +21,6 @@ from operators import schema as S
 from operators.errors import UsageError
 from operators.fde import FdeParams
 from operators.layouts import Layout, parse_layout, parse_layouts
-from operators.parquet_sink import PAGES_PREFIX
 from operators.store import OutputStore
 from pipelines.costs import (
     LayoutCost,
@@ -66,7 +65,9 @@ MODEL_PRESETS: dict[str, dict] = {
 
 
 def _shards(store: OutputStore) -> list[str]:
-    return [o.key for o in store.list(PAGES_PREFIX) if o.key.endswith(".parquet")]
+    from pipelines.identity import live_page_files
+
+    return live_page_files(store)
 
 
 def _recorded(schema: pa.Schema) -> dict:

@@ -10,7 +10,6 @@ on a multi-vector layout read from the Parquet shards or from Milvus (any layout
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -26,24 +25,37 @@ from operators.layouts import LayoutScorer, normalise, parse_layout
 from operators.milvus_plan import CORPUS, TEXT_LAYOUT
 from operators.milvus_reader import MilvusReader
 from operators.models import ModelSpec, adapter_for
-from operators.parquet_sink import PAGES_PREFIX
 from operators.store import OutputStore
 
 
 def recorded_metadata(store: OutputStore) -> dict:
-    shards = [o.key for o in store.list(PAGES_PREFIX)]
+    """What the active index is (model, weights, dim, layouts, text and sv models, corpus): from
+    ``_index.json``, with a shard's metadata for what it does not say (and for an OUT of an
+    earlier pagemill)."""
+    from pipelines.identity import live_page_files, load_state
+
+    shards = live_page_files(store)
     if not shards:
         raise UsageError("no shards under OUT/pages: run pagemill ingest first")
-    meta = pq.read_schema(io.BytesIO(store.read_bytes(shards[0]))).metadata or {}
-    return {k.decode()[len("pagemill."):]: json.loads(v) for k, v in meta.items() if k.startswith(b"pagemill.")}
+    meta = pq.read_schema(store.open_input(shards[-1])).metadata or {}
+    out = {k.decode()[len("pagemill."):]: json.loads(v) for k, v in meta.items() if k.startswith(b"pagemill.")}
+    state = load_state(store)
+    if state is not None and state.active is not None:
+        a = state.active
+        out.update(model=a.model.name, weights=a.model.weights, dim=a.model.dim, layouts=a.layouts,
+                   text_model=a.text_model["name"] if a.text_model else None,
+                   sv_model=a.sv_model["name"] if a.sv_model else None)
+    return out
 
 
 def read_pages_subset(store: OutputStore, page_ids: list[str] | None, columns: list[str]) -> pa.Table:
     """Rows of OUT/pages (all, or those in ``page_ids``), only ``columns``."""
+    from pipelines.identity import live_page_files
+
     wanted = pa.array(page_ids, pa.string()) if page_ids is not None else None
     parts = []
-    for obj in store.list(PAGES_PREFIX):
-        pf = pq.ParquetFile(io.BytesIO(store.read_bytes(obj.key)))
+    for key in live_page_files(store):
+        pf = pq.ParquetFile(store.open_input(key))
         ids = pf.read(columns=[S.PAGE_ID])[S.PAGE_ID]
         if wanted is not None:
             mask = pc.is_in(ids, value_set=wanted)

@@ -141,12 +141,15 @@ def read_quarantine(out: Path):
 def milvus_counts(out: Path, collection: str = "pagemill") -> dict[str, int]:
     from pymilvus import MilvusClient
 
+    from operators.milvus_client import release_lite
+
     client = MilvusClient(str(out / "milvus.db"))
     try:
         return {c: int(client.query(f"{collection}_{c}", filter="", output_fields=["count(*)"],
                                     consistency_level="Strong")[0]["count(*)"]) for c in ("pages", "patches")}
     finally:
         client.close()
+        release_lite(str(out / "milvus.db"))  # another process may open the file next
 
 
 def pagemill_cmd(*args: str) -> list[str]:

@@ -202,3 +202,18 @@ def test_transient_failures_are_retried_and_others_are_not():
     with pytest.raises(ValueError):
         sink._call("upsert", refused)
     assert len(calls) == 1  # not transient: no retry
+
+
+def test_milvus_errors_become_one_readable_line():
+    from operators.milvus_client import first_line
+
+    class MilvusException(Exception):
+        pass
+
+    raw = MilvusException("<MilvusException: (code=1100, message=invalid parameter[expected=valid index params]"
+                          "[actual=invalid index params: M out of range: [2, 2048]]. Check the parameters. "
+                          + "More details follow. " * 30 + ")>")
+    line = first_line(raw, secrets=[])
+    assert line.startswith("invalid parameter[expected=valid index params]") and "MilvusException" not in line
+    assert len(line) <= 310 and line.endswith("...") and "Check the parameters." in line  # cut at a sentence
+    assert first_line(Exception("token root:s3cr3t refused"), secrets=["root:s3cr3t"]) == "token *** refused"

@@ -71,20 +71,26 @@ def two_nodes(milvus_server, tmp_path_factory):
     marker = tmp_path_factory.mktemp("faults") / "writer-killed"
     env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "MILVUS_PASSWORD": ROOT_PASSWORD,
            "PAGEMILL_KILL_AT": "milvus_written:1", "PAGEMILL_KILL_ONCE": str(marker)}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-        worker = cluster.add_node(num_cpus=2)
-        cluster.wait_for_nodes()
-    finally:
-        for k, v in saved.items():
-            if k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED"):
-                continue
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+
+    def with_pod_env(fn, *args, **kwargs):
+        """Start Ray processes with what a pod has in its environment (its Secrets)."""
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for k, v in saved.items():
+                if k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED"):
+                    continue
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    cluster = with_pod_env(Cluster, initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    worker = with_pod_env(cluster.add_node, num_cpus=2)
+    cluster.wait_for_nodes()
+    cluster.add_pod = lambda: with_pod_env(cluster.add_node, num_cpus=2)  # a replacement node, like the fleet's
     try:
         yield cluster, worker, marker
     finally:
@@ -180,7 +186,7 @@ def test_a_worker_node_lost_mid_run_still_ends_with_the_same_pages(two_nodes, si
     # The fleet replaces a lost node (KubeRay, the autoscaler): the dead actors restart there and
     # their batches are retried (same part keys, idempotent upserts). The pools were sized for two
     # nodes, so without a replacement the run would wait for capacity instead of finishing.
-    cluster.add_node(num_cpus=2)
+    cluster.add_pod()
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     _, ref = single_node
@@ -192,3 +198,33 @@ def test_a_worker_node_lost_mid_run_still_ends_with_the_same_pages(two_nodes, si
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_layouts_added_on_the_workers_of_the_cluster(two_nodes, s3_endpoint, milvus_server, fleet_source):
+    """pagemill relayout on the Ray executor: the shards are rewritten by actors on the workers,
+    and the new layout's Milvus rows written there; the result equals the layout computed here."""
+    import pyarrow.compute as pc
+
+    cluster, _, _ = two_nodes
+    prefix, collection = "multi", "fleet_multi"
+    before = _pages(fleet_source, prefix)
+    env = dict(os.environ, MILVUS_PASSWORD=ROOT_PASSWORD)
+    env.pop("PAGEMILL_KILL_AT", None)
+    r = subprocess.run(pagemill_cmd("relayout", f"s3://fleet/{prefix}/", "--layouts", "mv-bin", "--s3-endpoint-url",
+                                    s3_endpoint, "--milvus", milvus_server.uri, "--milvus-user", ROOT_USER,
+                                    "--milvus-ca-file", milvus_server.ca_file, "--milvus-server-name", "localhost",
+                                    "--ray-address", cluster.address, "--quiet", "--summary",
+                                    str(REPO / ".pagemill-local/relayout.json")),
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((REPO / ".pagemill-local/relayout.json").read_text())
+    assert summary["pages"]["relayouted"] == before.num_rows and summary["pages"]["embedded"] == 0
+    after = _pages(fleet_source, prefix)
+    assert after.drop(["mv_bin"]).equals(before)
+    from operators.augment import archived_embeddings
+    from operators.layouts import LayoutEncoder, parse_layout
+
+    here = LayoutEncoder([parse_layout("mv-bin")], 128).columns(archived_embeddings(before, 128))["mv_bin"]
+    assert after["mv_bin"].combine_chunks().equals(here)
+    assert _counts(milvus_server, collection)[f"{collection}_patches_bin"] == \
+        int(pc.sum(pc.list_value_length(after["mv_bin"])).as_py())

@@ -24,7 +24,7 @@ def read_s3_tables(client, bucket: str, prefix: str):
     import pyarrow as pa
 
     keys = [o["Key"] for p in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            for o in p.get("Contents", [])]
+            for o in p.get("Contents", []) if not o["Key"].rsplit("/", 1)[-1].startswith("_")]  # not the manifest
     tables = [pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=k)["Body"].read())) for k in keys]
     return pa.concat_tables(tables) if tables else None
 
