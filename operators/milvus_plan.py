@@ -4,9 +4,9 @@ One logical index (``--collection NAME``) becomes:
 
 - ``NAME_pages``: one row per page (primary key ``page_id``; ``doc_id``, ``doc_version``,
   ``source_uri``, ``page_number``) and one vector field per single-vector layout (``sv_mean``,
-  ``sv_fde``), each with its own index and metric. On Milvus >= 2.6.4 (``--milvus-mv-mode
-  struct``, the automatic choice there) it also holds each multi-vector layout as an
-  array-of-structs field with an embedding-list index and the MAX_SIM metric.
+  ``sv_fde``), each with its own index and metric. On Milvus >= 2.6.4 with ``--milvus-mv-mode
+  struct`` (an explicit opt-in: not yet run against a server) it also holds each multi-vector
+  layout as an array-of-structs field with an embedding-list index and the MAX_SIM metric.
 - ``NAME_patches`` (``mv``) and ``NAME_patches_<rest>`` (``mv-pool3`` -> ``_patches_pool3``):
   one row per vector with the page key, for multi-vector layouts in ``rows`` mode (Milvus Lite,
   older servers). The vector type follows the layout's encoding where the server has it
@@ -289,10 +289,14 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
     if partition_key and not server.lite and server.version < (2, 4, 0):
         raise MilvusError(f"milvus_partition_key: {server.label} loses rows when upserting into a collection with a "
                           f"partition key (seen on v2.3.5): use Milvus >= 2.4, or one --collection per corpus")
-    resolved_mode = mv_mode if mv_mode != "auto" else ("struct" if server.struct_arrays else "rows")
+    # auto: one row per vector, the layout the tests run against real servers. The array-of-structs
+    # field (Milvus >= 2.6.4) has run against a recording stand-in only, never a server: an
+    # explicit opt-in until one has.
+    resolved_mode = mv_mode if mv_mode != "auto" else "rows"
     if mv_mode == "auto":
-        notes.append(f"multi-vector layouts as {'array-of-structs fields' if resolved_mode == 'struct' else 'one row per vector'}"
-                     f" ({server.label})")
+        notes.append(f"multi-vector layouts as one row per vector ({server.label})"
+                     + ("; --milvus-mv-mode struct uses array-of-structs fields (not yet run against a server)"
+                        if server.struct_arrays else ""))
     extra_sv = dict(extra_sv or {})
     run_names = [lay.name for lay in layouts] + list(extra_sv) + ([TEXT_LAYOUT] if text_dim else [])
     wanted = run_names if not milvus_layouts else list(dict.fromkeys(milvus_layouts))

@@ -175,6 +175,19 @@ PLAN_EXAMPLE = """examples:
 """
 
 
+def page_count(text: str) -> int:
+    """``1000000``, ``1e6``, ``1M``, ``250k``, ``2.5B`` -> pages."""
+    t = text.strip().replace("_", "").replace(",", "")
+    mult = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}.get(t[-1:].lower(), 1)
+    try:
+        n = float(t[:-1] if mult > 1 else t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a page count (e.g. 1000000, 1e6, 1M, 250k)") from None
+    if n < 1 or n != int(n):
+        raise argparse.ArgumentTypeError(f"{text!r}: a page count is a whole number >= 1")
+    return int(n)
+
+
 def _common_cost_flags(p) -> None:
     p.add_argument("--prices", help="YAML/JSON prices: object_storage_gb_month, ram_gb_month, disk_gb_month, gpu_hour")
     p.add_argument("--index", default="HNSW", help="Milvus index type for the projection (HNSW)")
@@ -207,7 +220,7 @@ def _plan_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--vectors-per-page", type=float, help="vectors per page (instead of --model)")
     p.add_argument("--dim", type=int, help="dimensions per vector")
     p.add_argument("--dtype", help="stored dtype of the base layout: fp32, fp16, bf16, int8, bin")
-    p.add_argument("--pages", type=int, default=1_000_000, help="corpus size (1000000)")
+    p.add_argument("--pages", type=page_count, default=1_000_000, help="corpus size: 1000000, 1e6, 1M, 250k (1M)")
     p.add_argument("--layouts", help="layouts to cost besides the base one, e.g. mv-pool3,mv-bin,sv-mean")
     p.add_argument("--calibration", help="profile from pagemill calibrate: GPU-hours, GPUs, CPU cores per GPU")
     p.add_argument("--deadline", type=float, help="hours to finish in (needs --calibration)")
@@ -564,12 +577,16 @@ def _report(args) -> int:
 
 
 def _plan(args) -> int:
-    from pipelines.report import format_plan, load_prices, plan
+    from pipelines.report import check_calibration, format_plan, load_prices, plan
 
     calibration = None
     if args.calibration:
-        with open(args.calibration) as f:
-            calibration = json.load(f)
+        try:
+            with open(args.calibration) as f:
+                calibration = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise UsageError(f"--calibration {args.calibration}: {e}") from None
+        check_calibration(calibration, args.model)
     elif args.deadline:
         raise UsageError("--deadline needs --calibration (pages/s per GPU from pagemill calibrate)")
     result = plan(preset=args.model, vectors_per_page=args.vectors_per_page, dim=args.dim, dtype=args.dtype,

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from operators import schema as S
 from operators.errors import UsageError
 from operators.fde import FdeParams
-from operators.layouts import Layout, parse_layout, parse_layouts
+from operators.layouts import parse_layout, parse_layouts
 from operators.store import OutputStore
 from pipelines.costs import (
     LayoutCost,
@@ -324,22 +324,18 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
         single = vectors_per_page == 1
     if dtype not in ("fp32", "fp16", "bf16", "int8", "bin"):
         raise UsageError(f"dtype: {dtype!r} is not one of fp32, fp16, bf16, int8, bin")
-    base = "sv-mean" if single else f"mv-{dtype}"
+    # A single-vector model's page vector is the sv-vlm layout, stored as pagemill stores it:
+    # float32, in Parquet (sv_vlm) and in Milvus alike (the model's own dtype is not kept).
+    base = "sv-vlm" if single else f"mv-{dtype}"
     names = [base] + [x for x in (layouts or []) if x != base]
     if single:
-        names = [n for n in names if n.startswith("sv-")]
+        names = [n for n in names if n.startswith("sv-") and n != "sv-fde"]
     rows = []
     for name in names:
-        lay = parse_layout(name)
+        lay = parse_layout("sv-mean" if name == "sv-vlm" else name)
         vpp = pooled_vectors(vectors_per_page, lay, special)
-        if lay.kind == "sv" and single:
-            lay = Layout(lay.name, "sv", lay.pooling, encoding=dtype)
         cost = layout_cost(lay, vpp, dim, index=index, lite=lite)
-        if single:  # a native single vector stored in the model's dtype
-            from operators.encodings import BYTES_PER_DIM
-
-            cost.bytes_per_vector = dim * BYTES_PER_DIM[dtype]
-            cost.raw_bytes_per_page = cost.bytes_per_vector
+        cost.layout = name
         rows.append({"layout": name, "vectors_per_page": vpp, "dim": cost.dim, "bytes_per_vector": cost.bytes_per_vector,
                      "raw_bytes_per_page": cost.raw_bytes_per_page, "raw_bytes_total": cost.raw_bytes_per_page * pages,
                      "parquet_bytes_total": cost.parquet_bytes_per_page * pages,
@@ -348,9 +344,18 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
                      "monthly_cost_usd": round(cost.monthly_cost(pages, prices, replicas), 2)})
     out = {"pages": pages, "model": preset, "vectors_per_page": vectors_per_page, "dim": dim, "dtype": dtype,
            "index": index.upper(), "replicas": replicas, "layouts": rows, "prices": asdict(prices)}
+    out["notes"] = []
     if calibration:
         gpu_rate = float(calibration["pages_per_s"])
-        render_rate = float(calibration.get("render_pages_per_s_per_core") or 60.0)
+        render_rate = calibration.get("render_pages_per_s_per_core")
+        if not render_rate:
+            render_rate = DEFAULT_RENDER_RATE
+            out["notes"].append(f"render rate: {DEFAULT_RENDER_RATE:g} pages/s per core assumed (the calibration "
+                                f"has none; pagemill calibrate SOURCE measures yours)")
+        render_rate = float(render_rate)
+        if calibration.get("device") and not str(calibration["device"]).startswith("cuda"):
+            out["notes"].append(f"the calibration ran on {calibration['device']}, not a GPU: its GPU-hours are that "
+                                f"device's hours")
         gpu_hours = pages / gpu_rate / 3600
         compute = {"gpu_pages_per_s": gpu_rate, "gpu_hours": round(gpu_hours, 2),
                    "cpu_cores_per_gpu": math.ceil(gpu_rate / render_rate),
@@ -364,8 +369,21 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
     return out
 
 
+DEFAULT_RENDER_RATE = 59.0  # pages/s per core at ColQwen2's budget on the dev corpus (benchmarks.render)
+
+
+def check_calibration(calibration: dict, preset: str | None) -> None:
+    """A calibration of another model plans nothing: refused, naming both."""
+    measured = str(calibration.get("model", "")).split("@", 1)[0].removeprefix("sim:")
+    if preset and measured and measured != preset:
+        raise UsageError(f"--calibration was measured with {calibration.get('model')}, the plan is for {preset}: "
+                         f"calibrate {preset} (on the accelerator you will use) and plan with that profile")
+
+
 def format_plan(p: dict) -> str:
-    lines = [f"{_short(p['pages'])} pages, {p['model'] or 'custom'}: {p['vectors_per_page']} x {p['dim']} {p['dtype']}; "
+    shape = (f"1 x {p['dim']} (computed in {p['dtype']}, stored float32)" if p["vectors_per_page"] == 1
+             else f"{p['vectors_per_page']} x {p['dim']} {p['dtype']}")
+    lines = [f"{_short(p['pages'])} pages, {p['model'] or 'custom'}: {shape}; "
              f"Milvus index {p['index']}, {p['replicas']} replica(s)",
              f"{'layout':<15}{'vec/page':>10}{'bytes/page':>12}{'total raw':>12}{'Parquet':>12}{'Milvus RAM':>12}"
              f"{'Milvus disk':>13}{'$/month':>12}"]
@@ -381,6 +399,7 @@ def format_plan(p: dict) -> str:
         if "gpus_for_deadline" in c:
             line += f"; {c['gpus_for_deadline']} GPUs to finish in {c['deadline_hours']:g} h"
         lines.append(line)
+    lines += [f"note: {n}" for n in p.get("notes", [])]
     return "\n".join(lines)
 
 

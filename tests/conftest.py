@@ -125,8 +125,35 @@ def ray_address(tmp_path_factory):
         if ray.is_initialized():
             ray.shutdown()
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        stop_ray_under(temp_dir)
+
+
+def stop_ray_under(temp_dir: Path) -> None:
+    """Stop the Ray processes started with ``--temp-dir=temp_dir`` and their children, not every
+    Ray on the machine (``ray stop --force`` would also stop another session's cluster)."""
+    import psutil
+
+    mine = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(str(temp_dir) in arg for arg in proc.info["cmdline"] or ()):
+            mine.append(proc)
+    procs = {p.pid: p for p in mine}
+    for p in mine:
+        try:
+            procs.update({c.pid: c for c in p.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    for p in procs.values():
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def read_pages(out: Path):

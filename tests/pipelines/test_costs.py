@@ -27,8 +27,12 @@ def test_3b_model_3072_dims_is_about_10_tb_per_million_pages():
 
 
 def test_single_vector_binary_and_pooling_figures():
-    p = plan(vectors_per_page=1, dim=2048, dtype="bf16", pages=1)
-    assert p["layouts"][0]["raw_bytes_per_page"] == 4096
+    # a single-vector model's page vector is stored as float32 (sv_vlm in Parquet, in Milvus):
+    # its bytes per page agree with the column, whatever the model computes in
+    p = plan(vectors_per_page=1, dim=2048, dtype="bf16", pages=1_000_000)
+    assert p["layouts"][0]["layout"] == "sv-vlm"
+    assert p["layouts"][0]["raw_bytes_per_page"] == 8192
+    assert p["layouts"][0]["parquet_bytes_total"] == pytest.approx(8.2e9, rel=0.01)
     assert layout_cost("mv-bin", 1030, 128).raw_bytes_per_page == 16_480
     assert 263_680 / layout_cost("mv-bin", 1030, 128).raw_bytes_per_page == 16  # 32x less than fp32
     pooled = pooled_vectors(1030, parse_layout("mv-pool3"))
