@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from operators.render import units_table
@@ -29,12 +30,20 @@ class LocalExecutor(Executor):
                     for op in ops:
                         op.setup()
                     started = True
+                    # One process runs every stage in turn: each stage's wall time is the loop's
+                    # (from the end of set-up), so its utilisation is its share of the loop, as an
+                    # actor's is its share of its own time on Ray.
+                    loop_start = time.perf_counter()
+                    for op in ops:
+                        op.counters.started = loop_start
                 table = units_table([(unit.unit_id, unit.docs)], unit.may_hold_fn())
                 for op in pipeline.stages:
                     table = op(table)
                     if op.name in CHECKPOINT_AFTER:
                         checkpoint(CHECKPOINT_AFTER[op.name])
                 tracker.add(pipeline.writer(table))
+            if started and tracker.on_stats:  # every stage's counters at the end of the loop
+                tracker.on_stats([{op.name: op.counters.snapshot()} for op in ops])
         finally:
             for op in ops:
                 op.close()

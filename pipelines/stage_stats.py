@@ -4,7 +4,7 @@ Every worker of every stage (render, the model stages, encode, write) stamps its
 counters on each unit's marker row (the only channel back from a streaming actor that needs no
 service); the driver keeps the latest counters per worker and times its own commits (the ledger
 records). A worker's wall time counts from the end of its set-up (a model load is start-up, not
-work), and the driver's from the first unit's arrival. The stage that limits a streaming run is
+work), and the driver's is the run's. The stage that limits a streaming run is
 the one that never waits: the highest *utilisation* (busy / wall time of its workers). Its
 *capacity* (pages / busy seconds x workers) is beside it. (Capacities alone mislead when stages
 share cores: every stage then looks slower than it is.)
@@ -28,7 +28,6 @@ class StageStats:
         self.commit = {"units": 0, "pages": 0, "busy_s": 0.0}
         self.start = clock()
         self._first: tuple[float, int] | None = None  # (time, pages) at the first commit
-        self._first_arrival: float | None = None  # when the first unit reached the driver
         self._last: tuple[float, int] | None = None
         self._commits_after_first = 0
         self._milvus_rows: dict[str, int] = {}
@@ -73,7 +72,6 @@ class StageStats:
         now = self.clock()
         if self._first is None:
             self._first = (now, self.commit["pages"])
-            self._first_arrival = now - seconds
         else:
             self._commits_after_first += 1
         self._last = (now, self.commit["pages"])
@@ -87,9 +85,10 @@ class StageStats:
         return (self._last[1] - self._first[1]) / (self._last[0] - self._first[0])
 
     def _commit_window(self, wall: float) -> float:
-        if self._first_arrival is None or self._last is None:
-            return wall
-        return max(1e-9, self._last[0] - self._first_arrival)
+        """The driver's time for commits: the run so far. (From the first unit's arrival instead,
+        units that all arrive together at the end would make a few milliseconds of commits look
+        like a driver busy all the time.)"""
+        return wall
 
     def summary(self) -> dict:
         wall = max(1e-9, self.clock() - self.start)
