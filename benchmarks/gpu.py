@@ -52,7 +52,7 @@ def main(argv=None) -> str:
         calib_file = tmp / "calib.json"
         subprocess.run([sys.executable, "-m", "pipelines.cli", "calibrate", "--model", args.model, "--weights", "random",
                         "--dtype", args.dtype, "--batch-size", str(args.batch_size), "--pages",
-                        str(args.calibration_pages), "--source", str(calib_src), "--out", str(calib_file)],
+                        str(args.calibration_pages), str(calib_src), "--out", str(calib_file)],
                        check=True, stdout=subprocess.DEVNULL)
         calib = json.loads(calib_file.read_text())
 

@@ -97,7 +97,7 @@ def measure(out: Path, n: int, changed: float, new: float) -> dict:
             "units": units}
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--docs", type=int, default=10_000_000)
     p.add_argument("--changed", type=float, default=0.01)
@@ -106,7 +106,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.measure:
         print(json.dumps(measure(Path(args.measure), args.docs, args.changed, args.new)))
-        return {}
+        return ""
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         build(Path(tmp), args.docs)
@@ -117,15 +117,17 @@ def main(argv=None) -> dict:
                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"))
         res = json.loads(r.stdout.strip().splitlines()[-1])
     res.update(snapshot_mb=round(size / 1e6, 1), build_s=round(built, 1))
-    print(f"ledger of {res['docs']:,} documents (snapshot {res['snapshot_mb']} MB on disk), one core:")
-    print("| measure | value |\n|---|---:|")
+    lines = [f"ledger of {res['docs']:,} documents (snapshot {res['snapshot_mb']} MB on disk), one core:", "",
+             "| measure | value |", "|---|---:|"]
     for label, key in (("load the ledger, s", "load_s"), ("plan the listing, s (includes generating it)", "plan_s"),
                        ("generating the listing alone, s", "listing_alone_s"), ("load + plan, s", "total_s"),
                        ("peak RSS, MB", "peak_rss_mb"), ("documents listed", "seen"), ("unchanged", "unchanged"),
                        ("to process (changed + new)", "pending"), ("units planned", "units")):
-        print(f"| {label} | {res[key]:,} |")
-    print("targets: <= 60 s load + plan, <= 1,500 MB peak RSS")
-    return res
+        lines.append(f"| {label} | {res[key]:,} |")
+    lines += ["", "targets: <= 60 s load + plan, <= 1,500 MB peak RSS"]
+    table = "\n".join(lines)
+    print(table)
+    return table
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """`pagemill calibrate`: how fast this device embeds pages with a model, for capacity planning.
 
 Runs the real architecture (random weights are fine: speed does not depend on weight values) on
-sample pages rendered at the model's pixel budget, after a warm-up batch, and records pages/s,
-vectors per page, dim and peak device memory, plus how fast one CPU core renders those pages.
+pages of the user's own sample rendered at the model's pixel budget, after a warm-up batch, and
+records pages/s, vectors per page, dim and peak device memory, plus how fast one CPU core renders
+the sample's pages (real documents render at tens of pages/s per core; a repeated synthetic page
+renders at a thousand, so ``--synthetic`` is for trying the command, not for planning).
 The profile is the ``--calibration`` input of ``pagemill plan``.
 """
 
@@ -38,31 +40,61 @@ def _sample_pdf(path: str, pages: int) -> None:
     doc.save(path)
 
 
+def _quarantined(rendered) -> int:
+    import json
+
+    return sum(len(json.loads(info)["quarantine"]) for k, info in
+               zip(rendered["kind"].to_pylist(), rendered["unit_info"].to_pylist()) if k == "unit" and info)
+
+
+RENDER_SAMPLE_PAGES = 48  # pages of the user's sample the render rate is measured on (at least)
+RENDER_SAMPLE_DOCS = 200  # documents at most, in the source's order
+
+
 def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: str | None = None,
-              workdir: str | None = None) -> dict:
+              workdir: str | None = None, s3_options=None) -> dict:
+    """``source``: a folder or s3:// prefix of the user's PDFs; None: a generated document."""
     import tempfile
 
-    import torch
+    from operators.sources import SourceError, open_source
 
     adapter = adapter_for(spec)
     budget = adapter.pixel_budget()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        if source is None:
+        synthetic = source is None
+        if synthetic:
             _sample_pdf(os.path.join(tmp, "calibration.pdf"), n_pages)
-            source = tmp
-        src = LocalSource(source)
-        refs = list(src.list_documents())
+            src = LocalSource(tmp)
+        else:
+            try:
+                src = open_source(source, s3_options=s3_options)
+            except SourceError as e:
+                raise UsageError(f"calibrate {source}: {e}") from None
+        refs = []
+        for ref in src.list_documents():
+            refs.append(ref)
+            if len(refs) >= RENDER_SAMPLE_DOCS:
+                break
         if not refs:
             raise UsageError(f"no PDFs under {source}")
         stage = RenderPages(src, budget, RenderLimits(page_timeout_s=120, extract_text=False))
         stage.setup()
         try:
             stage(units_table([("warm-up", refs[:1])]))  # the child's start-up is not a per-page cost
-            t = time.perf_counter()
-            rendered = stage(units_table([("calibration", refs)]))
-            render_s = time.perf_counter() - t
+            tables, render_s, docs = [], 0.0, 0
+            for ref in refs:  # document by document, until enough pages are rendered
+                t = time.perf_counter()
+                tables.append(stage(units_table([("calibration", [ref])])))
+                render_s += time.perf_counter() - t
+                docs += 1
+                if sum(tb["kind"].to_pylist().count("page") for tb in tables) >= max(n_pages, RENDER_SAMPLE_PAGES):
+                    break
         finally:
             stage.close()
+    import pyarrow as pa
+    import torch
+
+    rendered = pa.concat_tables(tables)
     kinds = rendered["kind"].to_pylist()
     rows = [i for i, k in enumerate(kinds) if k == "page"][:n_pages]
     if not rows:
@@ -98,6 +130,8 @@ def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: s
         "peak_device_memory_bytes": int(peak),
         "peak_memory_kind": "cuda max_memory_allocated" if cuda else "host RSS growth",
         "render_pages_per_s_per_core": round(n_rendered / render_s, 2),
+        "render_sample": {"source": "synthetic" if synthetic else source, "documents": docs, "pages": n_rendered,
+                          "documents_quarantined": _quarantined(rendered)},
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
                  "gpu": torch.cuda.get_device_name(0) if cuda else None},
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -190,7 +190,8 @@ def page_count(text: str) -> int:
 
 def _common_cost_flags(p) -> None:
     p.add_argument("--prices", help="YAML/JSON prices: object_storage_gb_month, ram_gb_month, disk_gb_month, gpu_hour")
-    p.add_argument("--index", default="HNSW", help="Milvus index type for the projection (HNSW)")
+    p.add_argument("--index", help="Milvus index type to project with (report: the one built for each layout; plan: "
+                   "AUTOINDEX, pagemill's default, costed as HNSW)")
     p.add_argument("--replicas", type=int, default=1, help="Milvus in-memory replicas (1)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -202,7 +203,9 @@ def _report_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("out", help="output root of a run")
     p.add_argument("--pages", default="1000000,100000000", help="corpus sizes to project to (1M and 100M)")
     p.add_argument("--threshold", type=float, default=0.9, help="fidelity (recall@10) a recommended layout needs")
-    p.add_argument("--milvus", help="also measure Milvus raw bytes here (default OUT/milvus.db when it exists)")
+    p.add_argument("--milvus", help="also measure what Milvus holds (default OUT/milvus.db when it exists)")
+    p.add_argument("--milvus-storage", help="a Milvus server's storage, to measure its files: its localStorage.path "
+                   "(the standalone server's --data DIR) or the bucket's root path (s3://bucket/files)")
     p.add_argument("--collection", help="collection prefix (default: the index's, OUT/_index.json; else pagemill)")
     _milvus_connection_args(p)
     p.add_argument("--html", help="write an HTML report (with PNG charts beside it)")
@@ -224,13 +227,15 @@ def _plan_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--layouts", help="layouts to cost besides the base one, e.g. mv-pool3,mv-bin,sv-mean")
     p.add_argument("--calibration", help="profile from pagemill calibrate: GPU-hours, GPUs, CPU cores per GPU")
     p.add_argument("--deadline", type=float, help="hours to finish in (needs --calibration)")
+    p.add_argument("--report", help="a pagemill report --json of a run with measured Milvus server bytes: Milvus "
+                   "disk from the overhead measured there")
     _common_cost_flags(p)
     return p
 
 
 CALIBRATE_EXAMPLE = """examples:
-  pagemill calibrate --model colqwen2-tiny --weights random
-  pagemill calibrate --model colqwen2 --weights random --device cuda --batch-size 16 --out calib.json
+  pagemill calibrate ./sample-pdfs --model colqwen2-tiny --weights random
+  pagemill calibrate s3://archive/sample/ --model colqwen2 --weights random --device cuda --batch-size 16 --out calib.json
 
 Random weights measure the real architecture's speed without a download; feed the profile to
 `pagemill plan --calibration calib.json`.
@@ -248,18 +253,28 @@ def _calibrate_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, help="pixel budget per page (default: the model's)")
     p.add_argument("--pages", type=int, default=16, help="pages to embed (16)")
     p.add_argument("--batch-size", type=int, default=8, help="pages per forward pass (8)")
-    p.add_argument("--source", help="folder of PDFs to sample (default: a generated text-and-table document)")
+    p.add_argument("source", nargs="?", help="a sample of your PDFs: folder or s3:// prefix (the render rate and "
+                   "vectors per page are measured on them)")
+    p.add_argument("--synthetic", action="store_true", help="no sample: a generated text-and-table page, repeated (its "
+                   "render rate is far above real documents': not for planning)")
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// SOURCE")
     p.add_argument("--out", help="also write the JSON profile here")
     return p
 
 
 def _calibrate(args) -> int:
     from operators.models import ModelSpec
+    from operators.s3 import S3Options
     from pipelines.calibrate import calibrate
 
+    if bool(args.source) == bool(args.synthetic):
+        raise UsageError("calibrate needs a sample of your PDFs (pagemill calibrate SOURCE: a folder or s3:// prefix), "
+                         "or --synthetic to try it on a generated page" if not args.source else
+                         "calibrate: give SOURCE or --synthetic, not both")
     spec = ModelSpec(name=args.model, weights=args.weights, device=args.device, dtype=args.dtype,
                      max_pixels=args.max_pixels)
-    profile = calibrate(spec, n_pages=args.pages, batch_size=args.batch_size, source=args.source)
+    profile = calibrate(spec, n_pages=args.pages, batch_size=args.batch_size, source=args.source,
+                        s3_options=S3Options(endpoint_url=args.s3_endpoint_url))
     text = json.dumps(profile, indent=2, sort_keys=True)
     if args.out:
         with open(args.out, "w") as f:
@@ -557,8 +572,16 @@ def _report(args) -> int:
         sink = MilvusReader(_milvus_connection(args, milvus_uri), milvus_base(store, args.collection))
         sink.connect()
         sink.discover()
+    storage = None
+    if args.milvus_storage:
+        from operators.store import open_store
+
+        storage = open_store(args.milvus_storage, S3Options(endpoint_url=args.s3_endpoint_url), create=False)
+        if not storage.list("insert_log") and not storage.list("data/insert_log"):
+            raise UsageError(f"--milvus-storage {args.milvus_storage}: no insert_log/ in it (the server's "
+                             f"localStorage.path, or the bucket's root path)")
     try:
-        measured = measure_run(store, milvus=sink)
+        measured = measure_run(store, milvus=sink, milvus_storage=storage)
     finally:
         if sink:
             sink.close()
@@ -576,35 +599,42 @@ def _report(args) -> int:
     return 0
 
 
+def _read_json(path: str, flag: str, hint: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"{flag} {path}: {e}{hint}") from None
+
+
 def _plan(args) -> int:
     from pipelines.report import check_calibration, format_plan, load_prices, plan
 
     calibration = None
     if args.calibration:
-        try:
-            with open(args.calibration) as f:
-                calibration = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise UsageError(f"--calibration {args.calibration}: {e}") from None
+        calibration = _read_json(args.calibration, "--calibration", "")
         check_calibration(calibration, args.model)
     elif args.deadline:
         raise UsageError("--deadline needs --calibration (pages/s per GPU from pagemill calibrate)")
+    measured = None
+    if args.report:
+        measured = _read_json(args.report, "--report", " (the output of pagemill report OUT --json)")
+        if not isinstance(measured, dict) or "layouts" not in measured:
+            raise UsageError(f"--report {args.report}: not the output of pagemill report OUT --json")
     result = plan(preset=args.model, vectors_per_page=args.vectors_per_page, dim=args.dim, dtype=args.dtype,
                   pages=args.pages, layouts=[x for x in (args.layouts or "").split(",") if x.strip()],
-                  calibration=calibration, deadline_hours=args.deadline, index=args.index, replicas=args.replicas,
-                  prices=load_prices(args.prices))
+                  calibration=calibration, deadline_hours=args.deadline, index=args.index or "AUTOINDEX",
+                  replicas=args.replicas, prices=load_prices(args.prices), measured=measured)
     _print(args, json.dumps(result, indent=2, sort_keys=True) if args.json else format_plan(result))
     return 0
 
 
 def _fidelity(args) -> int:
-
-
     from operators.models import ModelSpec
     from operators.s3 import S3Options
     from operators.store import open_output
     from pipelines.costs import human_bytes
-    from pipelines.fidelity import measure_fidelity
+    from pipelines.fidelity import measure_fidelity, save_fidelity
     from pipelines.search import recorded_metadata
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
@@ -615,6 +645,8 @@ def _fidelity(args) -> int:
                               max_pages=args.max_pages)
     if result.get("note"):
         args.console.write(f"pagemill: note: {result['note']}\n")
+    saved = save_fidelity(store, result, spec.name)
+    args.console.write(f"pagemill: saved to {args.out.rstrip('/')}/{saved} (pagemill report shows it)\n")
     if args.json:
         _print(args, json.dumps(result, indent=2, sort_keys=True))
         return 0

@@ -197,3 +197,27 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} PB"
+
+
+# Milvus Lite, the default, holds its collections in the driver's memory. benchmarks.memory
+# measures the driver memory it adds per page against the raw bytes of the rows it holds.
+LITE_MEMORY_FACTOR = 1.0
+
+
+def lite_memory_bytes(pages: float, lite_raw_bytes_per_page: float) -> float:
+    """The driver memory Milvus Lite needs to hold ``pages`` (raw bytes of its rows per page)."""
+    return pages * lite_raw_bytes_per_page * LITE_MEMORY_FACTOR
+
+
+def lite_memory_warning(pages: float, lite_raw_bytes_per_page: float, memory_bytes: float | None = None) -> str | None:
+    """One line when Milvus Lite would not fit in this machine's memory, naming the way out."""
+    if memory_bytes is None:
+        import psutil
+
+        memory_bytes = psutil.virtual_memory().total
+    need = lite_memory_bytes(pages, lite_raw_bytes_per_page)
+    if need <= memory_bytes:
+        return None
+    return (f"Milvus Lite (the default: the index in this process's memory) would hold about {human_bytes(need)} for "
+            f"{pages:,.0f} pages, more than this machine's {human_bytes(memory_bytes)} of memory: use a Milvus server "
+            f"(--milvus http://HOST:19530; README, \"Milvus\")")

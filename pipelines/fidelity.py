@@ -23,6 +23,7 @@ from operators.models import ModelSpec, adapter_for
 from operators.store import OutputStore
 
 K = 10
+FIDELITY_PREFIX = "_fidelity"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 
 
@@ -141,3 +142,37 @@ def measure_fidelity(store: OutputStore, spec: ModelSpec, layouts: list[Layout] 
         out["note"] = (f"{n_queries} queries asked, {len(picked)} measured: only {usable} of the {table.num_rows} pages "
                        f"have a sentence usable as a query (capitalised, 5 to 30 words, ending in . ! or ?; one per page)")
     return out
+
+
+def save_fidelity(store: OutputStore, result: dict, model: str | None) -> str:
+    """``OUT/_fidelity/<time>.json``: what ``pagemill report`` shows as the layouts' fidelity."""
+    import json
+
+    from pipelines.ingest import new_run_id
+
+    key = f"{FIDELITY_PREFIX}/{new_run_id()}.json"
+    store.write_bytes(key, json.dumps({**result, "model": model}, indent=2, sort_keys=True).encode())
+    return key
+
+
+def latest_fidelity(store: OutputStore, model: str | None = None) -> dict[str, dict]:
+    """Fidelity per layout from the newest measurement of this model: ``pagemill fidelity``'s
+    saved results, or a run summary (``ingest --fidelity-queries``), whichever is newer."""
+    import json
+
+    found = []
+    for prefix, get in ((FIDELITY_PREFIX, lambda d: d.get("layouts", {})),
+                        ("_runs", lambda d: {k: v["fidelity"] for k, v in d.get("layouts", {}).items() if "fidelity" in v})):
+        for obj in store.list(prefix):
+            if obj.key.endswith(".json") and obj.key.count("/") == 1:
+                found.append((obj.key.split("/", 1)[1], obj.key, get))
+    for _, key, get in sorted(found, reverse=True):
+        data = json.loads(store.read_bytes(key))
+        recorded = data.get("model")
+        name = (recorded.get("model") or recorded.get("name")) if isinstance(recorded, dict) else recorded
+        if model and name and name != model:
+            continue  # measured on an index of another model (before a --reindex)
+        layouts = {k: {m: v[m] for m in ("recall_at_10", "ndcg_at_10") if m in v} for k, v in get(data).items()}
+        if layouts:
+            return layouts
+    return {}

@@ -23,7 +23,7 @@ from operators.errors import UsageError
 from operators.layouts import parse_layouts
 from operators.milvus_client import redact_uri
 from operators.milvus_writer import MilvusWriter
-from operators.models import ModelSpec, adapter_for
+from operators.models import ModelSpec, adapter_for, family_of
 from operators.parquet_sink import PAGES_PREFIX, QUARANTINE_PREFIX
 from operators.render import RenderLimits, RenderPages, load_password_map
 from operators.sources import open_source
@@ -507,6 +507,29 @@ class IngestJob:
         c = self.counts
         self.say(f"listing done: {c.seen} documents seen, {c.skipped_unchanged} unchanged, {c.pending} to process "
                  f"in {n_units} units")
+        if self.milvus.conn.lite:
+            warning = self.lite_memory_check(c.pending)
+            if warning:
+                self.say(f"warning: {warning}")
+
+    def lite_memory_check(self, pending_docs: int) -> str | None:
+        """Will Milvus Lite's collections fit in this machine's memory once these documents are
+        in? Pages per document as the index has them so far (10 when it is empty); rows per page
+        from the rows Milvus holds per page so far, else the model's token budget."""
+        from pipelines.costs import lite_memory_warning
+
+        state = self.ledger.state
+        docs, pages = len(state), state.pages_held()
+        per_doc = pages / docs if docs and pages else 10.0
+        projected = pages + pending_docs * per_doc
+        held = sum(self.milvus.count(c) for c in self.milvus.collections) if pages else 0
+        if held:
+            rows_per_page = held / pages
+        else:  # one row per vector of each multi-vector layout in Milvus, one for the page row
+            tokens = self.budget.max_pixels / (196 if family_of(self.spec) == "colpali" else 784)
+            rows_per_page = 1 + sum(tokens for f in self.milvus_plan.fields if f.mode == "rows")
+        # a row: the vector (float32 on Lite) and its keys (about 120 bytes)
+        return lite_memory_warning(projected, rows_per_page * (self.dim * 4 + 120))
 
     def _announced(self, units):
         """Pass units through; when the listing is exhausted, say what it found."""

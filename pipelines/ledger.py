@@ -120,6 +120,14 @@ class LedgerState:
         gone = sum(1 for k, d in self.overlay.items() if d is None and self._base_row(k) is not None)
         return len(self.base_keys) + added - gone
 
+    def pages_held(self) -> int:
+        """Pages of the documents the ledger holds (a replaced document counted once, as now)."""
+        pages = int(self.base_pages.sum())
+        for k, d in self.overlay.items():
+            i = self._base_row(k)
+            pages += (d.n_pages if d is not None else 0) - (int(self.base_pages[i]) if i is not None else 0)
+        return pages
+
     def is_current(self, uri: str, version: str) -> bool:
         d = self.get(uri)
         return d is not None and d.vhash == version_hash(version)

@@ -27,11 +27,13 @@ from pipelines.costs import (
     Prices,
     human_bytes,
     layout_cost,
+    lite_memory_bytes,
+    lite_memory_warning,
     page_row_scalar_bytes,
     patch_row_scalar_bytes,
     pooled_vectors,
 )
-from pipelines.fidelity import layouts_in
+from pipelines.fidelity import latest_fidelity, layouts_in
 
 DEFAULT_PAGES = (1_000_000, 100_000_000)
 DEFAULT_PRICES = Prices()
@@ -80,18 +82,7 @@ def _fde_from(recorded: dict) -> FdeParams:
     return FdeParams(p["fde_reps"], p["fde_bits"], p["fde_proj_dim"], p["fde_seed"]) if p else FdeParams()
 
 
-def latest_fidelity(store: OutputStore) -> dict[str, dict]:
-    """Fidelity per layout from the newest run summary that measured it."""
-    runs = [o for o in store.list("_runs") if o.key.endswith(".json") and o.key.count("/") == 1]
-    for obj in sorted(runs, key=lambda o: o.key, reverse=True):
-        summary = json.loads(store.read_bytes(obj.key))
-        found = {k: v["fidelity"] for k, v in summary.get("layouts", {}).items() if "fidelity" in v}
-        if found:
-            return found
-    return {}
-
-
-def measure_run(store: OutputStore, max_shards: int = 200, milvus=None) -> dict:
+def measure_run(store: OutputStore, max_shards: int = 200, milvus=None, milvus_storage: OutputStore | None = None) -> dict:
     """Per-layout measurements of the run under ``store`` (shard footers for bytes; up to
     ``max_shards`` shards read for vector counts and key lengths)."""
     shards = _shards(store)
@@ -140,11 +131,36 @@ def measure_run(store: OutputStore, max_shards: int = 200, milvus=None) -> dict:
         "source_uri_len": float(np.mean([len(v.encode()) for v in sample[S.SOURCE_URI].to_pylist()])),
         "special_per_page": float((sample[S.N_VECTORS].to_numpy() - sample[S.N_PATCHES].to_numpy()).mean()),
         "layouts": per_layout,
-        "fidelity": latest_fidelity(store),
+        "fidelity": latest_fidelity(store, recorded.get("model")),
     }
     if milvus is not None:
         measured["milvus"] = measure_milvus(milvus, sample[S.PAGE_ID].to_pylist()[:200])
+        measured["milvus_collections"] = measure_milvus_storage(milvus, milvus_storage)
     return measured
+
+
+def measure_milvus_storage(reader, storage: OutputStore | None) -> dict:
+    """Every collection of the index: rows, raw bytes, the server's own bytes (its files) and the
+    index it built on each vector field; which layout is in which collection and field."""
+    from operators.milvus_client import redact_uri
+    from pipelines.milvus_storage import measure_collections
+
+    plan = reader.plan if reader.plan is not None else reader.discover()
+    names = sorted({fp.collection for fp in plan.fields})
+    collections = measure_collections(reader, names, storage)
+    built = {(c.collection, f): t for c in collections for f, t in c.index_types.items()}
+    fields = {fp.layout: {"collection": fp.collection, "field": fp.field,
+                          "index": built.get((fp.collection, fp.field), fp.index.index_type)} for fp in plan.fields}
+    out = {"uri": redact_uri(reader.uri), "lite": reader.conn.lite, "collections": [c.to_json() for c in collections],
+           "fields": fields}
+    pending = [c for c in collections if c.pending_index_rows]
+    if pending:
+        out["index_pending"] = (f"the server is still indexing {', '.join(c.collection for c in pending)}: their index "
+                                f"bytes are not final (report again when describe_index shows no pending rows)")
+    if not reader.conn.lite and storage is None:
+        out["note"] = ("server bytes not measured: pass --milvus-storage with the server's storage (its "
+                       "localStorage.path, or the bucket's root path, e.g. s3://milvus-bucket/files)")
+    return out
 
 
 def measure_milvus(sink, page_ids: list[str]) -> dict:
@@ -195,23 +211,38 @@ def measure_milvus(sink, page_ids: list[str]) -> dict:
 # The report
 
 
+def projected_index(built: str | None) -> str:
+    """The index type a projection uses for a field built as ``built`` (none built: AUTOINDEX,
+    pagemill's default; costed as HNSW, what a Milvus server builds for AUTOINDEX)."""
+    from pipelines.costs import INDEX_TYPES
+
+    t = (built or "AUTOINDEX").upper()
+    return t if t in INDEX_TYPES else "AUTOINDEX"
+
+
 def build_report(measured: dict, pages: tuple[int, ...] = DEFAULT_PAGES, prices: Prices = DEFAULT_PRICES,
-                 index: str = "HNSW", replicas: int = 1, threshold: float = 0.9, measured_lite: bool = False) -> dict:
-    """Projections are for a Milvus server (typed vector fields); when the measured Milvus is
-    Milvus Lite (float vectors only), the raw-bytes prediction set beside the measurement is
-    made for Lite."""
+                 index: str | None = None, replicas: int = 1, threshold: float = 0.9,
+                 measured_lite: bool = False) -> dict:
+    """Projections are for a Milvus server (typed vector fields), each layout with the index the
+    server built for it (``index`` overrides: what if it were IVF_PQ?); when the measured Milvus
+    is Milvus Lite (float vectors only), the raw-bytes figure set beside the rows read back is
+    computed for Lite."""
     fde = FdeParams(**measured["fde"])
+    storage = measured.get("milvus_collections") or {}
+    built_fields = storage.get("fields", {})
+    by_collection = {c["collection"]: c for c in storage.get("collections", [])}
     rows = []
     for name, m in measured["layouts"].items():
         lay = parse_layout(name)
         vpp = m["vectors_per_page"]["mean"]
         keys = dict(doc_version_len=measured["doc_version_len"], source_uri_len=measured["source_uri_len"], fde=fde)
-        cost = layout_cost(lay, vpp, measured["dim"], index=index, **keys)
+        built = built_fields.get(name, {}).get("index")
+        cost = layout_cost(lay, vpp, measured["dim"], index=index or projected_index(built), **keys)
         row = {"layout": name, "dim": cost.dim, "bytes_per_vector": cost.bytes_per_vector,
                "vectors_per_page": m["vectors_per_page"], "raw_bytes_per_page": cost.raw_bytes_per_page,
                "parquet_bytes_per_page": {"measured": m["parquet_bytes_per_page"],
                                           "predicted": cost.parquet_bytes_per_page},
-               "milvus": {"index": cost.index, "rows_per_page": cost.milvus_rows_per_page,
+               "milvus": {"index": cost.index, "index_built": built, "rows_per_page": cost.milvus_rows_per_page,
                           "raw_bytes_per_page": {"predicted": cost.milvus_raw_bytes_per_page},
                           "memory_bytes_per_page": cost.milvus_memory_bytes_per_page,
                           "disk_bytes_per_page": cost.milvus_disk_bytes_per_page},
@@ -220,14 +251,32 @@ def build_report(measured: dict, pages: tuple[int, ...] = DEFAULT_PAGES, prices:
                                         "monthly_cost_usd": round(cost.monthly_cost(n, prices, replicas), 2)}
                                for n in pages}}
         if "milvus" in measured and name in measured["milvus"]:
-            as_measured = layout_cost(lay, vpp, measured["dim"], index=index, lite=measured_lite, **keys)
-            row["milvus"]["raw_bytes_per_page"] = {"measured": measured["milvus"][name]["raw_bytes_per_page"],
+            as_measured = layout_cost(lay, vpp, measured["dim"], index=cost.index, lite=measured_lite, **keys)
+            row["milvus"]["raw_bytes_per_page"] = {"read_back": measured["milvus"][name]["raw_bytes_per_page"],
                                                    "predicted": as_measured.milvus_raw_bytes_per_page,
                                                    "server_predicted": cost.milvus_raw_bytes_per_page}
+        coll = by_collection.get(built_fields.get(name, {}).get("collection"))
+        if coll and coll.get("server_bytes") is not None and measured["pages"]:
+            sharing = [k for k, f in built_fields.items() if f["collection"] == coll["collection"]]
+            row["milvus"]["server"] = {"collection": coll["collection"], "shared_with": sorted(set(sharing) - {name}),
+                                       "bytes_per_page": coll["server_bytes"] / measured["pages"],
+                                       "ratio_to_raw": coll["ratio"]}
         rows.append((row, cost))
+    indexes = sorted({r["milvus"]["index_built"] or "none" for r, _ in rows}) if built_fields else []
     report = {"pages_measured": measured["pages"], "model": measured.get("model"), "dim": measured["dim"],
-              "index": index.upper(), "replicas": replicas, "prices": asdict(prices), "threshold": threshold,
+              "index": index.upper() if index else (", ".join(indexes) + " (as built)" if indexes
+                                                    else "AUTOINDEX (pagemill's default)"),
+              "replicas": replicas, "prices": asdict(prices), "threshold": threshold,
               "layouts": [r for r, _ in rows]}
+    if storage:
+        report["milvus"] = {k: v for k, v in storage.items() if k != "fields"}
+    report["notes"] = []
+    if any(r["milvus"]["index"] == "AUTOINDEX" for r, _ in rows):
+        report["notes"].append("AUTOINDEX is projected as HNSW (M=16), what a Milvus server builds for it")
+    if not any(r["fidelity"] for r, _ in rows):
+        report["notes"].append("no fidelity measured yet (the recall@10 column and the bytes-vs-fidelity chart are "
+                               "empty): run pagemill fidelity OUT (or ingest with --fidelity-queries N)")
+    report["notes"] += [storage[k] for k in ("note", "index_pending") if storage.get(k)]
     report["recommendation"] = recommend(rows, pages[-1], prices, replicas, threshold)
     return report
 
@@ -248,7 +297,7 @@ def recommend(rows: list[tuple[dict, LayoutCost]], pages: int, prices: Prices, r
                                            "monthly_cost_usd": round(c.monthly_cost(pages, prices, replicas), 2)}
     else:
         out["cheapest_above_threshold"] = None
-        out["note"] = "no layout has a measured fidelity at the threshold: run with --fidelity-queries N"
+        out["note"] = "no layout has a measured fidelity at the threshold: run pagemill fidelity OUT"
     sv = [(r, c) for r, c in rows if parse_layout(r["layout"]).kind == "sv"]
     mv = [(r, c) for r, c in ok or rows if parse_layout(r["layout"]).kind == "mv"]
     if sv and mv:
@@ -278,6 +327,7 @@ def format_report(report: dict) -> str:
         for n in pages:
             line += f"{r['projections'][n]['monthly_cost_usd']:>18,.0f}"
         lines.append(line)
+    lines += format_milvus_storage(report.get("milvus"))
     rec = report["recommendation"]
     if rec.get("cheapest_above_threshold"):
         c = rec["cheapest_above_threshold"]
@@ -289,7 +339,25 @@ def format_report(report: dict) -> str:
         c = rec["cascade"]
         lines.append(f"cascade: {c['stage1']} in Milvus for recall + {c['rerank']} in Parquet for rerank: "
                      f"${c['monthly_cost_usd']:,.0f}/month for {_short(rec['pages'])} pages")
+    lines += [f"note: {n}" for n in report.get("notes", [])]
     return "\n".join(lines)
+
+
+def format_milvus_storage(milvus: dict | None) -> list[str]:
+    """What each collection holds in Milvus: raw row bytes beside the server's own files."""
+    if not milvus or not milvus.get("collections"):
+        return []
+    lines = [f"Milvus storage at {milvus['uri']} (server bytes: its files, measured):",
+             f"{'collection':<34}{'rows':>10}{'raw':>11}{'server':>11}{'data':>11}{'index':>11}{'server/raw':>11}  index built"]
+    def b(c, k):
+        return human_bytes(c[k]) if c.get(k) is not None else "-"
+
+    for c in milvus["collections"]:
+        ratio = f"{c['ratio']:.2f}" if c.get("ratio") is not None else "-"
+        built = ", ".join(f"{f}={t}" for f, t in sorted(c["index_types"].items())) or "-"
+        lines.append(f"{c['collection']:<34}{c['rows']:>10,}{b(c, 'raw_bytes'):>11}{b(c, 'server_bytes'):>11}"
+                     f"{b(c, 'server_data_bytes'):>11}{b(c, 'server_index_bytes'):>11}{ratio:>11}  {built}")
+    return lines
 
 
 def _short(n: int) -> str:
@@ -306,7 +374,10 @@ def _short(n: int) -> str:
 def plan(*, preset: str | None = None, vectors_per_page: float | None = None, dim: int | None = None,
          dtype: str | None = None, pages: int = 1_000_000, layouts: list[str] | None = None,
          calibration: dict | None = None, deadline_hours: float | None = None, index: str = "HNSW",
-         replicas: int = 1, prices: Prices = DEFAULT_PRICES, lite: bool = False) -> dict:
+         replicas: int = 1, prices: Prices = DEFAULT_PRICES, lite: bool = False, measured: dict | None = None) -> dict:
+    """``measured``: a ``pagemill report --json`` whose Milvus server bytes were measured; each
+    layout's Milvus disk is then its raw bytes times the overhead measured there (server bytes
+    over raw bytes of the collection that held the layout, or of one of the same kind)."""
     if preset:
         if preset not in MODEL_PRESETS:
             raise UsageError(f"unknown model preset {preset!r} (known: {', '.join(sorted(MODEL_PRESETS))})")
@@ -336,15 +407,39 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
         vpp = pooled_vectors(vectors_per_page, lay, special)
         cost = layout_cost(lay, vpp, dim, index=index, lite=lite)
         cost.layout = name
+        overhead = measured_overhead(measured, name) if measured else None
+        if overhead:
+            cost.milvus_disk_bytes_per_page = cost.milvus_raw_bytes_per_page * overhead["ratio"]
         rows.append({"layout": name, "vectors_per_page": vpp, "dim": cost.dim, "bytes_per_vector": cost.bytes_per_vector,
                      "raw_bytes_per_page": cost.raw_bytes_per_page, "raw_bytes_total": cost.raw_bytes_per_page * pages,
                      "parquet_bytes_total": cost.parquet_bytes_per_page * pages,
                      "milvus_memory_bytes": cost.milvus_memory_bytes_per_page * pages * replicas,
                      "milvus_disk_bytes": cost.milvus_disk_bytes_per_page * pages,
                      "monthly_cost_usd": round(cost.monthly_cost(pages, prices, replicas), 2)})
+        if overhead:
+            rows[-1]["milvus_disk_measured_overhead"] = overhead
     out = {"pages": pages, "model": preset, "vectors_per_page": vectors_per_page, "dim": dim, "dtype": dtype,
            "index": index.upper(), "replicas": replicas, "layouts": rows, "prices": asdict(prices)}
     out["notes"] = []
+    lite_raw = sum(layout_cost(parse_layout("sv-mean" if r["layout"] == "sv-vlm" else r["layout"]),
+                               r["vectors_per_page"], dim, lite=True).milvus_raw_bytes_per_page for r in rows)
+    out["lite_memory_bytes"] = lite_memory_bytes(pages, lite_raw)
+    warning = lite_memory_warning(pages, lite_raw)
+    if warning:
+        out["notes"].append(warning)
+    if index.upper() == "AUTOINDEX":
+        out["notes"].append("AUTOINDEX is costed as HNSW (M=16), what a Milvus server builds for it")
+    with_overhead = [r for r in rows if "milvus_disk_measured_overhead" in r]
+    if with_overhead:
+        ratios = ", ".join(f"{r['layout']} x{r['milvus_disk_measured_overhead']['ratio']:.2f}" for r in with_overhead)
+        measured_on = with_overhead[0]["milvus_disk_measured_overhead"]["pages_measured"]
+        out["notes"].append(f"Milvus disk: raw bytes x the server's overhead measured by pagemill report on "
+                            f"{measured_on:,} pages ({ratios})" + (
+                                "; a small sample: per-file and per-segment costs weigh more than at scale"
+                                if measured_on < 1000 else ""))
+    elif measured is not None:
+        out["notes"].append("the report given has no measured Milvus server bytes (report with --milvus and, for a "
+                            "server, --milvus-storage): Milvus disk is the cost model's")
     if calibration:
         gpu_rate = float(calibration["pages_per_s"])
         render_rate = calibration.get("render_pages_per_s_per_core")
@@ -352,6 +447,9 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
             render_rate = DEFAULT_RENDER_RATE
             out["notes"].append(f"render rate: {DEFAULT_RENDER_RATE:g} pages/s per core assumed (the calibration "
                                 f"has none; pagemill calibrate SOURCE measures yours)")
+        elif (calibration.get("render_sample") or {}).get("source") == "synthetic":
+            out["notes"].append("render rate measured on a synthetic page (calibrate --synthetic): real documents "
+                                "render many times slower; calibrate on a sample of yours")
         render_rate = float(render_rate)
         if calibration.get("device") and not str(calibration["device"]).startswith("cuda"):
             out["notes"].append(f"the calibration ran on {calibration['device']}, not a GPU: its GPU-hours are that "
@@ -367,6 +465,19 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
             compute["peak_device_memory_bytes"] = calibration["peak_device_memory_bytes"]
         out["compute"] = compute
     return out
+
+
+def measured_overhead(report: dict, layout: str) -> dict | None:
+    """Server bytes over raw bytes measured for ``layout`` in a report (or for a layout of the same
+    kind, multi- or single-vector, when the report did not hold that one)."""
+    found = {r["layout"]: r["milvus"]["server"] for r in report.get("layouts", [])
+             if (r.get("milvus") or {}).get("server", {}).get("ratio_to_raw")}
+    kind = "mv" if layout.startswith("mv") else "sv"
+    key = layout if layout in found else next((k for k in sorted(found) if k.startswith(kind)), None)
+    if key is None:
+        return None
+    return {"ratio": found[key]["ratio_to_raw"], "from_layout": key, "collection": found[key]["collection"],
+            "pages_measured": report.get("pages_measured", 0)}
 
 
 DEFAULT_RENDER_RATE = 59.0  # pages/s per core at ColQwen2's budget on the dev corpus (benchmarks.render)

@@ -30,6 +30,9 @@ def chart_bytes_vs_fidelity(report: dict, path: Path) -> None:
             continue
         ax.scatter(x, y, s=40)
         ax.annotate(r["layout"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if not any((r.get("fidelity") or {}).get("recall_at_10") is not None for r in report["layouts"]):
+        ax.text(0.5, 0.5, "no fidelity measured yet:\nrun `pagemill fidelity OUT`\n(or ingest with --fidelity-queries N)",
+                ha="center", va="center", transform=ax.transAxes, fontsize=11)
     ax.set_xscale("log")
     ax.set_xlabel("bytes per page (Parquet, measured; log scale)")
     ax.set_ylabel("recall@10 of the full multi-vector top-10")

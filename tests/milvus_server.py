@@ -26,6 +26,7 @@ class MilvusServer:
     ca_file: str
     proc: subprocess.Popen
     version: str = ""
+    storage: str = ""  # the server's localStorage.path: its binlogs and index files
 
     def client(self, password: str = ROOT_PASSWORD, **kw):
         from pymilvus import MilvusClient
@@ -93,7 +94,7 @@ def start_milvus_server(data_dir: Path, free_port, timeout_s: float = 120.0) -> 
         cmd += [flag, str(free_port())]
     log = open(data_dir / "milvus-server.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = MilvusServer(f"https://127.0.0.1:{proxy}", str(cert), proc)
+    server = MilvusServer(f"https://127.0.0.1:{proxy}", str(cert), proc, storage=str(data_dir / "milvus" / "data"))
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:

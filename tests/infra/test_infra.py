@@ -207,7 +207,8 @@ def test_local_launchers_serve_a_real_ingest(tmp_path):
         result = json.loads(summary.read_text())
         assert result["documents"]["indexed"] == 5 and result["pages"]["indexed"] == 6
         assert result["milvus"]["row_counts"]["pagemill_pages"] == 6
-        assert client.list_objects_v2(Bucket="trial", Prefix="index/pages/")["KeyCount"] == 1
+        keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="trial", Prefix="index/pages/")["Contents"])
+        assert len(keys) == 2 and keys[0] == "index/pages/_manifest.json" and keys[1].endswith(".parquet"), keys
     finally:
         for name in reversed(started):
             assert _script(name, "stop", env=env).returncode == 0

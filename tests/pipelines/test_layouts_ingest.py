@@ -81,12 +81,25 @@ def test_report_predicts_what_it_measures(layout_run, tmp_path, capsys):
         pq_bytes = r["parquet_bytes_per_page"]
         assert pq_bytes["predicted"] == pytest.approx(pq_bytes["measured"], rel=0.05), r["layout"]
         assert r["fidelity"] is not None and "1000000" in r["projections"]
-    measured_milvus = [r for r in report["layouts"] if "measured" in r["milvus"]["raw_bytes_per_page"]]
-    # Every layout of the run is in Milvus now, each measured from its own rows.
-    assert {r["layout"] for r in measured_milvus} == names
-    for r in measured_milvus:
+    read_back = [r for r in report["layouts"] if "read_back" in r["milvus"]["raw_bytes_per_page"]]
+    # Every layout of the run is in Milvus now, its rows read back.
+    assert {r["layout"] for r in read_back} == names
+    for r in read_back:
         raw = r["milvus"]["raw_bytes_per_page"]
-        assert raw["predicted"] == pytest.approx(raw["measured"], rel=0.05), r["layout"]
+        assert raw["predicted"] == pytest.approx(raw["read_back"], rel=0.05), r["layout"]
+    # What Milvus Lite stores, from its own files: every file of the database's collections
+    # counted once, in the collection it belongs to. The patch rows' Parquet holds their vectors,
+    # float32 widened from fp16, which Lite's compression brings back to about 2 bytes a value.
+    db = out / "milvus.db" / "collections"
+    colls = {c["collection"]: c for c in report["milvus"]["collections"]}
+    on_disk = {p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.suffix != ".prev")
+               for p in db.iterdir()}
+    assert {k: c["server_bytes"] for k, c in colls.items()} == on_disk
+    patches = colls["pagemill_patches"]
+    assert patches["rows"] * 128 * 2 * 0.9 <= patches["server_data_bytes"] <= patches["rows"] * 128 * 4 * 1.2
+    assert patches["ratio"] == pytest.approx(patches["server_bytes"] / patches["raw_bytes"], rel=1e-3)
+    assert report["index"] == "AUTOINDEX (as built)"
+    assert all(r["milvus"]["index_built"] == "AUTOINDEX" for r in report["layouts"])
     assert report["recommendation"]["cascade"]["stage1"] in ("sv-mean", "sv-fde")
     # charts: valid PNGs with real content
     import numpy as np
@@ -115,6 +128,18 @@ def test_colpali_end_to_end_with_its_fixed_grid(small_corpus, tmp_path, capsys):
     assert (pc.list_value_length(pages["mv_rowcol"]).to_numpy() == special + 16).all()
     assert main(["search", "a table of numbers", "--out", str(out), "-k", "3", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["results"]) == 3
+    # no fidelity yet: the report says how to get it; pagemill fidelity saves it in OUT for the report
+    assert main(["report", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert all(r["fidelity"] is None for r in report["layouts"])
+    assert any("pagemill fidelity OUT" in n for n in report["notes"])
+    assert main(["fidelity", str(out), "--queries", "4", "--json"]) == 0
+    measured = json.loads(capsys.readouterr().out)
+    assert len(list((out / "_fidelity").glob("*.json"))) == 1
+    assert main(["report", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {r["layout"]: r["fidelity"]["recall_at_10"] for r in report["layouts"]} == \
+        {k: v["recall_at_10"] for k, v in measured["layouts"].items()}
 
 
 def test_a_second_single_vector_image_model_in_the_same_run(small_corpus, tmp_path, capsys):

@@ -351,3 +351,69 @@ def test_ingest_first_load_by_bulk_import(server, direct, tmp_path, capsys):
     # the load is done: a plain run goes on with upserts; another first load is refused
     assert main(plain) == 0
     assert main(args) == 1 and "already hold rows" in capsys.readouterr().err
+
+
+def wait_for_indexes(server, prefix: str, timeout_s: float = 120.0) -> None:
+    """Until the server has indexed every row of the collections (it builds after the flush)."""
+    import time
+
+    client = server.client(db_name=DB)
+    try:
+        deadline = time.monotonic() + timeout_s
+        for name in (c for c in client.list_collections() if c.startswith(prefix + "_")):
+            for field in client.list_indexes(name):
+                while True:
+                    d = client.describe_index(name, field)
+                    if int(d.get("indexed_rows", 0)) >= int(d.get("total_rows", 0)) and not d.get("pending_index_rows"):
+                        break
+                    assert time.monotonic() < deadline, f"{name}.{field} not indexed in {timeout_s} s: {d}"
+                    time.sleep(0.5)
+    finally:
+        client.close()
+
+
+def tree_bytes(root) -> int:
+    from pathlib import Path
+
+    return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file())
+
+
+def test_report_measures_the_servers_files(server, direct, tmp_path, capsys):
+    """report --milvus-storage: each collection's rows, raw bytes and the bytes of the server's own
+    binlogs and index files; plan --report uses the overhead measured there."""
+    _, out, _ = direct
+    wait_for_indexes(server, "direct")
+    assert main(["report", str(out), "--collection", "direct", "--milvus-storage", server.storage, "--json",
+                 *conn_args(server)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    colls = {c["collection"]: c for c in report["milvus"]["collections"]}
+    assert {k: c["rows"] for k, c in colls.items()} == counts(server, "direct")
+    dims = {"direct_patches": 128 * 4, "direct_patches_pool3": 128 * 4, "direct_patches_bin": 128 / 8,
+            "direct_pages": 128 * 4}
+    for name, c in colls.items():
+        assert c["server_bytes"] == c["server_data_bytes"] + c["server_index_bytes"] and c["files"] > 0, name
+        assert c["ratio"] == pytest.approx(c["server_bytes"] / c["raw_bytes"], rel=1e-3)
+        if name in dims:  # the binlogs hold every vector as written (not compressed)
+            assert c["server_data_bytes"] >= 0.95 * c["rows"] * dims[name], name
+        assert c["pending_index_rows"] == 0 and c["server_index_bytes"] > 0, name
+    assert colls["direct_patches"]["index_types"] == {"vector": "IVF_PQ"}
+    assert colls["direct_patches_pool3"]["index_types"] == {"vector": "HNSW"}
+    # HNSW keeps the vectors and adds its graph; IVF_PQ keeps codes far smaller than the vectors
+    pool3 = colls["direct_patches_pool3"]
+    assert pool3["server_index_bytes"] > pool3["rows"] * 128 * 4
+    mv = colls["direct_patches"]
+    assert mv["server_index_bytes"] < mv["rows"] * 128 * 4 / 4
+    assert sum(c["server_bytes"] for c in colls.values()) < tree_bytes(server.storage)
+    by_layout = {r["layout"]: r for r in report["layouts"]}
+    assert by_layout["mv-pool3"]["milvus"]["index_built"] == "HNSW"
+    assert by_layout["mv-pool3"]["milvus"]["server"]["ratio_to_raw"] == pool3["ratio"]
+    saved = tmp_path / "report.json"
+    saved.write_text(json.dumps(report))
+    assert main(["plan", "--model", "colqwen2", "--layouts", "mv-pool3", "--report", str(saved), "--json"]) == 0
+    planned = {r["layout"]: r for r in json.loads(capsys.readouterr().out)["layouts"]}
+    assert planned["mv-pool3"]["milvus_disk_measured_overhead"]["ratio"] == pool3["ratio"]
+    # without the storage, server bytes are unknown and the report says how to measure them
+    assert main(["report", str(out), "--collection", "direct", "--json", *conn_args(server)]) == 0
+    bare = json.loads(capsys.readouterr().out)
+    assert all(c["server_bytes"] is None for c in bare["milvus"]["collections"])
+    assert any("--milvus-storage" in n for n in bare["notes"])

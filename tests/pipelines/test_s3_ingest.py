@@ -68,7 +68,7 @@ def test_s3_to_s3_same_layout_every_page_once(s3_run, bucket):
     q = read_s3_tables(client, "archive", "index/quarantine/")
     assert dict(zip(q["source_uri"].to_pylist(), q["reason"].to_pylist())) == bad
     keys = {o["Key"].split("/")[1] for o in client.list_objects_v2(Bucket="archive", Prefix="index/")["Contents"]}
-    assert keys == {"pages", "quarantine", "_ledger", "_runs"}
+    assert keys == {"pages", "quarantine", "_ledger", "_runs", "_index.json"}
     assert first["documents"]["seen"] == len(ok) + len(bad)  # readme.txt is not listed
     assert first["source"] == "s3://archive/docs/" and first["out"] == "s3://archive/index/"
 

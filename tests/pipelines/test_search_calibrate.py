@@ -60,19 +60,38 @@ def test_patch_stage1_and_json_output(indexed, capsys):
     assert main(["search", QUERY, "--out", str(indexed), "--rerank", "sv-mean"]) == 2
 
 
-def test_calibrate_profile_feeds_the_planner(tmp_path, capsys):
+def test_calibrate_profile_feeds_the_planner(small_corpus, tmp_path, capsys):
+    """Calibrated on the user's sample (real PDFs, quarantined ones counted), planned for the
+    same model; a profile of another model is refused, a synthetic one named."""
     profile_path = tmp_path / "calib.json"
-    assert main(["calibrate", "--model", "colqwen2-tiny", "--pages", "4", "--batch-size", "2", "--out",
-                 str(profile_path)]) == 0
+    assert main(["calibrate", str(small_corpus.root), "--model", "colqwen2-tiny", "--pages", "4", "--batch-size", "2",
+                 "--out", str(profile_path)]) == 0
     capsys.readouterr()
     profile = json.loads(profile_path.read_text())
     assert profile["model"] == "colqwen2-tiny" and profile["pages"] == 4 and profile["dim"] == 128
     assert profile["pages_per_s"] > 0 and profile["render_pages_per_s_per_core"] > 0
+    sample = profile["render_sample"]
+    assert sample["source"] == str(small_corpus.root) and sample["pages"] >= 4 and sample["documents"] >= 2
     assert 96 < profile["vectors_per_page"] < 140  # 96 visual tokens at most, plus the prompt
-    assert main(["plan", "--model", "colqwen2", "--pages", "1000000", "--calibration", str(profile_path),
-                 "--deadline", "24", "--json"]) == 0
+    assert main(["plan", "--model", "colqwen2-tiny", "--pages", "1M", "--calibration", str(profile_path),
+                 "--deadline", "24", "--json"]) == 2  # not a plan preset: one line, exit 2
+    capsys.readouterr()
+    assert main(["plan", "--model", "colqwen2", "--pages", "1e6", "--calibration", str(profile_path)]) == 2
+    assert "measured with colqwen2-tiny, the plan is for colqwen2" in capsys.readouterr().err
+    assert main(["plan", "--vectors-per-page", "110", "--dim", "128", "--pages", "1000000", "--calibration",
+                 str(profile_path), "--deadline", "24", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["compute"]["gpu_hours"] == pytest.approx(1e6 / profile["pages_per_s"] / 3600, rel=1e-2)
+    assert any("ran on cpu, not a GPU" in n for n in plan["notes"])
+    # no sample: refused with the way out; --synthetic works and the plan names it
+    assert main(["calibrate", "--model", "colqwen2-tiny"]) == 2
+    assert "pagemill calibrate SOURCE" in capsys.readouterr().err
+    synthetic = tmp_path / "synthetic.json"
+    assert main(["calibrate", "--synthetic", "--model", "colqwen2-tiny", "--pages", "2", "--batch-size", "2",
+                 "--out", str(synthetic)]) == 0
+    capsys.readouterr()
+    assert main(["plan", "--vectors-per-page", "110", "--dim", "128", "--calibration", str(synthetic), "--json"]) == 0
+    assert any("synthetic page" in n for n in json.loads(capsys.readouterr().out)["notes"])
 
 
 @pytest.fixture(scope="module")
