@@ -66,3 +66,15 @@ def test_pool_benchmark_runs_colpali_engines_own_pooler_on_the_same_pages(capsys
     # both pool every page to at most 60 // 3 vectors of 128 dims (the benchmark asserts it)
     assert re.search(r"sanity: 4 pages pooled by both; .*\(at most max\(1, 60 // 3\) = 20\), dim 128 both", table)
     assert "colpali_engine" not in sys.modules and "colpali_engine.models" not in sys.modules
+
+
+def test_render_benchmark_has_pdf2image_at_the_output_size(capsys):
+    from benchmarks import render
+
+    table = render.main(["--corpus", str(CORPUS), "--docs", "3", "--repeat", "1"])
+    r = rows(table)
+    assert list(r)[1:] == ["pdf2image 200 DPI + resize (the ColPali tutorial recipe)",
+                           "pdf2image at the output size (`size=(w, h)`)",
+                           "bare PyMuPDF `get_pixmap` loop (the floor, no deadline)"]
+    assert all(float(v[0]) > 0 for v in r.values())
+    assert "Render: 3 documents" in table and "median of 1 interleaved runs" in table
