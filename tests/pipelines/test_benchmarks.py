@@ -78,3 +78,16 @@ def test_render_benchmark_has_pdf2image_at_the_output_size(capsys):
                            "bare PyMuPDF `get_pixmap` loop (the floor, no deadline)"]
     assert all(float(v[0]) > 0 for v in r.values())
     assert "Render: 3 documents" in table and "median of 1 interleaved runs" in table
+
+
+def test_pipeline_benchmark_measures_steady_state_between_first_and_last_commit(ray_address, capsys):
+    from benchmarks import pipeline
+
+    table = pipeline.main(["--corpus", str(CORPUS), "--docs", "16", "--unit-docs", "1", "--ray-address", ray_address])
+    r = rows(table)
+    wall = r["pagemill end to end (Ray executor), wall clock"]
+    steady = r["pagemill end to end, steady state (first to last commit; pages after the first unit)"]
+    # the pages committed after the first unit, over the measured window between the first and the last commit
+    assert 0 < int(steady[0]) < int(wall[0]) and 0 < float(steady[1]) < float(wall[1])
+    assert "steady state: not measured" not in table
+    assert "naive loop (pdf2image, one page at a time, Parquet at the end)" in r
