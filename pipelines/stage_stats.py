@@ -131,6 +131,7 @@ class StageStats:
             out["steady_pages_per_s"] = round(steady, 2) if steady else None
             out["first_commit_s"] = round(self._first[0] - self.start, 3)
             out["steady_window_s"] = round(self._last[0] - self._first[0], 3)
+            out["steady_pages"] = self._last[1] - self._first[1]  # committed in that window, after the first unit
         return out
 
 
