@@ -125,8 +125,8 @@ class AugmentShards(Stage):
         if self.layouts:
             embs = archived_embeddings(table, self.dim)
             cols.update(LayoutEncoder([*self.layouts], self.dim, self.fde).columns(embs))
-        if self._text is not None and S.SV_TEXT in missing:
-            cols[S.SV_TEXT] = self._text_column(table)
+        if self._text is not None and (S.SV_TEXT in missing or S.TEXT_CHUNKS in missing):
+            cols[S.SV_TEXT], cols[S.TEXT_CHUNKS] = self._text_columns(table)
         if self._sv is not None and S.SV_VLM in missing:
             cols[S.SV_VLM] = self._sv_column(table)
         for name, col in cols.items():
@@ -152,17 +152,12 @@ class AugmentShards(Stage):
         return new_key, table.num_rows, {"columns": missing, "milvus_rows": sent,
                                          "docs": sorted(set(table[S.SOURCE_URI].to_pylist()))}
 
-    def _text_column(self, table: pa.Table) -> pa.Array:
-        from operators.embed import fixed_vectors
+    def _text_columns(self, table: pa.Table) -> tuple[pa.Array, pa.Array]:
+        from operators.embed import text_columns
         from operators.text_embed import has_text
 
         texts = table[S.TEXT].to_pylist()
-        rows = [i for i, t in enumerate(texts) if has_text(t)]
-        vectors = np.zeros((table.num_rows, self._text.dim), np.float32)
-        if rows:
-            vectors[rows] = self._text.embed_pages([texts[i] for i in rows])
-        present = set(rows)
-        return fixed_vectors(vectors, self._text.dim, [i not in present for i in range(table.num_rows)])
+        return text_columns(self._text, texts, [i for i, t in enumerate(texts) if has_text(t)])
 
     def _sv_column(self, table: pa.Table) -> pa.Array:
         """Render the shard's documents again (their pages of this shard), embed with the

@@ -187,9 +187,32 @@ class EmbedSinglePages(Stage):
         return S.stamp(out, self.name, self.counters.snapshot(), {"sv_model": self.model.effective_settings()})
 
 
+def text_columns(model, texts: list, rows: list[int]) -> tuple[pa.Array, pa.Array]:
+    """``sv_text`` (the page's vector) and ``text_chunks`` (its chunks' vectors) for the pages
+    ``rows`` of ``texts``; null for the others (no text layer)."""
+    d = model.dim
+    n = len(texts)
+    vectors = np.zeros((n, d), np.float32)
+    chunks: list = [None] * n
+    if rows:
+        per_page, means = model.embed_chunks([texts[i] for i in rows])
+        vectors[rows] = means
+        for i, v in zip(rows, per_page):
+            chunks[i] = v
+    present = set(rows)
+    page_col = fixed_vectors(vectors, d, [i not in present for i in range(n)])
+    lengths = [len(c) if c is not None else 0 for c in chunks]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    flat = np.concatenate([c for c in chunks if c is not None]) if rows else np.zeros((0, d), np.float32)
+    chunk_col = pa.ListArray.from_arrays(pa.array(offsets), fixed_vectors(flat, d),
+                                         mask=pa.array([i not in present for i in range(n)], pa.bool_()))
+    return page_col, chunk_col
+
+
 class EmbedText(Stage):
     """The text layer (``text:<model>``): each page's own text (from the render stage) as a
-    vector, ``sv_text``; pages without text get none (null). Needs no pixels."""
+    vector per chunk, ``text_chunks``, and their mean, ``sv_text``; pages without text get
+    none (null). Needs no pixels."""
 
     name = "embed_text"
     accelerator = True
@@ -217,16 +240,14 @@ class EmbedText(Stage):
         t0 = time.perf_counter()
         kinds, texts = batch[S.KIND].to_pylist(), batch[S.TEXT].to_pylist()
         rows = [i for i, (k, t) in enumerate(zip(kinds, texts)) if k == S.KIND_PAGE and has_text(t)]
-        d = self.model.dim
-        vectors = np.zeros((batch.num_rows, d), np.float32)
+        tf = time.perf_counter()
+        page_col, chunks_col = text_columns(self.model, texts, rows)
         if rows:
-            tf = time.perf_counter()
-            vectors[rows] = self.model.embed_pages([texts[i] for i in rows])
             self.stats["forward_s"] = round(self.stats["forward_s"] + time.perf_counter() - tf, 4)
             self.stats["batches"] += 1
         self.stats["pages"] += len(rows)
-        present = set(rows)
-        out = batch.append_column(pa.field(S.SV_TEXT, pa.list_(pa.float32(), d)),
-                                  fixed_vectors(vectors, d, [i not in present for i in range(batch.num_rows)]))
+        d = self.model.dim
+        out = batch.append_column(pa.field(S.SV_TEXT, pa.list_(pa.float32(), d)), page_col)
+        out = out.append_column(pa.field(S.TEXT_CHUNKS, chunks_col.type), chunks_col)
         self.stats["busy_s"] += time.perf_counter() - t0
         return S.stamp(out, self.name, self.counters.snapshot(), self.model.effective_settings())

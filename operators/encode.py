@@ -26,6 +26,15 @@ def text_field(dim: int) -> pa.Field:
     return pa.field(S.SV_TEXT, pa.list_(pa.float32(), dim))
 
 
+def text_chunks_field(dim: int) -> pa.Field:
+    """One vector per chunk of the page's text (operators/text_layer.py ``chunk_text``), in order."""
+    return pa.field(S.TEXT_CHUNKS, pa.list_(pa.list_(pa.float32(), dim)))
+
+
+def text_fields(dim: int) -> list[pa.Field]:
+    return [text_field(dim), text_chunks_field(dim)]
+
+
 def sv_vlm_field(dim: int) -> pa.Field:
     return pa.field(S.SV_VLM, pa.list_(pa.float32(), dim))
 
@@ -93,7 +102,7 @@ class EncodePages(Stage):
     def extra_fields(self) -> list[pa.Field]:
         extra = layout_fields(self.layouts, self.dim, self.fde)
         if self.text_dim:
-            extra.append(text_field(self.text_dim))
+            extra.extend(text_fields(self.text_dim))
         if self.sv_dim:
             extra.append(sv_vlm_field(self.sv_dim))
         return extra
@@ -133,7 +142,8 @@ class EncodePages(Stage):
         cols.update(self._encoder.columns(archived, raw))
         self.stats["layouts_s"] += time.perf_counter() - t
         if self.text_dim:
-            cols[S.SV_TEXT] = batch[S.SV_TEXT] if S.SV_TEXT in batch.column_names else pa.nulls(n, text_field(self.text_dim).type)
+            for f in text_fields(self.text_dim):
+                cols[f.name] = batch[f.name] if f.name in batch.column_names else pa.nulls(n, f.type)
         if self.sv_dim:
             cols[S.SV_VLM] = batch[S.SV_VLM] if S.SV_VLM in batch.column_names else pa.nulls(n, sv_vlm_field(self.sv_dim).type)
         return pa.table(cols, schema=self.schema())

@@ -13,8 +13,12 @@ One logical index (``--collection NAME``) becomes:
   (fp16/bf16 -> FLOAT16_VECTOR, bin -> BINARY_VECTOR with HAMMING, int8 -> INT8_VECTOR on
   >= 2.6) and falls back to FLOAT_VECTOR (Milvus Lite stores float vectors only; bin then
   becomes +-1 floats, whose inner product orders like the Hamming distance).
-- ``NAME_text``: the text layer's vector, one row per page that has text. A separate collection
-  because a scan has no text vector, and vector fields cannot be null before Milvus 2.6.
+- ``NAME_text``: the text layer, one row per chunk of a page's text (``chunk_id`` =
+  ``<page_id>:<index>``, ``page_id``, ``doc_version``): the chunk's dense vector (``vector``,
+  layout ``text``) and, on servers with Milvus' BM25 function (Milvus Lite, Milvus >= 2.5), the
+  chunk's analyzed text (``text``) and the BM25 sparse vector Milvus computes from it
+  (``sparse``, layout ``text-bm25``, SPARSE_INVERTED_INDEX). Older servers keep dense only.
+  (An index built before chunks holds one ``sv_text`` row per page there; search reads both.)
 
 What a server accepts is decided here, from its version, before anything is created: a field
 whose index type the server would refuse (or, like Milvus Lite, accept and then fail to build in
@@ -32,6 +36,10 @@ PATCH_ID = "patch_id"
 VECTOR = "vector"
 CORPUS = "corpus"
 TEXT_LAYOUT = "text"
+BM25_LAYOUT = "text-bm25"
+CHUNK_ID = "chunk_id"
+SPARSE = "sparse"
+CHUNK_TEXT = "text"
 MV_MODES = ("auto", "rows", "struct")
 STRUCT_MAX_CAPACITY = 4096  # Milvus' largest array capacity: vectors per page in struct mode
 
@@ -86,7 +94,14 @@ class ServerInfo:
         """Array-of-structs fields with embedding-list indexes and MAX_SIM (Milvus >= 2.6.4)."""
         return not self.lite and self.version >= (2, 6, 4)
 
+    @property
+    def bm25(self) -> bool:
+        """Milvus' BM25 function (analyzed VARCHAR -> sparse vector): Milvus Lite, Milvus >= 2.5."""
+        return self.lite or self.version >= (2, 5, 0)
+
     def index_types(self, vtype: str) -> tuple[str, ...]:
+        if vtype == "sparse":
+            return ("SPARSE_INVERTED_INDEX",) if self.bm25 else ()
         if vtype == "struct":
             return ("HNSW",) if self.struct_arrays else ()
         if vtype not in self.vector_types:
@@ -120,15 +135,16 @@ INDEX_PARAMS = {
     "HNSW": {"M", "efConstruction"}, "HNSW_SQ": {"M", "efConstruction", "sq_type"},
     "HNSW_PQ": {"M", "efConstruction", "m", "nbits"}, "HNSW_PRQ": {"M", "efConstruction", "m", "nbits", "nrq"},
     "IVF_FLAT": {"nlist"}, "IVF_SQ8": {"nlist"}, "IVF_PQ": {"nlist", "m", "nbits"},
-    "BIN_IVF_FLAT": {"nlist"}, "SCANN": {"nlist", "with_raw_data"},
+    "BIN_IVF_FLAT": {"nlist"}, "SCANN": {"nlist", "with_raw_data"}, "SPARSE_INVERTED_INDEX": set(),
 }
 # Defaults that older servers require (v2.3 refuses HNSW without M and efConstruction).
 INDEX_DEFAULTS = {"HNSW": {"M": 16, "efConstruction": 200}, "HNSW_SQ": {"M": 16, "efConstruction": 200},
                   "IVF_FLAT": {"nlist": 1024}, "IVF_SQ8": {"nlist": 1024}, "IVF_PQ": {"nlist": 1024},
                   "BIN_IVF_FLAT": {"nlist": 1024}, "SCANN": {"nlist": 1024}}
 METRICS = {"float": ("IP", "COSINE", "L2"), "float16": ("IP", "COSINE", "L2"), "int8": ("IP", "COSINE", "L2"),
-           "binary": ("HAMMING", "JACCARD"), "struct": ("MAX_SIM_IP", "MAX_SIM_COSINE")}
-DEFAULT_METRIC = {"float": "IP", "float16": "IP", "int8": "IP", "binary": "HAMMING", "struct": "MAX_SIM_IP"}
+           "binary": ("HAMMING", "JACCARD"), "struct": ("MAX_SIM_IP", "MAX_SIM_COSINE"), "sparse": ("BM25",)}
+DEFAULT_METRIC = {"float": "IP", "float16": "IP", "int8": "IP", "binary": "HAMMING", "struct": "MAX_SIM_IP",
+                  "sparse": "BM25"}
 
 
 @dataclass(frozen=True)
@@ -191,12 +207,12 @@ def parse_index_specs(items: list[str] | tuple[str, ...]) -> dict[str, IndexSpec
 
 @dataclass(frozen=True)
 class FieldPlan:
-    layout: str  # layout name (sv-mean, mv-pool3-int8, ...) or "text"
+    layout: str  # layout name (sv-mean, mv-pool3-int8, ...), "text" or "text-bm25"
     collection: str
     field: str
-    vtype: str  # float | float16 | binary | int8 | struct (array of structs of float vectors)
+    vtype: str  # float | float16 | binary | int8 | struct (array of structs of float vectors) | sparse (BM25)
     dim: int  # elements per vector (bits for binary)
-    mode: str  # page (one row per page) | rows (one row per vector) | struct (one row per page)
+    mode: str  # page (one row per page) | rows (one row per vector) | struct (one row per page) | chunks (text)
     index: IndexSpec
     encoding: str = "fp32"  # the layout's stored encoding in Parquet
 
@@ -207,7 +223,9 @@ class FieldPlan:
     @property
     def column(self) -> str:
         """The layout's column in OUT/pages."""
-        return "sv_text" if self.layout == TEXT_LAYOUT else self.layout.replace("-", "_")
+        if self.layout in (TEXT_LAYOUT, BM25_LAYOUT):
+            return "text_chunks" if self.mode == "chunks" else "sv_text"
+        return self.layout.replace("-", "_")
 
     @property
     def anns_field(self) -> str:
@@ -324,8 +342,14 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
             fp = FieldPlan(name, home, name.replace("-", "_"), "float", int(extra_sv[name]), "page",
                            specs.get(name, default or IndexSpec()))
         elif name == TEXT_LAYOUT:
-            fp = FieldPlan(name, f"{collection}_text", "sv_text", "float", int(text_dim), "page",
+            fp = FieldPlan(name, f"{collection}_text", VECTOR, "float", int(text_dim), "chunks",
                            specs.get(name, default or IndexSpec()))
+            if server.bm25:
+                fields.append(FieldPlan(BM25_LAYOUT, fp.collection, SPARSE, "sparse", 0, "chunks",
+                                        IndexSpec("SPARSE_INVERTED_INDEX")))
+            else:
+                notes.append(f"lexical search unavailable on {server.label}: text layer dense only "
+                             f"(BM25 needs Milvus >= 2.5 or Milvus Lite)")
         else:
             lay = by_name[name]
             if lay.kind == "sv":
@@ -399,6 +423,21 @@ def build_collection(plan: MilvusPlan, collection: str):
         schema.add_field("doc_version", DataType.VARCHAR, max_length=256)
         schema.add_field("source_uri", DataType.VARCHAR, max_length=4096)
         schema.add_field("page_number", DataType.INT32)
+    elif fields and fields[0].mode == "chunks":
+        from pymilvus import Function, FunctionType
+
+        from operators.text_layer import ANALYZER, MAX_BYTES
+
+        # The chunk's page and version as plain fields (deletes by version, like patch rows); its
+        # text only where Milvus' BM25 reads it (it is in the Parquet archive anyway).
+        schema.add_field(CHUNK_ID, DataType.VARCHAR, is_primary=True, max_length=80)
+        schema.add_field("page_id", DataType.VARCHAR, **key)
+        schema.add_field("doc_version", DataType.VARCHAR, max_length=256)
+        if any(f.vtype == "sparse" for f in fields):
+            schema.add_field(CHUNK_TEXT, DataType.VARCHAR, max_length=MAX_BYTES, enable_analyzer=True,
+                             analyzer_params=ANALYZER)
+            schema.add_function(Function(name="bm25", function_type=FunctionType.BM25, input_field_names=[CHUNK_TEXT],
+                                         output_field_names=[SPARSE]))
     elif fields and fields[0].mode == "rows":
         # As few scalars as possible on the rows that are most numerous (and most costly to
         # send): the document is the page_id's prefix, the vector's index the patch_id's suffix.
@@ -418,6 +457,8 @@ def build_collection(plan: MilvusPlan, collection: str):
             struct.add_field(VECTOR, DataType.FLOAT_VECTOR, dim=fp.dim)
             schema.add_field(fp.field, DataType.ARRAY, element_type=DataType.STRUCT, struct_schema=struct,
                              max_capacity=STRUCT_MAX_CAPACITY)
+        elif fp.vtype == "sparse":
+            schema.add_field(fp.field, DataType.SPARSE_FLOAT_VECTOR)
         else:
             schema.add_field(fp.field, _dtype(fp.vtype), dim=fp.dim)
         index.add_index(fp.anns_field, index_type=fp.index.index_type, metric_type=fp.metric,

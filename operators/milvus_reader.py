@@ -11,7 +11,16 @@ import numpy as np
 
 from operators import schema as S
 from operators.milvus_client import MilvusClientBase, from_milvus, patch_index, redact_uri
-from operators.milvus_plan import CORPUS, TEXT_LAYOUT, VECTOR, FieldPlan, IndexSpec, MilvusError, MilvusPlan
+from operators.milvus_plan import (
+    BM25_LAYOUT,
+    CORPUS,
+    TEXT_LAYOUT,
+    VECTOR,
+    FieldPlan,
+    IndexSpec,
+    MilvusError,
+    MilvusPlan,
+)
 
 
 class MilvusReader(MilvusClientBase):
@@ -50,7 +59,7 @@ class MilvusReader(MilvusClientBase):
                 page_mode = "page"
             elif name == self.text_collection:
                 layout_of = lambda f: TEXT_LAYOUT  # noqa: E731
-                page_mode = "page"
+                page_mode = "chunks"  # (one row per page, sv_text, in an index built before chunks)
             elif name.startswith(f"{self.collection}_sv_"):
                 layout_of = lambda f: f.replace("_", "-")  # noqa: E731
                 page_mode = "page"
@@ -64,7 +73,12 @@ class MilvusReader(MilvusClientBase):
             for f in desc.get("fields", []):
                 if f["name"] == CORPUS:
                     partition_key = True
-                if int(f["type"]) in vtypes:
+                if int(f["type"]) == int(DataType.SPARSE_FLOAT_VECTOR) and name == self.text_collection:
+                    fields.append(FieldPlan(BM25_LAYOUT, name, f["name"], "sparse", 0, "chunks",
+                                            IndexSpec("SPARSE_INVERTED_INDEX")))
+                elif int(f["type"]) in vtypes:
+                    if name == self.text_collection and f["name"] == "sv_text":
+                        page_mode = "page"
                     dim = int(f.get("params", {}).get("dim", 0))
                     fields.append(FieldPlan(layout_of(f["name"]), name, f["name"], vtypes[int(f["type"])], dim, page_mode,
                                             IndexSpec()))

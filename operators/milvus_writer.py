@@ -29,6 +29,8 @@ from operators.milvus_client import (
     sv_matrix,
 )
 from operators.milvus_plan import (
+    CHUNK_ID,
+    CHUNK_TEXT,
     CORPUS,
     PATCH_ID,
     VECTOR,
@@ -257,6 +259,12 @@ class MilvusWriter(MilvusClientBase):
                                 S.PAGE_NUMBER: ("int32", keys[S.PAGE_NUMBER]), **corpus})
         later = []
         for fp in self.plan.fields:
+            if fp.mode == "chunks":
+                if fp.vtype != "sparse":  # (the BM25 vectors are Milvus' own, from the chunk text)
+                    chunks = self._chunk_columns(pages, fp, corpus)
+                    if chunks is not None:
+                        out[fp.collection] = chunks
+                continue
             if fp.collection == self.plan.pages_collection:
                 if fp.mode == "struct":
                     offsets, values = layout_vectors(pages, fp, self.dim)
@@ -297,6 +305,43 @@ class MilvusWriter(MilvusClientBase):
             out[fp.collection] = cols  # one field per collection outside the page collection
         return out
 
+    def _chunk_columns(self, pages: pa.Table, fp, corpus: dict) -> Columns | None:
+        """The text layer's chunk rows: the chunks (``chunk_text`` of the page text) with their
+        vectors from ``text_chunks``, and the chunk's BM25 text where the collection has it."""
+        from operators.text_layer import bm25_text, chunk_text, clip_bytes
+
+        if S.TEXT_CHUNKS not in pages.column_names:
+            return None
+        with_text = any(f.vtype == "sparse" for f in self.plan.in_collection(fp.collection))
+        ids, versions = pages[S.PAGE_ID].to_pylist(), pages[S.DOC_VERSION].to_pylist()
+        texts, vectors = pages[S.TEXT].to_pylist(), pages[S.TEXT_CHUNKS]
+        chunk_ids, page_ids, doc_versions, bodies, blocks = [], [], [], [], []
+        for i, text in enumerate(texts):
+            if not vectors[i].is_valid:
+                continue
+            block = np.asarray(vectors[i].values.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(-1, fp.dim)
+            chunks = chunk_text(text) or [""]
+            if len(chunks) != len(block):
+                raise MilvusError(f"page {ids[i]}: {len(block)} chunk vectors for {len(chunks)} chunks of its text "
+                                  f"(archived by another chunking): rebuild the text layer with pagemill relayout")
+            for j, c in enumerate(chunks):
+                chunk_ids.append(f"{ids[i]}:{j}")
+                page_ids.append(ids[i])
+                doc_versions.append(versions[i])
+                bodies.append(clip_bytes(bm25_text(c)))
+            blocks.append(block)
+        if not chunk_ids:
+            return None
+        n = len(chunk_ids)
+        fields = {CHUNK_ID: ("varchar", chunk_ids), S.PAGE_ID: ("varchar", page_ids),
+                  S.DOC_VERSION: ("varchar", doc_versions)}
+        if with_text:
+            fields[CHUNK_TEXT] = ("varchar", bodies)
+        fields[fp.field] = ("float", np.concatenate(blocks))
+        if corpus:
+            fields[CORPUS] = ("varchar", [self.corpus] * n)
+        return Columns(n, fields)
+
     def delete_other_versions(self, doc_versions: dict[str, str | None]) -> int:
         """Delete rows of each doc_id whose version differs (None: every row of the document).
         Returns the delete calls sent."""
@@ -318,7 +363,7 @@ class MilvusWriter(MilvusClientBase):
             return " or ".join(terms)
 
         # One filter per unit, not one per document: one delete per collection per commit.
-        rows_collections = {f.collection for f in self.plan.fields if f.mode == "rows"}
+        rows_collections = {f.collection for f in self.plan.fields if f.mode in ("rows", "chunks")}
         for c in self.collections:
             self._call("delete", self.client.delete, c, filter=expr(c in rows_collections))
             self.delete_calls += 1

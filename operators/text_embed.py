@@ -1,4 +1,5 @@
-"""Text-layer embedder: the page's own text (extracted by PyMuPDF) as one vector per page.
+"""Text-layer embedder: the page's own text (extracted by PyMuPDF) as one vector per chunk
+(``embed_chunks``; chunks from operators/text_layer.py) and their mean per page.
 
 A sentence-transformers-style model read with ``transformers``' ``AutoModel``: token embeddings,
 the pooling its ``1_Pooling/config.json`` declares (mean by default), L2-normalised when its
@@ -117,6 +118,25 @@ class TextEmbedder:
         np.add.at(out, np.array(owner), vectors)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms > 0, norms, 1)
+
+    def embed_chunks(self, texts: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+        """Each page's chunks (``operators.text_layer.chunk_text``) as vectors, and the page's
+        vector: the normalised mean of its chunks' vectors (``sv_text``)."""
+        from operators.text_layer import chunk_text
+
+        chunks, owner = [], []
+        for i, text in enumerate(texts):
+            for c in chunk_text(text) or [""]:
+                chunks.append(c)
+                owner.append(i)
+        vectors = self.embed_texts(chunks)
+        owner = np.array(owner, np.int64)
+        per_page = [vectors[owner == i] for i in range(len(texts))]
+        means = np.zeros((len(texts), vectors.shape[1] if len(vectors) else self.dim), np.float32)
+        if len(vectors):
+            np.add.at(means, owner, vectors)
+        norms = np.linalg.norm(means, axis=1, keepdims=True)
+        return per_page, means / np.where(norms > 0, norms, 1)
 
     def embed_queries(self, queries: list[str]) -> np.ndarray:
         return self.embed_texts(queries)

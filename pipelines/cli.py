@@ -286,6 +286,7 @@ def _calibrate(args) -> int:
 SEARCH_EXAMPLE = """examples:
   pagemill search "revenue by region" --out demo-out
   pagemill search "revenue by region" --out demo-out --stage1 patches --rerank mv-pool3 --json
+  pagemill search "a phrase you remember" --out demo-out --stage1 text --rerank none --text-weights bm25=1,dense=0.5
 """
 
 
@@ -301,7 +302,10 @@ def _search_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=100, help="pages from stage 1 (100)")
     p.add_argument("--stage1", default="sv-mean",
                    help="ANN stage: sv-mean, sv-fde, patches (the mv rows), another multi-vector layout in Milvus "
-                   "(mv-pool3, ...), or text (sv-mean)")
+                   "(mv-pool3, ...); or the text layer: text (BM25 and dense text fused), text-bm25, text-dense "
+                   "(sv-mean)")
+    p.add_argument("--text-weights", default="bm25=1,dense=1",
+                   help="weights of the text layer's lists in the fusion (reciprocal rank, k=60) (bm25=1,dense=1)")
     p.add_argument("--hybrid", action="store_true",
                    help="fuse the visual stage 1 with the text-layer stage 1 (reciprocal rank fusion)")
     p.add_argument("--rerank", default="mv", help="multi-vector layout for exact MaxSim, or none (mv)")
@@ -378,10 +382,13 @@ def _search(args) -> int:
     from operators.s3 import S3Options
     from operators.store import open_output
     from pipelines.search import search
+    from pipelines.text_search import parse_text_weights
 
     for name, value in (("-k", args.k), ("--candidates", args.candidates)):
         if value < 1:
             raise UsageError(f"{name}: must be at least 1, got {value}")
+    weights = parse_text_weights(args.text_weights)
+    notes: list[str] = []
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     uri = args.milvus or store.local_path("milvus.db")
     if not uri:
@@ -393,14 +400,14 @@ def _search(args) -> int:
     try:
         results = search(args.query, store, sink, k=args.k, candidates=args.candidates, stage1_mode=args.stage1,
                          rerank=args.rerank, vectors_from=args.vectors_from, hybrid=args.hybrid,
-                         corpus=args.corpus)
+                         corpus=args.corpus, text_weights=weights, notes=notes)
     finally:
         sink.close()
     from pipelines.search import recorded_metadata
 
     meta = recorded_metadata(store)
-    warnings = []
-    if meta.get("weights") == "random":
+    warnings = list(notes)
+    if meta.get("weights") == "random" and not (args.stage1.startswith("text") and args.rerank == "none"):
         warnings.append(f"this index was built with random weights ({meta.get('model')} --weights random): its "
                         f"rankings are noise, a check that the machinery works; ingest with --weights hub for real ones")
     for w in warnings:

@@ -22,10 +22,11 @@ from operators import schema as S
 from operators.errors import UsageError
 from operators.fde import FdeEncoder, FdeParams
 from operators.layouts import LayoutScorer, normalise, parse_layout
-from operators.milvus_plan import CORPUS, TEXT_LAYOUT
+from operators.milvus_plan import BM25_LAYOUT, CORPUS, TEXT_LAYOUT
 from operators.milvus_reader import MilvusReader
 from operators.models import ModelSpec, adapter_for
 from operators.store import OutputStore
+from pipelines.text_search import TEXT_MODES, TextSearch, weighted_rrf
 
 
 def recorded_metadata(store: OutputStore) -> dict:
@@ -78,25 +79,7 @@ def _ranking(item: tuple[str, float]) -> tuple[float, str]:
 
 def reciprocal_rank_fusion(*lists: list[tuple[str, float]], k: int = RRF_K) -> list[tuple[str, float]]:
     """Fuse ranked lists: each page scores the sum of 1 / (k + rank) over the lists it is in."""
-    fused: dict[str, float] = {}
-    for ranked in lists:
-        for rank, (pid, _) in enumerate(ranked, start=1):
-            fused[pid] = fused.get(pid, 0.0) + 1.0 / (k + rank)
-    return sorted(fused.items(), key=_ranking)
-
-
-def text_stage1(sink: MilvusReader, text_model: str, query_text: str, candidates: int,
-                where: str = "") -> list[tuple[str, float]]:
-    from operators.text_embed import TextEmbedder
-
-    fp = sink.plan.by_layout(TEXT_LAYOUT)
-    if fp is None:
-        raise UsageError("this index has no text layer vectors: ingest with --model <model>,text:all-MiniLM-L6-v2")
-    sink.client.load_collection(fp.collection)
-    q = TextEmbedder(text_model).embed_queries([query_text])[0]
-    hits = sink.client.search(fp.collection, data=[q.tolist()], anns_field=fp.field, limit=candidates,
-                              output_fields=[S.PAGE_ID], filter=where)[0]
-    return [(h["entity"][S.PAGE_ID], float(h["distance"])) for h in hits]
+    return weighted_rrf({str(i): ranked for i, ranked in enumerate(lists)}, k=k)
 
 
 def corpus_filter(sink: MilvusReader, corpus: str | None) -> str:
@@ -129,8 +112,8 @@ def stage1(sink: MilvusReader, query: np.ndarray, candidates: int, mode: str, fd
     client = sink.client
     layout = "mv" if mode == "patches" else mode
     fp = sink.plan.by_layout(layout)
-    if fp is None or layout == TEXT_LAYOUT:
-        held = [f.layout for f in sink.plan.fields if f.layout != TEXT_LAYOUT]
+    if fp is None or layout in (TEXT_LAYOUT, BM25_LAYOUT):
+        held = [f.layout for f in sink.plan.fields if f.layout not in (TEXT_LAYOUT, BM25_LAYOUT)]
         raise UsageError(f"--stage1 {mode!r}: not in Milvus (this index holds {', '.join(held)}; or use text)")
     client.load_collection(fp.collection)
     if fp.mode == "page":
@@ -167,15 +150,21 @@ def stage1(sink: MilvusReader, query: np.ndarray, candidates: int, mode: str, fd
 
 def search(query_text: str, store: OutputStore, sink: MilvusReader, *, k: int = 10, candidates: int = 100,
            stage1_mode: str = "sv-mean", rerank: str = "mv", vectors_from: str = "parquet",
-           spec: ModelSpec | None = None, hybrid: bool = False, corpus: str | None = None) -> list[dict]:
-    """``stage1_mode``: sv-mean | patches | text; ``hybrid`` fuses the visual stage 1 with the
-    text-layer stage 1 by reciprocal rank fusion."""
+           spec: ModelSpec | None = None, hybrid: bool = False, corpus: str | None = None,
+           text_weights: dict[str, float] | None = None, notes: list[str] | None = None) -> list[dict]:
+    """``stage1_mode``: sv-mean | patches | a layout in Milvus | text (BM25 and dense text fused) |
+    text-bm25 | text-dense; ``hybrid`` fuses the visual stage 1 with the text-layer stage 1 by
+    reciprocal rank fusion. Each result says which stage-1 lists it came from (``lists``);
+    ``notes`` (a list) collects what the user should know (a server without BM25)."""
     meta = recorded_metadata(store)
     spec = spec or ModelSpec(name=meta.get("model", "colqwen2-tiny"), weights=meta.get("weights", "random"))
-    adapter = adapter_for(spec)
-    query = adapter.embed_queries([query_text])[0]
+    text_only = stage1_mode in TEXT_MODES
+    if text_only and rerank == "none":
+        query = None  # the visual model is not needed
+    else:
+        query = adapter_for(spec).embed_queries([query_text])[0]
     text_model = meta.get("text_model")
-    if (hybrid or stage1_mode == "text") and not text_model:
+    if (hybrid or text_only) and not text_model:
         raise UsageError("this index has no text layer vectors: ingest with --model <model>,text:all-MiniLM-L6-v2")
     if sink.plan is None:
         sink.discover()
@@ -184,8 +173,15 @@ def search(query_text: str, store: OutputStore, sink: MilvusReader, *, k: int = 
         p = meta["layouts"]["sv-fde"]
         fde = FdeParams(p["fde_reps"], p["fde_bits"], p["fde_proj_dim"], p["fde_seed"])
     where = corpus_filter(sink, corpus)
-    if stage1_mode == "text":
-        found = text_stage1(sink, text_model, query_text, candidates, where)
+    lists: dict[str, list[str]] = {}
+    if hybrid or text_only:
+        text = TextSearch(sink, text_model, text_weights).search(query_text, candidates,
+                                                                  stage1_mode if text_only else "text", where)
+        if notes is not None:
+            notes.extend(text.notes)
+    if text_only:
+        found = text.ranked
+        lists = {pid: text.lists_of(pid) for pid, _ in found}
     else:
         sv_query = None
         if stage1_mode == "sv-vlm":
@@ -194,10 +190,13 @@ def search(query_text: str, store: OutputStore, sink: MilvusReader, *, k: int = 
             if not meta.get("sv_model"):
                 raise UsageError("this index has no sv-vlm vectors: ingest with --model <model>,sv:<model>")
             sv_query = sv_embedder_for(meta["sv_model"], spec).embed_queries([query_text])[0].astype(np.float32)
-        found = stage1(sink, query, candidates, stage1_mode, fde, sv_query, where)
+        visual = stage1(sink, query, candidates, stage1_mode, fde, sv_query, where)
+        found = visual
         if hybrid:
-            found = reciprocal_rank_fusion(found, text_stage1(sink, text_model, query_text, candidates,
-                                                              where))[:candidates]
+            found = reciprocal_rank_fusion(visual, text.ranked)[:candidates]
+        in_visual = {pid for pid, _ in visual}
+        lists = {pid: ([stage1_mode] if pid in in_visual else []) + (text.lists_of(pid) if hybrid else [])
+                 for pid, _ in found}
     ids = [pid for pid, _ in found]
     if rerank == "none" or not ids:
         scored = found
@@ -219,4 +218,5 @@ def search(query_text: str, store: OutputStore, sink: MilvusReader, *, k: int = 
     info = read_pages_subset(store, [pid for pid, _ in top], [S.PAGE_ID, S.SOURCE_URI, S.PAGE_NUMBER])
     where = {r[S.PAGE_ID]: r for r in info.to_pylist()}
     return [{"rank": i + 1, "score": round(s, 6), "page_id": pid, "source_uri": where.get(pid, {}).get(S.SOURCE_URI),
-             "page_number": where.get(pid, {}).get(S.PAGE_NUMBER)} for i, (pid, s) in enumerate(top)]
+             "page_number": where.get(pid, {}).get(S.PAGE_NUMBER), "lists": lists.get(pid, [])}
+            for i, (pid, s) in enumerate(top)]

@@ -71,7 +71,7 @@ def expected_rows(plan, vectors: dict[str, int], pages: int) -> dict[str, int | 
     """Rows each collection should hold from what the shards hold."""
     exp: dict[str, int | None] = {}
     for f in plan.fields:
-        if f.mode == "rows":
+        if f.mode in ("rows", "chunks"):  # a row per vector; the text layer's, a row per chunk
             exp[f.collection] = vectors.get(f.column)
         elif f.collection not in exp:
             exp[f.collection] = pages if f.layout != "text" else None  # text: pages with text only
@@ -118,7 +118,7 @@ def index_status(store: OutputStore, milvus=None, recent: int = RECENT_RUNS) -> 
         problems.append("a first load by bulk import is unfinished: run ingest with --milvus-bulk-dir")
     if milvus is not None:
         plan = milvus.discover()
-        vectors = vectors_in(store, page_files, [f.column for f in plan.fields if f.mode == "rows"])
+        vectors = vectors_in(store, page_files, sorted({f.column for f in plan.fields if f.mode in ("rows", "chunks")}))
         expected = expected_rows(plan, vectors, pages - _quarantined_pages(ledger))
         out["milvus"] = {}
         for c in plan.collections:

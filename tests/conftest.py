@@ -103,6 +103,26 @@ def small_corpus(tmp_path_factory) -> Corpus:
     return build_corpus(tmp_path_factory.mktemp("small"), picked, with_timeout_doc=False)
 
 
+TEXT_LAYER_DOCS = ("/text/", "/papers/", "/tables/", "/scanned/", "platexsheet", "al-Jahiz")
+
+
+@pytest.fixture(scope="session")
+def text_indexed(smoke_corpus, tmp_path_factory):
+    """SMOKE's text-bearing documents (English prose, papers, tables, scans; a Japanese and an
+    Arabic one) indexed with the real MiniLM weights on the text layer, in Milvus Lite."""
+    from pipelines.cli import main
+
+    src = tmp_path_factory.mktemp("text_src")
+    for uri in smoke_corpus.ok_pages:
+        path = uri.replace("file://", "").replace("%2B", "+")
+        if any(k in path for k in TEXT_LAYER_DOCS):
+            shutil.copy(path, src)
+    out = tmp_path_factory.mktemp("text_out")
+    assert main(["ingest", str(src), "--out", str(out), "--executor", "local", "--model",
+                 "colqwen2-tiny,text:all-MiniLM-L6-v2", "--quiet"]) == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def ray_address(tmp_path_factory):
     """One real local Ray cluster (head node, 2 CPUs, no GPUs) for the whole session."""
@@ -165,7 +185,7 @@ def read_quarantine(out: Path):
     return ds.dataset(str(out / "quarantine"), format="parquet").to_table()
 
 
-def milvus_counts(out: Path, collection: str = "pagemill") -> dict[str, int]:
+def milvus_counts(out: Path, collection: str = "pagemill", names: tuple[str, ...] = ("pages", "patches")) -> dict[str, int]:
     from pymilvus import MilvusClient
 
     from operators.milvus_client import release_lite
@@ -173,7 +193,7 @@ def milvus_counts(out: Path, collection: str = "pagemill") -> dict[str, int]:
     client = MilvusClient(str(out / "milvus.db"))
     try:
         return {c: int(client.query(f"{collection}_{c}", filter="", output_fields=["count(*)"],
-                                    consistency_level="Strong")[0]["count(*)"]) for c in ("pages", "patches")}
+                                    consistency_level="Strong")[0]["count(*)"]) for c in names}
     finally:
         client.close()
         release_lite(str(out / "milvus.db"))  # another process may open the file next

@@ -143,7 +143,8 @@ def test_a_text_model_added_later_embeds_only_the_text(src, tmp_path, capsys):
     assert added["pages"]["embedded"] == 0 and added["index"]["added"] == ["text"]
     pages = committed_pages(out)
     with_text = [i for i, v in enumerate(pages["sv_text"].to_pylist()) if v is not None]
-    assert with_text and milvus_rows(out)["pagemill_text"] == len(with_text)
+    chunks = pages["text_chunks"].to_pylist()
+    assert with_text and milvus_rows(out)["pagemill_text"] == sum(len(chunks[i]) for i in with_text)  # a row a chunk
     assert main(["search", "table", "--out", str(out), "--stage1", "text", "--rerank", "none", "-k", "2", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["results"]) == 2
     # a single-vector model added later: the pages are rendered again for it, nothing else runs

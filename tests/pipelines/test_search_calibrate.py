@@ -94,22 +94,6 @@ def test_calibrate_profile_feeds_the_planner(small_corpus, tmp_path, capsys):
     assert any("synthetic page" in n for n in json.loads(capsys.readouterr().out)["notes"])
 
 
-@pytest.fixture(scope="module")
-def text_indexed(smoke_corpus, tmp_path_factory):
-    """SMOKE's text-bearing documents with the real MiniLM weights on the text layer."""
-    import shutil
-
-    src = tmp_path_factory.mktemp("text_src")
-    for uri in smoke_corpus.ok_pages:
-        path = uri.replace("file://", "").replace("%2B", "+")
-        if "/text/" in path or "/papers/" in path or "/tables/" in path or "/scanned/" in path:
-            shutil.copy(path, src)
-    out = tmp_path_factory.mktemp("text_out")
-    assert main(["ingest", str(src), "--out", str(out), "--executor", "local", "--model",
-                 "colqwen2-tiny,text:all-MiniLM-L6-v2", "--quiet"]) == 0
-    return out
-
-
 def test_text_layer_sentence_finds_its_page(text_indexed, capsys):
     from pipelines.fidelity import sentences
 

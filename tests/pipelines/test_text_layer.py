@@ -1,0 +1,108 @@
+"""The text layer: chunks in Milvus with BM25 (Milvus Lite) and dense vectors, fused; real PDFs,
+the real MiniLM weights, a real Milvus Lite."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from conftest import milvus_counts, read_pages
+
+from operators.text_layer import CHARS, bm25_text, chunk_text
+from pipelines.cli import main
+from pipelines.fidelity import sentences
+
+
+def _search(capsys, out, query: str, *extra: str) -> list[dict]:
+    assert main(["search", query, "--out", str(out), "--rerank", "none", "-k", "3", "--json", *extra]) == 0
+    return json.loads(capsys.readouterr().out)["results"]
+
+
+def _unique_sentences(pages) -> list[tuple[str, str]]:
+    """(page_id, a sentence of that page no other page has), for the pages with prose."""
+    texts = pages["text"].to_pylist()
+    flat = [" ".join((t or "").split()) for t in texts]
+    out = []
+    for i, t in enumerate(texts):
+        unique = [x for x in sentences(t) if sum(x in f for f in flat) == 1]
+        if unique:
+            out.append((pages["page_id"][i].as_py(), max(unique, key=len)))
+    return out
+
+
+def test_chunks_cover_the_text_and_unspaced_scripts_become_bigrams():
+    words = [f"w{i}" for i in range(400)]
+    chunks = chunk_text(" ".join(words))
+    assert [len(c.split()) for c in chunks] == [150, 150, 150]
+    assert set(" ".join(chunks).split()) == set(words)  # every word in a chunk; overlaps repeat a few
+    assert chunks[1].split()[0] == "w125"  # 25 words shared with the chunk before
+    assert chunk_text("") == [] and chunk_text(None) == []
+    assert all(len(c) <= CHARS for c in chunk_text("中" * 3000))  # no spaces: cut by characters
+    assert bm25_text("Tokyo 東京タワー 서울 ok") == "Tokyo 東京 京タ タワ ワー 서울 ok"
+    assert bm25_text("نص عربي") == "نص عربي"  # Arabic is spaced: as it is
+
+
+def test_text_rows_are_chunks_with_their_vectors(text_indexed):
+    pages = read_pages(text_indexed)
+    chunks = pages["text_chunks"].to_pylist()
+    texts = pages["text"].to_pylist()
+    with_text = [i for i, c in enumerate(chunks) if c is not None]
+    assert with_text and any(c is None for c in chunks)  # scans: no text, no chunks
+    assert all(len(chunks[i]) == len(chunk_text(texts[i])) for i in with_text)
+    assert milvus_counts(text_indexed, names=("text",))["text"] == sum(len(chunks[i]) for i in with_text)
+
+
+def test_status_expects_a_row_per_chunk(text_indexed, capsys):
+    assert main(["status", str(text_indexed), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["healthy"], status["problems"]
+    assert status["milvus"]["pagemill_text"]["rows"] == status["milvus"]["pagemill_text"]["expected"] > 0
+
+
+def test_a_copied_sentence_finds_its_page_first_by_bm25_and_the_fusion_says_its_lists(text_indexed, capsys):
+    pages = read_pages(text_indexed)
+    picked = _unique_sentences(pages)
+    assert len(picked) >= 8
+    for page_id, sentence in picked[:8]:
+        assert _search(capsys, text_indexed, sentence, "--stage1", "text-bm25")[0]["page_id"] == page_id, sentence
+    page_id, sentence = picked[0]
+    top = _search(capsys, text_indexed, sentence, "--stage1", "text")[0]
+    assert top["page_id"] == page_id and top["lists"] == ["text-bm25", "text-dense"]
+    dense = _search(capsys, text_indexed, sentence, "--stage1", "text-dense")
+    assert all(r["lists"] == ["text-dense"] for r in dense)
+    # the lexical list alone, through the fusion: the same order as text-bm25
+    bm25_only = _search(capsys, text_indexed, sentence, "--stage1", "text", "--text-weights", "dense=0")
+    assert [r["page_id"] for r in bm25_only] == [r["page_id"] for r in _search(capsys, text_indexed, sentence,
+                                                                                  "--stage1", "text-bm25")]
+
+
+def test_cjk_and_arabic_phrases_find_their_pages(text_indexed, capsys):
+    pages = read_pages(text_indexed)
+    texts = pages["text"].to_pylist()
+    flat = ["".join((t or "").split()) for t in texts]
+    found = {}
+    for script, pattern in (("japanese", r"[\u3040-\u30ff\u4e00-\u9fff]{8,}"), ("arabic", r"[\u0600-\u06ff ]{25,}")):
+        for i, t in enumerate(texts):
+            runs = [r.strip() for r in re.findall(pattern, t or "")]
+            runs = [r for r in runs if sum("".join(r.split()) in f for f in flat) == 1]
+            if runs:
+                phrase = max(runs, key=len)[:12 if script == "japanese" else 40]
+                found[script] = (pages["page_id"][i].as_py(), phrase)
+                break
+    assert set(found) == {"japanese", "arabic"}
+    for page_id, phrase in found.values():
+        results = _search(capsys, text_indexed, phrase, "--stage1", "text-bm25")
+        assert results and results[0]["page_id"] == page_id, phrase
+
+
+def test_text_weights_are_checked(text_indexed, capsys):
+    assert main(["search", "x", "--out", str(text_indexed), "--stage1", "text", "--text-weights", "bm25=a"]) == 2
+    assert "--text-weights" in capsys.readouterr().err
+    assert main(["search", "x", "--out", str(text_indexed), "--stage1", "text", "--text-weights",
+                 "bm25=0,dense=0"]) == 2
+
+
+def test_hybrid_results_say_which_lists_found_them(text_indexed, capsys):
+    results = _search(capsys, text_indexed, "Walden pond and the woods", "--hybrid")
+    assert results and all(r["lists"] and set(r["lists"]) <= {"sv-mean", "text-bm25", "text-dense"} for r in results)
+    assert any("text-bm25" in r["lists"] for r in results)
