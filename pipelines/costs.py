@@ -177,6 +177,47 @@ def layout_cost(layout: Layout | str, vectors_per_page: float, dim: int, *, inde
     )
 
 
+# The text layer (``text:<model>``, operators/text_layer.py): one Milvus row per chunk of a page's
+# text. Defaults measured on the dev corpus' text-heavy documents (benchmarks/text.py: 4.4 chunks
+# a page of prose; about 3 over a mixed corpus, whose scans and slides have few or none).
+TEXT_DIM = 384  # all-MiniLM-L6-v2
+TEXT_CHUNKS_PER_PAGE = 3.0
+TEXT_CHUNK_BYTES = 900.0  # the BM25 text of a chunk (UTF-8, as stored: unspaced scripts as bigrams)
+BM25_TERMS_PER_CHUNK = 90.0  # distinct terms of a 150-word chunk: its sparse vector's entries
+SPARSE_ENTRY_BYTES = 8.0  # a term id (4) and its weight (4), in the sparse vector and its inverted index
+
+
+def text_layer_cost(chunks_per_page: float = TEXT_CHUNKS_PER_PAGE, dim: int = TEXT_DIM, *, bm25: bool = True,
+                    index: str = "HNSW", doc_version_len: float = 26.0, chunk_bytes: float = TEXT_CHUNK_BYTES,
+                    terms_per_chunk: float = BM25_TERMS_PER_CHUNK) -> LayoutCost:
+    """The text layer per page: in Parquet the page vector (``sv_text``) and the chunks' vectors
+    (``text_chunks``; the text itself is archived with or without a text model); in Milvus one
+    row per chunk (keys, the dense vector with its index and, where the server has BM25, the
+    chunk's text with Milvus' sparse vector and inverted index)."""
+    vec = dim * 4.0
+    mem_idx, disk_idx = index_overhead(index, dim, vec)
+    scalars = patch_row_scalar_bytes(doc_version_len, chunks_per_page)
+    text = (chunk_bytes + VARCHAR_OVERHEAD) if bm25 else 0.0
+    sparse = terms_per_chunk * SPARSE_ENTRY_BYTES if bm25 else 0.0
+    rows = chunks_per_page
+    parquet = (vec + PARQUET_PAGE_BYTES) + rows * (vec + PARQUET_LEVEL_BYTES["list"]) + PARQUET_PAGE_BYTES
+    raw = rows * (vec + scalars + text)
+    return LayoutCost(
+        layout="text" + ("+bm25" if bm25 else ""),
+        vectors_per_page=rows,
+        dim=dim,
+        bytes_per_vector=vec,
+        raw_bytes_per_page=(rows + 1) * vec,
+        parquet_bytes_per_page=parquet,
+        milvus_rows_per_page=rows,
+        milvus_raw_bytes_per_page=raw,
+        # the sparse vectors and their inverted index (2 x the entries) are in memory and on disk
+        milvus_memory_bytes_per_page=rows * (mem_idx + scalars + text + 2 * sparse),
+        milvus_disk_bytes_per_page=raw + rows * (disk_idx + 2 * sparse),
+        index=index.upper(),
+    )
+
+
 def pooled_vectors(vectors_per_page: float, layout: Layout, special: float = 0.0,
                    grid: tuple[float, float] | None = None) -> float:
     """Vectors per page of a pooled layout from the full count (``special``: non-patch vectors)."""

@@ -21,8 +21,11 @@ from operators import schema as S
 from operators.errors import UsageError
 from operators.fde import FdeParams
 from operators.layouts import parse_layout, parse_layouts
+from operators.milvus_plan import BM25_LAYOUT, TEXT_LAYOUT
 from operators.store import OutputStore
 from pipelines.costs import (
+    TEXT_CHUNKS_PER_PAGE,
+    TEXT_DIM,
     LayoutCost,
     Prices,
     human_bytes,
@@ -32,6 +35,7 @@ from pipelines.costs import (
     page_row_scalar_bytes,
     patch_row_scalar_bytes,
     pooled_vectors,
+    text_layer_cost,
 )
 from pipelines.fidelity import latest_fidelity, layouts_in
 
@@ -133,10 +137,25 @@ def measure_run(store: OutputStore, max_shards: int = 200, milvus=None, milvus_s
         "layouts": per_layout,
         "fidelity": latest_fidelity(store, recorded.get("model")),
     }
+    if S.TEXT_CHUNKS in first.schema_arrow.names:
+        measured["text_layer"] = measure_text_layer(blobs, column_bytes, rows, first.schema_arrow)
     if milvus is not None:
         measured["milvus"] = measure_milvus(milvus, sample[S.PAGE_ID].to_pylist()[:200])
         measured["milvus_collections"] = measure_milvus_storage(milvus, milvus_storage)
     return measured
+
+
+def measure_text_layer(blobs: dict, column_bytes: dict[str, int], rows: int, schema: pa.Schema) -> dict:
+    """The text layer's chunks per page (from the sampled shards) and its Parquet bytes per page
+    (the page vector, the chunks' vectors; the text itself, archived with or without it)."""
+    counts = pa.concat_arrays([pc.list_value_length(pq.read_table(io.BytesIO(b), columns=[S.TEXT_CHUNKS])[S.TEXT_CHUNKS]
+                                                    ).combine_chunks() for b in blobs.values()])
+    n = np.nan_to_num(counts.to_numpy(zero_copy_only=False).astype(float))
+    vectors = column_bytes.get(S.SV_TEXT, 0) + column_bytes.get(S.TEXT_CHUNKS, 0)
+    return {"dim": int(schema.field(S.SV_TEXT).type.list_size), "chunks_per_page": float(n.mean()) if len(n) else 0.0,
+            "pages_with_text": float((n > 0).mean()) if len(n) else 0.0,
+            "parquet_vector_bytes_per_page": vectors / max(rows, 1),
+            "parquet_text_bytes_per_page": column_bytes.get(S.TEXT, 0) / max(rows, 1)}
 
 
 def measure_milvus_storage(reader, storage: OutputStore | None) -> dict:
@@ -168,7 +187,7 @@ def measure_milvus(sink, page_ids: list[str]) -> dict:
     for every layout the index holds: vector bytes (by the field's type) plus every key and
     scalar field of its rows (length-prefixed VARCHARs, INT32s). A page-level layout is counted
     as if its vector had the page row to itself."""
-    from operators.milvus_plan import PATCH_ID, TEXT_LAYOUT
+    from operators.milvus_plan import PATCH_ID
 
     plan = sink.plan if sink.plan is not None else sink.discover()
     ids = json.dumps(page_ids)
@@ -180,7 +199,7 @@ def measure_milvus(sink, page_ids: list[str]) -> dict:
     out: dict = {}
     pages = None
     for fp in plan.fields:
-        if fp.layout == TEXT_LAYOUT:
+        if fp.layout in (TEXT_LAYOUT, BM25_LAYOUT):  # the text layer: its own line (text_layer_report)
             continue
         sink.client.load_collection(fp.collection)  # a fresh connection finds collections released
         if fp.mode in ("page", "struct"):
@@ -270,6 +289,8 @@ def build_report(measured: dict, pages: tuple[int, ...] = DEFAULT_PAGES, prices:
               "layouts": [r for r, _ in rows]}
     if storage:
         report["milvus"] = {k: v for k, v in storage.items() if k != "fields"}
+    if measured.get("text_layer"):
+        report["text_layer"] = text_layer_report(measured, storage, index)
     report["notes"] = []
     if any(r["milvus"]["index"] == "AUTOINDEX" for r, _ in rows):
         report["notes"].append("AUTOINDEX is projected as HNSW (M=16), what a Milvus server builds for it")
@@ -279,6 +300,47 @@ def build_report(measured: dict, pages: tuple[int, ...] = DEFAULT_PAGES, prices:
     report["notes"] += [storage[k] for k in ("note", "index_pending") if storage.get(k)]
     report["recommendation"] = recommend(rows, pages[-1], prices, replicas, threshold)
     return report
+
+
+def text_layer_report(measured: dict, storage: dict, index: str | None) -> dict:
+    """The text layer's bytes per page: Parquet measured, Milvus' collection measured (its rows'
+    raw bytes; the server's files, BM25 index included, where measured), and the cost model's."""
+    t = measured["text_layer"]
+    fields = storage.get("fields", {})
+    bm25 = BM25_LAYOUT in fields if fields else True
+    cost = text_layer_cost(t["chunks_per_page"], t["dim"], bm25=bm25, index=projected_index(
+        fields.get(TEXT_LAYOUT, {}).get("index")) if not index else index)
+    out = {**t, "bm25": bm25, "predicted": {"parquet_bytes_per_page": cost.parquet_bytes_per_page,
+                                             "milvus_raw_bytes_per_page": cost.milvus_raw_bytes_per_page,
+                                             "milvus_memory_bytes_per_page": cost.milvus_memory_bytes_per_page,
+                                             "milvus_disk_bytes_per_page": cost.milvus_disk_bytes_per_page}}
+    coll = next((c for c in storage.get("collections", []) if c["collection"] == fields.get(TEXT_LAYOUT, {}).get("collection")),
+                None)
+    if coll and measured["pages"]:
+        out["milvus"] = {"collection": coll["collection"], "rows": coll["rows"],
+                         "raw_bytes_per_page": coll["raw_bytes"] / measured["pages"],
+                         "server_bytes_per_page": (coll["server_bytes"] / measured["pages"]
+                                                   if coll.get("server_bytes") is not None else None),
+                         "index_types": coll.get("index_types", {})}
+    return out
+
+
+def format_text_layer(t: dict | None) -> list[str]:
+    if not t:
+        return []
+    p = t["predicted"]
+    line = (f"text layer: {t['chunks_per_page']:.2f} chunks/page ({100 * t['pages_with_text']:.0f}% of pages have text), "
+            f"{t['dim']}-dim; Parquet vectors {human_bytes(t['parquet_vector_bytes_per_page'])}/page "
+            f"(pred {human_bytes(p['parquet_bytes_per_page'])}), text {human_bytes(t['parquet_text_bytes_per_page'])}/page")
+    lines = [line]
+    m = t.get("milvus")
+    if m:
+        server = f", server files {human_bytes(m['server_bytes_per_page'])}/page" if m.get("server_bytes_per_page") else ""
+        lines.append(f"text layer in Milvus ({m['collection']}, {m['rows']:,} chunk rows, "
+                     f"{'BM25 + dense' if t['bm25'] else 'dense only: no BM25 on this server'}): raw "
+                     f"{human_bytes(m['raw_bytes_per_page'])}/page (pred {human_bytes(p['milvus_raw_bytes_per_page'])})"
+                     f"{server}; memory pred {human_bytes(p['milvus_memory_bytes_per_page'])}/page")
+    return lines
 
 
 def _recall(row: dict) -> float | None:
@@ -328,6 +390,7 @@ def format_report(report: dict) -> str:
             line += f"{r['projections'][n]['monthly_cost_usd']:>18,.0f}"
         lines.append(line)
     lines += format_milvus_storage(report.get("milvus"))
+    lines += format_text_layer(report.get("text_layer"))
     rec = report["recommendation"]
     if rec.get("cheapest_above_threshold"):
         c = rec["cheapest_above_threshold"]
@@ -400,14 +463,18 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
     base = "sv-vlm" if single else f"mv-{dtype}"
     names = [base] + [x for x in (layouts or []) if x != base]
     if single:
-        names = [n for n in names if n.startswith("sv-") and n != "sv-fde"]
+        names = [n for n in names if (n.startswith("sv-") and n != "sv-fde") or n == TEXT_LAYOUT]
     rows = []
     for name in names:
-        lay = parse_layout("sv-mean" if name == "sv-vlm" else name)
-        vpp = pooled_vectors(vectors_per_page, lay, special)
-        cost = layout_cost(lay, vpp, dim, index=index, lite=lite)
+        if name == TEXT_LAYOUT:  # the text layer: a row per chunk, dense and BM25
+            cost = text_layer_cost(index=index)
+            vpp = cost.vectors_per_page
+        else:
+            lay = parse_layout("sv-mean" if name == "sv-vlm" else name)
+            vpp = pooled_vectors(vectors_per_page, lay, special)
+            cost = layout_cost(lay, vpp, dim, index=index, lite=lite)
         cost.layout = name
-        overhead = measured_overhead(measured, name) if measured else None
+        overhead = measured_overhead(measured, name) if measured and name != TEXT_LAYOUT else None
         if overhead:
             cost.milvus_disk_bytes_per_page = cost.milvus_raw_bytes_per_page * overhead["ratio"]
         rows.append({"layout": name, "vectors_per_page": vpp, "dim": cost.dim, "bytes_per_vector": cost.bytes_per_vector,
@@ -421,7 +488,8 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
     out = {"pages": pages, "model": preset, "vectors_per_page": vectors_per_page, "dim": dim, "dtype": dtype,
            "index": index.upper(), "replicas": replicas, "layouts": rows, "prices": asdict(prices)}
     out["notes"] = []
-    lite_raw = sum(layout_cost(parse_layout("sv-mean" if r["layout"] == "sv-vlm" else r["layout"]),
+    lite_raw = sum(text_layer_cost().milvus_raw_bytes_per_page if r["layout"] == TEXT_LAYOUT else
+                   layout_cost(parse_layout("sv-mean" if r["layout"] == "sv-vlm" else r["layout"]),
                                r["vectors_per_page"], dim, lite=True).milvus_raw_bytes_per_page for r in rows)
     out["lite_memory_bytes"] = lite_memory_bytes(pages, lite_raw)
     warning = lite_memory_warning(pages, lite_raw)
@@ -429,6 +497,10 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
         out["notes"].append(warning)
     if index.upper() == "AUTOINDEX":
         out["notes"].append("AUTOINDEX is costed as HNSW (M=16), what a Milvus server builds for it")
+    if TEXT_LAYOUT in names:
+        out["notes"].append(f"text: the text layer ({TEXT_DIM}-dim text:all-MiniLM-L6-v2), {TEXT_CHUNKS_PER_PAGE:g} "
+                            f"chunks a page (a row each: dense vector, BM25 text and sparse vector); pagemill report "
+                            f"measures yours")
     with_overhead = [r for r in rows if "milvus_disk_measured_overhead" in r]
     if with_overhead:
         ratios = ", ".join(f"{r['layout']} x{r['milvus_disk_measured_overhead']['ratio']:.2f}" for r in with_overhead)

@@ -130,7 +130,8 @@ class TextSearch:
         # Milvus Lite returns the BM25 score negated (best first either way): the score is its size.
         return best_per_page(hits, abs)[:candidates]
 
-    def search(self, query: str, candidates: int, mode: str = "text", where: str = "") -> TextResult:
+    def search(self, query: str, candidates: int, mode: str = "text", where: str = "", vector=None) -> TextResult:
+        """``vector``: the query's embedding, when the caller has it already."""
         if mode not in TEXT_MODES:
             raise UsageError(f"--stage1 {mode!r}: the text modes are {', '.join(TEXT_MODES)}")
         notes = []
@@ -143,7 +144,7 @@ class TextSearch:
                 if mode == "text-bm25":
                     raise UsageError(self.unavailable_note().replace(": dense text only", "") + ": use --stage1 text-dense")
         if mode in ("text", "text-dense"):
-            lists["text-dense"] = self.dense(query, candidates, where)
+            lists["text-dense"] = self.dense(query, candidates, where, vector)
         if len(lists) == 1:
             ranked = next(iter(lists.values()))
         else:

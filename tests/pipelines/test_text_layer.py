@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from conftest import milvus_counts, read_pages
 
 from operators.text_layer import CHARS, bm25_text, chunk_text
@@ -106,3 +107,18 @@ def test_hybrid_results_say_which_lists_found_them(text_indexed, capsys):
     results = _search(capsys, text_indexed, "Walden pond and the woods", "--hybrid")
     assert results and all(r["lists"] and set(r["lists"]) <= {"sv-mean", "text-bm25", "text-dense"} for r in results)
     assert any("text-bm25" in r["lists"] for r in results)
+
+
+def test_report_and_plan_cost_the_text_layer(text_indexed, capsys):
+    pages = read_pages(text_indexed)
+    chunks = [len(c) for c in pages["text_chunks"].to_pylist() if c is not None]
+    assert main(["report", str(text_indexed), "--json"]) == 0
+    t = json.loads(capsys.readouterr().out)["text_layer"]
+    assert t["chunks_per_page"] == pytest.approx(sum(chunks) / pages.num_rows)
+    assert t["bm25"] and t["milvus"]["rows"] == sum(chunks)
+    # measured: the rows' bytes and Milvus Lite's own files for the collection (BM25 index included)
+    assert t["milvus"]["server_bytes_per_page"] > t["milvus"]["raw_bytes_per_page"] > 0
+    assert t["milvus"]["raw_bytes_per_page"] == pytest.approx(t["predicted"]["milvus_raw_bytes_per_page"], rel=0.5)
+    assert main(["plan", "--model", "colqwen2", "--layouts", "text", "--pages", "1M", "--json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out)["layouts"] if r["layout"] == "text")
+    assert row["vectors_per_page"] == 3.0 and row["milvus_disk_bytes"] > row["raw_bytes_total"] > 3 * 384 * 4 * 1e6
