@@ -155,6 +155,10 @@ def _fidelity_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-pages", type=int, default=5000, help="rank at most this many sampled pages (5000)")
     p.add_argument("--model", help="query encoder (default: the model recorded in the shards)")
     p.add_argument("--weights", choices=["hub", "random"], help="default: as recorded in the shards")
+    p.add_argument("--milvus", help="the index's Milvus, for the text layer's BM25 and fusion (default OUT/milvus.db "
+                   "where it exists)")
+    p.add_argument("--collection", help="collection prefix (default: the index's, OUT/_index.json; else pagemill)")
+    _milvus_connection_args(p)
     p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
@@ -304,8 +308,8 @@ def _search_parser(sub) -> argparse.ArgumentParser:
                    help="ANN stage: sv-mean, sv-fde, patches (the mv rows), another multi-vector layout in Milvus "
                    "(mv-pool3, ...); or the text layer: text (BM25 and dense text fused), text-bm25, text-dense "
                    "(sv-mean)")
-    p.add_argument("--text-weights", default="bm25=1,dense=1",
-                   help="weights of the text layer's lists in the fusion (reciprocal rank, k=60) (bm25=1,dense=1)")
+    p.add_argument("--text-weights", default="bm25=1,dense=0.5",
+                   help="weights of the text layer's lists in the fusion (reciprocal rank, k=60) (bm25=1,dense=0.5)")
     p.add_argument("--hybrid", action="store_true",
                    help="fuse the visual stage 1 with the text-layer stage 1 (reciprocal rank fusion)")
     p.add_argument("--rerank", default="mv", help="multi-vector layout for exact MaxSim, or none (mv)")
@@ -648,8 +652,24 @@ def _fidelity(args) -> int:
     recorded = recorded_metadata(store)
     spec = ModelSpec(name=args.model or recorded.get("model", "colqwen2-tiny"),
                      weights=args.weights or recorded.get("weights", "random"))
-    result = measure_fidelity(store, spec, None, _fde_from(recorded), args.queries, seed=args.seed,
-                              max_pages=args.max_pages)
+    text_model = recorded.get("text_model")
+    sink = text = None
+    uri = args.milvus or store.local_path("milvus.db")
+    if text_model and uri and (args.milvus or os.path.exists(uri)):
+        from operators.milvus_reader import MilvusReader
+        from pipelines.identity import milvus_base
+        from pipelines.text_search import TextSearch
+
+        sink = MilvusReader(_milvus_connection(args, uri), milvus_base(store, args.collection))
+        sink.connect()
+        sink.discover()
+        text = TextSearch(sink, text_model)
+    try:
+        result = measure_fidelity(store, spec, None, _fde_from(recorded), args.queries, seed=args.seed,
+                                  max_pages=args.max_pages, text_model=text_model, text_search=text)
+    finally:
+        if sink is not None:
+            sink.close()
     if result.get("note"):
         args.console.write(f"pagemill: note: {result['note']}\n")
     saved = save_fidelity(store, result, spec.name)
@@ -663,6 +683,14 @@ def _fidelity(args) -> int:
     for name, r in rows:
         _print(args, f"{name:<16}{r['vectors_per_page']:>14.1f}{human_bytes(r['bytes_per_page']):>12}"
               f"{r['recall_at_10']:>11.3f}{r['ndcg_at_10']:>10.3f}")
+    t = result.get("text_layer")
+    if t:
+        _print(args, f"text layer: the source page of each of {t['queries']} sentences, searched in {t['searched']}")
+        _print(args, f"{'list':<16}{'first':>8}{'top 3':>8}{'top 10':>8}")
+        for name, r in t["lists"].items():
+            _print(args, f"{name:<16}{r['recall_at_1']:>8.3f}{r['recall_at_3']:>8.3f}{r['recall_at_10']:>8.3f}")
+        if t.get("note"):
+            _print(args, f"note: {t['note']}")
     return 0
 
 

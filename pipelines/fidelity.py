@@ -5,6 +5,11 @@ model's query path. The reference ranking is full ``mv`` MaxSim over the sampled
 ranks the same pages with its own scoring, and we report recall@10 of the reference top-10 and
 nDCG@10 with graded relevance from the reference order (rank r in the reference top-10 counts
 10 - r). Pages without text are not query sources but stay in the ranked corpus.
+
+The same sentences query the text layer (an index with ``text:<model>``): its recall is whether
+the page a sentence came from comes back first, in the top 3, in the top 10 (``text_layer``): for
+the fusion, BM25 and dense per chunk, searched in the index's Milvus over every page; without
+Milvus, dense per chunk and per page only, exactly over the sampled pages.
 """
 
 from __future__ import annotations
@@ -103,9 +108,56 @@ def score_layouts(queries: list[np.ndarray], table: pa.Table, layouts: list[Layo
     return results
 
 
+TEXT_KS = (1, 3, 10)
+
+
+def _hits(ranks: list[int | None]) -> dict:
+    return {f"recall_at_{k}": round(sum(1 for r in ranks if r is not None and r <= k) / max(1, len(ranks)), 4)
+            for k in TEXT_KS}
+
+
+def text_layer_recall(picked: list[tuple[int, str]], table: pa.Table, text_model: str, text_search=None) -> dict:
+    """Recall of the text layer against the page each sentence came from: through Milvus
+    (``text_search``, a ``pipelines.text_search.TextSearch``: the fusion and each of its lists),
+    else exactly over ``table``'s chunk and page vectors."""
+    from operators.text_embed import TextEmbedder
+
+    ids = table[S.PAGE_ID].to_pylist()
+    model = text_search.embedder if text_search is not None else TextEmbedder(text_model)
+    vectors = model.embed_queries([s for _, s in picked])
+    ranks: dict[str, list] = {}
+
+    def rank(name: str, ranked: list[str], source: str) -> None:
+        ranks.setdefault(name, []).append(ranked.index(source) + 1 if source in ranked else None)
+
+    if text_search is not None:
+        for (i, sentence), v in zip(picked, vectors):
+            found = text_search.search(sentence, max(TEXT_KS), "text", vector=v)
+            rank("text", [p for p, _ in found.ranked], ids[i])
+            for name, ranked in found.lists.items():
+                rank(name, [p for p, _ in ranked], ids[i])
+        out = {"searched": "milvus"}
+    else:
+        chunks = table[S.TEXT_CHUNKS].to_pylist()
+        owner = np.array([j for j, c in enumerate(chunks) if c for _ in c], np.int64)
+        flat = np.array([v for c in chunks if c for v in c], np.float32).reshape(len(owner), -1)
+        pages = np.array([v if v is not None else np.zeros(flat.shape[1]) for v in table[S.SV_TEXT].to_pylist()],
+                         np.float32)
+        for (i, _), v in zip(picked, vectors):
+            best = np.full(len(ids), -np.inf)
+            np.maximum.at(best, owner, flat @ v)
+            rank("text-dense", [ids[j] for j in np.argsort(-best, kind="stable")[:max(TEXT_KS)]], ids[i])
+            rank("text-page-mean", [ids[j] for j in np.argsort(-(pages @ v), kind="stable")[:max(TEXT_KS)]], ids[i])
+        out = {"searched": "parquet", "note": "BM25 and the fusion are searched in Milvus: run pagemill fidelity "
+               "with the index's Milvus (OUT/milvus.db, or --milvus)"}
+    return {**out, "queries": len(picked), "lists": {name: _hits(r) for name, r in ranks.items()}}
+
+
 def measure_fidelity(store: OutputStore, spec: ModelSpec, layouts: list[Layout] | None, fde: FdeParams | None,
-                     n_queries: int, seed: int = 0, max_pages: int = 5000) -> dict:
-    """Sample pages and queries from ``OUT/pages``, encode the queries, score every layout."""
+                     n_queries: int, seed: int = 0, max_pages: int = 5000, text_model: str | None = None,
+                     text_search=None) -> dict:
+    """Sample pages and queries from ``OUT/pages``, encode the queries, score every layout; and,
+    given the index's ``text_model``, the text layer's recall of the source page."""
     from pipelines.identity import live_page_files
     from pipelines.layout_stats import bytes_per_vector, layout_vector_counts
 
@@ -117,7 +169,8 @@ def measure_fidelity(store: OutputStore, spec: ModelSpec, layouts: list[Layout] 
     present = layouts_in(schema)
     layouts = [lay for lay in (layouts or present) if lay.column in schema.names]
     extra_cols = [c for lay in layouts for c in (lay.column, lay.scale_column) if c]
-    cols = list(dict.fromkeys([S.PAGE_ID, S.TEXT, S.MV, *extra_cols]))
+    text_cols = [S.SV_TEXT, S.TEXT_CHUNKS] if text_model and S.TEXT_CHUNKS in schema.names else []
+    cols = list(dict.fromkeys([S.PAGE_ID, S.TEXT, S.MV, *extra_cols, *text_cols]))
     table = read_pages(store, cols)
     if table.num_rows > max_pages:
         idx = np.sort(np.random.default_rng(seed).choice(table.num_rows, max_pages, replace=False))
@@ -138,6 +191,8 @@ def measure_fidelity(store: OutputStore, spec: ModelSpec, layouts: list[Layout] 
                                  bytes_per_page=round(float(counts.mean()) * bytes_per_vector(lay, dim, fde or FdeParams()), 1))
     usable = sum(1 for t in texts if sentences(t))
     out = {"queries": len(picked), "pages": table.num_rows, "seed": seed, "layouts": metrics}
+    if text_cols:
+        out["text_layer"] = text_layer_recall(picked, table, text_model, text_search)
     if len(picked) < n_queries:
         out["note"] = (f"{n_queries} queries asked, {len(picked)} measured: only {usable} of the {table.num_rows} pages "
                        f"have a sentence usable as a query (capitalised, 5 to 30 words, ending in . ! or ?; one per page)")

@@ -122,3 +122,20 @@ def test_report_and_plan_cost_the_text_layer(text_indexed, capsys):
     assert main(["plan", "--model", "colqwen2", "--layouts", "text", "--pages", "1M", "--json"]) == 0
     row = next(r for r in json.loads(capsys.readouterr().out)["layouts"] if r["layout"] == "text")
     assert row["vectors_per_page"] == 3.0 and row["milvus_disk_bytes"] > row["raw_bytes_total"] > 3 * 384 * 4 * 1e6
+
+
+def test_fidelity_reports_the_text_layers_recall_of_the_source_page(text_indexed, capsys):
+    from operators.models import ModelSpec
+    from operators.store import LocalStore
+    from pipelines.fidelity import measure_fidelity
+
+    assert main(["fidelity", str(text_indexed), "--queries", "8", "--json"]) == 0
+    t = json.loads(capsys.readouterr().out)["text_layer"]
+    assert t["searched"] == "milvus" and t["queries"] == 8
+    assert set(t["lists"]) == {"text", "text-bm25", "text-dense"}
+    assert t["lists"]["text-bm25"]["recall_at_1"] >= 0.75 and t["lists"]["text"]["recall_at_10"] >= 0.75
+    # without Milvus: dense only, exactly over the pages, and said
+    exact = measure_fidelity(LocalStore(text_indexed), ModelSpec(name="colqwen2-tiny", weights="random"), None, None, 8,
+                             text_model="all-MiniLM-L6-v2")["text_layer"]
+    assert exact["searched"] == "parquet" and set(exact["lists"]) == {"text-dense", "text-page-mean"} and exact["note"]
+    assert exact["lists"]["text-dense"]["recall_at_10"] >= 0.75
