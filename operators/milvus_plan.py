@@ -348,7 +348,7 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
                 fields.append(FieldPlan(BM25_LAYOUT, fp.collection, SPARSE, "sparse", 0, "chunks",
                                         IndexSpec("SPARSE_INVERTED_INDEX")))
             else:
-                notes.append(f"lexical search unavailable on {server.label}: text layer dense only "
+                notes.append(f"lexical search unavailable on {server.label}: dense text only "
                              f"(BM25 needs Milvus >= 2.5 or Milvus Lite)")
         else:
             lay = by_name[name]

@@ -417,3 +417,32 @@ def test_report_measures_the_servers_files(server, direct, tmp_path, capsys):
     bare = json.loads(capsys.readouterr().out)
     assert all(c["server_bytes"] is None for c in bare["milvus"]["collections"])
     assert any("--milvus-storage" in n for n in bare["notes"])
+
+
+def test_text_layer_on_a_server_without_bm25_is_dense_and_says_so(server, smoke_corpus, tmp_path, capsys):
+    """Milvus 2.3.5 has no BM25 function: the text layer is dense only, said in one line at
+    ingest and at search, and text search still finds pages."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for uri in smoke_corpus.ok_pages:
+        if "/text/" in uri:
+            shutil.copy(url2pathname(urlparse(uri).path), source)
+    out = tmp_path / "out"
+    summary = ingest(source, out, server, "--collection", "textsrv", "--layouts", "sv-mean", "--model",
+                     "colqwen2-tiny,text:all-MiniLM-L6-v2")
+    assert "text" in summary["milvus"]["fields"] and "text-bm25" not in summary["milvus"]["fields"]
+    assert any("lexical search unavailable" in n for n in summary["milvus"]["notes"])
+    pages = read_pages(out)
+    assert counts(server, "textsrv")["textsrv_text"] == sum(len(c) for c in pages["text_chunks"].to_pylist() if c)
+    text = next(t for t in pages["text"].to_pylist() if t and len(t.split()) > 40)
+    query = " ".join(text.split()[10:30])
+    capsys.readouterr()
+    assert main(["search", query, "--out", str(out), "--collection", "textsrv", "--stage1", "text", "--rerank", "none",
+                 "--json", *conn_args(server)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count(f"lexical search unavailable on Milvus {server.version}: dense text only") == 1
+    results = json.loads(captured.out)["results"]
+    assert results and all(r["lists"] == ["text-dense"] for r in results)
+    assert main(["search", query, "--out", str(out), "--collection", "textsrv", "--stage1", "text-bm25",
+                 *conn_args(server)]) == 2
+    assert "--stage1 text-dense" in capsys.readouterr().err
