@@ -157,6 +157,12 @@ def measure_milvus_storage(reader, storage: OutputStore | None) -> dict:
     if pending:
         out["index_pending"] = (f"the server is still indexing {', '.join(c.collection for c in pending)}: their index "
                                 f"bytes are not final (report again when describe_index shows no pending rows)")
+    unindexed = [c.collection for c in collections
+                 if c.server_bytes is not None and c.rows and not c.pending_index_rows and not c.server_index_bytes
+                 and any(t not in ("FLAT", "BIN_FLAT", "none") for t in c.index_types.values())]
+    if unindexed and not reader.conn.lite:
+        out["index_small"] = (f"no index files for {', '.join(unindexed)}: the server indexes only segments past its "
+                              f"minimum size (1,024 rows by default) and searches smaller ones by brute force")
     if not reader.conn.lite and storage is None:
         out["note"] = ("server bytes not measured: pass --milvus-storage with the server's storage (its "
                        "localStorage.path, or the bucket's root path, e.g. s3://milvus-bucket/files)")
@@ -276,7 +282,7 @@ def build_report(measured: dict, pages: tuple[int, ...] = DEFAULT_PAGES, prices:
     if not any(r["fidelity"] for r, _ in rows):
         report["notes"].append("no fidelity measured yet (the recall@10 column and the bytes-vs-fidelity chart are "
                                "empty): run pagemill fidelity OUT (or ingest with --fidelity-queries N)")
-    report["notes"] += [storage[k] for k in ("note", "index_pending") if storage.get(k)]
+    report["notes"] += [storage[k] for k in ("note", "index_pending", "index_small") if storage.get(k)]
     report["recommendation"] = recommend(rows, pages[-1], prices, replicas, threshold)
     return report
 
