@@ -121,9 +121,12 @@ def measure_run(store: OutputStore, max_shards: int = 200, milvus=None, milvus_s
                                  "p95": float(np.percentile(counts, 95)), "max": float(counts.max())},
             "parquet_bytes_per_page": pbytes / rows,
         }
+    in_layouts = {c for lay in layouts for c in (lay.column, lay.scale_column) if c}
     measured = {
         "pages": rows,
         "shards": len(shards),
+        # every other column (the page text, the text layer's vector, keys, grids), as stored
+        "other_columns_bytes_per_page": {c: b / rows for c, b in sorted(column_bytes.items()) if c not in in_layouts},
         "dim": dim,
         "model": recorded.get("model"),
         "fde": asdict(fde),
@@ -274,6 +277,9 @@ def build_report(measured: dict, pages: tuple[int, ...] = DEFAULT_PAGES, prices:
                                                     else "AUTOINDEX (pagemill's default)"),
               "replicas": replicas, "prices": asdict(prices), "threshold": threshold,
               "layouts": [r for r, _ in rows]}
+    other = measured.get("other_columns_bytes_per_page")
+    if other is not None:
+        report["parquet_other_columns"] = {"bytes_per_page": other, "total_bytes_per_page": sum(other.values())}
     if storage:
         report["milvus"] = {k: v for k, v in storage.items() if k != "fields"}
     report["notes"] = []
@@ -333,6 +339,12 @@ def format_report(report: dict) -> str:
         for n in pages:
             line += f"{r['projections'][n]['monthly_cost_usd']:>18,.0f}"
         lines.append(line)
+    other = report.get("parquet_other_columns")
+    if other:
+        big = sorted(other["bytes_per_page"].items(), key=lambda kv: -kv[1])
+        lines.append(f"other Parquet columns: {human_bytes(other['total_bytes_per_page'])}/page ("
+                     + ", ".join(f"{c} {human_bytes(b)}" for c, b in big[:6])
+                     + (", ..." if len(big) > 6 else "") + ")")
     lines += format_milvus_storage(report.get("milvus"))
     rec = report["recommendation"]
     if rec.get("cheapest_above_threshold"):
