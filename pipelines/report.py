@@ -366,7 +366,8 @@ def format_milvus_storage(milvus: dict | None) -> list[str]:
     if not milvus or not milvus.get("collections"):
         return []
     lines = [f"Milvus storage at {milvus['uri']} (server bytes: its files, measured):",
-             f"{'collection':<34}{'rows':>10}{'raw':>11}{'server':>11}{'data':>11}{'index':>11}{'server/raw':>11}  index built"]
+             f"{'collection':<34}{'rows':>10}{'raw':>11}{'server':>11}{'data':>11}{'index':>11}{'server/raw':>11}"
+             f"{'loaded mem':>11}  index built"]
     def b(c, k):
         return human_bytes(c[k]) if c.get(k) is not None else "-"
 
@@ -374,7 +375,8 @@ def format_milvus_storage(milvus: dict | None) -> list[str]:
         ratio = f"{c['ratio']:.2f}" if c.get("ratio") is not None else "-"
         built = ", ".join(f"{f}={t}" for f, t in sorted(c["index_types"].items())) or "-"
         lines.append(f"{c['collection']:<34}{c['rows']:>10,}{b(c, 'raw_bytes'):>11}{b(c, 'server_bytes'):>11}"
-                     f"{b(c, 'server_data_bytes'):>11}{b(c, 'server_index_bytes'):>11}{ratio:>11}  {built}")
+                     f"{b(c, 'server_data_bytes'):>11}{b(c, 'server_index_bytes'):>11}{ratio:>11}"
+                     f"{b(c, 'loaded_memory_bytes'):>11}  {built}")
     return lines
 
 
