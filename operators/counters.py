@@ -18,15 +18,18 @@ class StageCounters:
         self.stage = stage
         self.stats: dict = {"pages": 0, "batches": 0, "busy_s": 0.0}
         self.started: float | None = None
+        self.started_at: float | None = None  # the same moment on the wall clock (the driver's window ends at its own)
         self.labels: dict = {}  # set by the executor (e.g. the Ray node id)
 
     def start(self) -> None:
         if self.started is None:
             self.started = time.perf_counter()
+            self.started_at = time.time()
 
     def snapshot(self) -> dict:
         wall = time.perf_counter() - self.started if self.started else 0.0
-        return {"worker": f"{os.uname().nodename}:{os.getpid()}", **self.labels, **self.stats, "wall_s": round(wall, 4)}
+        return {"worker": f"{os.uname().nodename}:{os.getpid()}", **self.labels, **self.stats, "wall_s": round(wall, 4),
+                "started_at": self.started_at}
 
 
 class Stage:

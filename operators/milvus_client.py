@@ -191,9 +191,21 @@ class MilvusClientBase:
                 time.sleep(min(0.5 * 2 ** attempt, 8.0))
 
     def count(self, collection: str, filter: str = "") -> int:
-        res = self._guard("count", self.client.query, collection, filter=filter, output_fields=["count(*)"],
-                          consistency_level="Strong")
-        return int(res[0]["count(*)"])
+        return int(self._guard("count", self._count, collection, filter)[0]["count(*)"])
+
+    def _count(self, collection: str, filter: str):
+        def query():
+            return self.client.query(collection, filter=filter, output_fields=["count(*)"], consistency_level="Strong")
+
+        try:
+            return query()
+        except Exception as e:
+            # A Milvus Lite file reopened by a new process (or after its writer closed it) holds
+            # its collections released: load, then count.
+            if "released" not in str(e) and "not loaded" not in str(e):
+                raise
+            self.client.load_collection(collection)
+            return query()
 
     def count_own(self, collection: str, corpus: str | None = None) -> int:
         """Rows of one corpus (with a partition key, other corpora share the collection)."""

@@ -33,9 +33,9 @@ class LocalExecutor(Executor):
                     # One process runs every stage in turn: each stage's wall time is the loop's
                     # (from the end of set-up), so its utilisation is its share of the loop, as an
                     # actor's is its share of its own time on Ray.
-                    loop_start = time.perf_counter()
+                    loop_start, loop_start_at = time.perf_counter(), time.time()
                     for op in ops:
-                        op.counters.started = loop_start
+                        op.counters.started, op.counters.started_at = loop_start, loop_start_at
                 table = units_table([(unit.unit_id, unit.docs)], unit.may_hold_fn())
                 for op in pipeline.stages:
                     table = op(table)

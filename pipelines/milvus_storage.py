@@ -40,6 +40,7 @@ class CollectionBytes:
     files: int | None = None
     index_types: dict[str, str] = field(default_factory=dict)  # vector field -> the index the server built
     pending_index_rows: int = 0  # rows the server has not indexed yet (their index files are still to come)
+    loaded_memory_bytes: int | None = None  # the query nodes' memory for its loaded segments, as the server reports it
     storage: str | None = None  # where the files were read
 
     @property
@@ -96,6 +97,17 @@ def built_indexes(client, collection: str, vector_fields) -> tuple[dict[str, str
         total, done = int(desc.get("total_rows") or 0), int(desc.get("indexed_rows") or 0)
         pending = max(pending, int(desc.get("pending_index_rows") or 0), total - done)
     return out, pending
+
+
+def loaded_memory(client, collection: str) -> int | None:
+    """The memory a server's query nodes report for the collection's loaded segments (sealed
+    segments: rows still in the growing segment are not in it); None where it is not reported."""
+    try:
+        segments = client.list_loaded_segments(collection)
+    except Exception:
+        return None
+    sizes = [int(getattr(s, "mem_size", 0) or 0) for s in segments]
+    return sum(sizes) if segments else None
 
 
 class ServerFiles:
@@ -170,6 +182,8 @@ def measure_collections(reader, collections: list[str], storage: OutputStore | N
         elif server is not None:
             c.server_data_bytes, c.server_index_bytes, c.files = reader._guard("segments", server.measure, client, name)
             c.storage = storage.uri
+        if lite_db is None:
+            c.loaded_memory_bytes = loaded_memory(client, name)
         if c.server_data_bytes is not None:
             c.server_bytes = c.server_data_bytes + c.server_index_bytes
         out.append(c)

@@ -125,9 +125,12 @@ def measure_run(store: OutputStore, max_shards: int = 200, milvus=None, milvus_s
                                  "p95": float(np.percentile(counts, 95)), "max": float(counts.max())},
             "parquet_bytes_per_page": pbytes / rows,
         }
+    in_layouts = {c for lay in layouts for c in (lay.column, lay.scale_column) if c}
     measured = {
         "pages": rows,
         "shards": len(shards),
+        # every other column (the page text, the text layer's vector, keys, grids), as stored
+        "other_columns_bytes_per_page": {c: b / rows for c, b in sorted(column_bytes.items()) if c not in in_layouts},
         "dim": dim,
         "model": recorded.get("model"),
         "fde": asdict(fde),
@@ -176,6 +179,12 @@ def measure_milvus_storage(reader, storage: OutputStore | None) -> dict:
     if pending:
         out["index_pending"] = (f"the server is still indexing {', '.join(c.collection for c in pending)}: their index "
                                 f"bytes are not final (report again when describe_index shows no pending rows)")
+    unindexed = [c.collection for c in collections
+                 if c.server_bytes is not None and c.rows and not c.pending_index_rows and not c.server_index_bytes
+                 and any(t not in ("FLAT", "BIN_FLAT", "none") for t in c.index_types.values())]
+    if unindexed and not reader.conn.lite:
+        out["index_small"] = (f"no index files for {', '.join(unindexed)}: the server indexes only segments past its "
+                              f"minimum size (1,024 rows by default) and searches smaller ones by brute force")
     if not reader.conn.lite and storage is None:
         out["note"] = ("server bytes not measured: pass --milvus-storage with the server's storage (its "
                        "localStorage.path, or the bucket's root path, e.g. s3://milvus-bucket/files)")
@@ -287,6 +296,9 @@ def build_report(measured: dict, pages: tuple[int, ...] = DEFAULT_PAGES, prices:
                                                     else "AUTOINDEX (pagemill's default)"),
               "replicas": replicas, "prices": asdict(prices), "threshold": threshold,
               "layouts": [r for r, _ in rows]}
+    other = measured.get("other_columns_bytes_per_page")
+    if other is not None:
+        report["parquet_other_columns"] = {"bytes_per_page": other, "total_bytes_per_page": sum(other.values())}
     if storage:
         report["milvus"] = {k: v for k, v in storage.items() if k != "fields"}
     if measured.get("text_layer"):
@@ -297,7 +309,7 @@ def build_report(measured: dict, pages: tuple[int, ...] = DEFAULT_PAGES, prices:
     if not any(r["fidelity"] for r, _ in rows):
         report["notes"].append("no fidelity measured yet (the recall@10 column and the bytes-vs-fidelity chart are "
                                "empty): run pagemill fidelity OUT (or ingest with --fidelity-queries N)")
-    report["notes"] += [storage[k] for k in ("note", "index_pending") if storage.get(k)]
+    report["notes"] += [storage[k] for k in ("note", "index_pending", "index_small") if storage.get(k)]
     report["recommendation"] = recommend(rows, pages[-1], prices, replicas, threshold)
     return report
 
@@ -389,6 +401,12 @@ def format_report(report: dict) -> str:
         for n in pages:
             line += f"{r['projections'][n]['monthly_cost_usd']:>18,.0f}"
         lines.append(line)
+    other = report.get("parquet_other_columns")
+    if other:
+        big = sorted(other["bytes_per_page"].items(), key=lambda kv: -kv[1])
+        lines.append(f"other Parquet columns: {human_bytes(other['total_bytes_per_page'])}/page ("
+                     + ", ".join(f"{c} {human_bytes(b)}" for c, b in big[:6])
+                     + (", ..." if len(big) > 6 else "") + ")")
     lines += format_milvus_storage(report.get("milvus"))
     lines += format_text_layer(report.get("text_layer"))
     rec = report["recommendation"]
@@ -411,7 +429,8 @@ def format_milvus_storage(milvus: dict | None) -> list[str]:
     if not milvus or not milvus.get("collections"):
         return []
     lines = [f"Milvus storage at {milvus['uri']} (server bytes: its files, measured):",
-             f"{'collection':<34}{'rows':>10}{'raw':>11}{'server':>11}{'data':>11}{'index':>11}{'server/raw':>11}  index built"]
+             f"{'collection':<34}{'rows':>10}{'raw':>11}{'server':>11}{'data':>11}{'index':>11}{'server/raw':>11}"
+             f"{'loaded mem':>11}  index built"]
     def b(c, k):
         return human_bytes(c[k]) if c.get(k) is not None else "-"
 
@@ -419,7 +438,8 @@ def format_milvus_storage(milvus: dict | None) -> list[str]:
         ratio = f"{c['ratio']:.2f}" if c.get("ratio") is not None else "-"
         built = ", ".join(f"{f}={t}" for f, t in sorted(c["index_types"].items())) or "-"
         lines.append(f"{c['collection']:<34}{c['rows']:>10,}{b(c, 'raw_bytes'):>11}{b(c, 'server_bytes'):>11}"
-                     f"{b(c, 'server_data_bytes'):>11}{b(c, 'server_index_bytes'):>11}{ratio:>11}  {built}")
+                     f"{b(c, 'server_data_bytes'):>11}{b(c, 'server_index_bytes'):>11}{ratio:>11}"
+                     f"{b(c, 'loaded_memory_bytes'):>11}  {built}")
     return lines
 
 

@@ -4,7 +4,8 @@ Every worker of every stage (render, the model stages, encode, write) stamps its
 counters on each unit's marker row (the only channel back from a streaming actor that needs no
 service); the driver keeps the latest counters per worker and times its own commits (the ledger
 records). A worker's wall time counts from the end of its set-up (a model load is start-up, not
-work), and the driver's is the run's. The stage that limits a streaming run is
+work), and the driver's from the first unit's arrival; every window ends at the end of the run
+(a stage that finished its last batch early was idle since). The stage that limits a streaming run is
 the one that never waits: the highest *utilisation* (busy / wall time of its workers). Its
 *capacity* (pages / busy seconds x workers) is beside it. (Capacities alone mislead when stages
 share cores: every stage then looks slower than it is.)
@@ -28,6 +29,7 @@ class StageStats:
         self.commit = {"units": 0, "pages": 0, "busy_s": 0.0}
         self.start = clock()
         self._first: tuple[float, int] | None = None  # (time, pages) at the first commit
+        self._first_arrival: float | None = None  # when the first unit reached the driver
         self._last: tuple[float, int] | None = None
         self._commits_after_first = 0
         self._milvus_rows: dict[str, int] = {}
@@ -72,6 +74,7 @@ class StageStats:
         now = self.clock()
         if self._first is None:
             self._first = (now, self.commit["pages"])
+            self._first_arrival = now - seconds
         else:
             self._commits_after_first += 1
         self._last = (now, self.commit["pages"])
@@ -85,24 +88,35 @@ class StageStats:
         return (self._last[1] - self._first[1]) / (self._last[0] - self._first[0])
 
     def _commit_window(self, wall: float) -> float:
-        """The driver's time for commits: the run so far. (From the first unit's arrival instead,
-        units that all arrive together at the end would make a few milliseconds of commits look
-        like a driver busy all the time.)"""
-        return wall
+        """The driver's time for commits: from the first unit's arrival to now, the end of the
+        run, as a worker's counts from its first batch (start-up is nobody's idle time). A run of
+        one unit gets no bottleneck line (``bottleneck``): there is no steady state to diagnose."""
+        if self._first_arrival is None:
+            return wall
+        return max(1e-9, self.clock() - self._first_arrival)
 
     def summary(self) -> dict:
         wall = max(1e-9, self.clock() - self.start)
+        now = time.time()
+
+        def window(w: dict) -> float:
+            """A worker's time: from its first batch (after its set-up) to now, the end of the run
+            (its last batch may be long before: a stage that did one batch early was not busy
+            for the rest of the run)."""
+            return max(w["wall_s"], now - w["started_at"]) if w.get("started_at") else w["wall_s"]
+
         out: dict = {}
         for stage, workers in self.workers.items():
             if not workers:
                 continue
+            workers = {k: {**w, "wall_s": round(window(w), 4)} for k, w in workers.items()}
             busy = sum(w["busy_s"] for w in workers.values())
             worker_wall = sum(w["wall_s"] for w in workers.values())
             pages = sum(w["pages"] for w in workers.values())
             s = {"workers": len(workers), "items": pages, "busy_s": round(busy, 3),
                  "items_per_busy_s": round(pages / busy, 2) if busy else None,
                  "capacity_pages_per_s": round(pages / busy * len(workers), 2) if busy else None,
-                 "utilisation": round(busy / worker_wall, 3) if worker_wall else None,
+                 "utilisation": round(min(1.0, busy / worker_wall), 3) if worker_wall else None,
                  "waiting_s": round(max(0.0, worker_wall - busy), 3),
                  "per_worker": [{k: w[k] for k in ("worker", "node_id", "visible_devices", "pages", "busy_s", "wall_s",
                                                    "forward_s")

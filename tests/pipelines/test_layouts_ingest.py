@@ -99,6 +99,12 @@ def test_report_predicts_what_it_measures(layout_run, tmp_path, capsys):
     assert patches["rows"] * 128 * 2 * 0.9 <= patches["server_data_bytes"] <= patches["rows"] * 128 * 4 * 1.2
     assert patches["ratio"] == pytest.approx(patches["server_bytes"] / patches["raw_bytes"], rel=1e-3)
     assert report["index"] == "AUTOINDEX (as built)"
+    # Every byte of the shards is in a layout or another column (the page text among them)
+    other = report["parquet_other_columns"]
+    assert other["bytes_per_page"]["text"] > 0 and other["bytes_per_page"]["page_id"] > 0
+    shards = sum(p.stat().st_size for p in (out / "pages").glob("*.parquet")) / report["pages_measured"]
+    columns = other["total_bytes_per_page"] + sum(r["parquet_bytes_per_page"]["measured"] for r in report["layouts"])
+    assert 0.8 * shards < columns <= shards
     assert all(r["milvus"]["index_built"] == "AUTOINDEX" for r in report["layouts"])
     assert report["recommendation"]["cascade"]["stage1"] in ("sv-mean", "sv-fde")
     # charts: valid PNGs with real content

@@ -388,19 +388,27 @@ def test_report_measures_the_servers_files(server, direct, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     colls = {c["collection"]: c for c in report["milvus"]["collections"]}
     assert {k: c["rows"] for k, c in colls.items()} == counts(server, "direct")
-    dims = {"direct_patches": 128 * 4, "direct_patches_pool3": 128 * 4, "direct_patches_bin": 128 / 8,
-            "direct_pages": 128 * 4}
+    # The binlogs are zstd-compressed Parquet: float32 vectors computed in bf16 keep about their
+    # bf16 bytes (the low halves are zeros), random binary codes all of theirs.
+    dims = {"direct_patches": 128 * 2, "direct_patches_pool3": 128 * 2, "direct_patches_bin": 128 / 8,
+            "direct_pages": 128 * 2}
     for name, c in colls.items():
         assert c["server_bytes"] == c["server_data_bytes"] + c["server_index_bytes"] and c["files"] > 0, name
         assert c["ratio"] == pytest.approx(c["server_bytes"] / c["raw_bytes"], rel=1e-3)
-        if name in dims:  # the binlogs hold every vector as written (not compressed)
-            assert c["server_data_bytes"] >= 0.95 * c["rows"] * dims[name], name
-        assert c["pending_index_rows"] == 0 and c["server_index_bytes"] > 0, name
+        if name in dims:
+            assert c["server_data_bytes"] >= 0.9 * c["rows"] * dims[name], name
+        assert c["pending_index_rows"] == 0, name
+        assert c["loaded_memory_bytes"] > 0.5 * c["rows"] * dims.get(name, 1), name  # the query node's own figure
+        # Milvus 2.3 builds index files only for segments of 1,024 rows or more (and says so)
+        flat = set(c["index_types"].values()) <= {"FLAT", "BIN_FLAT"}  # brute force: no index files
+        assert (c["server_index_bytes"] > 0) == (c["rows"] >= 1024 and not flat), name
+    small = [n for n, c in colls.items() if c["rows"] < 1024 and set(c["index_types"].values()) - {"FLAT", "BIN_FLAT"}]
+    assert all(any(n in note and "1,024 rows" in note for note in report["notes"]) for n in small)
     assert colls["direct_patches"]["index_types"] == {"vector": "IVF_PQ"}
     assert colls["direct_patches_pool3"]["index_types"] == {"vector": "HNSW"}
-    # HNSW keeps the vectors and adds its graph; IVF_PQ keeps codes far smaller than the vectors
+    # IVF_PQ keeps codes far smaller than the vectors (HNSW, on fewer than 1,024 rows here, has no files)
     pool3 = colls["direct_patches_pool3"]
-    assert pool3["server_index_bytes"] > pool3["rows"] * 128 * 4
+    assert pool3["rows"] < 1024 and "direct_patches_pool3" in small
     mv = colls["direct_patches"]
     assert mv["server_index_bytes"] < mv["rows"] * 128 * 4 / 4
     assert sum(c["server_bytes"] for c in colls.values()) < tree_bytes(server.storage)

@@ -65,3 +65,16 @@ def test_a_real_run_reports_stages(small_corpus, tmp_path):
     assert stages["write"]["items"] == stages["encode"]["items"] == s["pages"]["indexed"]
     assert 0 < stages["embed"]["forward_share"] <= 1 and stages["steady_pages_per_s"] > 0
     assert s["bottleneck"].startswith("bottleneck: ") and "accelerator" not in s["bottleneck"]  # a CPU run
+
+
+def test_a_worker_idle_since_its_last_batch_is_not_busy():
+    """A worker's window ends at the end of the run, not at its last batch: a render actor that
+    rendered everything in its first second of a ten-second run was busy a tenth of it."""
+    import time
+
+    st = StageStats()
+    st.observe([{"render": {"worker": "a:1", "pages": 6, "busy_s": 1.0, "wall_s": 1.0, "started_at": time.time() - 10},
+                 "encode": {"worker": "a:2", "pages": 6, "busy_s": 0.0031, "wall_s": 0.003}}])
+    s = st.summary()
+    assert 0.09 < s["render"]["utilisation"] < 0.11
+    assert s["encode"]["utilisation"] == 1.0  # never above 1 (its own clock rounds)
