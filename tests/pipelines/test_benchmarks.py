@@ -91,3 +91,13 @@ def test_pipeline_benchmark_measures_steady_state_between_first_and_last_commit(
     assert 0 < int(steady[0]) < int(wall[0]) and 0 < float(steady[1]) < float(wall[1])
     assert "steady state: not measured" not in table
     assert "naive loop (pdf2image, one page at a time, Parquet at the end)" in r
+
+
+def test_text_benchmark_ranks_the_same_queries_every_way(capsys):
+    from benchmarks import text
+
+    table = text.main(["--corpus", str(CORPUS), "--pages", "12", "--queries", "3"])
+    r = rows(table)
+    assert list(r) == list(text.METHODS) and all(len(v) == 4 and all(c.endswith("%") for c in v) for v in r.values())
+    assert re.search(r"Text layer: 12 pages \(\d+ documents.*\d+ chunks; \d+ verbatim sentences", table)
+    assert re.search(r"Target for the fusion \(verbatim top-3 >= 90%, top-1 >= 80%\): (met|NOT met)", table)

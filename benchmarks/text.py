@@ -1,0 +1,202 @@
+"""The text layer: does a phrase the user remembers find its page? Four searches side by side in
+one run, on the same pages and the same queries.
+
+    python -m benchmarks.text [--pages 2500] [--queries 200] [--seed 21] [--corpus DIR]
+
+Pages: the dev corpus' text-heavy documents (text, papers, tables, diagrams, charts, slides;
+whole documents, drawn at random with the seed until ``--pages`` pages with text are in), their
+text layers as PyMuPDF reads them (what ingest's render stage keeps). Each page's chunks are
+embedded once with ``text:all-MiniLM-L6-v2`` and written to a Milvus Lite ``NAME_text`` collection
+by pagemill's own writer (chunk vectors and BM25 text); the searches are pagemill's
+(``pipelines/text_search.py``):
+
+1. dense page-mean: one vector per page, the normalised mean of its chunks' vectors (``sv_text``;
+   the page as one vector, as the text layer was before chunks), exact inner product;
+2. dense per chunk (``--stage1 text-dense``): each page scored by its best chunk, in Milvus;
+3. BM25 (``--stage1 text-bm25``): Milvus' BM25 function over the chunks, best chunk per page;
+4. fusion (``--stage1 text``): reciprocal rank fusion of 2 and 3 (k = 60), at search's default
+   weights (``--text-weights bm25=1,dense=0.5``) and at equal weights.
+
+Queries (seeded): ``verbatim``: a prose sentence (5-30 words, ``pipelines.fidelity.sentences``)
+copied from a random page, one that no other page contains (a running header has no single
+source page); ``paraphrased``: the same sentence with a third of its words dropped and two
+neighbouring pairs swapped. A hit: the source page is first (top-1) or in the first three (top-3).
+Target for the fusion: top-3 >= 90% and top-1 >= 80% of the verbatim sentences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from benchmarks.render import DEFAULT_CORPUS
+from operators import schema as S
+from operators.text_embed import TextEmbedder, has_text
+
+CATEGORIES = ("text", "papers", "tables", "diagrams", "charts", "slides")
+
+CANDIDATES = 100  # pages per list, as search's --candidates
+METHODS = ("dense page-mean (one vector a page)", "dense per chunk (`text-dense`)", "BM25 (`text-bm25`)",
+           "fusion (`text`: BM25 + dense, RRF k=60, bm25=1,dense=0.5: the default)",
+           "fusion, equal weights (`--text-weights bm25=1,dense=1`)")
+
+
+def load_pages(corpus: Path, n_pages: int, seed: int) -> list[dict]:
+    """Whole documents of the text-heavy categories, in a seeded random order, until n_pages
+    pages with a text layer."""
+    import pymupdf
+
+    with open(corpus / "EXPECT.tsv") as f:
+        docs = [r["file"] for r in csv.DictReader(f, delimiter="\t")
+                if r["file"].split("/")[0] in CATEGORIES and r["expectation_pymupdf_2.0"] in ("ok", "ok_repaired")]
+    random.Random(seed).shuffle(docs)
+    pages = []
+    for name in docs:
+        uri = (corpus / name).resolve().as_uri()
+        with pymupdf.open(corpus / name) as doc:
+            for i, page in enumerate(doc):
+                text = page.get_text()
+                if has_text(text) and len(text.split()) >= 20:
+                    pages.append({S.PAGE_ID: S.page_id_for(uri, i), S.DOC_ID: S.doc_id_for(uri), S.DOC_VERSION: "v1",
+                                  S.SOURCE_URI: uri, S.PAGE_NUMBER: i, S.TEXT: text})
+        if len(pages) >= n_pages:
+            break
+    return pages[:n_pages]
+
+
+def make_queries(pages: list[dict], n: int, seed: int) -> list[tuple[str, str, str]]:
+    """(source page id, verbatim sentence, paraphrase), seeded."""
+    from pipelines.fidelity import sentences
+
+    rng = random.Random(seed)
+    flat = [" ".join(p[S.TEXT].split()) for p in pages]
+    order = list(range(len(pages)))
+    rng.shuffle(order)
+    out = []
+    for i in order:
+        own = [s for s in sentences(pages[i][S.TEXT]) if len(s.split()) >= 8]
+        rng.shuffle(own)
+        unique = next((s for s in own if sum(s in f for f in flat) == 1), None)
+        if unique is None:
+            continue
+        out.append((pages[i][S.PAGE_ID], unique, paraphrase(unique, rng)))
+        if len(out) >= n:
+            break
+    return out
+
+
+def paraphrase(sentence: str, rng: random.Random) -> str:
+    """A third of the words dropped, then two neighbouring pairs swapped."""
+    words = sentence.rstrip(".!?").split()
+    keep = sorted(rng.sample(range(len(words)), max(3, len(words) - len(words) // 3)))
+    words = [words[i] for i in keep]
+    for _ in range(2):
+        j = rng.randrange(len(words) - 1)
+        words[j], words[j + 1] = words[j + 1], words[j]
+    return " ".join(words)
+
+
+def build_index(pages: list[dict], model: TextEmbedder, uri: str) -> tuple:
+    """The chunks' vectors (one embedding pass), the page means, and NAME_text in Milvus Lite
+    written by pagemill's writer. Returns (reader with the text plan, page means, seconds)."""
+    from operators.embed import text_columns
+    from operators.layouts import parse_layouts
+    from operators.milvus_client import MilvusConnection
+    from operators.milvus_plan import BM25_LAYOUT, TEXT_LAYOUT, build_collection, plan_fields
+    from operators.milvus_reader import MilvusReader
+    from operators.milvus_writer import MilvusWriter
+
+    texts = [p[S.TEXT] for p in pages]
+    t = time.perf_counter()
+    page_col, chunk_col = text_columns(model, texts, list(range(len(texts))))
+    embed_s = time.perf_counter() - t
+    table = pa.table({**{k: [p[k] for p in pages] for k in pages[0]}, S.SV_TEXT: page_col, S.TEXT_CHUNKS: chunk_col})
+    writer = MilvusWriter(MilvusConnection(uri), "bench")
+    writer.connect()
+    plan = plan_fields(writer.server, "bench", parse_layouts([]), 128, text_dim=model.dim)
+    plan.fields = [f for f in plan.fields if f.layout in (TEXT_LAYOUT, BM25_LAYOUT)]
+    name = plan.fields[0].collection
+    schema, index = build_collection(plan, name)
+    writer.client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+    writer.plan = plan
+    t = time.perf_counter()
+    for start in range(0, table.num_rows, 256):
+        writer.write_pages(table.slice(start, 256))
+    writer.flush()
+    write_s = time.perf_counter() - t
+    reader = MilvusReader(MilvusConnection(uri), "bench")
+    reader.client, reader.plan = writer.client, plan
+    means = np.asarray(page_col.values.to_numpy(zero_copy_only=False), np.float32).reshape(len(texts), -1)
+    return reader, means, embed_s, write_s, sum(len(c) for c in chunk_col.to_pylist())
+
+
+def main(argv=None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", default=str(DEFAULT_CORPUS))
+    ap.add_argument("--pages", type=int, default=2500)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=21)
+    args = ap.parse_args(argv)
+    from pipelines.text_search import TextSearch, weighted_rrf
+
+    t0 = time.perf_counter()
+    pages = load_pages(Path(args.corpus), args.pages, args.seed)
+    queries = make_queries(pages, args.queries, args.seed)
+    model = TextEmbedder("all-MiniLM-L6-v2")
+    model.load()
+    with tempfile.TemporaryDirectory() as tmp:
+        reader, means, embed_s, write_s, n_chunks = build_index(pages, model, str(Path(tmp) / "bench.db"))
+        ids = [p[S.PAGE_ID] for p in pages]
+        text = TextSearch(reader, "all-MiniLM-L6-v2", embedder=model)
+        ranks = {kind: {m: [] for m in METHODS} for kind in ("verbatim", "paraphrased")}
+        t = time.perf_counter()
+        for source, verbatim, para in queries:
+            for kind, q in (("verbatim", verbatim), ("paraphrased", para)):
+                vec = model.embed_queries([q])[0]
+                order = np.argsort(-(means @ vec), kind="stable")[:CANDIDATES]
+                found = text.search(q, CANDIDATES, "text", vector=vec)
+                equal = weighted_rrf(found.lists)
+                lists = ([ids[i] for i in order], *([p for p, _ in found.lists[name]] for name in ("text-dense", "text-bm25")),
+                         [p for p, _ in found.ranked], [p for p, _ in equal])
+                for m, ranked in zip(METHODS, lists):
+                    ranks[kind][m].append(ranked.index(source) + 1 if source in ranked else None)
+        search_s = time.perf_counter() - t
+        reader.client.close()
+        from operators.milvus_client import release_lite
+
+        release_lite(str(Path(tmp) / "bench.db"))
+    n = len(queries)
+    lines = [f"Text layer: {len(pages)} pages ({len({p[S.DOC_ID] for p in pages})} documents of the dev corpus' "
+             f"{', '.join(CATEGORIES)}), {n_chunks} chunks; {n} verbatim sentences copied from random pages (seed "
+             f"{args.seed}) and their {n} paraphrases (a third of the words dropped, two pairs swapped); "
+             f"`text:all-MiniLM-L6-v2` on {model.device}, Milvus Lite.", "",
+             "| search | verbatim top-1 | verbatim top-3 | paraphrased top-1 | paraphrased top-3 |",
+             "|---|---:|---:|---:|---:|"]
+
+    def pct(rs, k):
+        return f"{100 * sum(1 for r in rs if r is not None and r <= k) / max(1, len(rs)):.1f}%"
+
+    for m in METHODS:
+        v, p = ranks["verbatim"][m], ranks["paraphrased"][m]
+        lines.append(f"| {m} | {pct(v, 1)} | {pct(v, 3)} | {pct(p, 1)} | {pct(p, 3)} |")
+    fusion = ranks["verbatim"][METHODS[3]]
+    met = (sum(1 for r in fusion if r is not None and r <= 3) >= 0.9 * n
+           and sum(1 for r in fusion if r == 1) >= 0.8 * n)
+    lines += ["", f"Target for the fusion (verbatim top-3 >= 90%, top-1 >= 80%): {'met' if met else 'NOT met'}. "
+              f"Embedding {n_chunks} chunks: {embed_s:.0f} s ({n_chunks / max(embed_s, 1e-9):.1f} chunks/s); "
+              f"writing them to Milvus Lite: {write_s:.1f} s; {2 * n} queries searched every way: {search_s:.1f} s; "
+              f"run: {time.perf_counter() - t0:.0f} s."]
+    table = "\n".join(lines)
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
