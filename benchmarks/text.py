@@ -1,7 +1,7 @@
 """The text layer: does a phrase the user remembers find its page? Four searches side by side in
 one run, on the same pages and the same queries.
 
-    python -m benchmarks.text [--pages 2500] [--queries 200] [--seed 21] [--corpus DIR]
+    python -m benchmarks.text [--pages 2500] [--queries 200] [--seed 21] [--corpus DIR] [--save-lists FILE]
 
 Pages: the dev corpus' text-heavy documents (text, papers, tables, diagrams, charts, slides;
 whole documents, drawn at random with the seed until ``--pages`` pages with text are in), their
@@ -15,7 +15,7 @@ by pagemill's own writer (chunk vectors and BM25 text); the searches are pagemil
 2. dense per chunk (``--stage1 text-dense``): each page scored by its best chunk, in Milvus;
 3. BM25 (``--stage1 text-bm25``): Milvus' BM25 function over the chunks, best chunk per page;
 4. fusion (``--stage1 text``): reciprocal rank fusion of 2 and 3 (k = 60), at search's default
-   weights (``--text-weights bm25=1,dense=0.5``) and at equal weights.
+   weights (``--text-weights bm25=1,dense=0.25``) and at equal weights.
 
 Queries (seeded): ``verbatim``: a prose sentence (5-30 words, ``pipelines.fidelity.sentences``)
 copied from a random page, one that no other page contains (a running header has no single
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import random
 import tempfile
 import time
@@ -44,7 +45,7 @@ CATEGORIES = ("text", "papers", "tables", "diagrams", "charts", "slides")
 
 CANDIDATES = 100  # pages per list, as search's --candidates
 METHODS = ("dense page-mean (one vector a page)", "dense per chunk (`text-dense`)", "BM25 (`text-bm25`)",
-           "fusion (`text`: BM25 + dense, RRF k=60, bm25=1,dense=0.5: the default)",
+           "fusion (`text`: BM25 + dense, RRF k=60, bm25=1,dense=0.25: the default)",
            "fusion, equal weights (`--text-weights bm25=1,dense=1`)")
 
 
@@ -143,7 +144,10 @@ def main(argv=None) -> str:
     ap.add_argument("--pages", type=int, default=2500)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--seed", type=int, default=21)
+    ap.add_argument("--save-lists", help="write each query's BM25 and dense page lists here (JSON lines), to try "
+                    "other fusions without embedding again")
     args = ap.parse_args(argv)
+    saved = open(args.save_lists, "w") if args.save_lists else None
     from pipelines.text_search import TextSearch, weighted_rrf
 
     t0 = time.perf_counter()
@@ -163,11 +167,15 @@ def main(argv=None) -> str:
                 order = np.argsort(-(means @ vec), kind="stable")[:CANDIDATES]
                 found = text.search(q, CANDIDATES, "text", vector=vec)
                 equal = weighted_rrf(found.lists)
+                if saved:
+                    saved.write(json.dumps({"kind": kind, "source": source, "query": q, **found.lists}) + "\n")
                 lists = ([ids[i] for i in order], *([p for p, _ in found.lists[name]] for name in ("text-dense", "text-bm25")),
                          [p for p, _ in found.ranked], [p for p, _ in equal])
                 for m, ranked in zip(METHODS, lists):
                     ranks[kind][m].append(ranked.index(source) + 1 if source in ranked else None)
         search_s = time.perf_counter() - t
+        if saved:
+            saved.close()
         reader.client.close()
         from operators.milvus_client import release_lite
 

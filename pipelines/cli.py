@@ -290,7 +290,7 @@ def _calibrate(args) -> int:
 SEARCH_EXAMPLE = """examples:
   pagemill search "revenue by region" --out demo-out
   pagemill search "revenue by region" --out demo-out --stage1 patches --rerank mv-pool3 --json
-  pagemill search "a phrase you remember" --out demo-out --stage1 text --rerank none --text-weights bm25=1,dense=0.5
+  pagemill search "a phrase you remember" --out demo-out --stage1 text --rerank none --text-weights bm25=1,dense=1
 """
 
 
@@ -308,8 +308,8 @@ def _search_parser(sub) -> argparse.ArgumentParser:
                    help="ANN stage: sv-mean, sv-fde, patches (the mv rows), another multi-vector layout in Milvus "
                    "(mv-pool3, ...); or the text layer: text (BM25 and dense text fused), text-bm25, text-dense "
                    "(sv-mean)")
-    p.add_argument("--text-weights", default="bm25=1,dense=0.5",
-                   help="weights of the text layer's lists in the fusion (reciprocal rank, k=60) (bm25=1,dense=0.5)")
+    p.add_argument("--text-weights", default="bm25=1,dense=0.25",
+                   help="weights of the text layer's lists in the fusion (reciprocal rank, k=60) (bm25=1,dense=0.25)")
     p.add_argument("--hybrid", action="store_true",
                    help="fuse the visual stage 1 with the text-layer stage 1 (reciprocal rank fusion)")
     p.add_argument("--rerank", default="mv", help="multi-vector layout for exact MaxSim, or none (mv)")
