@@ -46,18 +46,21 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def peak_rss_of(cmd: list[str], env: dict) -> tuple[int, float, int]:
+def peak_rss_of(cmd: list[str], env: dict, stderr_file: Path) -> tuple[int, float, int, int]:
+    """(peak RSS of the process tree, seconds, exit code, peak RSS of the driver process alone)."""
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(stderr_file, "wb") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
     ps = psutil.Process(proc.pid)
-    peak = 0
+    peak = driver = 0
     stop = threading.Event()
 
     def sampler():
-        nonlocal peak
+        nonlocal peak, driver
         while not stop.is_set():
             try:
                 peak = max(peak, tree_rss(ps))
+                driver = max(driver, ps.memory_info().rss)
             except psutil.NoSuchProcess:
                 return
             stop.wait(0.1)
@@ -67,7 +70,7 @@ def peak_rss_of(cmd: list[str], env: dict) -> tuple[int, float, int]:
     rc = proc.wait()
     stop.set()
     th.join()
-    return peak, time.perf_counter() - t, rc
+    return peak, time.perf_counter() - t, rc, driver
 
 
 def lite_raw_bytes(db: Path) -> float:
@@ -121,32 +124,39 @@ def main(argv=None) -> str:
                        "ray", "--unit-max-docs", "8", "--quiet", "--summary", str(tmp / f"{label}-{mode}.json")]
                 if mode == "server":
                     cmd += ["--milvus", f"http://127.0.0.1:{port}", "--collection", f"mem{label}"]
-                peak, seconds, rc = peak_rss_of(cmd, env)
+                err = tmp / f"{label}-{mode}.stderr"
+                peak, seconds, rc, driver = peak_rss_of(cmd, env, err)
                 if rc != 0:
-                    raise SystemExit(f"{label} {mode} run failed with exit code {rc}")
+                    tail = err.read_text(errors="replace").strip().splitlines()[-3:]
+                    raise SystemExit(f"{label} {mode} run failed with exit code {rc}: " + " / ".join(tail))
                 pages = json.loads((tmp / f"{label}-{mode}.json").read_text())["pages"]["indexed"]
                 if mode == "server":
-                    rows.append((label, pages, peak, seconds))
+                    rows.append((label, pages, peak, seconds, driver))
                 else:
-                    lite_rows.append((label, pages, peak, seconds, lite_raw_bytes(out / "milvus.db")))
+                    lite_rows.append((label, pages, peak, seconds, driver, lite_raw_bytes(out / "milvus.db")))
         milvus.kill()
         milvus.wait()
     ratio = rows[1][2] / rows[0][2]
     lines = [f"Memory: {args.category} documents, colqwen2-tiny, Ray executor, {os.cpu_count()} CPUs", "",
-             "| corpus | pages | Milvus | peak RSS, driver + Ray processes | seconds |", "|---|---:|---|---:|---:|"]
-    for label, pages, peak, seconds in rows:
-        lines.append(f"| {label} | {pages} | server (outside) | {peak / 2**20:,.0f} MiB | {seconds:.1f} |")
-    for label, pages, peak, seconds, _ in lite_rows:
-        lines.append(f"| {label} | {pages} | Lite, in the driver (default) | {peak / 2**20:,.0f} MiB | {seconds:.1f} |")
+             "| corpus | pages | Milvus | peak RSS, driver + Ray processes | driver alone | seconds |",
+             "|---|---:|---|---:|---:|---:|"]
+    for label, pages, peak, seconds, driver in rows:
+        lines.append(f"| {label} | {pages} | server (outside) | {peak / 2**20:,.0f} MiB | {driver / 2**20:,.0f} MiB "
+                     f"| {seconds:.1f} |")
+    for label, pages, peak, seconds, driver, _ in lite_rows:
+        lines.append(f"| {label} | {pages} | Lite, in the driver (default) | {peak / 2**20:,.0f} MiB | "
+                     f"{driver / 2**20:,.0f} MiB | {seconds:.1f} |")
     lite_ratio = lite_rows[1][2] / lite_rows[0][2]
-    # the index's share: what Lite adds over the server runs, per page, against what it holds
-    extra = [(lr[2] - r[2], lr[1], lr[4]) for r, lr in zip(rows, lite_rows)]
-    per_page = (extra[1][0] - extra[0][0]) / max(1, extra[1][1] - extra[0][1])
-    raw_per_page = (extra[1][2] - extra[0][2]) / max(1, extra[1][1] - extra[0][1])
+    # Lite's share: what the driver gains from 1x to 4x with Lite, beyond what it gains with a
+    # server, per page added, against the raw bytes of the rows Lite holds for those pages
+    added = max(1, lite_rows[1][1] - lite_rows[0][1])
+    per_page = ((lite_rows[1][4] - lite_rows[0][4]) - (rows[1][4] - rows[0][4])) / added
+    raw_per_page = (lite_rows[1][5] - lite_rows[0][5]) / added
     lines += ["", f"peak(4x) / peak(1x) = {ratio:.2f} with Milvus as a server (target ≤ 1.25); "
               f"{lite_ratio:.2f} with Milvus Lite in the driver",
-              f"Milvus Lite: {per_page / 1e3:,.1f} KB of memory per page added, for {raw_per_page / 1e3:,.1f} KB of raw "
-              f"rows per page in its collections: factor {per_page / max(1.0, raw_per_page):.2f} (LITE_MEMORY_FACTOR)"]
+              f"Milvus Lite: {per_page / 1e3:,.1f} KB of driver memory per page added, for {raw_per_page / 1e3:,.1f} KB "
+              f"of raw rows per page in its collections: factor {per_page / max(1.0, raw_per_page):.2f} "
+              f"(LITE_MEMORY_FACTOR)"]
     table = "\n".join(lines)
     print(table)
     return table
