@@ -228,7 +228,8 @@ def _plan_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, help="dimensions per vector")
     p.add_argument("--dtype", help="stored dtype of the base layout: fp32, fp16, bf16, int8, bin")
     p.add_argument("--pages", type=page_count, default=1_000_000, help="corpus size: 1000000, 1e6, 1M, 250k (1M)")
-    p.add_argument("--layouts", help="layouts to cost besides the base one, e.g. mv-pool3,mv-bin,sv-mean")
+    p.add_argument("--layouts", help="layouts to cost besides the base one, e.g. mv-pool3,mv-bin,sv-mean; text: the "
+                   "text layer (text:all-MiniLM-L6-v2 chunks, dense and BM25)")
     p.add_argument("--calibration", help="profile from pagemill calibrate: GPU-hours, GPUs, CPU cores per GPU")
     p.add_argument("--deadline", type=float, help="hours to finish in (needs --calibration)")
     p.add_argument("--report", help="a pagemill report --json of a run with measured Milvus server bytes: Milvus "
