@@ -78,6 +78,8 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
         columns.append(f.column)
         if f"{f.column}_scale" in schema.names:
             columns.append(f"{f.column}_scale")
+        if f.mode == "chunks":
+            columns.append(S.TEXT)  # the text layer's rows are the chunks of the page text
     columns = list(dict.fromkeys(c for c in columns if c in schema.names))
     pages = 0
     if bulk_dir:

@@ -139,3 +139,12 @@ def test_fidelity_reports_the_text_layers_recall_of_the_source_page(text_indexed
                              text_model="all-MiniLM-L6-v2")["text_layer"]
     assert exact["searched"] == "parquet" and set(exact["lists"]) == {"text-dense", "text-page-mean"} and exact["note"]
     assert exact["lists"]["text-dense"]["recall_at_10"] >= 0.75
+
+
+def test_milvus_load_rebuilds_the_text_layer_from_the_archive(text_indexed, capsys):
+    before = milvus_counts(text_indexed, names=("text",))["text"]
+    assert main(["milvus-load", str(text_indexed), "--recreate", "--json"]) == 0
+    capsys.readouterr()
+    assert milvus_counts(text_indexed, names=("text",))["text"] == before
+    page_id, sentence = _unique_sentences(read_pages(text_indexed))[0]
+    assert _search(capsys, text_indexed, sentence, "--stage1", "text-bm25")[0]["page_id"] == page_id
