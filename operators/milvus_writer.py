@@ -29,10 +29,12 @@ from operators.milvus_client import (
     sv_matrix,
 )
 from operators.milvus_plan import (
+    BM25_LAYOUT,
     CHUNK_ID,
     CHUNK_TEXT,
     CORPUS,
     PATCH_ID,
+    TEXT_LAYOUT,
     VECTOR,
     IndexSpec,
     MilvusError,
@@ -73,7 +75,8 @@ class MilvusWriter(MilvusClientBase):
         collections): what an added layout or model sends for pages Milvus already holds."""
         import dataclasses
 
-        keep = [f for f in self.plan.fields if f.layout in layouts]
+        # (the text layer's BM25 vectors come with it: Milvus computes them from the chunk text sent)
+        keep = [f for f in self.plan.fields if f.layout in layouts or (f.layout == BM25_LAYOUT and TEXT_LAYOUT in layouts)]
         w = self.for_workers()
         w.plan = dataclasses.replace(self.plan, fields=keep)
         return w

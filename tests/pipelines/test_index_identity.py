@@ -147,6 +147,10 @@ def test_a_text_model_added_later_embeds_only_the_text(src, tmp_path, capsys):
     assert with_text and milvus_rows(out)["pagemill_text"] == sum(len(chunks[i]) for i in with_text)  # a row a chunk
     assert main(["search", "table", "--out", str(out), "--stage1", "text", "--rerank", "none", "-k", "2", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["results"]) == 2
+    # the chunks' text went with them: Milvus' BM25 finds a word of a page
+    word = max((w for t in pages["text"].to_pylist() if t for w in t.split() if w.isalpha()), key=len)
+    assert main(["search", word, "--out", str(out), "--stage1", "text-bm25", "--rerank", "none", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"]
     # a single-vector model added later: the pages are rendered again for it, nothing else runs
     sv = ingest(src, out, "--model", "colqwen2-tiny,text:all-MiniLM-L6-v2,sv:qwen3-vl-embedding-tiny")
     assert sv["pages"]["embedded"] == 0 and sv["index"]["added"] == ["sv-vlm"]

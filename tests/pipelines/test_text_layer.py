@@ -148,3 +148,28 @@ def test_milvus_load_rebuilds_the_text_layer_from_the_archive(text_indexed, caps
     assert milvus_counts(text_indexed, names=("text",))["text"] == before
     page_id, sentence = _unique_sentences(read_pages(text_indexed))[0]
     assert _search(capsys, text_indexed, sentence, "--stage1", "text-bm25")[0]["page_id"] == page_id
+
+
+def test_a_writer_for_the_text_layer_alone_still_sends_the_chunk_text():
+    """What an added text model sends from the workers (a subset of the plan): the chunks'
+    text goes with their vectors, or Milvus would compute BM25 vectors of empty text."""
+    import numpy as np
+    import pyarrow as pa
+
+    from operators.embed import fixed_vectors
+    from operators.layouts import parse_layouts
+    from operators.milvus_plan import plan_fields, server_info
+    from operators.milvus_writer import MilvusWriter
+
+    text = "Copied sentences find their pages. " * 40
+    n = len(chunk_text(text))
+    plan = plan_fields(server_info("milvus_lite-3.2.2"), "idx", parse_layouts([]), 8, text_dim=4)
+    writer = MilvusWriter("unused.db", "idx", 8, plan=plan).subset(["text"])
+    assert {f.layout for f in writer.plan.fields} == {"text", "text-bm25"}
+    pages = pa.table({"page_id": ["d-p000000"], "doc_id": ["d"], "doc_version": ["v"], "source_uri": ["file:///d.pdf"],
+                      "page_number": [0], "text": [text],
+                      "text_chunks": pa.ListArray.from_arrays(pa.array([0, n], pa.int32()),
+                                                              fixed_vectors(np.ones((n, 4), np.float32), 4))})
+    cols = writer.columns_for(pages)["idx_text"]
+    assert cols.n == n and cols.fields["text"][1][0].startswith("Copied sentences")
+    assert cols.fields["chunk_id"][1] == [f"d-p000000:{j}" for j in range(n)]
