@@ -374,6 +374,8 @@ def _milvus_load(args) -> int:
                           batch_pages=args.batch_pages, index_specs=parse_index_specs(args.milvus_index),
                           mv_mode=args.milvus_mv_mode, milvus_layouts=layouts, partition_key=args.milvus_partition_key,
                           corpus=args.corpus, bulk_dir=args.bulk_dir)
+    if summary.get("text_layer_note"):
+        args.console.write(f"pagemill: note: {summary['text_layer_note']}\n")
     if args.json:
         _print(args, json.dumps(summary, indent=2, sort_keys=True))
     else:

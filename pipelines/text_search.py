@@ -104,7 +104,7 @@ class TextSearch:
         server = self.sink.server.label
         if self.dense_field.mode == "page":
             return ("lexical search unavailable: this index's text layer predates chunks (one vector per page): "
-                    "dense text only; rebuild it with pagemill milvus-load --recreate")
+                    "dense text only; ingest into a new OUT for chunks and BM25")
         return f"lexical search unavailable on {server}: dense text only (BM25 needs Milvus >= 2.5 or Milvus Lite)"
 
     @property
