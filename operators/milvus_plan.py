@@ -289,13 +289,16 @@ def _rows_vtype(server: ServerInfo, encoding: str) -> str:
 def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim: int, *, fde_dim: int | None = None,
                 text_dim: int | None = None, index_specs: dict[str, IndexSpec] | None = None, mv_mode: str = "auto",
                 milvus_layouts: list[str] | None = None, partition_key: bool = False,
-                extra_sv: dict[str, int] | None = None, existing_page_fields: set[str] | None = None) -> MilvusPlan:
+                extra_sv: dict[str, int] | None = None, existing_page_fields: set[str] | None = None,
+                text_per_page: bool = False) -> MilvusPlan:
     """Decide every vector field, and check it against the server, before anything is created.
 
     ``extra_sv``: page vectors of other models, by layout name (``{"sv-vlm": 1024}``);
     ``existing_page_fields``: the fields of a page collection that exists already (a layout or
     model added to an index: a collection's fields cannot be added to, so a new page-level
-    vector gets a collection of its own, like on servers with one vector field per collection)."""
+    vector gets a collection of its own, like on servers with one vector field per collection);
+    ``text_per_page``: the text layer as it was before chunks, one ``sv_text`` row per page (an
+    index built then, whose ``NAME_text`` or archive has no chunks), dense only."""
     specs = dict(index_specs or {})
     default = specs.pop("*", None)
     if mv_mode not in MV_MODES:
@@ -341,6 +344,11 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
             home = page_home(name.replace("-", "_"))
             fp = FieldPlan(name, home, name.replace("-", "_"), "float", int(extra_sv[name]), "page",
                            specs.get(name, default or IndexSpec()))
+        elif name == TEXT_LAYOUT and text_per_page:
+            fp = FieldPlan(name, f"{collection}_text", "sv_text", "float", int(text_dim), "page",
+                           specs.get(name, default or IndexSpec()))
+            notes.append(f"{fp.collection} was built before chunks (a vector per page): its text layer stays dense "
+                         f"per page, without BM25; ingest into a new OUT for chunks and BM25")
         elif name == TEXT_LAYOUT:
             fp = FieldPlan(name, f"{collection}_text", VECTOR, "float", int(text_dim), "chunks",
                            specs.get(name, default or IndexSpec()))

@@ -53,7 +53,7 @@ class MilvusWriter(MilvusClientBase):
                  text_dim: int | None = None, layouts: list | None = None, fde_dim: int | None = None,
                  index_specs: dict[str, IndexSpec] | None = None, mv_mode: str = "auto",
                  milvus_layouts: list[str] | None = None, partition_key: bool = False, corpus: str = "default",
-                 extra_sv: dict[str, int] | None = None, plan: MilvusPlan | None = None):
+                 extra_sv: dict[str, int] | None = None, plan: MilvusPlan | None = None, text_per_page: bool = False):
         super().__init__(conn, collection)
         self.dim = dim
         self.text_dim = text_dim
@@ -66,6 +66,7 @@ class MilvusWriter(MilvusClientBase):
         self.corpus = corpus
         self.extra_sv = extra_sv
         self.plan = plan
+        self.text_per_page = text_per_page  # the text layer as before chunks (see plan_fields)
         self.rows_written: dict[str, int] = {}
         self.delete_calls = 0  # deletes by filter sent (each costs the server a query)
         self._columnar: bool | None = None  # column requests (True), the row API (False), not yet known
@@ -151,10 +152,16 @@ class MilvusWriter(MilvusClientBase):
             desc = self._guard("describe", self.client.describe_collection, self.pages_collection)
             existing = {f["name"] for f in desc.get("fields", [])} | {
                 f["name"] for f in desc.get("struct_array_fields", []) or []}
+        text = f"{self.collection}_text"
+        if self.text_dim and not self.text_per_page and self._guard("describe", self.client.has_collection, text):
+            # an index built before chunks keeps its text layer's form (a vector per page)
+            desc = self._guard("describe", self.client.describe_collection, text)
+            self.text_per_page = any(f["name"] == "sv_text" for f in desc.get("fields", []))
         self.plan = plan_fields(self.server, self.collection, layouts, self.dim, fde_dim=self.fde_dim,
                                 text_dim=self.text_dim, index_specs=self.index_specs, mv_mode=self.mv_mode,
                                 milvus_layouts=self.milvus_layouts, partition_key=self.partition_key,
-                                extra_sv=self.extra_sv, existing_page_fields=existing)
+                                extra_sv=self.extra_sv, existing_page_fields=existing,
+                                text_per_page=self.text_per_page)
         self._guard("collection setup", self._ensure_collections, prefix="cannot use")
         for c in self.collections:
             self.rows_written.setdefault(c, 0)

@@ -65,14 +65,12 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
     fde_dim = int(meta.get("layouts", {}).get("sv-fde", {}).get("dim", 0)) or None
     text_dim = schema.field(S.SV_TEXT).type.list_size if S.SV_TEXT in schema.names else None
     extra_sv = {"sv-vlm": schema.field(S.SV_VLM).type.list_size} if S.SV_VLM in schema.names else None
-    stale_text = None
-    if text_dim and S.TEXT_CHUNKS not in schema.names:
-        # an archive of an index built before chunks: its text layer is one vector a page
-        stale_text = (f"the archive's text layer predates chunks (no {S.TEXT_CHUNKS} column): {collection}_text gets "
-                      f"no rows (an index built before chunks: ingest into a new OUT for chunks and BM25)")
+    # an archive of an index built before chunks: its text layer stays a vector a page
+    text_per_page = bool(text_dim) and S.TEXT_CHUNKS not in schema.names
     sink = MilvusWriter(conn, collection, dim, text_dim=text_dim, layouts=layouts, fde_dim=fde_dim,
                         index_specs=index_specs, mv_mode=mv_mode, milvus_layouts=milvus_layouts,
-                        partition_key=partition_key, corpus=corpus or meta.get("corpus", "default"), extra_sv=extra_sv)
+                        partition_key=partition_key, corpus=corpus or meta.get("corpus", "default"), extra_sv=extra_sv,
+                        text_per_page=text_per_page)
     dropped = []
     if recreate:
         sink.connect()
@@ -112,8 +110,8 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
     counts = {c: sink.count(c) for c in sink.collections}
     summary = {"uri": redact_uri(conn.uri), "path": "upsert", "shards": len(shards), "pages": pages, "dropped": dropped,
                "row_counts": counts, "wall_s": round(time.monotonic() - t0, 3), **plan.summary()}
-    if stale_text:
-        summary["text_layer_note"] = stale_text
+    if text_per_page:
+        summary["text_layer_note"] = next(n for n in plan.notes if "before chunks" in n)
     sink.close()
     return summary
 

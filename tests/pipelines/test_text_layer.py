@@ -173,3 +173,24 @@ def test_a_writer_for_the_text_layer_alone_still_sends_the_chunk_text():
     cols = writer.columns_for(pages)["idx_text"]
     assert cols.n == n and cols.fields["text"][1][0].startswith("Copied sentences")
     assert cols.fields["chunk_id"][1] == [f"d-p000000:{j}" for j in range(n)]
+
+
+def test_an_index_built_before_chunks_keeps_its_text_layer_per_page(tmp_path):
+    """An index whose NAME_text holds a vector per page (built before chunks) goes on being
+    written that way, said in a note, instead of refusing every later ingest."""
+    from operators.layouts import parse_layouts
+    from operators.milvus_client import release_lite
+    from operators.milvus_writer import MilvusWriter
+
+    uri = str(tmp_path / "milvus.db")
+    old = MilvusWriter(uri, "idx", 8, text_dim=4, layouts=parse_layouts([]), text_per_page=True)
+    assert old.setup().by_layout("text").mode == "page"
+    old.close()
+    later = MilvusWriter(uri, "idx", 8, text_dim=4, layouts=parse_layouts([]))
+    plan = later.setup()
+    try:
+        assert plan.by_layout("text").field == "sv_text" and plan.by_layout("text-bm25") is None
+        assert any("built before chunks" in n for n in plan.notes)
+    finally:
+        later.close()
+        release_lite(uri)
