@@ -379,11 +379,9 @@ class IngestJob:
         stages.append(encode)
         self.writer = PagesWriter(self.store, self.pages_schema, metadata, self.run_id, self.milvus.for_workers(),
                                   bulk=self.bulk)
-        # encode gathers the embedding actors' small batches into writer-sized ones: fewer blocks
-        # downstream, and each block costs the driver's scheduler the same whatever its size.
         self.pipeline = Pipeline(stages, self.writer, batch_sizes={
-            "render": 1, "embed": cfg.batch_size, "embed_sv": cfg.batch_size, "embed_text": 64,
-            "encode": cfg.write_batch_pages, "write": cfg.write_batch_pages})
+            "render": 1, "embed": cfg.batch_size, "embed_sv": cfg.batch_size, "embed_text": 64, "encode": None,
+            "write": cfg.write_batch_pages})
         self.layout_stats = LayoutStats(self.layouts, self.dim, self.fde)
 
     def _drop_layouts(self) -> None:
