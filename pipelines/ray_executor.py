@@ -37,6 +37,7 @@ except ImportError as e:  # pragma: no cover - ray is a declared dependency
     raise ImportError("the Ray executor needs Ray Data: pip install 'ray[data]'") from e
 
 READ_CPUS = 0.01  # a plan part is a small file: its read task must not starve the actor pools
+MIN_RENDER_CPUS = 0.25  # what a CPU-only machine keeps for rendering when its model stages ask for more
 HEADROOM_CPUS = 0.05  # per node, left free: pools are placed node by node, and a read task must still fit
 
 
@@ -279,6 +280,19 @@ class RayExecutor(Executor):
             out["stages"]["write"] = {"actors": n, "num_gpus": 0.0, "num_cpus": 0.25}
             used += n * 0.25
         left = cpus - used - HEADROOM_CPUS * n_nodes
+        forced = self.embed_actors or self.encode_actors or self.write_actors or self.render_actors
+        if num_gpus == 0 and left < MIN_RENDER_CPUS and not forced:
+            # A small CPU-only machine (a laptop, a 2-core CI box) with several model stages: scale
+            # the CPU requests down until render fits too. They are a scheduling budget; the
+            # processes share the cores either way.
+            room = cpus - READ_CPUS - HEADROOM_CPUS * n_nodes - MIN_RENDER_CPUS
+            if room > 0:
+                f = room / (used - READ_CPUS)
+                for spec in out["stages"].values():
+                    spec["num_cpus"] = round(spec["num_cpus"] * f, 3)
+                used = READ_CPUS + sum(spec["actors"] * spec["num_cpus"] for spec in out["stages"].values())
+                left = cpus - used - HEADROOM_CPUS * n_nodes
+                out["cpu_requests_scaled_by"] = round(f, 3)
         n_render = self.render_actors or max(1, int(left))
         out["stages"]["render"] = {"actors": n_render, "num_gpus": 0.0,
                                    "num_cpus": round(max(0.05, min(1.0, left / n_render)), 3)}

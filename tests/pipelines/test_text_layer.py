@@ -194,3 +194,16 @@ def test_an_index_built_before_chunks_keeps_its_text_layer_per_page(tmp_path):
     finally:
         later.close()
         release_lite(uri)
+
+
+def test_a_text_model_runs_on_a_two_cpu_ray(small_corpus, ray_address, tmp_path):
+    """Three model stages and encode ask for more logical CPUs than a 2-CPU machine has: the
+    requests are scaled down to fit (render keeps its share), instead of a run refused."""
+    summary = tmp_path / "s.json"
+    assert main(["ingest", str(small_corpus.root), "--out", str(tmp_path / "o"), "--ray-address", ray_address,
+                 "--model", "colqwen2-tiny,text:all-MiniLM-L6-v2", "--summary", str(summary), "--quiet"]) == 0
+    s = json.loads(summary.read_text())
+    res = s["executor_stats"]["resources"]
+    assert 0 < res["cpu_requests_scaled_by"] < 1
+    assert sum(x["actors"] * x["num_cpus"] for x in res["stages"].values()) <= res["cluster_cpus"]
+    assert s["pages"]["indexed"] == sum(small_corpus.ok_pages.values())
