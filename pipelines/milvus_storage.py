@@ -101,13 +101,14 @@ def built_indexes(client, collection: str, vector_fields) -> tuple[dict[str, str
 
 def loaded_memory(client, collection: str) -> int | None:
     """The memory a server's query nodes report for the collection's loaded segments (sealed
-    segments: rows still in the growing segment are not in it); None where it is not reported."""
+    segments: rows still in the growing segment are not in it); None where it is not reported
+    (Lite, or a server that reports 0)."""
     try:
         segments = client.list_loaded_segments(collection)
     except Exception:
         return None
-    sizes = [int(getattr(s, "mem_size", 0) or 0) for s in segments]
-    return sum(sizes) if segments else None
+    total = sum(int(getattr(s, "mem_size", 0) or 0) for s in segments)
+    return total or None  # Milvus 2.3 reports 0 for some loaded segments: not a figure
 
 
 class ServerFiles:
