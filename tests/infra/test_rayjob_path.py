@@ -16,8 +16,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -174,10 +176,14 @@ def ray_job_cluster(tmp_path_factory, moto_s3, milvus_server):
     head = RAYJOB["spec"]["rayClusterSpec"]["headGroupSpec"]
     params = dict(head["rayStartParams"], **{"dashboard-host": "127.0.0.1"})  # loopback here, not 0.0.0.0
     gcs, dashboard, client = free_port(), free_port(), free_port()
+    # A short folder: the dashboard's modules listen on AF_UNIX sockets under
+    # <temp-dir>/session_<time>_<pid>/sockets/, and a socket path over 107 bytes fails their start
+    # (a pytest folder like /tmp/pytest-of-root/pytest-119/rayjob0/ray is long enough to).
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))
     head_ports, head_port_args = node_ports()
     head_cmd = [RAY_BIN, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                 f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}", "--num-gpus=0",
-                f"--temp-dir={base / 'ray'}", "--object-store-memory=200000000", "--disable-usage-stats",
+                f"--temp-dir={ray_tmp}", "--object-store-memory=200000000", "--disable-usage-stats",
                 *head_port_args, *[f"--{k}={v}" for k, v in params.items()]]
     worker_ports, worker_port_args = node_ports()
     worker_cmd = [RAY_BIN, "start", "--block", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
@@ -197,6 +203,7 @@ def ray_job_cluster(tmp_path_factory, moto_s3, milvus_server):
     finally:
         stop_family(procs)
         log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
         if hub_cache.poll() is None:
             hub_cache.kill()
             hub_cache.wait(timeout=10)
