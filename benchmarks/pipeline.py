@@ -211,7 +211,8 @@ def main(argv=None) -> str:
     lines += ["", f"wall clock: end to end ÷ slowest stage alone {rate / slowest:.2f} (target ≥ 0.8), "
                   f"÷ naive loop {rate / naive:.2f} (target ≥ 1.3); steady state: "
                   + (f"{steady / slowest:.2f} and {steady / naive:.2f}" if steady else
-                     "not measured (fewer than three units committed)"),
+                     "not measured (fewer than three units committed, or all within 0.2 s of the first: "
+                     "start-up backlog, no steady state)"),
               f"start-up (Ray actors, model load) until the first commit: {summary['stages'].get('first_commit_s')} s "
               f"of the {e2e_s:.1f} s",
               f"overlap bound on {cores} cores (all stages share them): {bound:.1f} pages/s = "

@@ -83,7 +83,7 @@ def test_render_benchmark_has_pdf2image_at_the_output_size(capsys):
 def test_pipeline_benchmark_measures_steady_state_between_first_and_last_commit(ray_address, capsys):
     from benchmarks import pipeline
 
-    table = pipeline.main(["--corpus", str(CORPUS), "--docs", "16", "--unit-docs", "1", "--ray-address", ray_address])
+    table = pipeline.main(["--corpus", str(CORPUS), "--docs", "40", "--unit-docs", "1", "--ray-address", ray_address])
     r = rows(table)
     wall = r["pagemill end to end (Ray executor), wall clock"]
     steady = r["pagemill end to end, steady state (first to last commit; pages after the first unit)"]

@@ -389,14 +389,15 @@ def test_report_measures_the_servers_files(server, direct, tmp_path, capsys):
     colls = {c["collection"]: c for c in report["milvus"]["collections"]}
     assert {k: c["rows"] for k, c in colls.items()} == counts(server, "direct")
     # The binlogs are zstd-compressed Parquet: float32 vectors computed in bf16 keep about their
-    # bf16 bytes (the low halves are zeros), random binary codes all of theirs.
-    dims = {"direct_patches": 128 * 2, "direct_patches_pool3": 128 * 2, "direct_patches_bin": 128 / 8,
-            "direct_pages": 128 * 2}
+    # bf16 bytes (the low halves are zeros); binary codes most of theirs (the tiny random model's
+    # sign bits are correlated: 78% of them were kept in one CI run, so half is the floor here).
+    dims = {"direct_patches": 0.9 * 128 * 2, "direct_patches_pool3": 0.9 * 128 * 2,
+            "direct_patches_bin": 0.5 * 128 / 8, "direct_pages": 0.9 * 128 * 2}
     for name, c in colls.items():
         assert c["server_bytes"] == c["server_data_bytes"] + c["server_index_bytes"] and c["files"] > 0, name
         assert c["ratio"] == pytest.approx(c["server_bytes"] / c["raw_bytes"], rel=1e-3)
         if name in dims:
-            assert c["server_data_bytes"] >= 0.9 * c["rows"] * dims[name], name
+            assert c["server_data_bytes"] >= c["rows"] * dims[name], name
         assert c["pending_index_rows"] == 0, name
         # the query nodes' own figure where they report one (Milvus 2.3.5 reports 0 for some loaded
         # segments, seen for a 1,511-row collection: then None, never a 0 shown as a measurement)
