@@ -18,20 +18,11 @@ import time
 
 import numpy as np
 
-from operators.models import (
-    QWEN2_SPECIAL_TOKENS,
-    WEIGHTS_HUB,
-    WEIGHTS_RANDOM,
-    ModelError,
-    ModelSpec,
-    _refuse_remote_code,
-    byte_level_qwen2_tokenizer,
-    load_once,
-    random_model,
-)
+from operators.models.base import load_once, random_model, refuse_remote_code
+from operators.models.offline_tokenizers import QWEN2_SPECIAL_TOKENS, byte_level_qwen2_tokenizer
+from operators.models.spec import WEIGHTS_HUB, WEIGHTS_RANDOM, ModelError, ModelSpec
 from operators.render import PixelBudget
 
-SV_PREFIX = "sv:"
 DOC_INSTRUCTION = "Represent the user's input."
 QUERY_INSTRUCTION = "Retrieve images or text relevant to the user's query."
 
@@ -136,7 +127,7 @@ class Qwen3VLEmbedder:
         from transformers import AutoImageProcessor, AutoTokenizer, Qwen3VLModel
 
         src = self._preset["hub_id"] if self._preset else self.spec.name
-        _refuse_remote_code(self.spec)
+        refuse_remote_code(self.spec)
         trust = {"trust_remote_code": True} if self.spec.trust_remote_code else {}
         try:
             processor = _ImageTextProcessor(AutoTokenizer.from_pretrained(src, **trust),

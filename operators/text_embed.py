@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from operators.models import ModelError, resolve_device
+from operators.models.spec import TEXT_PREFIX, split_model_specs, sv_model_spec  # noqa: F401  (callers)
 
 PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
-TEXT_PREFIX = "text:"
 
 
 def resolve_text_model(name: str) -> str:
@@ -143,24 +143,3 @@ class TextEmbedder:
 
     def effective_settings(self) -> dict:
         return {"text_model": self.name, "text_dim": self.dim}
-
-
-def split_model_specs(spec: str) -> tuple[str, str | None]:
-    """``"colqwen2,text:all-MiniLM-L6-v2"`` -> (visual spec, text model name or None)."""
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
-    visual = [p for p in parts if not p.startswith((TEXT_PREFIX, "sv:"))]
-    text = [p[len(TEXT_PREFIX):] for p in parts if p.startswith(TEXT_PREFIX)]
-    if len(visual) != 1:
-        raise ModelError(f"--model {spec!r}: give exactly one multi-vector page-image model (plus optionally "
-                         f"text:<model> and sv:<model>)")
-    if sum(p.startswith("sv:") for p in parts) > 1:
-        raise ModelError(f"--model {spec!r}: at most one sv:<model>")
-    if len(text) > 1:
-        raise ModelError(f"--model {spec!r}: at most one text:<model>")
-    return visual[0], (text[0] if text else None)
-
-
-def sv_model_spec(spec: str) -> str | None:
-    """``"colqwen2,sv:qwen3-vl-embedding-2b@1024"`` -> ``"qwen3-vl-embedding-2b@1024"``."""
-    found = [p.strip()[3:] for p in spec.split(",") if p.strip().startswith("sv:")]
-    return found[0] if found else None
