@@ -7,6 +7,10 @@ dies (it creates the file exclusively), so that a restarted worker goes on. Poin
 batch in an embedding worker), ``milvus_upsert`` (per upsert request), ``shard_written`` and
 ``milvus_written`` (per write batch), ``committed`` (per unit commit). Unset (always, outside
 tests) it costs one dict lookup.
+
+A crash in native code is the other fault: ``PAGEMILL_RENDER_SEGFAULT=<marker>`` makes the
+renderer's child die of SIGSEGV on a document whose bytes contain the marker (``<marker>:once``:
+only the first time, across processes), as a PDF that crashes MuPDF would.
 """
 
 from __future__ import annotations
@@ -42,3 +46,20 @@ def checkpoint(point: str) -> None:
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def segfault_if_marked(data: bytes) -> None:
+    """The renderer's child, before parsing a document: SIGSEGV if ``PAGEMILL_RENDER_SEGFAULT``
+    names a marker that the document's bytes contain."""
+    spec = os.environ.get("PAGEMILL_RENDER_SEGFAULT")
+    if not spec:
+        return
+    marker, _, mode = spec.partition(":")
+    if marker.encode() in data:
+        if mode == "once":
+            flag = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pagemill-segv-{marker}")
+            try:
+                os.close(os.open(flag, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
+        os.kill(os.getpid(), signal.SIGSEGV)

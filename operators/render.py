@@ -20,9 +20,10 @@ from multiprocessing.connection import Connection
 
 import pyarrow as pa
 
+from operators import faults
 from operators import schema as S
 from operators.counters import Stage
-from operators.sources import DocumentRef, Source
+from operators.sources import DocumentRef, Source, read_unit_docs, unit_docs_json
 
 # Quarantine reason codes (machine-readable; documented in the README).
 OPEN_ERROR = "open_error"
@@ -103,7 +104,7 @@ def _render_child(conn) -> None:  # pragma: no cover - runs in the child process
             return
         _, budget, max_pages, passwords, want_text = msg
         data = conn.recv_bytes()
-        _crash_test_hook(data)
+        faults.segfault_if_marked(data)
         try:
             doc = pymupdf.open(stream=data, filetype="pdf")
         except Exception as e:  # MuPDF raises several types for unreadable files
@@ -154,25 +155,6 @@ def _render_child(conn) -> None:  # pragma: no cover - runs in the child process
             conn.send(("end",))
         finally:
             doc.close()
-
-
-def _crash_test_hook(data: bytes) -> None:
-    """Crash tests: ``PAGEMILL_RENDER_SEGFAULT=<marker>`` kills this child with SIGSEGV on a
-    document whose bytes contain the marker (``<marker>:once`` only the first time)."""
-    spec = os.environ.get("PAGEMILL_RENDER_SEGFAULT")
-    if not spec:
-        return
-    marker, _, mode = spec.partition(":")
-    if marker.encode() in data:
-        flag = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pagemill-segv-{marker}")
-        if mode == "once":
-            try:
-                os.close(os.open(flag, os.O_CREAT | os.O_EXCL))
-            except FileExistsError:
-                return
-        import signal
-
-        os.kill(os.getpid(), signal.SIGSEGV)
 
 
 def _child_main(fd: int) -> None:  # pragma: no cover - runs in the child process
@@ -314,15 +296,11 @@ def load_password_map(path: str) -> tuple[tuple[str, str], ...]:
 
 def units_table(units: list[tuple[str, list[DocumentRef]]], may_hold=None) -> pa.Table:
     """The input of the fetch/render stage: one row per work unit, its documents as JSON
-    (``[uri, version, size, may_hold]``: ``may_hold`` says whether Milvus may hold rows of another
-    version of the document, so that its writer deletes them; default: it may)."""
-    return pa.table(
-        {
-            S.UNIT_ID: [u for u, _ in units],
-            "docs": [json.dumps([[d.uri, d.version, d.size, may_hold(d) if may_hold else True] for d in docs])
-                     for _, docs in units],
-        }
-    )
+    (``operators.sources.unit_docs_json``; ``may_hold(doc)``: whether Milvus may hold rows of
+    another version of it, default: it may)."""
+    return pa.table({S.UNIT_ID: [u for u, _ in units],
+                     "docs": [unit_docs_json(docs, [may_hold(d) for d in docs] if may_hold else None)
+                              for _, docs in units]})
 
 
 class RenderPages(Stage):
@@ -374,9 +352,9 @@ class RenderPages(Stage):
         cols: dict[str, list] = {f.name: [] for f in S.RENDERED_SCHEMA}
         for unit_id, docs_json in zip(batch[S.UNIT_ID].to_pylist(), batch["docs"].to_pylist()):
             info = {"docs": [], "quarantine": [], "n_pages": 0}
-            for uri, version, size, *flags in json.loads(docs_json):
-                n_ok = self._render_document(unit_id, DocumentRef(uri, version, size), cols, info)
-                info["docs"][-1]["may_hold"] = bool(flags[0]) if flags else True
+            for ref, may_hold in read_unit_docs(docs_json):
+                n_ok = self._render_document(unit_id, ref, cols, info)
+                info["docs"][-1]["may_hold"] = may_hold
                 info["n_pages"] += n_ok
             self.stats["busy_s"] = self.stats["busy_s"] + (time.perf_counter() - t0)
             t0 = time.perf_counter()

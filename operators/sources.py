@@ -8,6 +8,7 @@ documents is never held in memory at once.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,20 @@ class DocumentRef:
     uri: str  # canonical URI, e.g. file:///data/a.pdf
     version: str  # changes whenever the bytes may have changed
     size: int
+
+
+def unit_docs_json(docs: list[DocumentRef], may_hold: list[bool] | None = None) -> str:
+    """A work unit's documents as the render stage receives them: JSON ``[[uri, version, size,
+    may_hold], ...]`` (``may_hold``: Milvus may hold rows of another version of the document, so
+    that its writer deletes them; default: it may)."""
+    flags = may_hold if may_hold is not None else [True] * len(docs)
+    return json.dumps([[d.uri, d.version, d.size, bool(f)] for d, f in zip(docs, flags)])
+
+
+def read_unit_docs(text: str) -> list[tuple[DocumentRef, bool]]:
+    """``unit_docs_json`` back: (document, may_hold) pairs."""
+    return [(DocumentRef(uri, version, size), bool(flags[0]) if flags else True)
+            for uri, version, size, *flags in json.loads(text)]
 
 
 class Source:

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators import schema as S
+from operators.faults import checkpoint
 from operators.parquet_sink import PAGES_PREFIX, ParquetSink
 from operators.store import OutputStore
-from pipelines.faults import checkpoint
 from pipelines.ledger import Ledger, MilvusSuspects
 
 

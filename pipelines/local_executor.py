@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from operators.faults import checkpoint
 from operators.render import units_table
 from pipelines.executor import Executor, Pipeline, UnitTracker
-from pipelines.faults import checkpoint
 from pipelines.plan import WorkUnit
 
 CHECKPOINT_AFTER = {"render": "rendered", "embed": "embedded"}

@@ -10,7 +10,7 @@ from itertools import islice
 import numpy as np
 
 from operators.faults import armed, checkpoint
-from operators.sources import DocumentRef
+from operators.sources import DocumentRef, unit_docs_json
 from pipelines.ledger import STATUSES, LedgerState, hash_array
 
 
@@ -29,10 +29,7 @@ class WorkUnit:
         return lambda d: flags[d.uri]
 
     def docs_json(self) -> str:
-        import json
-
-        flags = self.may_hold or [True] * len(self.docs)
-        return json.dumps([[d.uri, d.version, d.size, f] for d, f in zip(self.docs, flags)])
+        return unit_docs_json(self.docs, self.may_hold)
 
 
 def unit_id_for(docs: list[DocumentRef], salt: str = "") -> str:
