@@ -13,7 +13,6 @@ import json
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from operators import schema as S
@@ -21,7 +20,6 @@ from operators.embed import EmbedPages, EmbedSinglePages, EmbedText
 from operators.encode import EncodePages
 from operators.errors import UsageError
 from operators.layouts import parse_layouts
-from operators.milvus_client import redact_uri
 from operators.milvus_writer import MilvusWriter
 from operators.models import ModelSpec, adapter_for, family_of
 from operators.parquet_sink import PAGES_PREFIX, QUARANTINE_PREFIX
@@ -31,6 +29,7 @@ from operators.store import open_store
 from operators.sv_models import sv_embedder_for
 from operators.text_embed import TextEmbedder, split_model_specs, sv_model_spec
 from operators.writer import PagesWriter
+from pipelines import run_summary
 from pipelines.commit import UnitCommitter
 from pipelines.config import IngestConfig
 from pipelines.executor import Pipeline, UnitTracker
@@ -39,9 +38,8 @@ from pipelines.identity import (
     IndexState,
     ModelIdentity,
     checkpoint_id,
-    collection_base,
+    decide,
     load_state,
-    refuse_change,
     save_state,
 )
 from pipelines.layout_stats import LayoutStats
@@ -49,6 +47,7 @@ from pipelines.ledger import LEDGER_PREFIX, Ledger
 from pipelines.lock import RunLock
 from pipelines.plan import PlanCounts, PlanFile, plan_units
 from pipelines.progress import Progress
+from pipelines.run_summary import RunTotals, on_accelerator
 from pipelines.stage_stats import StageStats, bottleneck
 
 RUNS_PREFIX = "_runs"
@@ -69,10 +68,6 @@ def model_spec(cfg: IngestConfig) -> ModelSpec:
                      trust_remote_code=cfg.trust_remote_code)
 
 
-def _names(model: dict | None) -> str | None:
-    return model["name"] if model else None
-
-
 def _suspect_orphans(store, keys: list[str], suspects) -> None:
     """The documents in orphan page shards (an unreadable one: suspect everything)."""
     import io
@@ -86,29 +81,6 @@ def _suspect_orphans(store, keys: list[str], suspects) -> None:
             suspects.everything, suspects.why = True, f"an interrupted run's shard {key} is unreadable ({type(e).__name__})"
             continue
         suspects.uris.update(uris)
-
-
-@dataclass
-class RunTotals:
-    """What the run's commits added, for the summary."""
-
-    docs: dict = field(default_factory=lambda: {"indexed": 0, "partial": 0, "quarantined": 0})
-    pages: int = 0
-    page_quarantine: int = 0
-    superseded: int = 0
-    quarantine: list = field(default_factory=list)
-    settings: dict = field(default_factory=dict)
-
-    def add(self, info: dict, added: dict) -> None:
-        for d in info["docs"]:
-            self.docs[d["status"]] += 1
-        for q in added["quarantine"]:
-            self.quarantine.append({"source_uri": q["source_uri"], "reason": q["reason"], "page_number": q["page_number"]})
-            self.page_quarantine += q["page_number"] is not None
-        self.pages += added["pages"]
-        self.superseded += added["superseded"]
-        for stage, s in info.get("settings", {}).items():
-            self.settings.setdefault(stage, s)
 
 
 class IngestJob:
@@ -218,72 +190,16 @@ class IngestJob:
             collection=cfg.collection, milvus_base=cfg.collection)
 
     def identify(self) -> None:
-        """Compare what the run asks for with what the index holds: a new index records itself; a
-        changed model is refused (or, with --reindex, becomes a new generation built beside the
-        active one); added layouts and models are built for the documents that lack them."""
-        cfg, out = self.cfg, self.store.uri
-        asked = self.requested_identity()
-        state = self.index or IndexState()
-        active = state.active
-        self.mode = "ingest"
-        self.added: list[str] = []
-        if active is None:
-            state.active = asked
-            target = asked
-        elif cfg.reindex:
-            pending = state.pending
-            if pending is not None and not (pending.model.same_embedding(asked.model)
-                                            and _names(pending.text_model) == _names(asked.text_model)
-                                            and _names(pending.sv_model) == _names(asked.sv_model)):
-                raise UsageError(f"a reindex to {pending.describe()} is in progress in {out}; this run asks for "
-                                 f"{asked.describe()}: finish that one first (run it again with --reindex and its "
-                                 f"model), or use a new --out")
-            if pending is None:
-                if active.model.same_embedding(asked.model) and _names(active.text_model) == _names(asked.text_model) \
-                        and _names(active.sv_model) == _names(asked.sv_model):
-                    raise UsageError(f"--reindex: {out} already holds {active.describe()}: there is nothing to embed "
-                                     f"again (drop --reindex)")
-                gen = active.generation + 1
-                asked.layouts = {**active.layouts, **asked.layouts}
-                asked.generation, asked.milvus_base = gen, collection_base(asked.collection, gen)
-                state.pending = asked
-                self.say(f"reindex: generation {gen} ({asked.describe()}) is built beside the active index "
-                         f"({active.describe()}), which search keeps using until every document is in the new one")
-            target = state.pending
-            self.mode = "reindex"
-        else:
-            if not active.model.same_embedding(asked.model):
-                raise refuse_change(active, asked, "another model or pixel budget", out)
-            for part in ("text_model", "sv_model"):
-                have, want = getattr(active, part), getattr(asked, part)
-                if have and want and have["name"] != want["name"]:
-                    raise refuse_change(active, asked, f"another {part.replace('_', ' ')}", out)
-                if want and not have:
-                    setattr(active, part, want)
-                    self.added.append("text" if part == "text_model" else "sv-vlm")
-            new = [name for name in asked.layouts if name not in active.layouts]
-            dropped = [name for name in cfg.drop_layouts if name in active.layouts]
-            for name in cfg.drop_layouts:
-                if name not in active.layouts and name not in ("text", "sv-vlm"):
-                    raise UsageError(f"--drop-layouts {name}: not a layout of the index (it has: {', '.join(active.layouts)})")
-                if name in ("mv", "sv-mean"):
-                    raise UsageError(f"--drop-layouts {name}: every index keeps mv (the archive) and sv-mean")
-            active.layouts = {**{k: v for k, v in active.layouts.items() if k not in dropped},
-                              **{k: asked.layouts[k] for k in new}}
-            self.added += new
-            self.dropped = dropped
-            active.building = sorted(set(active.building) | set(self.added))
-            if state.pending is not None:
-                self.say(f"note: a reindex to {state.pending.describe()} is in progress; this run updates the active "
-                         f"index (run with --reindex to continue the reindex)")
-            target = active
-            if self.added:
-                self.say(f"index: {', '.join(self.added)} added: new documents get them as they are embedded, the "
-                         f"others from the archive (no model run for layouts)")
-        self.dropped = getattr(self, "dropped", [])
-        self.target = target
-        self.index = state
-        # The run's layouts and models are the target index's: what it holds plus what was asked.
+        """Compare what the run asks for with what the index holds (``identity.decide``), then
+        make the run's layouts and models the target index's: what it holds plus what was asked."""
+        cfg = self.cfg
+        decision = decide(self.index or IndexState(), self.requested_identity(), reindex=cfg.reindex,
+                          drop_layouts=cfg.drop_layouts, out=self.store.uri)
+        for line in decision.notes:
+            self.say(line)
+        self.mode, self.added, self.dropped = decision.mode, decision.added, decision.dropped
+        self.target = target = decision.target
+        self.index = state = decision.state
         cfg.layouts = [name for name in target.layouts if name not in ("mv", "sv-mean")]
         lay = target.layouts.get("sv-fde")
         if lay:
@@ -656,92 +572,27 @@ class IngestJob:
             self.ledger.save_suspects(self.suspects)
 
     def summary(self) -> dict:
-        cfg, totals = self.cfg, self.totals
+        """The run's summary (``run_summary.build``), said where it matters and written to
+        ``OUT/_runs/<run id>.json`` (and ``--summary``)."""
         stages = self.stage_stats.summary()
-        diagnosis = bottleneck(stages, accelerator=self.spec.name.startswith("sim:") or _on_accelerator(totals))
+        diagnosis = bottleneck(stages, accelerator=self.spec.name.startswith("sim:") or on_accelerator(self.totals))
         if diagnosis:
             self.say(diagnosis)
-        layouts_summary = self.layout_stats.summary()
-        if cfg.fidelity_queries:
+        layouts = self.layout_stats.summary()
+        if self.cfg.fidelity_queries:
             from pipelines.fidelity import measure_fidelity
 
-            fid = measure_fidelity(self.store, self.spec, self.layouts, self.fde, cfg.fidelity_queries,
-                                   seed=cfg.fidelity_seed)
+            fid = measure_fidelity(self.store, self.spec, self.layouts, self.fde, self.cfg.fidelity_queries,
+                                   seed=self.cfg.fidelity_seed)
             for name, res in fid["layouts"].items():
-                layouts_summary.setdefault(name, {})["fidelity"] = res
-        wall = time.time() - self.t_start
-        embed = stages.get("embed", {})
-        summary = {
-            "run_id": self.run_id,
-            "started_at": datetime.fromtimestamp(self.t_start, timezone.utc).isoformat(),
-            "index": {"generation": self.target.generation, "mode": self.mode, "model": self.target.describe(),
-                      "added": self.added, "dropped": self.dropped, "swapped": self.swapped,
-                      "milvus_base": self.target.milvus_base},
-            "source": self.source.uri,
-            "out": self.store.uri,
-            "executor": cfg.executor,
-            "documents": {
-                "seen": self.counts.seen,
-                "indexed": totals.docs["indexed"] + totals.docs["partial"],
-                "partial": totals.docs["partial"],
-                "skipped_unchanged": self.counts.skipped_unchanged,
-                "quarantined": totals.docs["quarantined"],
-                "replaced_versions": totals.superseded,
-                "retried": self.counts.retried,
-                "deleted": self.deleted_docs,
-                "deferred": self.counts.deferred,
-            },
-            "pages": {
-                "indexed": totals.pages,
-                "embedded": int(embed.get("items", 0)),
-                "quarantined": totals.page_quarantine,
-                "deleted": self.deleted_pages,
-                "relayouted": self.relayouted,
-            },
-            "units": {"planned": self.progress.total_units, "committed": self.progress.units,
-                      "orphan_files_removed": len(self.orphans), "retried_parts_removed": len(self.swept)},
-            "quarantine": totals.quarantine,
-            "layouts": layouts_summary,
-            "milvus": {
-                "uri": redact_uri(cfg.milvus_uri()),
-                "rows_written": self.stage_stats.milvus_rows(),
-                "delete_calls": self.stage_stats.delete_calls() + self.committer.delete_calls,
-                "pages_resynced": self.resynced,
-                "bulk_imported": self.imported,
-                "upsert_path": self.stage_stats.upsert_path or "columns",
-                "row_counts": self.milvus_counts,
-                **self.milvus_plan.summary(),
-            },
-            "outputs": {
-                "pages_bytes": self.stage_stats.written_bytes(PAGES_PREFIX),
-                "quarantine_bytes": self.stage_stats.written_bytes(QUARANTINE_PREFIX),
-                "pages_total_bytes": sum(o.size for o in self.store.list(PAGES_PREFIX)),
-                "ledger_records": self.ledger.state.records,
-            },
-            "model": totals.settings.get("embed") or {"model": self.spec.name, "weights": cfg.weights, "dim": self.dim},
-            "executor_stats": {**self.exec_stats, "embed_actor_devices": sorted(
-                {w["visible_devices"] for w in stages.get("embed", {}).get("per_worker", []) if w.get("visible_devices")})},
-            "stages": stages,
-            "bottleneck": diagnosis,
-            "wall_s": round(wall, 3),
-            "run_s": round(getattr(self, "run_s", 0.0), 3),
-            "pages_per_s": round(totals.pages / wall, 3) if wall > 0 else 0.0,
-        }
-        if "embed_sv" in totals.settings:
-            summary["model"]["sv_model"] = totals.settings["embed_sv"].get("sv_model")
-        if "embed_text" in totals.settings:
-            summary["model"].update(totals.settings["embed_text"])
+                layouts.setdefault(name, {})["fidelity"] = res
+        summary = run_summary.build(self, stages, diagnosis, layouts)
         data = json.dumps(summary, indent=2, sort_keys=True).encode()
         self.store.write_bytes(f"{RUNS_PREFIX}/{self.run_id}.json", data)
-        if cfg.summary:
-            with open(cfg.summary, "wb") as f:
+        if self.cfg.summary:
+            with open(self.cfg.summary, "wb") as f:
                 f.write(data)
         return summary
-
-
-def _on_accelerator(totals: RunTotals) -> bool:
-    device = str(totals.settings.get("embed", {}).get("device") or "")
-    return device.startswith("cuda") or device == "sim"
 
 
 def run_ingest(cfg: IngestConfig, log=None) -> dict:
