@@ -414,13 +414,13 @@ def _search(args) -> int:
 
     meta = recorded_metadata(store)
     warnings = list(notes)
-    if meta.get("weights") == "random" and not (args.stage1.startswith("text") and args.rerank == "none"):
-        warnings.append(f"this index was built with random weights ({meta.get('model')} --weights random): its "
+    if meta.weights == "random" and not (args.stage1.startswith("text") and args.rerank == "none"):
+        warnings.append(f"this index was built with random weights ({meta.model} --weights random): its "
                         f"rankings are noise, a check that the machinery works; ingest with --weights hub for real ones")
     for w in warnings:
         args.console.write(f"pagemill: note: {w}\n")
     if args.json:
-        _print(args, json.dumps({"query": args.query, "index": {"model": meta.get("model"), "weights": meta.get("weights")},
+        _print(args, json.dumps({"query": args.query, "index": {"model": meta.model, "weights": meta.weights},
                                  "warnings": warnings, "results": results}, indent=2))
         return 0
     _print(args, f"{'rank':>4}  {'score':>10}  {'page_id':<24}  page  source_uri")
@@ -653,9 +653,9 @@ def _fidelity(args) -> int:
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     recorded = recorded_metadata(store)
-    spec = ModelSpec(name=args.model or recorded.get("model", "colqwen2-tiny"),
-                     weights=args.weights or recorded.get("weights", "random"))
-    text_model = recorded.get("text_model")
+    spec = ModelSpec(name=args.model or recorded.model or "colqwen2-tiny",
+                     weights=args.weights or recorded.weights or "random")
+    text_model = recorded.text_model
     sink = text = None
     uri = args.milvus or store.local_path("milvus.db")
     if text_model and uri and (args.milvus or os.path.exists(uri)):
@@ -668,7 +668,7 @@ def _fidelity(args) -> int:
         sink.discover()
         text = TextSearch(sink, text_model)
     try:
-        result = measure_fidelity(store, spec, None, _fde_from(recorded), args.queries, seed=args.seed,
+        result = measure_fidelity(store, spec, None, recorded.fde_params(), args.queries, seed=args.seed,
                                   max_pages=args.max_pages, text_model=text_model, text_search=text)
     finally:
         if sink is not None:
@@ -695,15 +695,6 @@ def _fidelity(args) -> int:
         if t.get("note"):
             _print(args, f"note: {t['note']}")
     return 0
-
-
-def _fde_from(recorded: dict):
-    from operators.fde import FdeParams
-
-    p = recorded.get("layouts", {}).get("sv-fde")
-    if not p:
-        return None
-    return FdeParams(p["fde_reps"], p["fde_bits"], p["fde_proj_dim"], p["fde_seed"])
 
 
 def _ingest(args) -> int:
