@@ -132,8 +132,7 @@ def _milvus_connection(args, uri: str):
 
     if args.milvus_ca_file and not os.path.isfile(args.milvus_ca_file):
         raise UsageError(f"--milvus-ca-file: no such file {args.milvus_ca_file!r}")
-    return MilvusConnection(uri, user=args.milvus_user, db_name=args.milvus_db, ca_file=args.milvus_ca_file,
-                            server_name=args.milvus_server_name)
+    return MilvusConnection.from_options(uri, args)
 
 
 FIDELITY_EXAMPLE = """example:
@@ -364,7 +363,7 @@ def _milvus_load(args) -> int:
     if args.batch_pages <= 0:
         raise UsageError(f"--batch-pages: must be > 0, got {args.batch_pages}")
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
-    uri = args.milvus or store.local_path("milvus.db")
+    uri = args.milvus or _default_milvus(args.out)
     if not uri:
         raise UsageError("--milvus is required when OUT is not a local folder")
     layouts = [x.strip() for x in (args.milvus_layouts or "").split(",") if x.strip()] or None
@@ -397,7 +396,7 @@ def _search(args) -> int:
     weights = parse_text_weights(args.text_weights)
     notes: list[str] = []
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
-    uri = args.milvus or store.local_path("milvus.db")
+    uri = args.milvus or _default_milvus(args.out)
     if not uri:
         raise UsageError("--milvus is required when OUT is not a local folder")
     from pipelines.identity import milvus_base
@@ -457,7 +456,7 @@ def _status(args) -> int:
     from pipelines.status import format_status, index_status
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
-    uri = args.milvus or store.local_path("milvus.db")
+    uri = args.milvus or _default_milvus(args.out)
     reader = None
     if uri and (not is_lite_uri(uri) or os.path.exists(uri)):
         reader = MilvusReader(_milvus_connection(args, uri), milvus_base(store, args.collection))
@@ -577,8 +576,9 @@ def _report(args) -> int:
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     milvus_uri = args.milvus
-    if milvus_uri is None and store.local_path("milvus.db") and os.path.exists(store.local_path("milvus.db")):
-        milvus_uri = store.local_path("milvus.db")
+    lite = _default_milvus(args.out)
+    if milvus_uri is None and lite and os.path.exists(lite):
+        milvus_uri = lite
     sink = None
     if milvus_uri:
         from pipelines.identity import milvus_base
@@ -611,6 +611,12 @@ def _report(args) -> int:
         write_html(report, text, args.html)
     _print(args, json.dumps(report, indent=2, sort_keys=True) if args.json else text)
     return 0
+
+
+def _default_milvus(out: str) -> str | None:
+    from operators.milvus_client import default_uri
+
+    return default_uri(out)
 
 
 def _read_json(path: str, flag: str, hint: str):
@@ -657,7 +663,7 @@ def _fidelity(args) -> int:
                      weights=args.weights or recorded.weights or "random")
     text_model = recorded.text_model
     sink = text = None
-    uri = args.milvus or store.local_path("milvus.db")
+    uri = args.milvus or _default_milvus(args.out)
     if text_model and uri and (args.milvus or os.path.exists(uri)):
         from operators.milvus_reader import MilvusReader
         from pipelines.identity import milvus_base

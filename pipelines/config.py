@@ -148,7 +148,7 @@ class IngestConfig:
             raise ConfigError(str(e)) from None
         if self.passwords and not os.path.isfile(self.passwords):
             raise ConfigError(f"passwords: no such file {self.passwords!r}")
-        if self.milvus is None and "://" in self.out and not self.out.startswith("file://"):
+        if self.milvus_uri() is None:
             raise ConfigError("milvus: required when out is an object store (Milvus Lite needs a local file): "
                               "pass --milvus PATH.db or a server URI")
         return self
@@ -197,14 +197,12 @@ class IngestConfig:
         that connects (never from a file, never pickled into a worker)."""
         from operators.milvus_client import MilvusConnection
 
-        return MilvusConnection(self.milvus_uri(), user=self.milvus_user, db_name=self.milvus_db,
-                                ca_file=self.milvus_ca_file, server_name=self.milvus_server_name,
-                                timeout_s=self.milvus_timeout_s, retries=self.milvus_retries,
-                                token_env=self.milvus_token_env, password_env=self.milvus_password_env)
+        return MilvusConnection.from_options(self.milvus_uri(), self)
 
-    def milvus_uri(self) -> str:
-        out = self.out[len("file://"):] if self.out.startswith("file://") else self.out
-        return self.milvus or os.path.join(out, "milvus.db")
+    def milvus_uri(self) -> str | None:
+        from operators.milvus_client import default_uri
+
+        return self.milvus or default_uri(self.out)
 
 
 def _coerce(key: str, f: dataclasses.Field, value):
