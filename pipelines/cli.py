@@ -11,6 +11,7 @@ import os
 import sys
 
 from operators.errors import UsageError
+from pipelines.options import MILVUS_CONNECTION, add_options
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -28,103 +29,8 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="index a folder of PDFs into Parquet shards and Milvus",
                        description="Render, embed and index every PDF under SOURCE.", epilog=INGEST_EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", nargs="?", help="folder, file:// or s3://bucket/prefix/ of PDFs (recursive, *.pdf)")
-    p.add_argument("--out", help="output root: a folder, file:// or s3://bucket/prefix/")
-    p.add_argument("--milvus", help="Milvus URI: a Milvus Lite file path (default OUT/milvus.db) or http://host:port")
-    p.add_argument("--collection", help="collection name prefix (default: the index's, else pagemill)")
-    p.add_argument("--milvus-timeout", dest="milvus_timeout_s", type=float,
-                   help="seconds per Milvus call (60); past it the run stops with one line, the unit uncommitted")
-    p.add_argument("--milvus-retries", type=int, help="extra attempts for transient Milvus failures, with backoff (3)")
-    _milvus_connection_args(p)
-    p.add_argument("--milvus-index", action="append",
-                   help="index of a layout's field, LAYOUT=TYPE[:key=value,...] (repeatable; * for all; e.g. "
-                   "sv-mean=HNSW:M=16,efConstruction=200 or mv=IVF_PQ:nlist=1024,m=32; metric=... too; default AUTOINDEX)")
-    p.add_argument("--milvus-mv-mode", choices=["auto", "rows", "struct"],
-                   help="multi-vector layouts as one row per vector, or array-of-structs fields (Milvus >= 2.6.4); "
-                   "auto picks by server version")
-    p.add_argument("--milvus-layouts", help="layouts written to Milvus, comma-separated (default: all of the run's; "
-                   "sv-mean always)")
-    p.add_argument("--milvus-partition-key", action="store_const", const=True,
-                   help="add a corpus field, the partition key, to every collection (multi-tenant indexes)")
-    p.add_argument("--corpus", help="the corpus (tenant) value written with --milvus-partition-key (default)")
-    p.add_argument("--model", help="model spec: colqwen2-tiny, colqwen2, a hub id or a local directory")
-    p.add_argument("--weights", choices=["hub", "random"], help="load checkpoint weights, or random weights")
-    p.add_argument("--reindex", action="store_const", const=True,
-                   help="the index holds another model: embed every document again with this one, in a new generation "
-                   "(its own shards and collections) swapped in when complete; search uses the old one until then")
-    p.add_argument("--drop-layouts", help="layouts to remove from Milvus (comma-separated; the index keeps every layout "
-                   "it has unless told)")
-    p.add_argument("--trust-remote-code", action="store_const", const=True,
-                   help="allow a checkpoint's own Python code to run (refused by default)")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--attn-implementation", choices=["auto", "sdpa", "eager", "flash_attention_2"],
-                   help="attention kernels (auto: FlashAttention-2 on CUDA when flash-attn is installed, else sdpa)")
-    p.add_argument("--max-pixels", type=int, help="pixel budget per page (default: the model's)")
-    p.add_argument("--batch-size", type=int, help="pages per forward pass (default 8)")
-    p.add_argument("--max-batch-tokens", type=int, help="visual tokens per forward pass; on out-of-memory a batch "
-                   "is halved down to one page (default: batch-size pages at the full budget)")
-    p.add_argument("--executor", choices=["ray", "local"], help="ray (default) or local (a plain loop)")
-    p.add_argument("--ray-address", help="join this Ray cluster (e.g. auto); default starts a local one")
-    p.add_argument("--num-gpus", type=float, help="GPUs per embedding actor (fractions allowed)")
-    p.add_argument("--embed-actors", type=int, help="number of embedding actors")
-    p.add_argument("--render-actors", type=int, help="number of render actors")
-    p.add_argument("--encode-actors", type=int, help="number of pooling/encoding actors (default: one per accelerator)")
-    p.add_argument("--write-actors", type=int, help="number of writer actors (default: one per two accelerators)")
-    p.add_argument("--write-placement", choices=["auto", "workers", "driver"],
-                   help="where Parquet and Milvus writes run: auto (default: workers, except Milvus Lite or a local OUT "
-                   "on a multi-node cluster), workers, driver")
-    p.add_argument("--milvus-bulk-dir",
-                   help="first load into empty collections: writers stage Parquet import files here (where the Milvus "
-                   "server reads them: its local storage, or s3://bucket/prefix in its bucket) instead of upserting, and "
-                   "Milvus imports them at the end of the run")
-    p.add_argument("--write-batch-pages", type=int, help="pages per writer call: the most a Parquet part holds (64)")
-    p.add_argument("--object-store-mb", type=float,
-                   help="Ray object store budget for pages between stages (default 128 MB per actor, at least 256)")
-    p.add_argument("--page-timeout", dest="page_timeout_s", type=float, help="seconds one page may take to render")
-    p.add_argument("--delete-missing", action="store_const", const=True,
-                   help="remove documents that are gone from the source from the shards and Milvus (off by default)")
-    p.add_argument("--ledger-compact-every", type=int,
-                   help="fold the ledger's per-unit records into one snapshot past this many (256)")
-    p.add_argument("--retry-quarantined", action="store_const", const=True,
-                   help="process only documents that were quarantined (or partly indexed), e.g. after adding passwords")
-    p.add_argument("--passwords", help="file of '<glob><TAB><password>' lines for encrypted documents")
-    p.add_argument("--max-doc-bytes", type=int, help="larger documents are quarantined as too_large")
-    p.add_argument("--max-pages", type=int, help="documents with more pages are quarantined")
-    p.add_argument("--layouts", help="extra storage layouts, comma-separated: mv-pool3, mv-rowcol, mv-int8, mv-bin, "
-                   "mv-pool3-bin, sv-fde, ... (mv and sv-mean are always written)")
-    p.add_argument("--fde-reps", type=int, help="sv-fde: repetitions (10)")
-    p.add_argument("--fde-bits", type=int, help="sv-fde: SimHash bits per repetition, 2^bits buckets (4)")
-    p.add_argument("--fde-proj-dim", type=int, help="sv-fde: projected dims per bucket (16)")
-    p.add_argument("--fde-seed", type=int, help="sv-fde: random seed (42)")
-    p.add_argument("--no-text", dest="extract_text", action="store_const", const=False,
-                   help="do not extract the pages' text layer")
-    p.add_argument("--fidelity-queries", type=int, help="after the run, measure each layout's fidelity with N queries")
-    p.add_argument("--unit-max-docs", type=int, help="documents per work unit (the unit of commit and resume)")
-    p.add_argument("--unit-max-bytes", type=int, help="bytes per work unit")
-    p.add_argument("--include", action="append", help="glob of paths to include (repeatable)")
-    p.add_argument("--exclude", action="append", help="glob of paths to exclude (repeatable)")
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL, else AWS)")
-    p.add_argument("--s3-region", help="S3 region")
-    p.add_argument("--s3-addressing-style", choices=["auto", "path", "virtual"], help="bucket addressing style")
-    p.add_argument("--s3-retry-mode", choices=["standard", "adaptive"], help="botocore retry mode (standard)")
-    p.add_argument("--s3-max-attempts", type=int, help="attempts per S3 request, retries included (8)")
-    p.add_argument("--config", help="YAML or JSON file with the same keys as these flags")
-    p.add_argument("--summary", help="also write the JSON run summary here")
-    p.add_argument("--progress-interval", dest="progress_interval_s", type=float, help="seconds between progress lines")
-    p.add_argument("--lock-lease", dest="lock_lease_s", type=float,
-                   help="seconds a run's lock on OUT lasts without renewal (300); a second run on OUT refuses")
-    p.add_argument("--quiet", action="store_true", help="do not print the summary at the end")
+    add_options(p, "ingest")
     return p
-
-
-def _milvus_connection_args(p) -> None:
-    """Connection flags shared by every command that talks to Milvus. Secrets only from the
-    environment: $MILVUS_TOKEN, or --milvus-user with $MILVUS_PASSWORD."""
-    p.add_argument("--milvus-user", help="Milvus user (password from $MILVUS_PASSWORD)")
-    p.add_argument("--milvus-db", help="Milvus database name (default: the server's default)")
-    p.add_argument("--milvus-ca-file", help="TLS: PEM file of the CA or the self-signed server certificate")
-    p.add_argument("--milvus-server-name", help="TLS: the certificate's server name, when not the URI's host")
 
 
 def _milvus_connection(args, uri: str):
@@ -152,14 +58,8 @@ def _fidelity_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=50, help="pseudo-queries to sample (50)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
     p.add_argument("--max-pages", type=int, default=5000, help="rank at most this many sampled pages (5000)")
-    p.add_argument("--model", help="query encoder (default: the model recorded in the shards)")
-    p.add_argument("--weights", choices=["hub", "random"], help="default: as recorded in the shards")
-    p.add_argument("--milvus", help="the index's Milvus, for the text layer's BM25 and fusion (default OUT/milvus.db "
-                   "where it exists)")
-    p.add_argument("--collection", help="collection prefix (default: the index's, OUT/_index.json; else pagemill)")
-    _milvus_connection_args(p)
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_options(p, "fidelity", "--model", "--weights", "--milvus", "--collection", *MILVUS_CONNECTION,
+                "--s3-endpoint-url", "--json")
     return p
 
 
@@ -206,13 +106,12 @@ def _report_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("out", help="output root of a run")
     p.add_argument("--pages", default="1000000,100000000", help="corpus sizes to project to (1M and 100M)")
     p.add_argument("--threshold", type=float, default=0.9, help="fidelity (recall@10) a recommended layout needs")
-    p.add_argument("--milvus", help="also measure what Milvus holds (default OUT/milvus.db when it exists)")
+    add_options(p, "report", "--milvus")
     p.add_argument("--milvus-storage", help="a Milvus server's storage, to measure its files: its localStorage.path "
                    "(the standalone server's --data DIR) or the bucket's root path (s3://bucket/files)")
-    p.add_argument("--collection", help="collection prefix (default: the index's, OUT/_index.json; else pagemill)")
-    _milvus_connection_args(p)
+    add_options(p, "report", "--collection", *MILVUS_CONNECTION)
     p.add_argument("--html", help="write an HTML report (with PNG charts beside it)")
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
+    add_options(p, "report", "--s3-endpoint-url")
     _common_cost_flags(p)
     return p
 
@@ -250,18 +149,14 @@ def _calibrate_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="measure pages/s, vectors/page and memory of a model on this device",
                        description="Calibration profile for capacity planning.", epilog=CALIBRATE_EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="colqwen2-tiny", help="model spec (as for ingest)")
-    p.add_argument("--weights", choices=["hub", "random"], default="random", help="random (default) or hub")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--max-pixels", type=int, help="pixel budget per page (default: the model's)")
+    add_options(p, "calibrate", "--model", "--weights", "--device", "--dtype", "--max-pixels")
     p.add_argument("--pages", type=int, default=16, help="pages to embed (16)")
-    p.add_argument("--batch-size", type=int, default=8, help="pages per forward pass (8)")
+    add_options(p, "calibrate", "--batch-size")
     p.add_argument("source", nargs="?", help="a sample of your PDFs: folder or s3:// prefix (the render rate and "
                    "vectors per page are measured on them)")
     p.add_argument("--synthetic", action="store_true", help="no sample: a generated text-and-table page, repeated (its "
                    "render rate is far above real documents': not for planning)")
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// SOURCE")
+    add_options(p, "calibrate", "--s3-endpoint-url")
     p.add_argument("--out", help="also write the JSON profile here")
     return p
 
@@ -300,8 +195,7 @@ def _search_parser(sub) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("query", help="the query text")
     p.add_argument("--out", required=True, help="output root of a run (its shards and, by default, its Milvus)")
-    p.add_argument("--milvus", help="Milvus URI (default OUT/milvus.db); token from $MILVUS_TOKEN")
-    p.add_argument("--collection", help="collection prefix (default: the index's, OUT/_index.json; else pagemill)")
+    add_options(p, "search", "--milvus", "--collection")
     p.add_argument("-k", type=int, default=10, help="results (10)")
     p.add_argument("--candidates", type=int, default=100, help="pages from stage 1 (100)")
     p.add_argument("--stage1", default="sv-mean",
@@ -315,10 +209,7 @@ def _search_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--rerank", default="mv", help="multi-vector layout for exact MaxSim, or none (mv)")
     p.add_argument("--vectors-from", default="parquet", choices=["parquet", "milvus"],
                    help="where stage 2 reads vectors (parquet)")
-    p.add_argument("--corpus", help="only pages of this corpus (indexes built with --milvus-partition-key)")
-    _milvus_connection_args(p)
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_options(p, "search", "--corpus", *MILVUS_CONNECTION, "--s3-endpoint-url", "--json")
     return p
 
 
@@ -337,20 +228,13 @@ def _milvus_load_parser(sub) -> argparse.ArgumentParser:
                        description="Load OUT/pages into Milvus.", epilog=MILVUS_LOAD_EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
-    p.add_argument("--milvus", help="Milvus URI (default OUT/milvus.db); token from $MILVUS_TOKEN")
-    p.add_argument("--collection", help="collection prefix (default: the index's, OUT/_index.json; else pagemill)")
+    add_options(p, "milvus-load", "--milvus", "--collection")
     p.add_argument("--recreate", action="store_true", help="drop this index's collections first")
     p.add_argument("--bulk-dir", help="use Milvus' bulk import: stage row files here, where the server can read them "
                    "(its local storage, or s3://bucket/prefix in the bucket Milvus uses); needs empty collections")
     p.add_argument("--batch-pages", type=int, default=256, help="pages per upsert batch: the memory bound (256)")
-    p.add_argument("--milvus-index", action="append", default=[], help="as for ingest: LAYOUT=TYPE[:key=value,...]")
-    p.add_argument("--milvus-mv-mode", default="auto", choices=["auto", "rows", "struct"], help="as for ingest (auto)")
-    p.add_argument("--milvus-layouts", help="layouts to load, comma-separated (default: all in the shards)")
-    p.add_argument("--milvus-partition-key", action="store_true", help="as for ingest: a corpus partition key")
-    p.add_argument("--corpus", help="corpus value (default: the one recorded in each shard)")
-    _milvus_connection_args(p)
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_options(p, "milvus-load", "--milvus-index", "--milvus-mv-mode", "--milvus-layouts", "--milvus-partition-key",
+                "--corpus", *MILVUS_CONNECTION, "--s3-endpoint-url", "--json")
     return p
 
 
@@ -439,11 +323,7 @@ def _status_parser(sub) -> argparse.ArgumentParser:
                        description="Look inside an OUT (read-only).", epilog=STATUS_EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
-    p.add_argument("--milvus", help="Milvus URI (default OUT/milvus.db when it exists); token from $MILVUS_TOKEN")
-    p.add_argument("--collection", help="collection prefix (default: the index's)")
-    _milvus_connection_args(p)
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
-    p.add_argument("--json", action="store_true", help="print JSON (healthy, problems, and everything else)")
+    add_options(p, "status", "--milvus", "--collection", *MILVUS_CONNECTION, "--s3-endpoint-url", "--json")
     return p
 
 
@@ -477,8 +357,7 @@ def _quarantine_parser(sub) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
     p.add_argument("--reason", help="only this reason (open_error, encrypted, render_timeout, oom, ...)")
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_options(p, "quarantine", "--s3-endpoint-url", "--json")
     return p
 
 
@@ -511,15 +390,8 @@ def _relayout_parser(sub) -> argparse.ArgumentParser:
                        epilog="example:\n  pagemill relayout demo-out --layouts mv-pool3,mv-bin --executor local",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="output root of an index (folder, file:// or s3://)")
-    p.add_argument("--layouts", required=True, help="layouts to add, comma-separated (mv-pool3, mv-rowcol, mv-bin, sv-fde, ...)")
-    p.add_argument("--drop-layouts", help="layouts to drop from Milvus, comma-separated")
-    p.add_argument("--milvus", help="Milvus URI (default OUT/milvus.db)")
-    p.add_argument("--executor", choices=["ray", "local"], help="ray (default) or local")
-    p.add_argument("--ray-address", help="join this Ray cluster (e.g. auto); default starts a local one")
-    _milvus_connection_args(p)
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
-    p.add_argument("--summary", help="also write the JSON run summary to this file")
-    p.add_argument("--quiet", action="store_true", help="do not print the summary at the end")
+    add_options(p, "relayout", "--layouts", "--drop-layouts", "--milvus", "--executor", "--ray-address", *MILVUS_CONNECTION,
+                "--s3-endpoint-url", "--summary", "--quiet")
     return p
 
 
@@ -561,10 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     _status_parser(sub)
     _quarantine_parser(sub)
     _relayout_parser(sub)
-    for p in sub.choices.values():
-        p.add_argument("--verbose", action="store_true",
-                       help="show what Ray, transformers and other libraries print (default: kept in a log file, "
-                       "named when something fails; a run copies it to OUT/_runs/<run>.log)")
+    for name, p in sub.choices.items():
+        if name != "ingest":  # ingest's options end with it
+            add_options(p, name, "--verbose")
     return parser
 
 
