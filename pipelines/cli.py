@@ -25,10 +25,14 @@ unchanged source does nothing; after a crash it resumes with the uncommitted uni
 """
 
 
+def _command(sub, name: str, **kw) -> argparse.ArgumentParser:
+    """A command's parser: its help, description and epilog (examples, kept as written)."""
+    return sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+
 def _ingest_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("ingest", help="index a folder of PDFs into Parquet shards and Milvus",
-                       description="Render, embed and index every PDF under SOURCE.", epilog=INGEST_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "ingest", help="index a folder of PDFs into Parquet shards and Milvus",
+                 description="Render, embed and index every PDF under SOURCE.", epilog=INGEST_EXAMPLE)
     add_options(p, "ingest")
     return p
 
@@ -51,9 +55,8 @@ ranking it keeps (recall@10, nDCG@10), next to its vectors and bytes per page.
 
 
 def _fidelity_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("fidelity", help="measure how much of the full multi-vector ranking each layout keeps",
-                       description="Fidelity of each storage layout on your own corpus.", epilog=FIDELITY_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "fidelity", help="measure how much of the full multi-vector ranking each layout keeps",
+                 description="Fidelity of each storage layout on your own corpus.", epilog=FIDELITY_EXAMPLE)
     p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
     p.add_argument("--queries", type=int, default=50, help="pseudo-queries to sample (50)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
@@ -100,9 +103,8 @@ def _common_cost_flags(p) -> None:
 
 
 def _report_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("report", help="measured and projected storage cost of each layout of a run",
-                       description="Storage-cost report of a run.", epilog=REPORT_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "report", help="measured and projected storage cost of each layout of a run",
+                 description="Storage-cost report of a run.", epilog=REPORT_EXAMPLE)
     p.add_argument("out", help="output root of a run")
     p.add_argument("--pages", default="1000000,100000000", help="corpus sizes to project to (1M and 100M)")
     p.add_argument("--threshold", type=float, default=0.9, help="fidelity (recall@10) a recommended layout needs")
@@ -117,9 +119,8 @@ def _report_parser(sub) -> argparse.ArgumentParser:
 
 
 def _plan_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("plan", help="project storage, memory, GPUs and cost without a run",
-                       description="Capacity plan from a model preset or explicit sizes.", epilog=PLAN_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "plan", help="project storage, memory, GPUs and cost without a run",
+                 description="Capacity plan from a model preset or explicit sizes.", epilog=PLAN_EXAMPLE)
     p.add_argument("--model", help="preset: colpali, colqwen2, colqwen2.5, colmodernvbert, nemoretriever-colembed-3b, "
                    "jina-embeddings-v4, qwen3-vl-embedding-2b/8b, llama-nemotron-embed-vl-1b-v2")
     p.add_argument("--vectors-per-page", type=float, help="vectors per page (instead of --model)")
@@ -146,9 +147,8 @@ Random weights measure the real architecture's speed without a download; feed th
 
 
 def _calibrate_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("calibrate", help="measure pages/s, vectors/page and memory of a model on this device",
-                       description="Calibration profile for capacity planning.", epilog=CALIBRATE_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "calibrate", help="measure pages/s, vectors/page and memory of a model on this device",
+                 description="Calibration profile for capacity planning.", epilog=CALIBRATE_EXAMPLE)
     add_options(p, "calibrate", "--model", "--weights", "--device", "--dtype", "--max-pixels")
     p.add_argument("--pages", type=int, default=16, help="pages to embed (16)")
     add_options(p, "calibrate", "--batch-size")
@@ -190,9 +190,8 @@ SEARCH_EXAMPLE = """examples:
 
 
 def _search_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("search", help="two-stage search (ANN, then exact MaxSim) to check an index",
-                       description="Cascade search over a pagemill index.", epilog=SEARCH_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "search", help="two-stage search (ANN, then exact MaxSim) to check an index",
+                 description="Cascade search over a pagemill index.", epilog=SEARCH_EXAMPLE)
     p.add_argument("query", help="the query text")
     p.add_argument("--out", required=True, help="output root of a run (its shards and, by default, its Milvus)")
     add_options(p, "search", "--milvus", "--collection")
@@ -224,9 +223,8 @@ change a field's index or vector type).
 
 
 def _milvus_load_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("milvus-load", help="(re)build the Milvus side of an index from its Parquet shards",
-                       description="Load OUT/pages into Milvus.", epilog=MILVUS_LOAD_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "milvus-load", help="(re)build the Milvus side of an index from its Parquet shards",
+                 description="Load OUT/pages into Milvus.", epilog=MILVUS_LOAD_EXAMPLE)
     p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
     add_options(p, "milvus-load", "--milvus", "--collection")
     p.add_argument("--recreate", action="store_true", help="drop this index's collections first")
@@ -319,9 +317,8 @@ STATUS_EXAMPLE = """examples:
 
 
 def _status_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("status", help="what an OUT holds: its index, documents, shards, Milvus rows, runs, quarantine",
-                       description="Look inside an OUT (read-only).", epilog=STATUS_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "status", help="what an OUT holds: its index, documents, shards, Milvus rows, runs, quarantine",
+                 description="Look inside an OUT (read-only).", epilog=STATUS_EXAMPLE)
     p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
     add_options(p, "status", "--milvus", "--collection", *MILVUS_CONNECTION, "--s3-endpoint-url", "--json")
     return p
@@ -351,10 +348,9 @@ def _status(args) -> int:
 
 
 def _quarantine_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("quarantine", help="the documents and pages an OUT could not index, with the reasons",
-                       description="List the quarantine of an OUT (read-only).",
-                       epilog="example:\n  pagemill quarantine demo-out --reason encrypted",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "quarantine", help="the documents and pages an OUT could not index, with the reasons",
+                 description="List the quarantine of an OUT (read-only).",
+                 epilog="example:\n  pagemill quarantine demo-out --reason encrypted")
     p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
     p.add_argument("--reason", help="only this reason (open_error, encrypted, render_timeout, oom, ...)")
     add_options(p, "quarantine", "--s3-endpoint-url", "--json")
@@ -385,10 +381,9 @@ def _quarantine(args) -> int:
 
 
 def _relayout_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("relayout", help="add layouts to an index from its archived multi-vectors (no model, CPU only)",
-                       description="Compute added storage layouts from the full multi-vectors in the shards.",
-                       epilog="example:\n  pagemill relayout demo-out --layouts mv-pool3,mv-bin --executor local",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "relayout", help="add layouts to an index from its archived multi-vectors (no model, CPU only)",
+                 description="Compute added storage layouts from the full multi-vectors in the shards.",
+                 epilog="example:\n  pagemill relayout demo-out --layouts mv-pool3,mv-bin --executor local")
     p.add_argument("out", help="output root of an index (folder, file:// or s3://)")
     add_options(p, "relayout", "--layouts", "--drop-layouts", "--milvus", "--executor", "--ray-address", *MILVUS_CONNECTION,
                 "--s3-endpoint-url", "--summary", "--quiet")
