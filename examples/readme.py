@@ -6,7 +6,8 @@
 
 The README marks each generated region with ``<!-- readme: NAME -->`` and ``<!-- /readme: NAME -->``;
 everything between the marks is replaced by what NAME's generator prints. The deterministic
-regions (``pagemill plan``, which reads no clock and no machine but its memory size) are
+regions (``pagemill plan``, which reads no clock and no machine but its memory size, and the table
+of ingest options, from pipelines/options.py) are
 re-run by the test suite (tests/pipelines/test_readme.py), so a change of the cost model that
 is not carried into the README fails there. The others (transcripts of runs, benchmark tables)
 are today's output when this script last ran over them: they carry times and run ids.
@@ -71,7 +72,14 @@ def plan_nemo(_ctx) -> str:
                              "--pages", "1M"], REPO))
 
 
-DETERMINISTIC = {"plan-colpali": plan_colpali, "plan-single": plan_single, "plan-nemo": plan_nemo}
+def ingest_options(_ctx) -> str:
+    from pipelines.options import readme_table
+
+    return readme_table("ingest")
+
+
+DETERMINISTIC = {"plan-colpali": plan_colpali, "plan-single": plan_single, "plan-nemo": plan_nemo,
+                 "ingest-options": ingest_options}
 
 
 # ---------------------------------------------------------------------------------------------

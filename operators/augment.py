@@ -28,6 +28,7 @@ from operators.encodings import read_ragged
 from operators.layouts import Layout, LayoutEncoder
 from operators.models import PageEmbedding
 from operators.parquet_sink import ParquetSink
+from operators.run_metadata import RunMetadata
 from operators.store import OutputStore
 
 
@@ -136,8 +137,7 @@ class AugmentShards(Stage):
             pa.schema([self.pages_schema.field(c) for c in self.wanted if c in table.column_names]),
             safe=False).replace_schema_metadata(table.schema.metadata)
         new_key = augmented_key(key, self.job)
-        buf_metadata = {k.decode()[len("pagemill."):]: json.loads(v) for k, v in (table.schema.metadata or {}).items()
-                        if k.startswith(b"pagemill.")}
+        buf_metadata = dict(RunMetadata.from_schema(table.schema).values)
         buf_metadata["layouts"] = {**buf_metadata.get("layouts", {}),
                                    **{lay.name: lay.params(self.fde) for lay in self.layouts}}
         if self._text is not None:

@@ -16,7 +16,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +41,22 @@ def is_lite_uri(uri: str) -> bool:
     return urlparse(uri).scheme not in ("http", "https", "tcp", "grpc", "unix")
 
 
+LITE_FILE = "milvus.db"  # an OUT's own Milvus Lite database
+
+
+def default_uri(out: str) -> str | None:
+    """The Milvus of an OUT when none is given: its Milvus Lite file, OUT/milvus.db; None for an OUT
+    in an object store (Milvus Lite needs a local file).
+
+    >>> default_uri("demo-out"), default_uri("file:///data/out"), default_uri("s3://bucket/out")
+    ('demo-out/milvus.db', '/data/out/milvus.db', None)
+    """
+    parsed = urlparse(out)
+    if parsed.scheme not in ("", "file"):
+        return None
+    return os.path.join(unquote(parsed.path) if parsed.scheme == "file" else out, LITE_FILE)
+
+
 def escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace('"', '\\"')
 
@@ -62,6 +78,17 @@ class MilvusConnection:
     retries: int = 3  # extra attempts for transient failures, with exponential backoff
     token_env: str | None = "MILVUS_TOKEN"
     password_env: str | None = "MILVUS_PASSWORD"
+
+    @classmethod
+    def from_options(cls, uri: str, options) -> MilvusConnection:
+        """The connection that the Milvus options describe (pipelines/options.py): an IngestConfig,
+        or a command's parsed arguments (those without timeout, retries or secret variables get the
+        defaults)."""
+        kw = {name: getattr(options, key) for key, name in (
+            ("milvus_timeout_s", "timeout_s"), ("milvus_retries", "retries"), ("milvus_token_env", "token_env"),
+            ("milvus_password_env", "password_env")) if getattr(options, key, None) is not None}
+        return cls(uri, user=options.milvus_user, db_name=options.milvus_db, ca_file=options.milvus_ca_file,
+                   server_name=options.milvus_server_name, **kw)
 
     def public(self) -> MilvusConnection:
         """The same connection without secret values (what may travel to other processes)."""

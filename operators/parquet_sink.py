@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import json
 
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from operators import schema as S
+from operators.run_metadata import RunMetadata
 from operators.store import OutputStore
 
 PAGES_PREFIX = "pages"
@@ -49,13 +49,12 @@ class ParquetSink:
 
     def __init__(self, store: OutputStore, metadata: dict | None = None, compression: str = "zstd"):
         self.store = store
-        self.metadata = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+        self.metadata = RunMetadata(dict(metadata or {})).encode()
         self.compression = compression
         self.bytes_written: dict[str, int] = {PAGES_PREFIX: 0, QUARANTINE_PREFIX: 0}
 
     def write(self, key: str, table: pa.Table) -> int:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{
-            f"pagemill.{k}".encode(): v.encode() for k, v in self.metadata.items()}})
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **self.metadata})
         buf = io.BytesIO()
         # Vector columns: plain, uncompressed. Embeddings barely compress, and this way a
         # layout's Parquet bytes follow from its parameters (what `pagemill report` predicts).

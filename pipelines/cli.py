@@ -11,6 +11,7 @@ import os
 import sys
 
 from operators.errors import UsageError
+from pipelines.options import MILVUS_CONNECTION, add_options
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -24,107 +25,16 @@ unchanged source does nothing; after a crash it resumes with the uncommitted uni
 """
 
 
+def _command(sub, name: str, **kw) -> argparse.ArgumentParser:
+    """A command's parser: its help, description and epilog (examples, kept as written)."""
+    return sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+
 def _ingest_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("ingest", help="index a folder of PDFs into Parquet shards and Milvus",
-                       description="Render, embed and index every PDF under SOURCE.", epilog=INGEST_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", nargs="?", help="folder, file:// or s3://bucket/prefix/ of PDFs (recursive, *.pdf)")
-    p.add_argument("--out", help="output root: a folder, file:// or s3://bucket/prefix/")
-    p.add_argument("--milvus", help="Milvus URI: a Milvus Lite file path (default OUT/milvus.db) or http://host:port")
-    p.add_argument("--collection", help="collection name prefix (default: the index's, else pagemill)")
-    p.add_argument("--milvus-timeout", dest="milvus_timeout_s", type=float,
-                   help="seconds per Milvus call (60); past it the run stops with one line, the unit uncommitted")
-    p.add_argument("--milvus-retries", type=int, help="extra attempts for transient Milvus failures, with backoff (3)")
-    _milvus_connection_args(p)
-    p.add_argument("--milvus-index", action="append",
-                   help="index of a layout's field, LAYOUT=TYPE[:key=value,...] (repeatable; * for all; e.g. "
-                   "sv-mean=HNSW:M=16,efConstruction=200 or mv=IVF_PQ:nlist=1024,m=32; metric=... too; default AUTOINDEX)")
-    p.add_argument("--milvus-mv-mode", choices=["auto", "rows", "struct"],
-                   help="multi-vector layouts as one row per vector, or array-of-structs fields (Milvus >= 2.6.4); "
-                   "auto picks by server version")
-    p.add_argument("--milvus-layouts", help="layouts written to Milvus, comma-separated (default: all of the run's; "
-                   "sv-mean always)")
-    p.add_argument("--milvus-partition-key", action="store_const", const=True,
-                   help="add a corpus field, the partition key, to every collection (multi-tenant indexes)")
-    p.add_argument("--corpus", help="the corpus (tenant) value written with --milvus-partition-key (default)")
-    p.add_argument("--model", help="model spec: colqwen2-tiny, colqwen2, a hub id or a local directory")
-    p.add_argument("--weights", choices=["hub", "random"], help="load checkpoint weights, or random weights")
-    p.add_argument("--reindex", action="store_const", const=True,
-                   help="the index holds another model: embed every document again with this one, in a new generation "
-                   "(its own shards and collections) swapped in when complete; search uses the old one until then")
-    p.add_argument("--drop-layouts", help="layouts to remove from Milvus (comma-separated; the index keeps every layout "
-                   "it has unless told)")
-    p.add_argument("--trust-remote-code", action="store_const", const=True,
-                   help="allow a checkpoint's own Python code to run (refused by default)")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--attn-implementation", choices=["auto", "sdpa", "eager", "flash_attention_2"],
-                   help="attention kernels (auto: FlashAttention-2 on CUDA when flash-attn is installed, else sdpa)")
-    p.add_argument("--max-pixels", type=int, help="pixel budget per page (default: the model's)")
-    p.add_argument("--batch-size", type=int, help="pages per forward pass (default 8)")
-    p.add_argument("--max-batch-tokens", type=int, help="visual tokens per forward pass; on out-of-memory a batch "
-                   "is halved down to one page (default: batch-size pages at the full budget)")
-    p.add_argument("--executor", choices=["ray", "local"], help="ray (default) or local (a plain loop)")
-    p.add_argument("--ray-address", help="join this Ray cluster (e.g. auto); default starts a local one")
-    p.add_argument("--num-gpus", type=float, help="GPUs per embedding actor (fractions allowed)")
-    p.add_argument("--embed-actors", type=int, help="number of embedding actors")
-    p.add_argument("--render-actors", type=int, help="number of render actors")
-    p.add_argument("--encode-actors", type=int, help="number of pooling/encoding actors (default: one per accelerator)")
-    p.add_argument("--write-actors", type=int, help="number of writer actors (default: one per two accelerators)")
-    p.add_argument("--write-placement", choices=["auto", "workers", "driver"],
-                   help="where Parquet and Milvus writes run: auto (default: workers, except Milvus Lite or a local OUT "
-                   "on a multi-node cluster), workers, driver")
-    p.add_argument("--milvus-bulk-dir",
-                   help="first load into empty collections: writers stage Parquet import files here (where the Milvus "
-                   "server reads them: its local storage, or s3://bucket/prefix in its bucket) instead of upserting, and "
-                   "Milvus imports them at the end of the run")
-    p.add_argument("--write-batch-pages", type=int, help="pages per writer call: the most a Parquet part holds (64)")
-    p.add_argument("--object-store-mb", type=float,
-                   help="Ray object store budget for pages between stages (default 128 MB per actor, at least 256)")
-    p.add_argument("--page-timeout", dest="page_timeout_s", type=float, help="seconds one page may take to render")
-    p.add_argument("--delete-missing", action="store_const", const=True,
-                   help="remove documents that are gone from the source from the shards and Milvus (off by default)")
-    p.add_argument("--ledger-compact-every", type=int,
-                   help="fold the ledger's per-unit records into one snapshot past this many (256)")
-    p.add_argument("--retry-quarantined", action="store_const", const=True,
-                   help="process only documents that were quarantined (or partly indexed), e.g. after adding passwords")
-    p.add_argument("--passwords", help="file of '<glob><TAB><password>' lines for encrypted documents")
-    p.add_argument("--max-doc-bytes", type=int, help="larger documents are quarantined as too_large")
-    p.add_argument("--max-pages", type=int, help="documents with more pages are quarantined")
-    p.add_argument("--layouts", help="extra storage layouts, comma-separated: mv-pool3, mv-rowcol, mv-int8, mv-bin, "
-                   "mv-pool3-bin, sv-fde, ... (mv and sv-mean are always written)")
-    p.add_argument("--fde-reps", type=int, help="sv-fde: repetitions (10)")
-    p.add_argument("--fde-bits", type=int, help="sv-fde: SimHash bits per repetition, 2^bits buckets (4)")
-    p.add_argument("--fde-proj-dim", type=int, help="sv-fde: projected dims per bucket (16)")
-    p.add_argument("--fde-seed", type=int, help="sv-fde: random seed (42)")
-    p.add_argument("--no-text", dest="extract_text", action="store_const", const=False,
-                   help="do not extract the pages' text layer")
-    p.add_argument("--fidelity-queries", type=int, help="after the run, measure each layout's fidelity with N queries")
-    p.add_argument("--unit-max-docs", type=int, help="documents per work unit (the unit of commit and resume)")
-    p.add_argument("--unit-max-bytes", type=int, help="bytes per work unit")
-    p.add_argument("--include", action="append", help="glob of paths to include (repeatable)")
-    p.add_argument("--exclude", action="append", help="glob of paths to exclude (repeatable)")
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL, else AWS)")
-    p.add_argument("--s3-region", help="S3 region")
-    p.add_argument("--s3-addressing-style", choices=["auto", "path", "virtual"], help="bucket addressing style")
-    p.add_argument("--s3-retry-mode", choices=["standard", "adaptive"], help="botocore retry mode (standard)")
-    p.add_argument("--s3-max-attempts", type=int, help="attempts per S3 request, retries included (8)")
-    p.add_argument("--config", help="YAML or JSON file with the same keys as these flags")
-    p.add_argument("--summary", help="also write the JSON run summary here")
-    p.add_argument("--progress-interval", dest="progress_interval_s", type=float, help="seconds between progress lines")
-    p.add_argument("--lock-lease", dest="lock_lease_s", type=float,
-                   help="seconds a run's lock on OUT lasts without renewal (300); a second run on OUT refuses")
-    p.add_argument("--quiet", action="store_true", help="do not print the summary at the end")
+    p = _command(sub, "ingest", help="index a folder of PDFs into Parquet shards and Milvus",
+                 description="Render, embed and index every PDF under SOURCE.", epilog=INGEST_EXAMPLE)
+    add_options(p, "ingest")
     return p
-
-
-def _milvus_connection_args(p) -> None:
-    """Connection flags shared by every command that talks to Milvus. Secrets only from the
-    environment: $MILVUS_TOKEN, or --milvus-user with $MILVUS_PASSWORD."""
-    p.add_argument("--milvus-user", help="Milvus user (password from $MILVUS_PASSWORD)")
-    p.add_argument("--milvus-db", help="Milvus database name (default: the server's default)")
-    p.add_argument("--milvus-ca-file", help="TLS: PEM file of the CA or the self-signed server certificate")
-    p.add_argument("--milvus-server-name", help="TLS: the certificate's server name, when not the URI's host")
 
 
 def _milvus_connection(args, uri: str):
@@ -132,8 +42,7 @@ def _milvus_connection(args, uri: str):
 
     if args.milvus_ca_file and not os.path.isfile(args.milvus_ca_file):
         raise UsageError(f"--milvus-ca-file: no such file {args.milvus_ca_file!r}")
-    return MilvusConnection(uri, user=args.milvus_user, db_name=args.milvus_db, ca_file=args.milvus_ca_file,
-                            server_name=args.milvus_server_name)
+    return MilvusConnection.from_options(uri, args)
 
 
 FIDELITY_EXAMPLE = """example:
@@ -146,21 +55,14 @@ ranking it keeps (recall@10, nDCG@10), next to its vectors and bytes per page.
 
 
 def _fidelity_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("fidelity", help="measure how much of the full multi-vector ranking each layout keeps",
-                       description="Fidelity of each storage layout on your own corpus.", epilog=FIDELITY_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "fidelity", help="measure how much of the full multi-vector ranking each layout keeps",
+                 description="Fidelity of each storage layout on your own corpus.", epilog=FIDELITY_EXAMPLE)
     p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
     p.add_argument("--queries", type=int, default=50, help="pseudo-queries to sample (50)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
     p.add_argument("--max-pages", type=int, default=5000, help="rank at most this many sampled pages (5000)")
-    p.add_argument("--model", help="query encoder (default: the model recorded in the shards)")
-    p.add_argument("--weights", choices=["hub", "random"], help="default: as recorded in the shards")
-    p.add_argument("--milvus", help="the index's Milvus, for the text layer's BM25 and fusion (default OUT/milvus.db "
-                   "where it exists)")
-    p.add_argument("--collection", help="collection prefix (default: the index's, OUT/_index.json; else pagemill)")
-    _milvus_connection_args(p)
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_options(p, "fidelity", "--model", "--weights", "--milvus", "--collection", *MILVUS_CONNECTION,
+                "--s3-endpoint-url", "--json")
     return p
 
 
@@ -201,27 +103,24 @@ def _common_cost_flags(p) -> None:
 
 
 def _report_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("report", help="measured and projected storage cost of each layout of a run",
-                       description="Storage-cost report of a run.", epilog=REPORT_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "report", help="measured and projected storage cost of each layout of a run",
+                 description="Storage-cost report of a run.", epilog=REPORT_EXAMPLE)
     p.add_argument("out", help="output root of a run")
     p.add_argument("--pages", default="1000000,100000000", help="corpus sizes to project to (1M and 100M)")
     p.add_argument("--threshold", type=float, default=0.9, help="fidelity (recall@10) a recommended layout needs")
-    p.add_argument("--milvus", help="also measure what Milvus holds (default OUT/milvus.db when it exists)")
+    add_options(p, "report", "--milvus")
     p.add_argument("--milvus-storage", help="a Milvus server's storage, to measure its files: its localStorage.path "
                    "(the standalone server's --data DIR) or the bucket's root path (s3://bucket/files)")
-    p.add_argument("--collection", help="collection prefix (default: the index's, OUT/_index.json; else pagemill)")
-    _milvus_connection_args(p)
+    add_options(p, "report", "--collection", *MILVUS_CONNECTION)
     p.add_argument("--html", help="write an HTML report (with PNG charts beside it)")
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
+    add_options(p, "report", "--s3-endpoint-url")
     _common_cost_flags(p)
     return p
 
 
 def _plan_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("plan", help="project storage, memory, GPUs and cost without a run",
-                       description="Capacity plan from a model preset or explicit sizes.", epilog=PLAN_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "plan", help="project storage, memory, GPUs and cost without a run",
+                 description="Capacity plan from a model preset or explicit sizes.", epilog=PLAN_EXAMPLE)
     p.add_argument("--model", help="preset: colpali, colqwen2, colqwen2.5, colmodernvbert, nemoretriever-colembed-3b, "
                    "jina-embeddings-v4, qwen3-vl-embedding-2b/8b, llama-nemotron-embed-vl-1b-v2")
     p.add_argument("--vectors-per-page", type=float, help="vectors per page (instead of --model)")
@@ -248,21 +147,16 @@ Random weights measure the real architecture's speed without a download; feed th
 
 
 def _calibrate_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("calibrate", help="measure pages/s, vectors/page and memory of a model on this device",
-                       description="Calibration profile for capacity planning.", epilog=CALIBRATE_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="colqwen2-tiny", help="model spec (as for ingest)")
-    p.add_argument("--weights", choices=["hub", "random"], default="random", help="random (default) or hub")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--max-pixels", type=int, help="pixel budget per page (default: the model's)")
+    p = _command(sub, "calibrate", help="measure pages/s, vectors/page and memory of a model on this device",
+                 description="Calibration profile for capacity planning.", epilog=CALIBRATE_EXAMPLE)
+    add_options(p, "calibrate", "--model", "--weights", "--device", "--dtype", "--max-pixels")
     p.add_argument("--pages", type=int, default=16, help="pages to embed (16)")
-    p.add_argument("--batch-size", type=int, default=8, help="pages per forward pass (8)")
+    add_options(p, "calibrate", "--batch-size")
     p.add_argument("source", nargs="?", help="a sample of your PDFs: folder or s3:// prefix (the render rate and "
                    "vectors per page are measured on them)")
     p.add_argument("--synthetic", action="store_true", help="no sample: a generated text-and-table page, repeated (its "
                    "render rate is far above real documents': not for planning)")
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// SOURCE")
+    add_options(p, "calibrate", "--s3-endpoint-url")
     p.add_argument("--out", help="also write the JSON profile here")
     return p
 
@@ -296,13 +190,11 @@ SEARCH_EXAMPLE = """examples:
 
 
 def _search_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("search", help="two-stage search (ANN, then exact MaxSim) to check an index",
-                       description="Cascade search over a pagemill index.", epilog=SEARCH_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "search", help="two-stage search (ANN, then exact MaxSim) to check an index",
+                 description="Cascade search over a pagemill index.", epilog=SEARCH_EXAMPLE)
     p.add_argument("query", help="the query text")
     p.add_argument("--out", required=True, help="output root of a run (its shards and, by default, its Milvus)")
-    p.add_argument("--milvus", help="Milvus URI (default OUT/milvus.db); token from $MILVUS_TOKEN")
-    p.add_argument("--collection", help="collection prefix (default: the index's, OUT/_index.json; else pagemill)")
+    add_options(p, "search", "--milvus", "--collection")
     p.add_argument("-k", type=int, default=10, help="results (10)")
     p.add_argument("--candidates", type=int, default=100, help="pages from stage 1 (100)")
     p.add_argument("--stage1", default="sv-mean",
@@ -316,10 +208,7 @@ def _search_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--rerank", default="mv", help="multi-vector layout for exact MaxSim, or none (mv)")
     p.add_argument("--vectors-from", default="parquet", choices=["parquet", "milvus"],
                    help="where stage 2 reads vectors (parquet)")
-    p.add_argument("--corpus", help="only pages of this corpus (indexes built with --milvus-partition-key)")
-    _milvus_connection_args(p)
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_options(p, "search", "--corpus", *MILVUS_CONNECTION, "--s3-endpoint-url", "--json")
     return p
 
 
@@ -334,24 +223,16 @@ change a field's index or vector type).
 
 
 def _milvus_load_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("milvus-load", help="(re)build the Milvus side of an index from its Parquet shards",
-                       description="Load OUT/pages into Milvus.", epilog=MILVUS_LOAD_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "milvus-load", help="(re)build the Milvus side of an index from its Parquet shards",
+                 description="Load OUT/pages into Milvus.", epilog=MILVUS_LOAD_EXAMPLE)
     p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
-    p.add_argument("--milvus", help="Milvus URI (default OUT/milvus.db); token from $MILVUS_TOKEN")
-    p.add_argument("--collection", help="collection prefix (default: the index's, OUT/_index.json; else pagemill)")
+    add_options(p, "milvus-load", "--milvus", "--collection")
     p.add_argument("--recreate", action="store_true", help="drop this index's collections first")
     p.add_argument("--bulk-dir", help="use Milvus' bulk import: stage row files here, where the server can read them "
                    "(its local storage, or s3://bucket/prefix in the bucket Milvus uses); needs empty collections")
     p.add_argument("--batch-pages", type=int, default=256, help="pages per upsert batch: the memory bound (256)")
-    p.add_argument("--milvus-index", action="append", default=[], help="as for ingest: LAYOUT=TYPE[:key=value,...]")
-    p.add_argument("--milvus-mv-mode", default="auto", choices=["auto", "rows", "struct"], help="as for ingest (auto)")
-    p.add_argument("--milvus-layouts", help="layouts to load, comma-separated (default: all in the shards)")
-    p.add_argument("--milvus-partition-key", action="store_true", help="as for ingest: a corpus partition key")
-    p.add_argument("--corpus", help="corpus value (default: the one recorded in each shard)")
-    _milvus_connection_args(p)
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_options(p, "milvus-load", "--milvus-index", "--milvus-mv-mode", "--milvus-layouts", "--milvus-partition-key",
+                "--corpus", *MILVUS_CONNECTION, "--s3-endpoint-url", "--json")
     return p
 
 
@@ -364,7 +245,7 @@ def _milvus_load(args) -> int:
     if args.batch_pages <= 0:
         raise UsageError(f"--batch-pages: must be > 0, got {args.batch_pages}")
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
-    uri = args.milvus or store.local_path("milvus.db")
+    uri = args.milvus or _default_milvus(args.out)
     if not uri:
         raise UsageError("--milvus is required when OUT is not a local folder")
     layouts = [x.strip() for x in (args.milvus_layouts or "").split(",") if x.strip()] or None
@@ -397,7 +278,7 @@ def _search(args) -> int:
     weights = parse_text_weights(args.text_weights)
     notes: list[str] = []
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
-    uri = args.milvus or store.local_path("milvus.db")
+    uri = args.milvus or _default_milvus(args.out)
     if not uri:
         raise UsageError("--milvus is required when OUT is not a local folder")
     from pipelines.identity import milvus_base
@@ -414,13 +295,13 @@ def _search(args) -> int:
 
     meta = recorded_metadata(store)
     warnings = list(notes)
-    if meta.get("weights") == "random" and not (args.stage1.startswith("text") and args.rerank == "none"):
-        warnings.append(f"this index was built with random weights ({meta.get('model')} --weights random): its "
+    if meta.weights == "random" and not (args.stage1.startswith("text") and args.rerank == "none"):
+        warnings.append(f"this index was built with random weights ({meta.model} --weights random): its "
                         f"rankings are noise, a check that the machinery works; ingest with --weights hub for real ones")
     for w in warnings:
         args.console.write(f"pagemill: note: {w}\n")
     if args.json:
-        _print(args, json.dumps({"query": args.query, "index": {"model": meta.get("model"), "weights": meta.get("weights")},
+        _print(args, json.dumps({"query": args.query, "index": {"model": meta.model, "weights": meta.weights},
                                  "warnings": warnings, "results": results}, indent=2))
         return 0
     _print(args, f"{'rank':>4}  {'score':>10}  {'page_id':<24}  page  source_uri")
@@ -436,15 +317,10 @@ STATUS_EXAMPLE = """examples:
 
 
 def _status_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("status", help="what an OUT holds: its index, documents, shards, Milvus rows, runs, quarantine",
-                       description="Look inside an OUT (read-only).", epilog=STATUS_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "status", help="what an OUT holds: its index, documents, shards, Milvus rows, runs, quarantine",
+                 description="Look inside an OUT (read-only).", epilog=STATUS_EXAMPLE)
     p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
-    p.add_argument("--milvus", help="Milvus URI (default OUT/milvus.db when it exists); token from $MILVUS_TOKEN")
-    p.add_argument("--collection", help="collection prefix (default: the index's)")
-    _milvus_connection_args(p)
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
-    p.add_argument("--json", action="store_true", help="print JSON (healthy, problems, and everything else)")
+    add_options(p, "status", "--milvus", "--collection", *MILVUS_CONNECTION, "--s3-endpoint-url", "--json")
     return p
 
 
@@ -457,7 +333,7 @@ def _status(args) -> int:
     from pipelines.status import format_status, index_status
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
-    uri = args.milvus or store.local_path("milvus.db")
+    uri = args.milvus or _default_milvus(args.out)
     reader = None
     if uri and (not is_lite_uri(uri) or os.path.exists(uri)):
         reader = MilvusReader(_milvus_connection(args, uri), milvus_base(store, args.collection))
@@ -472,14 +348,12 @@ def _status(args) -> int:
 
 
 def _quarantine_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("quarantine", help="the documents and pages an OUT could not index, with the reasons",
-                       description="List the quarantine of an OUT (read-only).",
-                       epilog="example:\n  pagemill quarantine demo-out --reason encrypted",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "quarantine", help="the documents and pages an OUT could not index, with the reasons",
+                 description="List the quarantine of an OUT (read-only).",
+                 epilog="example:\n  pagemill quarantine demo-out --reason encrypted")
     p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
     p.add_argument("--reason", help="only this reason (open_error, encrypted, render_timeout, oom, ...)")
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_options(p, "quarantine", "--s3-endpoint-url", "--json")
     return p
 
 
@@ -507,20 +381,12 @@ def _quarantine(args) -> int:
 
 
 def _relayout_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("relayout", help="add layouts to an index from its archived multi-vectors (no model, CPU only)",
-                       description="Compute added storage layouts from the full multi-vectors in the shards.",
-                       epilog="example:\n  pagemill relayout demo-out --layouts mv-pool3,mv-bin --executor local",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "relayout", help="add layouts to an index from its archived multi-vectors (no model, CPU only)",
+                 description="Compute added storage layouts from the full multi-vectors in the shards.",
+                 epilog="example:\n  pagemill relayout demo-out --layouts mv-pool3,mv-bin --executor local")
     p.add_argument("out", help="output root of an index (folder, file:// or s3://)")
-    p.add_argument("--layouts", required=True, help="layouts to add, comma-separated (mv-pool3, mv-rowcol, mv-bin, sv-fde, ...)")
-    p.add_argument("--drop-layouts", help="layouts to drop from Milvus, comma-separated")
-    p.add_argument("--milvus", help="Milvus URI (default OUT/milvus.db)")
-    p.add_argument("--executor", choices=["ray", "local"], help="ray (default) or local")
-    p.add_argument("--ray-address", help="join this Ray cluster (e.g. auto); default starts a local one")
-    _milvus_connection_args(p)
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for an s3:// OUT")
-    p.add_argument("--summary", help="also write the JSON run summary to this file")
-    p.add_argument("--quiet", action="store_true", help="do not print the summary at the end")
+    add_options(p, "relayout", "--layouts", "--drop-layouts", "--milvus", "--executor", "--ray-address", *MILVUS_CONNECTION,
+                "--s3-endpoint-url", "--summary", "--quiet")
     return p
 
 
@@ -562,10 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     _status_parser(sub)
     _quarantine_parser(sub)
     _relayout_parser(sub)
-    for p in sub.choices.values():
-        p.add_argument("--verbose", action="store_true",
-                       help="show what Ray, transformers and other libraries print (default: kept in a log file, "
-                       "named when something fails; a run copies it to OUT/_runs/<run>.log)")
+    for name, p in sub.choices.items():
+        if name != "ingest":  # ingest's options end with it
+            add_options(p, name, "--verbose")
     return parser
 
 
@@ -577,8 +442,9 @@ def _report(args) -> int:
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     milvus_uri = args.milvus
-    if milvus_uri is None and store.local_path("milvus.db") and os.path.exists(store.local_path("milvus.db")):
-        milvus_uri = store.local_path("milvus.db")
+    lite = _default_milvus(args.out)
+    if milvus_uri is None and lite and os.path.exists(lite):
+        milvus_uri = lite
     sink = None
     if milvus_uri:
         from pipelines.identity import milvus_base
@@ -611,6 +477,12 @@ def _report(args) -> int:
         write_html(report, text, args.html)
     _print(args, json.dumps(report, indent=2, sort_keys=True) if args.json else text)
     return 0
+
+
+def _default_milvus(out: str) -> str | None:
+    from operators.milvus_client import default_uri
+
+    return default_uri(out)
 
 
 def _read_json(path: str, flag: str, hint: str):
@@ -653,11 +525,11 @@ def _fidelity(args) -> int:
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     recorded = recorded_metadata(store)
-    spec = ModelSpec(name=args.model or recorded.get("model", "colqwen2-tiny"),
-                     weights=args.weights or recorded.get("weights", "random"))
-    text_model = recorded.get("text_model")
+    spec = ModelSpec(name=args.model or recorded.model or "colqwen2-tiny",
+                     weights=args.weights or recorded.weights or "random")
+    text_model = recorded.text_model
     sink = text = None
-    uri = args.milvus or store.local_path("milvus.db")
+    uri = args.milvus or _default_milvus(args.out)
     if text_model and uri and (args.milvus or os.path.exists(uri)):
         from operators.milvus_reader import MilvusReader
         from pipelines.identity import milvus_base
@@ -668,7 +540,7 @@ def _fidelity(args) -> int:
         sink.discover()
         text = TextSearch(sink, text_model)
     try:
-        result = measure_fidelity(store, spec, None, _fde_from(recorded), args.queries, seed=args.seed,
+        result = measure_fidelity(store, spec, None, recorded.fde_params(), args.queries, seed=args.seed,
                                   max_pages=args.max_pages, text_model=text_model, text_search=text)
     finally:
         if sink is not None:
@@ -695,15 +567,6 @@ def _fidelity(args) -> int:
         if t.get("note"):
             _print(args, f"note: {t['note']}")
     return 0
-
-
-def _fde_from(recorded: dict):
-    from operators.fde import FdeParams
-
-    p = recorded.get("layouts", {}).get("sv-fde")
-    if not p:
-        return None
-    return FdeParams(p["fde_reps"], p["fde_bits"], p["fde_proj_dim"], p["fde_seed"])
 
 
 def _ingest(args) -> int:

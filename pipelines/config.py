@@ -96,23 +96,11 @@ class IngestConfig:
             raise ConfigError("source: required (a folder or file:// URI of PDFs)")
         if not self.out:
             raise ConfigError("out: required (the output root)")
-        choices = {"executor": ("ray", "local"), "weights": ("hub", "random", None),
-                   "dtype": ("auto", "float32", "bfloat16", "float16"),
-                   "s3_addressing_style": ("auto", "path", "virtual"), "s3_retry_mode": ("standard", "adaptive"),
-                   "milvus_mv_mode": ("auto", "rows", "struct"), "write_placement": ("auto", "workers", "driver"),
-                   "attn_implementation": ("auto", "sdpa", "eager", "flash_attention_2")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        positive = ["milvus_timeout_s", "ledger_compact_every", "lock_lease_s", "fde_reps", "fde_bits", "fde_proj_dim", "s3_max_attempts", "batch_size", "page_timeout_s", "max_doc_bytes", "max_pages", "unit_max_docs",
-                    "unit_max_bytes", "progress_interval_s"]
-        for key in positive + ["max_pixels", "embed_actors", "render_actors", "max_batch_tokens", "object_store_mb",
-                               "encode_actors", "write_actors", "write_batch_pages"]:
-            v = getattr(self, key)
-            if v is not None and v <= 0:
-                raise ConfigError(f"{key}: must be > 0, got {v!r}")
-        if self.fidelity_queries < 0:
-            raise ConfigError(f"fidelity_queries: must be >= 0, got {self.fidelity_queries}")
+        from pipelines.options import config_problem
+
+        problem = config_problem(self)  # the choices and bounds declared with the options
+        if problem:
+            raise ConfigError(problem)
         if self.fde_bits > 10:
             raise ConfigError(f"fde_bits: {self.fde_bits} would make 2^{self.fde_bits} buckets per repetition (max 10)")
         from operators.layouts import LayoutError, parse_layouts
@@ -128,12 +116,8 @@ class IngestConfig:
             self.validate_model()
         if self.fidelity_queries and not self.extract_text:
             raise ConfigError("fidelity_queries: needs extract_text (queries are sentences of the text layer)")
-        if self.num_gpus is not None and self.num_gpus < 0:
-            raise ConfigError(f"num_gpus: must be >= 0, got {self.num_gpus!r}")
         if self.collection is not None and (not self.collection.replace("_", "").isalnum() or self.collection[0].isdigit()):
             raise ConfigError(f"collection: {self.collection!r} must be letters, digits and _ (not starting with a digit)")
-        if self.milvus_retries < 0:
-            raise ConfigError(f"milvus_retries: must be >= 0, got {self.milvus_retries}")
         if self.milvus_ca_file and not os.path.isfile(self.milvus_ca_file):
             raise ConfigError(f"milvus_ca_file: no such file {self.milvus_ca_file!r}")
         if not self.corpus or len(self.corpus) > 128:
@@ -148,7 +132,7 @@ class IngestConfig:
             raise ConfigError(str(e)) from None
         if self.passwords and not os.path.isfile(self.passwords):
             raise ConfigError(f"passwords: no such file {self.passwords!r}")
-        if self.milvus is None and "://" in self.out and not self.out.startswith("file://"):
+        if self.milvus_uri() is None:
             raise ConfigError("milvus: required when out is an object store (Milvus Lite needs a local file): "
                               "pass --milvus PATH.db or a server URI")
         return self
@@ -197,14 +181,12 @@ class IngestConfig:
         that connects (never from a file, never pickled into a worker)."""
         from operators.milvus_client import MilvusConnection
 
-        return MilvusConnection(self.milvus_uri(), user=self.milvus_user, db_name=self.milvus_db,
-                                ca_file=self.milvus_ca_file, server_name=self.milvus_server_name,
-                                timeout_s=self.milvus_timeout_s, retries=self.milvus_retries,
-                                token_env=self.milvus_token_env, password_env=self.milvus_password_env)
+        return MilvusConnection.from_options(self.milvus_uri(), self)
 
-    def milvus_uri(self) -> str:
-        out = self.out[len("file://"):] if self.out.startswith("file://") else self.out
-        return self.milvus or os.path.join(out, "milvus.db")
+    def milvus_uri(self) -> str | None:
+        from operators.milvus_client import default_uri
+
+        return self.milvus or default_uri(self.out)
 
 
 def _coerce(key: str, f: dataclasses.Field, value):

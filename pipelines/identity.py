@@ -114,25 +114,27 @@ def infer_from_shards(store: OutputStore) -> IndexIdentity | None:
     """An OUT written before ``_index.json`` existed: its identity is in the shards' metadata."""
     import pyarrow.parquet as pq
 
+    from operators.run_metadata import RunMetadata
+
     shards = [o.key for o in store.list("pages") if o.key.endswith(".parquet")]
     if not shards:
         return None
     schema = pq.read_schema(io.BytesIO(store.read_bytes(shards[0])))
-    meta = {k.decode()[len("pagemill."):]: json.loads(v) for k, v in (schema.metadata or {}).items()
-            if k.startswith(b"pagemill.")}
+    meta = RunMetadata.from_schema(schema)
     from operators.models import ModelSpec, adapter_for
 
-    name = meta.get("model", "colqwen2-tiny")
+    name = meta.model or "colqwen2-tiny"
+    weights = meta.weights or "random"
     try:
-        budget = adapter_for(ModelSpec(name=name, weights=meta.get("weights", "random"))).pixel_budget()
+        budget = adapter_for(ModelSpec(name=name, weights=weights)).pixel_budget()
         max_pixels, multiple = budget.max_pixels, budget.multiple
     except Exception:  # a checkpoint that is not here any more: its budget is unknown
         max_pixels, multiple = 0, 1
-    text = meta.get("text_model")
-    sv = meta.get("sv_model")
+    text = meta.text_model
+    sv = meta.sv_model
     return IndexIdentity(
-        model=ModelIdentity(name, meta.get("weights", "random"), int(meta.get("dim", 128)), None, max_pixels, multiple),
-        layouts=meta.get("layouts", {}),
+        model=ModelIdentity(name, weights, meta.dim or 128, None, max_pixels, multiple),
+        layouts=meta.layouts,
         text_model={"name": text, "dim": schema.field("sv_text").type.list_size} if text else None,
         sv_model={"name": sv, "dim": schema.field("sv_vlm").type.list_size} if sv else None)
 

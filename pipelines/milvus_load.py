@@ -10,7 +10,6 @@ the collections first (needed to change a field's type or index).
 from __future__ import annotations
 
 import io
-import json
 import sys
 import time
 
@@ -24,13 +23,9 @@ from operators.milvus_client import MilvusConnection, redact_uri
 from operators.milvus_plan import IndexSpec
 from operators.milvus_writer import MilvusWriter
 from operators.parquet_sink import PAGES_PREFIX
+from operators.run_metadata import RunMetadata
 from operators.store import OutputStore
 from pipelines.ledger import Ledger
-
-
-def _metadata(schema: pa.Schema) -> dict:
-    meta = schema.metadata or {}
-    return {k.decode()[len("pagemill."):]: json.loads(v) for k, v in meta.items() if k.startswith(b"pagemill.")}
 
 
 def _open(store: OutputStore, key: str) -> pq.ParquetFile:
@@ -60,16 +55,16 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
     from pipelines.search import recorded_metadata
 
     meta = recorded_metadata(store)
-    layouts = parse_layouts(list(meta.get("layouts", {})))
-    dim = int(meta["dim"])
-    fde_dim = int(meta.get("layouts", {}).get("sv-fde", {}).get("dim", 0)) or None
+    layouts = parse_layouts(list(meta.layouts))
+    dim = meta.dim
+    fde_dim = meta.fde_dim
     text_dim = schema.field(S.SV_TEXT).type.list_size if S.SV_TEXT in schema.names else None
     extra_sv = {"sv-vlm": schema.field(S.SV_VLM).type.list_size} if S.SV_VLM in schema.names else None
     # an archive of an index built before chunks: its text layer stays a vector a page
     text_per_page = bool(text_dim) and S.TEXT_CHUNKS not in schema.names
     sink = MilvusWriter(conn, collection, dim, text_dim=text_dim, layouts=layouts, fde_dim=fde_dim,
                         index_specs=index_specs, mv_mode=mv_mode, milvus_layouts=milvus_layouts,
-                        partition_key=partition_key, corpus=corpus or meta.get("corpus", "default"), extra_sv=extra_sv,
+                        partition_key=partition_key, corpus=corpus or meta.corpus, extra_sv=extra_sv,
                         text_per_page=text_per_page)
     dropped = []
     if recreate:
@@ -93,7 +88,7 @@ def milvus_load(store: OutputStore, conn: MilvusConnection, collection: str = "p
     for n, key in enumerate(shards, 1):
         pf = _open(store, key)
         if corpus is None:
-            sink.corpus = _metadata(pf.schema_arrow).get("corpus", "default")
+            sink.corpus = RunMetadata.from_schema(pf.schema_arrow).corpus
         versions: dict[str, str] = {}
         for batch in pf.iter_batches(batch_size=batch_pages, columns=columns):
             table = pa.Table.from_batches([batch])
@@ -139,7 +134,7 @@ def _bulk_load(store, sink, plan, shards, columns, batch_pages, bulk_dir, droppe
     for n, key in enumerate(shards, 1):
         pf = _open(store, key)
         if corpus is None:
-            sink.corpus = _metadata(pf.schema_arrow).get("corpus", "default")
+            sink.corpus = RunMetadata.from_schema(pf.schema_arrow).corpus
         parts: dict[str, list[pa.Table]] = {}
         for batch in pf.iter_batches(batch_size=batch_pages, columns=columns):
             table = pa.Table.from_batches([batch])

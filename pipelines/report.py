@@ -22,6 +22,7 @@ from operators.errors import UsageError
 from operators.fde import FdeParams
 from operators.layouts import parse_layout, parse_layouts
 from operators.milvus_plan import BM25_LAYOUT, TEXT_LAYOUT
+from operators.run_metadata import RunMetadata
 from operators.store import OutputStore
 from pipelines.costs import (
     TEXT_CHUNKS_PER_PAGE,
@@ -76,16 +77,6 @@ def _shards(store: OutputStore) -> list[str]:
     return live_page_files(store)
 
 
-def _recorded(schema: pa.Schema) -> dict:
-    meta = schema.metadata or {}
-    return {k.decode()[len("pagemill."):]: json.loads(v) for k, v in meta.items() if k.startswith(b"pagemill.")}
-
-
-def _fde_from(recorded: dict) -> FdeParams:
-    p = recorded.get("layouts", {}).get("sv-fde")
-    return FdeParams(p["fde_reps"], p["fde_bits"], p["fde_proj_dim"], p["fde_seed"]) if p else FdeParams()
-
-
 def measure_run(store: OutputStore, max_shards: int = 200, milvus=None, milvus_storage: OutputStore | None = None) -> dict:
     """Per-layout measurements of the run under ``store`` (shard footers for bytes; up to
     ``max_shards`` shards read for vector counts and key lengths)."""
@@ -94,7 +85,7 @@ def measure_run(store: OutputStore, max_shards: int = 200, milvus=None, milvus_s
         raise UsageError("no shards under OUT/pages: run pagemill ingest first")
     blobs = {}
     first = pq.ParquetFile(io.BytesIO(store.read_bytes(shards[0])))
-    recorded = _recorded(first.schema_arrow)
+    recorded = RunMetadata.from_schema(first.schema_arrow)
     layouts = layouts_in(first.schema_arrow)
     column_bytes: dict[str, int] = {}
     rows = 0
@@ -114,7 +105,7 @@ def measure_run(store: OutputStore, max_shards: int = 200, milvus=None, milvus_s
     cols += [lay.column for lay in layouts if lay.column not in cols]
     sample = pa.concat_tables([pq.read_table(io.BytesIO(b), columns=cols) for b in blobs.values()])
     dim = int(first.schema_arrow.field(S.MV).type.value_type.list_size)
-    fde = _fde_from(recorded)
+    fde = recorded.fde_params() or FdeParams()
     per_layout = {}
     for lay in layouts:
         counts = (np.ones(sample.num_rows) if lay.kind == "sv"
@@ -132,13 +123,13 @@ def measure_run(store: OutputStore, max_shards: int = 200, milvus=None, milvus_s
         # every other column (the page text, the text layer's vector, keys, grids), as stored
         "other_columns_bytes_per_page": {c: b / rows for c, b in sorted(column_bytes.items()) if c not in in_layouts},
         "dim": dim,
-        "model": recorded.get("model"),
+        "model": recorded.model,
         "fde": asdict(fde),
         "doc_version_len": float(np.mean([len(v) for v in sample[S.DOC_VERSION].to_pylist()])),
         "source_uri_len": float(np.mean([len(v.encode()) for v in sample[S.SOURCE_URI].to_pylist()])),
         "special_per_page": float((sample[S.N_VECTORS].to_numpy() - sample[S.N_PATCHES].to_numpy()).mean()),
         "layouts": per_layout,
-        "fidelity": latest_fidelity(store, recorded.get("model")),
+        "fidelity": latest_fidelity(store, recorded.model),
     }
     if S.TEXT_CHUNKS in first.schema_arrow.names:
         measured["text_layer"] = measure_text_layer(blobs, column_bytes, rows, first.schema_arrow)

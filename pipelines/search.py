@@ -25,11 +25,12 @@ from operators.layouts import LayoutScorer, normalise, parse_layout
 from operators.milvus_plan import BM25_LAYOUT, CORPUS, TEXT_LAYOUT
 from operators.milvus_reader import MilvusReader
 from operators.models import ModelSpec, adapter_for
+from operators.run_metadata import RunMetadata
 from operators.store import OutputStore
 from pipelines.text_search import TEXT_MODES, TextSearch, weighted_rrf
 
 
-def recorded_metadata(store: OutputStore) -> dict:
+def recorded_metadata(store: OutputStore) -> RunMetadata:
     """What the active index is (model, weights, dim, layouts, text and sv models, corpus): from
     ``_index.json``, with a shard's metadata for what it does not say (and for an OUT of an
     earlier pagemill)."""
@@ -38,14 +39,13 @@ def recorded_metadata(store: OutputStore) -> dict:
     shards = live_page_files(store)
     if not shards:
         raise UsageError("no shards under OUT/pages: run pagemill ingest first")
-    meta = pq.read_schema(store.open_input(shards[-1])).metadata or {}
-    out = {k.decode()[len("pagemill."):]: json.loads(v) for k, v in meta.items() if k.startswith(b"pagemill.")}
+    out = RunMetadata.read(store, shards[-1])
     state = load_state(store)
     if state is not None and state.active is not None:
         a = state.active
-        out.update(model=a.model.name, weights=a.model.weights, dim=a.model.dim, layouts=a.layouts,
-                   text_model=a.text_model["name"] if a.text_model else None,
-                   sv_model=a.sv_model["name"] if a.sv_model else None)
+        out = out.updated(model=a.model.name, weights=a.model.weights, dim=a.model.dim, layouts=a.layouts,
+                          text_model=a.text_model["name"] if a.text_model else None,
+                          sv_model=a.sv_model["name"] if a.sv_model else None)
     return out
 
 
@@ -157,21 +157,18 @@ def search(query_text: str, store: OutputStore, sink: MilvusReader, *, k: int = 
     reciprocal rank fusion. Each result says which stage-1 lists it came from (``lists``);
     ``notes`` (a list) collects what the user should know (a server without BM25)."""
     meta = recorded_metadata(store)
-    spec = spec or ModelSpec(name=meta.get("model", "colqwen2-tiny"), weights=meta.get("weights", "random"))
+    spec = spec or ModelSpec(name=meta.model or "colqwen2-tiny", weights=meta.weights or "random")
     text_only = stage1_mode in TEXT_MODES
     if text_only and rerank == "none":
         query = None  # the visual model is not needed
     else:
         query = adapter_for(spec).embed_queries([query_text])[0]
-    text_model = meta.get("text_model")
+    text_model = meta.text_model
     if (hybrid or text_only) and not text_model:
         raise UsageError("this index has no text layer vectors: ingest with --model <model>,text:all-MiniLM-L6-v2")
     if sink.plan is None:
         sink.discover()
-    fde = None
-    if "sv-fde" in meta.get("layouts", {}):
-        p = meta["layouts"]["sv-fde"]
-        fde = FdeParams(p["fde_reps"], p["fde_bits"], p["fde_proj_dim"], p["fde_seed"])
+    fde = meta.fde_params()
     where = corpus_filter(sink, corpus)
     lists: dict[str, list[str]] = {}
     if hybrid or text_only:
@@ -187,9 +184,9 @@ def search(query_text: str, store: OutputStore, sink: MilvusReader, *, k: int = 
         if stage1_mode == "sv-vlm":
             from operators.sv_models import sv_embedder_for
 
-            if not meta.get("sv_model"):
+            if not meta.sv_model:
                 raise UsageError("this index has no sv-vlm vectors: ingest with --model <model>,sv:<model>")
-            sv_query = sv_embedder_for(meta["sv_model"], spec).embed_queries([query_text])[0].astype(np.float32)
+            sv_query = sv_embedder_for(meta.sv_model, spec).embed_queries([query_text])[0].astype(np.float32)
         visual = stage1(sink, query, candidates, stage1_mode, fde, sv_query, where)
         found = visual
         if hybrid:
