@@ -116,16 +116,3 @@ class NoSource(Source):
 
     def read(self, ref: DocumentRef) -> bytes:
         raise SourceError("relayout reads no documents")
-
-
-def open_source(uri: str, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), s3_options=None) -> Source:
-    """A source for a local folder, a ``file://`` URI or an ``s3://bucket/prefix/`` URI."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        path = unquote(parsed.path) if parsed.scheme == "file" else uri
-        return LocalSource(path, include=include, exclude=exclude)
-    if parsed.scheme == "s3":
-        from operators.s3 import S3Source
-
-        return S3Source(uri, s3_options, include=include, exclude=exclude)
-    raise SourceError(f"unsupported source scheme {parsed.scheme!r} in {uri!r} (supported: a folder, file://, s3://)")

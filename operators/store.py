@@ -11,7 +11,6 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 
 class StoreError(Exception):
@@ -125,28 +124,3 @@ class LocalStore(OutputStore):
 
     def local_path(self, key: str) -> str:
         return str(self._path(key))
-
-
-def open_store(uri: str, s3_options=None, create: bool = True) -> OutputStore:
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return LocalStore(unquote(parsed.path) if parsed.scheme == "file" else uri, create=create)
-    if parsed.scheme == "s3":
-        from operators.s3 import S3Store
-
-        return S3Store(uri, s3_options)
-    raise StoreError(f"unsupported output scheme {parsed.scheme!r} in {uri!r} (supported: a folder, file://, s3://)")
-
-
-def open_output(uri: str, s3_options=None) -> OutputStore:
-    """An existing pagemill output, to read (search, report, fidelity, milvus-load, status):
-    nothing is created, and a path that is not one fails with one line."""
-    from operators.errors import UsageError
-
-    store = open_store(uri, s3_options, create=False)
-    local = store.local_path("")
-    if local is not None and not os.path.isdir(local):
-        raise UsageError(f"{uri}: no such folder (the --out of a pagemill ingest)")
-    if not store.list("_ledger") and not store.list("pages"):
-        raise UsageError(f"{uri} is not the output of a pagemill ingest (no _ledger/ or pages/ in it): check the path")
-    return store

@@ -56,7 +56,8 @@ def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: s
     """``source``: a folder or s3:// prefix of the user's PDFs; None: a generated document."""
     import tempfile
 
-    from operators.sources import SourceError, open_source
+    from operators.sources import SourceError
+    from operators.uris import open_source
 
     adapter = adapter_for(spec)
     budget = adapter.pixel_budget()

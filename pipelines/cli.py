@@ -239,7 +239,7 @@ def _milvus_load_parser(sub) -> argparse.ArgumentParser:
 def _milvus_load(args) -> int:
     from operators.milvus_plan import parse_index_specs
     from operators.s3 import S3Options
-    from operators.store import open_output
+    from operators.uris import open_output
     from pipelines.milvus_load import milvus_load
 
     if args.batch_pages <= 0:
@@ -268,7 +268,7 @@ def _milvus_load(args) -> int:
 def _search(args) -> int:
     from operators.milvus_reader import MilvusReader
     from operators.s3 import S3Options
-    from operators.store import open_output
+    from operators.uris import open_output
     from pipelines.search import search
     from pipelines.text_search import parse_text_weights
 
@@ -328,7 +328,7 @@ def _status(args) -> int:
     from operators.milvus_client import is_lite_uri
     from operators.milvus_reader import MilvusReader
     from operators.s3 import S3Options
-    from operators.store import open_output
+    from operators.uris import open_output
     from pipelines.identity import milvus_base
     from pipelines.status import format_status, index_status
 
@@ -360,7 +360,7 @@ def _quarantine_parser(sub) -> argparse.ArgumentParser:
 def _quarantine(args) -> int:
     from operators.parquet_sink import QUARANTINE_PREFIX
     from operators.s3 import S3Options
-    from operators.store import open_output
+    from operators.uris import open_output
     from pipelines.identity import active_generation
     from pipelines.ledger import Ledger
     from pipelines.status import quarantine_rows
@@ -395,7 +395,7 @@ def _relayout(args) -> int:
     so only the added layouts are computed, from the archive."""
     from operators.errors import UsageError
     from operators.s3 import S3Options
-    from operators.store import open_output
+    from operators.uris import open_output
     from pipelines.config import IngestConfig
     from pipelines.identity import load_state
     from pipelines.ingest import run_ingest
@@ -437,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _report(args) -> int:
     from operators.milvus_reader import MilvusReader
     from operators.s3 import S3Options
-    from operators.store import open_output
+    from operators.uris import open_output
     from pipelines.report import build_report, format_report, load_prices, measure_run
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
@@ -454,7 +454,7 @@ def _report(args) -> int:
         sink.discover()
     storage = None
     if args.milvus_storage:
-        from operators.store import open_store
+        from operators.uris import open_store
 
         storage = open_store(args.milvus_storage, S3Options(endpoint_url=args.s3_endpoint_url), create=False)
         if not storage.list("insert_log") and not storage.list("data/insert_log"):
@@ -518,7 +518,7 @@ def _plan(args) -> int:
 def _fidelity(args) -> int:
     from operators.models import ModelSpec
     from operators.s3 import S3Options
-    from operators.store import open_output
+    from operators.uris import open_output
     from pipelines.costs import human_bytes
     from pipelines.fidelity import measure_fidelity, save_fidelity
     from pipelines.search import recorded_metadata

@@ -24,10 +24,9 @@ from operators.milvus_writer import MilvusWriter
 from operators.models import ModelSpec, adapter_for, family_of
 from operators.parquet_sink import PAGES_PREFIX, QUARANTINE_PREFIX
 from operators.render import RenderLimits, RenderPages, load_password_map
-from operators.sources import open_source
-from operators.store import open_store
 from operators.sv_models import sv_embedder_for
 from operators.text_embed import TextEmbedder, split_model_specs, sv_model_spec
+from operators.uris import open_source, open_store
 from operators.writer import PagesWriter
 from pipelines import run_summary
 from pipelines.commit import UnitCommitter

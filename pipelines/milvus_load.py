@@ -117,7 +117,7 @@ def _bulk_load(store, sink, plan, shards, columns, batch_pages, bulk_dir, droppe
     where the server reads them, then one import task per file."""
     from operators.milvus_plan import MilvusError
     from operators.milvus_private import bulk_insert
-    from operators.store import open_store
+    from operators.uris import open_store
 
     nonempty = {c: n for c in sink.collections if (n := sink.count(c))}
     if nonempty:

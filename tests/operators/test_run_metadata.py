@@ -8,7 +8,7 @@ from operators.fde import FdeParams
 from operators.layouts import parse_layouts
 from operators.parquet_sink import ParquetSink
 from operators.run_metadata import RunMetadata
-from operators.store import open_store
+from operators.uris import open_store
 
 
 def _write_shard(tmp_path, metadata: dict) -> tuple:
