@@ -102,8 +102,9 @@ def check_checkpoint(name: str, what: str) -> None:
 def check_models(model: str, spec: ModelSpec) -> None:
     """``model``: the run's ``--model`` (visual, ``text:`` and ``sv:`` parts); ``spec``: the
     visual part as a ModelSpec."""
+    from operators.models import split_model_specs, sv_model_spec
     from operators.sv_models import SV_PRESETS, sv_embedder_for
-    from operators.text_embed import PACKAGED, resolve_text_model, split_model_specs, sv_model_spec
+    from operators.text_embed import PACKAGED, resolve_text_model
 
     adapter = adapter_for(spec)  # a bad preset or --weights random without one: its own one line
     if not spec.name.startswith("sim:") and spec.weights == WEIGHTS_HUB:

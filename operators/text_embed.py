@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from operators.models import ModelError, resolve_device
-from operators.models.spec import TEXT_PREFIX, split_model_specs, sv_model_spec  # noqa: F401  (callers)
 
 PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 

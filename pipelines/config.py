@@ -141,9 +141,8 @@ class IngestConfig:
         """The checks that need the model spec (the job calls it again once the index's model
         has filled an unspecified --model)."""
         from operators.layouts import parse_layouts
-        from operators.models import ModelError, ModelSpec
+        from operators.models import ModelError, ModelSpec, split_model_specs, sv_model_spec
         from operators.sv_models import sv_embedder_for
-        from operators.text_embed import split_model_specs, sv_model_spec
 
         try:
             _, text_model = split_model_specs(self.model)

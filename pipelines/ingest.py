@@ -21,11 +21,11 @@ from operators.encode import EncodePages
 from operators.errors import UsageError
 from operators.layouts import parse_layouts
 from operators.milvus_writer import MilvusWriter
-from operators.models import ModelSpec, adapter_for, family_of
+from operators.models import ModelSpec, adapter_for, family_of, split_model_specs, sv_model_spec
 from operators.parquet_sink import PAGES_PREFIX, QUARANTINE_PREFIX
 from operators.render import RenderLimits, RenderPages, load_password_map
 from operators.sv_models import sv_embedder_for
-from operators.text_embed import TextEmbedder, split_model_specs, sv_model_spec
+from operators.text_embed import TextEmbedder
 from operators.uris import open_source, open_store
 from operators.writer import PagesWriter
 from pipelines import run_summary
