@@ -1,8 +1,14 @@
 """Vector encodings: fp32, fp16, bf16, int8 (symmetric per-vector scale), binary (sign bits).
 
-Each encoding maps an (n, D) float32 block to its stored form and back, and names its Arrow
-storage type. Scoring against encoded documents decodes them (binary decodes to +-1), so one
-MaxSim serves every encoding; ``hamming_similarity`` is the pure bit form for binary queries.
+Each encoding is an object (``ENCODINGS["int8"]``) that answers every question about itself:
+how an (n, D) float32 block is stored and decoded back, its Arrow type, its bytes per vector in
+Parquet and in Milvus, and which Milvus vector type holds it best. Scoring against encoded
+documents decodes them (binary decodes to +-1), so one MaxSim serves every encoding;
+``hamming_similarity`` is the pure bit form for binary queries.
+
+>>> codec = ENCODINGS["int8"]
+>>> codec.bytes_per_vector(128), codec.arrow_type(128)
+(132.0, FixedSizeBinaryType(fixed_size_binary[128]))
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-ENCODINGS = ("fp32", "fp16", "bf16", "int8", "bin")
-BYTES_PER_DIM = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "bin": 1 / 8}
-SCALE_BYTES = {"int8": 4}  # per vector, stored beside the codes
+# Parquet, as pagemill writes vector columns (plain, uncompressed; see parquet_sink): the vector
+# bytes plus repetition/definition levels: ~6 bytes per fixed-size-list vector, ~0.1 per
+# fixed-size-binary vector, ~5 bytes per page for the list itself. Measured on the dev corpus.
+PARQUET_LEVEL_BYTES = {"list": 6.0, "binary": 0.1}
+PARQUET_PAGE_BYTES = 5.0
 
 
 def to_bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -58,73 +66,239 @@ def hamming_similarity(query_bits: np.ndarray, doc_bits: np.ndarray, dim: int) -
     return dim - 2.0 * ham
 
 
-# Bytes of one stored vector; int8, bf16 and bin are fixed-size binary so that Parquet stores
-# exactly these bytes (Parquet has no 8- or bf16-bit physical type: int8 values would take 4).
-BINARY_WIDTH = {"bf16": lambda d: 2 * d, "int8": lambda d: d, "bin": lambda d: d // 8}
-_NUMPY = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16, "int8": np.int8, "bin": np.uint8}
+class Encoding:
+    """One way of storing vectors. Subclasses set the figures and implement ``encode``/``decode``;
+    the Arrow form (a fixed-size list of floats, or fixed-size binary) comes from a mixin."""
+
+    name: str
+    bytes_per_dim: float  # in Parquet and in a Milvus field of the same type
+    scale_bytes: int = 0  # per vector, stored beside the codes (a column of its own)
+    numpy_dtype: type  # of the stored values
+    parquet_form: str  # "list" | "binary": how Parquet stores one vector (PARQUET_LEVEL_BYTES)
+    milvus_vtypes: tuple[str, ...] = ("float",)  # Milvus vector types able to hold it, best first
+    milvus_exact: str | None = "float"  # the Milvus vector type that holds the stored values unchanged
+    keeps_float32 = False  # stores the model's float32 output as it is (the archive cannot)
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(n, D) float -> (stored values, per-vector scales or None)."""
+        raise NotImplementedError
+
+    def decode(self, values: np.ndarray, dim: int, scale: np.ndarray | None = None) -> np.ndarray:
+        """Stored values -> (n, D) float32, the vectors MaxSim scores."""
+        raise NotImplementedError
+
+    def width(self, dim: int) -> int:
+        """Columns of the stored (n, width) numpy block."""
+        return dim
+
+    def arrow_type(self, dim: int) -> pa.DataType:
+        raise NotImplementedError
+
+    def _inner_array(self, flat: np.ndarray, dim: int) -> pa.Array:
+        raise NotImplementedError
+
+    def _stored_values(self, values: pa.Array, dim: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def ragged_array(self, blocks: list[np.ndarray], dim: int, null_mask: list[bool] | None = None) -> pa.Array:
+        """Per-page encoded blocks as ``list<arrow_type>``, built without Python loops."""
+        lengths = np.array([len(b) for b in blocks], dtype=np.int32)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+        dtype = self.numpy_dtype
+        flat = np.concatenate(blocks).astype(dtype, copy=False) if blocks else np.empty((0, self.width(dim)), dtype)
+        inner = self._inner_array(np.ascontiguousarray(flat), dim)
+        mask = pa.array(null_mask) if null_mask is not None else None
+        return pa.ListArray.from_arrays(offsets, inner, mask=mask)
+
+    def read_ragged(self, column: pa.ChunkedArray | pa.Array, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """``list<encoded vector>`` -> (offsets (n+1,), stored values (total, width))."""
+        arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        offsets = arr.offsets.to_numpy()
+        offsets = offsets - offsets[0]
+        return offsets, self._stored_values(arr.flatten(), dim)  # flatten respects slicing, unlike .values
+
+    # Costs
+
+    def bytes_per_vector(self, dim: int) -> float:
+        """Raw stored bytes of one vector (int8 includes its float32 scale)."""
+        return dim * self.bytes_per_dim + self.scale_bytes
+
+    def parquet_bytes(self, vectors: float, dim: int) -> float:
+        """Parquet bytes of a page's ``vectors`` vectors as a list column (and its scale column)."""
+        levels = PARQUET_LEVEL_BYTES[self.parquet_form]
+        scale_pages = PARQUET_PAGE_BYTES if self.scale_bytes else 0.0
+        return vectors * (self.bytes_per_vector(dim) + levels) + PARQUET_PAGE_BYTES + scale_pages
+
+    def milvus_bytes(self, dim: int, lite: bool = False) -> float:
+        """Bytes of one vector in a Milvus field of its type (Milvus Lite: float vectors only)."""
+        return dim * 4.0 if lite else dim * self.bytes_per_dim
+
+    # Milvus
+
+    def milvus_vtype(self, have: tuple[str, ...] | list[str]) -> str:
+        """The best Milvus vector type among those a server ``have``s (float always serves)."""
+        return next((v for v in self.milvus_vtypes if v in have), "float")
+
+    def milvus_index(self, index: str) -> str:
+        """The index type a Milvus field of this encoding gets for ``index`` (for the cost model)."""
+        return index
+
+    def milvus_values(self, stored: np.ndarray, vtype: str, dim: int, scale: np.ndarray | None = None) -> np.ndarray:
+        """Stored values in the form a Milvus field of ``vtype`` takes: as they are where the type
+        holds them unchanged, else decoded (float16 or float32)."""
+        if vtype == self.milvus_exact:
+            return stored
+        return self.decode(stored, dim, scale).astype(np.float16 if vtype == "float16" else np.float32)
 
 
-def arrow_type(encoding: str, dim: int) -> pa.DataType:
-    """The Arrow type of one encoded vector."""
-    if encoding in BINARY_WIDTH:
-        return pa.binary(BINARY_WIDTH[encoding](dim))
-    return {"fp32": pa.list_(pa.float32(), dim), "fp16": pa.list_(pa.float16(), dim)}[encoding]
+class _FloatList(Encoding):
+    """Stored as ``fixed_size_list<float, D>``."""
 
+    parquet_form = "list"
+    arrow_scalar: pa.DataType
 
-def encode_block(x: np.ndarray, encoding: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """(n, D) float -> (stored values, per-vector scales or None)."""
-    if encoding == "fp32":
-        return x.astype(np.float32), None
-    if encoding == "fp16":
-        return x.astype(np.float16), None
-    if encoding == "bf16":
-        return to_bf16_bits(x), None
-    if encoding == "int8":
-        return int8_encode(x)
-    if encoding == "bin":
-        return binary_encode(x), None
-    raise ValueError(f"unknown encoding {encoding!r} (one of {', '.join(ENCODINGS)})")
+    def arrow_type(self, dim: int) -> pa.DataType:
+        return pa.list_(self.arrow_scalar, dim)
 
-
-def decode_block(values: np.ndarray, encoding: str, dim: int, scale: np.ndarray | None = None) -> np.ndarray:
-    if encoding in ("fp32", "fp16"):
+    def decode(self, values: np.ndarray, dim: int, scale: np.ndarray | None = None) -> np.ndarray:
         return values.astype(np.float32)
-    if encoding == "bf16":
-        return from_bf16_bits(values)
-    if encoding == "int8":
-        return int8_decode(values, scale)
-    if encoding == "bin":
-        return binary_decode(values, dim)
-    raise ValueError(f"unknown encoding {encoding!r}")
+
+    def _inner_array(self, flat: np.ndarray, dim: int) -> pa.Array:
+        return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), self.arrow_scalar), dim)
+
+    def _stored_values(self, values: pa.Array, dim: int) -> np.ndarray:
+        return values.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
 
 
-def ragged_array(blocks: list[np.ndarray], encoding: str, dim: int, null_mask: list[bool] | None = None) -> pa.Array:
-    """Per-page encoded blocks as ``list<arrow_type(encoding)>``, built without Python loops."""
-    lengths = np.array([len(b) for b in blocks], dtype=np.int32)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
-    dtype = _NUMPY[encoding]
-    width = dim // 8 if encoding == "bin" else dim
-    flat = np.concatenate(blocks).astype(dtype, copy=False) if blocks else np.empty((0, width), dtype)
-    flat = np.ascontiguousarray(flat)
-    n = flat.shape[0]
-    if encoding in BINARY_WIDTH:
-        inner = pa.FixedSizeBinaryArray.from_buffers(arrow_type(encoding, dim), n, [None, pa.py_buffer(flat.tobytes())])
-    else:
-        arrow_scalar = {"fp32": pa.float32(), "fp16": pa.float16()}[encoding]
-        inner = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), arrow_scalar), dim)
-    mask = pa.array(null_mask) if null_mask is not None else None
-    return pa.ListArray.from_arrays(offsets, inner, mask=mask)
+class _FixedBinary(Encoding):
+    """Stored as ``fixed_size_binary``, so that Parquet stores exactly these bytes (Parquet has no
+    8- or bf16-bit physical type: int8 values would take 4)."""
 
+    parquet_form = "binary"
 
-def read_ragged(column: pa.ChunkedArray | pa.Array, encoding: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """``list<encoded vector>`` -> (offsets (n+1,), stored values (total, width))."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    offsets = arr.offsets.to_numpy()
-    offsets = offsets - offsets[0]
-    values = arr.flatten()  # respects slicing, unlike .values
-    if encoding in BINARY_WIDTH:
-        width = BINARY_WIDTH[encoding](dim)
+    def arrow_type(self, dim: int) -> pa.DataType:
+        return pa.binary(int(dim * self.bytes_per_dim))
+
+    def _inner_array(self, flat: np.ndarray, dim: int) -> pa.Array:
+        return pa.FixedSizeBinaryArray.from_buffers(self.arrow_type(dim), flat.shape[0],
+                                                    [None, pa.py_buffer(flat.tobytes())])
+
+    def _stored_values(self, values: pa.Array, dim: int) -> np.ndarray:
+        width = int(dim * self.bytes_per_dim)
         raw = np.frombuffer(values.buffers()[1], np.uint8)[values.offset * width:(values.offset + len(values)) * width]
-        return offsets, raw.view(_NUMPY[encoding]).reshape(len(values), -1)
-    flat = values.flatten().to_numpy(zero_copy_only=False)
-    return offsets, flat.reshape(-1, dim)
+        return raw.view(self.numpy_dtype).reshape(len(values), -1)
+
+
+class Fp32(_FloatList):
+    name = "fp32"
+    bytes_per_dim = 4.0
+    numpy_dtype = np.float32
+    arrow_scalar = pa.float32()
+    keeps_float32 = True
+
+    def encode(self, x):
+        return x.astype(np.float32), None
+
+
+class Fp16(_FloatList):
+    name = "fp16"
+    bytes_per_dim = 2.0
+    numpy_dtype = np.float16
+    arrow_scalar = pa.float16()
+    milvus_vtypes = ("float16", "float")
+    milvus_exact = "float16"
+
+    def encode(self, x):
+        return x.astype(np.float16), None
+
+
+class Bf16(_FixedBinary):
+    name = "bf16"
+    bytes_per_dim = 2.0
+    numpy_dtype = np.uint16
+    milvus_vtypes = ("float16", "float")
+    milvus_exact = None  # float16 loses bf16's range, float32 widens it
+
+    def encode(self, x):
+        return to_bf16_bits(x), None
+
+    def decode(self, values, dim, scale=None):
+        return from_bf16_bits(values)
+
+
+class Int8(_FixedBinary):
+    name = "int8"
+    bytes_per_dim = 1.0
+    scale_bytes = 4
+    numpy_dtype = np.int8
+    milvus_vtypes = ("int8", "float16", "float")
+    milvus_exact = "int8"
+
+    def encode(self, x):
+        return int8_encode(x)
+
+    def decode(self, values, dim, scale=None):
+        return int8_decode(values, scale)
+
+
+class Bin(_FixedBinary):
+    name = "bin"
+    bytes_per_dim = 1 / 8
+    numpy_dtype = np.uint8
+    milvus_vtypes = ("binary", "float")
+    milvus_exact = "binary"
+
+    def width(self, dim: int) -> int:
+        return dim // 8
+
+    def encode(self, x):
+        return binary_encode(x), None
+
+    def decode(self, values, dim, scale=None):
+        return binary_decode(values, dim)
+
+    def milvus_index(self, index: str) -> str:
+        """Binary fields take the binary index types (HNSW and FLAT have BIN_ forms)."""
+        upper = index.upper()
+        if upper in ("HNSW", "AUTOINDEX", "FLAT"):
+            return "BIN_FLAT" if upper == "FLAT" else "BIN_IVF_FLAT"
+        return index
+
+
+ENCODINGS: dict[str, Encoding] = {e.name: e for e in (Fp32(), Fp16(), Bf16(), Int8(), Bin())}
+
+
+def encoding(name: str) -> Encoding:
+    try:
+        return ENCODINGS[name]
+    except KeyError:
+        raise ValueError(f"unknown encoding {name!r} (one of {', '.join(ENCODINGS)})") from None
+
+
+# The figures by name, for callers that want a table.
+BYTES_PER_DIM = {name: e.bytes_per_dim for name, e in ENCODINGS.items()}
+SCALE_BYTES = {name: e.scale_bytes for name, e in ENCODINGS.items() if e.scale_bytes}  # per vector
+
+
+def arrow_type(encoding_name: str, dim: int) -> pa.DataType:
+    """The Arrow type of one encoded vector."""
+    return encoding(encoding_name).arrow_type(dim)
+
+
+def encode_block(x: np.ndarray, encoding_name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(n, D) float -> (stored values, per-vector scales or None)."""
+    return encoding(encoding_name).encode(x)
+
+
+def decode_block(values: np.ndarray, encoding_name: str, dim: int, scale: np.ndarray | None = None) -> np.ndarray:
+    return encoding(encoding_name).decode(values, dim, scale)
+
+
+def ragged_array(blocks: list[np.ndarray], encoding_name: str, dim: int, null_mask: list[bool] | None = None) -> pa.Array:
+    """Per-page encoded blocks as ``list<arrow_type(encoding)>``, built without Python loops."""
+    return encoding(encoding_name).ragged_array(blocks, dim, null_mask)
+
+
+def read_ragged(column: pa.ChunkedArray | pa.Array, encoding_name: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``list<encoded vector>`` -> (offsets (n+1,), stored values (total, width))."""
+    return encoding(encoding_name).read_ragged(column, dim)

@@ -336,16 +336,14 @@ def sv_matrix(pages: pa.Table, fp: FieldPlan) -> np.ndarray:
 def layout_vectors(pages: pa.Table, fp: FieldPlan, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, vectors) of a multi-vector layout column, in the field's Milvus type: packed
     bits for binary, int8 codes for int8, float16 or float32 otherwise (decoded from Parquet)."""
-    offsets, stored = E.read_ragged(pages[fp.column], fp.encoding, dim)
-    if fp.vtype == "binary" and fp.encoding == "bin":
-        return offsets, stored
-    if fp.vtype == "int8" and fp.encoding == "int8":
+    codec = E.encoding(fp.encoding)
+    offsets, stored = codec.read_ragged(pages[fp.column], dim)
+    if fp.vtype == codec.milvus_exact:  # the field holds the stored values as they are
         return offsets, stored
     scale = None
-    scale_col = f"{fp.column}_scale"
-    if fp.encoding == "int8":
-        scale = pages[scale_col].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    floats = E.decode_block(stored, fp.encoding, dim, scale)
+    if codec.scale_bytes:
+        scale = pages[f"{fp.column}_scale"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    floats = codec.decode(stored, dim, scale)
     return offsets, floats.astype(np.float16 if fp.vtype == "float16" else np.float32)
 
 

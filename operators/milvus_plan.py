@@ -275,17 +275,6 @@ def patches_collection(collection: str, layout_name: str) -> str:
     return f"{collection}_patches" + (f"_{rest}" if rest else "")
 
 
-def _rows_vtype(server: ServerInfo, encoding: str) -> str:
-    have = server.vector_types
-    if encoding == "bin" and "binary" in have:
-        return "binary"
-    if encoding == "int8" and "int8" in have:
-        return "int8"
-    if encoding in ("fp16", "bf16", "int8") and "float16" in have:
-        return "float16"
-    return "float"
-
-
 def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim: int, *, fde_dim: int | None = None,
                 text_dim: int | None = None, index_specs: dict[str, IndexSpec] | None = None, mv_mode: str = "auto",
                 milvus_layouts: list[str] | None = None, partition_key: bool = False,
@@ -360,8 +349,8 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
                              f"(BM25 needs Milvus >= 2.5 or Milvus Lite)")
         else:
             lay = by_name[name]
-            if lay.kind == "sv":
-                d = fde_dim if lay.pooling == "fde" else dim
+            if not lay.is_multi_vector:
+                d = lay.dim(dim, fde_dim)
                 # sv-mean keys the page collection; other single vectors join it while the server
                 # allows more vector fields per collection, else get a page-level collection each.
                 home = pages if name == "sv-mean" else page_home(lay.column)
@@ -370,11 +359,11 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
                 spec = specs.get(name) or (default if default and default.index_type == "HNSW" else IndexSpec("HNSW"))
                 fp = FieldPlan(name, pages, lay.column, "struct", dim, "struct", spec, lay.encoding)
             else:
-                vtype = _rows_vtype(server, lay.encoding)
+                vtype = lay.codec.milvus_vtype(server.vector_types)
                 spec = specs.get(name, default or IndexSpec())
-                if lay.encoding in ("bf16", "int8") and vtype == "float16":
+                if vtype == "float16" != lay.codec.milvus_exact:
                     notes.append(f"{name}: stored as FLOAT16_VECTOR ({server.label} has no indexable {lay.encoding} vectors)")
-                if vtype == "float" and lay.encoding != "fp32":
+                if vtype == "float" != lay.codec.milvus_exact:
                     widened.append(name)
                 fp = FieldPlan(name, patches_collection(collection, name), VECTOR, vtype, dim, "rows", spec, lay.encoding)
         _check_field(server, fp)

@@ -7,11 +7,27 @@ Hierarchical pooling: Ward linkage on the cosine distances between the L2-normal
 vectors (the condensed distance matrix, as linkage expects: passing the square matrix makes
 scipy treat its rows as observations, an O(n^3) detour that also clusters something else), cut
 into ``max(1, n // factor)`` clusters; each cluster's mean is re-normalised.
+
+Each layout's pooling is an object (``POOLINGS[name](factor)``) that answers for the vectors it
+keeps of a page: how many (``vectors_per_page``), of what dimension, in which Arrow shape and at
+what Parquet cost. Multi-vector poolings (none, ``pool``, ``rowcol``) keep a list of vectors per
+page; single-vector ones (``mean``, ``fde``) one vector per page, for documents and for queries.
+
+>>> POOLINGS["pool"](3).vectors_per_page(1030, special=6)
+347
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from operators.encodings import PARQUET_PAGE_BYTES, Encoding
+from operators.fde import FdeEncoder, FdeParams
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -91,3 +107,151 @@ def rowcol_pool(vectors: np.ndarray, offset: int, n_patches: int, grid_h: int, g
     rows = normalise(grid.mean(axis=1))
     cols = normalise(grid.mean(axis=0))
     return np.concatenate([before, rows, cols, after]).astype(vectors.dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooling objects: one class per way of keeping a page's multi-vector
+
+
+class Pooling:
+    """What a layout keeps of a page's multi-vector. Subclasses name themselves (``name``, as in
+    ``Layout.pooling``) and say how many vectors a page keeps."""
+
+    name: str | None
+    kind = "mv"  # "mv" | "sv", as in ``Layout.kind``
+    is_multi_vector = True
+
+    def __init__(self, factor: int = 1):
+        self.factor = factor
+
+    def dim(self, model_dim: int, fde_dim: int | None = None) -> int:
+        """Elements of each kept vector."""
+        return model_dim
+
+    def vectors_per_page(self, full: float, special: float = 0.0, grid: tuple[float, float] | None = None) -> float:
+        """Vectors a page keeps, from its full count (``special``: its non-patch vectors)."""
+        raise NotImplementedError
+
+    def arrow_type(self, codec: Encoding, dim: int) -> pa.DataType:
+        """A page's value in the layout's column: a list of encoded vectors."""
+        return pa.list_(codec.arrow_type(dim))
+
+    def parquet_bytes(self, codec: Encoding, vectors: float, dim: int) -> float:
+        return codec.parquet_bytes(vectors, dim)
+
+    def vector_counts(self, column: pa.ChunkedArray | pa.Array, rows: int) -> np.ndarray:
+        """Vectors of each row in the layout's column."""
+        return pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def params(self, fde: FdeParams | None) -> dict:
+        """Parameters recorded beside the layout's own (``Layout.params``)."""
+        return {}
+
+    def vectors(self, emb, raw: np.ndarray | None, codec: Encoding) -> np.ndarray:
+        """One page's (n, D) float32 vectors before encoding. ``emb`` holds the archived
+        (float16-rounded) vectors, ``raw`` the model's float32 output, when there is one."""
+        raise NotImplementedError
+
+
+class Unpooled(Pooling):
+    """Every vector of the page."""
+
+    name = None
+
+    def vectors_per_page(self, full, special=0.0, grid=None):
+        return full
+
+    def vectors(self, emb, raw, codec):
+        # only an encoding that keeps float32 (mv-fp32) keeps what the archive cannot
+        return raw if raw is not None and codec.keeps_float32 else emb.vectors
+
+
+class HierarchicalPooling(Pooling):
+    """The patches pooled by ``factor`` (Ward clusters, ``hierarchical_pool``)."""
+
+    name = "pool"
+
+    def vectors_per_page(self, full, special=0.0, grid=None):
+        patches = max(0.0, full - special)
+        return special + max(1.0, math.floor(patches / self.factor))
+
+    def vectors(self, emb, raw, codec):
+        return hierarchical_pool(emb.vectors, emb.patch_offset, emb.n_patches, self.factor)
+
+
+class RowColPooling(Pooling):
+    """One vector per patch row and per patch column (``rowcol_pool``)."""
+
+    name = "rowcol"
+
+    def vectors_per_page(self, full, special=0.0, grid=None):
+        patches = max(0.0, full - special)
+        gh, gw = grid or (math.sqrt(patches), math.sqrt(patches))
+        return special + gh + gw
+
+    def vectors(self, emb, raw, codec):
+        return rowcol_pool(emb.vectors, emb.patch_offset, emb.n_patches, emb.grid_h, emb.grid_w)
+
+
+class SingleVector(Pooling):
+    """One vector per page, for documents and for queries alike (scored by dot product)."""
+
+    kind = "sv"
+    is_multi_vector = False
+
+    def vectors_per_page(self, full, special=0.0, grid=None):
+        return 1.0
+
+    def arrow_type(self, codec, dim):
+        return codec.arrow_type(dim)
+
+    def parquet_bytes(self, codec, vectors, dim):
+        return codec.bytes_per_vector(dim) + PARQUET_PAGE_BYTES
+
+    def vector_counts(self, column, rows):
+        return np.ones(rows, np.int64)
+
+    def document_encoder(self, dim: int, fde: FdeParams) -> Callable[[object], np.ndarray]:
+        """PageEmbedding -> the page's vector."""
+        raise NotImplementedError
+
+    def query_encoder(self, dim: int, fde: FdeParams) -> Callable[[np.ndarray], np.ndarray]:
+        """A query's (n, D) vectors -> the query's vector."""
+        raise NotImplementedError
+
+
+class MeanVector(SingleVector):
+    """The L2-normalised mean of the page's patch vectors."""
+
+    name = "mean"
+
+    def document_encoder(self, dim, fde):
+        return lambda emb: normalise(emb.patch_vectors().astype(np.float32).mean(axis=0))
+
+    def query_encoder(self, dim, fde):
+        return lambda query: normalise(query.astype(np.float32).sum(axis=0))
+
+
+class FdeVector(SingleVector):
+    """MUVERA's fixed-dimensional encoding of the whole multi-vector (operators/fde.py)."""
+
+    name = "fde"
+
+    def dim(self, model_dim, fde_dim=None):
+        return fde_dim
+
+    def params(self, fde):
+        if fde is None:
+            return {}
+        return dict(fde_reps=fde.reps, fde_bits=fde.bits, fde_proj_dim=fde.proj_dim, fde_seed=fde.seed, dim=fde.dim)
+
+    def document_encoder(self, dim, fde):
+        encoder = FdeEncoder(dim, fde)
+        return lambda emb: encoder.encode_document(emb.vectors)
+
+    def query_encoder(self, dim, fde):
+        return FdeEncoder(dim, fde).encode_query
+
+
+POOLINGS: dict[str | None, type[Pooling]] = {p.name: p for p in (Unpooled, HierarchicalPooling, RowColPooling,
+                                                                 MeanVector, FdeVector)}

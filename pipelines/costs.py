@@ -15,18 +15,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from operators import encodings as E
+from operators.encodings import PARQUET_LEVEL_BYTES, PARQUET_PAGE_BYTES
 from operators.fde import FdeParams
 from operators.layouts import Layout, parse_layout
 
-# Parquet, as pagemill writes vector columns (plain, uncompressed; see parquet_sink): the vector
-# bytes plus repetition/definition levels: ~6 bytes per fixed-size-list vector, ~0.1 per
-# fixed-size-binary vector, ~5 bytes per page for the list itself. Measured on the dev corpus.
-PARQUET_LEVEL_BYTES = {"list": 6.0, "binary": 0.1}
-PARQUET_PAGE_BYTES = 5.0
-
-# Milvus: bytes per vector element by field type. Milvus Lite stores FLOAT_VECTOR (fp32) only.
-MILVUS_VECTOR_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "bin": 1 / 8}
+# Bytes per vector in Parquet and in Milvus are each encoding's own (operators/encodings.py,
+# with the Parquet level overheads measured on the dev corpus); vectors per page each pooling's.
 VARCHAR_OVERHEAD = 4  # length prefix per VARCHAR value
 PAGE_ID_LEN = 24  # "<16 hex>-p<6 digits>"
 DOC_ID_LEN = 16
@@ -106,28 +100,15 @@ class LayoutCost:
 
 
 def stored_bytes_per_vector(layout: Layout, dim: int, fde: FdeParams | None = None) -> float:
-    if layout.kind == "sv":
-        return (fde or FdeParams()).dim * 4.0 if layout.pooling == "fde" else dim * 4.0
-    return dim * E.BYTES_PER_DIM[layout.encoding] + E.SCALE_BYTES.get(layout.encoding, 0)
+    return layout.bytes_per_vector(dim, (fde or FdeParams()).dim)
 
 
 def parquet_bytes_per_page(layout: Layout, vectors_per_page: float, dim: int, fde: FdeParams | None = None) -> float:
-    bpv = stored_bytes_per_vector(layout, dim, fde)
-    if layout.kind == "sv":
-        return bpv + PARQUET_PAGE_BYTES
-    binary = layout.encoding in E.BINARY_WIDTH
-    levels = PARQUET_LEVEL_BYTES["binary" if binary else "list"]
-    scale_pages = PARQUET_PAGE_BYTES if layout.encoding == "int8" else 0.0
-    return vectors_per_page * (bpv + levels) + PARQUET_PAGE_BYTES + scale_pages
+    return layout.parquet_bytes_per_page(vectors_per_page, dim, (fde or FdeParams()).dim)
 
 
 def milvus_vector_bytes(layout: Layout, dim: int, lite: bool, fde: FdeParams | None = None) -> float:
-    if layout.kind == "sv":
-        d = (fde or FdeParams()).dim if layout.pooling == "fde" else dim
-        return d * 4.0
-    if lite:
-        return dim * 4.0  # Milvus Lite: float vectors only (bin as +-1 floats)
-    return dim * MILVUS_VECTOR_BYTES[layout.encoding]
+    return layout.milvus_vector_bytes(dim, (fde or FdeParams()).dim, lite)
 
 
 def patch_row_scalar_bytes(doc_version_len: float, vectors_per_page: float) -> float:
@@ -151,11 +132,10 @@ def layout_cost(layout: Layout | str, vectors_per_page: float, dim: int, *, inde
     layout = parse_layout(layout) if isinstance(layout, str) else layout
     bpv = stored_bytes_per_vector(layout, dim, fde)
     vec = milvus_vector_bytes(layout, dim, lite, fde)
-    d = (fde or FdeParams()).dim if layout.pooling == "fde" else dim
-    if layout.kind == "mv" and layout.encoding == "bin" and index.upper() in ("HNSW", "AUTOINDEX", "FLAT"):
-        index = "BIN_FLAT" if index.upper() == "FLAT" else "BIN_IVF_FLAT"
+    d = layout.dim(dim, (fde or FdeParams()).dim)
+    index = layout.codec.milvus_index(index)
     mem_idx, disk_idx = index_overhead(index, d, vec)
-    if layout.kind == "mv":
+    if layout.is_multi_vector:
         rows = vectors_per_page
         scalars = patch_row_scalar_bytes(doc_version_len, vectors_per_page)
     else:
@@ -221,15 +201,7 @@ def text_layer_cost(chunks_per_page: float = TEXT_CHUNKS_PER_PAGE, dim: int = TE
 def pooled_vectors(vectors_per_page: float, layout: Layout, special: float = 0.0,
                    grid: tuple[float, float] | None = None) -> float:
     """Vectors per page of a pooled layout from the full count (``special``: non-patch vectors)."""
-    patches = max(0.0, vectors_per_page - special)
-    if layout.kind == "sv":
-        return 1.0
-    if layout.pooling == "pool":
-        return special + max(1.0, math.floor(patches / layout.factor))
-    if layout.pooling == "rowcol":
-        gh, gw = grid or (math.sqrt(patches), math.sqrt(patches))
-        return special + gh + gw
-    return vectors_per_page
+    return layout.vectors_per_page(vectors_per_page, special, grid)
 
 
 def human_bytes(n: float) -> str:

@@ -5,22 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from operators import encodings as E
 from operators.fde import FdeParams
 from operators.layouts import Layout
 
 
 def layout_vector_counts(table: pa.Table, layout: Layout) -> np.ndarray:
-    if layout.kind == "sv":
-        return np.ones(table.num_rows, np.int64)
-    return pa.compute.list_value_length(table[layout.column]).to_numpy(zero_copy_only=False).astype(np.int64)
+    return layout.vector_counts(table)
 
 
 def bytes_per_vector(layout: Layout, dim: int, fde: FdeParams) -> float:
     """Raw stored bytes of one vector (int8 includes its float32 scale)."""
-    if layout.kind == "sv":
-        return (fde.dim if layout.pooling == "fde" else dim) * 4.0
-    return dim * E.BYTES_PER_DIM[layout.encoding] + E.SCALE_BYTES.get(layout.encoding, 0)
+    return layout.bytes_per_vector(dim, fde.dim)
 
 
 class LayoutStats:
@@ -38,7 +33,8 @@ class LayoutStats:
             n = sum(p["docs"].values())
             self.pages += n
             for lay in self.layouts:
-                self.vectors[lay.name] += n if lay.kind == "sv" else p.get("vectors", {}).get(lay.column, 0)
+                # a single-vector layout has one per page; the writers count a multi-vector's
+                self.vectors[lay.name] += p.get("vectors", {}).get(lay.column, 0) if lay.is_multi_vector else n
 
     def summary(self) -> dict:
         out = {}

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from operators import schema as S
+from operators.encodings import ENCODINGS
 from operators.errors import UsageError
 from operators.fde import FdeParams
 from operators.layouts import parse_layout, parse_layouts
@@ -108,8 +109,7 @@ def measure_run(store: OutputStore, max_shards: int = 200, milvus=None, milvus_s
     fde = recorded.fde_params() or FdeParams()
     per_layout = {}
     for lay in layouts:
-        counts = (np.ones(sample.num_rows) if lay.kind == "sv"
-                  else pc.list_value_length(sample[lay.column]).to_numpy(zero_copy_only=False).astype(float))
+        counts = lay.vector_counts(sample).astype(float)
         pbytes = column_bytes.get(lay.column, 0) + (column_bytes.get(lay.scale_column, 0) if lay.scale_column else 0)
         per_layout[lay.name] = {
             "vectors_per_page": {"mean": float(counts.mean()), "p50": float(np.percentile(counts, 50)),
@@ -363,8 +363,8 @@ def recommend(rows: list[tuple[dict, LayoutCost]], pages: int, prices: Prices, r
     else:
         out["cheapest_above_threshold"] = None
         out["note"] = "no layout has a measured fidelity at the threshold: run pagemill fidelity OUT"
-    sv = [(r, c) for r, c in rows if parse_layout(r["layout"]).kind == "sv"]
-    mv = [(r, c) for r, c in ok or rows if parse_layout(r["layout"]).kind == "mv"]
+    sv = [(r, c) for r, c in rows if not parse_layout(r["layout"]).is_multi_vector]
+    mv = [(r, c) for r, c in ok or rows if parse_layout(r["layout"]).is_multi_vector]
     if sv and mv:
         s_row, s_cost = max(sv, key=lambda rc: (_recall(rc[0]) or 0, -rc[1].monthly_cost(pages, prices, replicas)))
         m_row, m_cost = min(mv, key=lambda rc: rc[1].parquet_bytes_per_page)
@@ -467,8 +467,8 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
         dtype = dtype or "bf16"
         special = 0
         single = vectors_per_page == 1
-    if dtype not in ("fp32", "fp16", "bf16", "int8", "bin"):
-        raise UsageError(f"dtype: {dtype!r} is not one of fp32, fp16, bf16, int8, bin")
+    if dtype not in ENCODINGS:
+        raise UsageError(f"dtype: {dtype!r} is not one of {', '.join(ENCODINGS)}")
     # A single-vector model's page vector is the sv-vlm layout, stored as pagemill stores it:
     # float32, in Parquet (sv_vlm) and in Milvus alike (the model's own dtype is not kept).
     base = "sv-vlm" if single else f"mv-{dtype}"

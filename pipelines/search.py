@@ -199,7 +199,7 @@ def search(query_text: str, store: OutputStore, sink: MilvusReader, *, k: int = 
         scored = found
     else:
         layout = parse_layout(rerank)
-        if layout.kind != "mv":
+        if not layout.is_multi_vector:
             raise UsageError(f"--rerank {rerank!r}: a multi-vector layout (mv, mv-pool3, mv-int8, ...) or none")
         if vectors_from == "milvus":
             docs = sink.fetch_vectors(layout.name, ids)
