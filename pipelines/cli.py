@@ -438,7 +438,8 @@ def _report(args) -> int:
     from operators.milvus_reader import MilvusReader
     from operators.s3 import S3Options
     from operators.uris import open_output
-    from pipelines.report import build_report, format_report, load_prices, measure_run
+    from pipelines.costs import load_prices
+    from pipelines.report import build_report, format_report, measure_run
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     milvus_uri = args.milvus
@@ -494,7 +495,8 @@ def _read_json(path: str, flag: str, hint: str):
 
 
 def _plan(args) -> int:
-    from pipelines.report import check_calibration, format_plan, load_prices, plan
+    from pipelines.capacity import check_calibration, format_plan, plan
+    from pipelines.costs import load_prices
 
     calibration = None
     if args.calibration:

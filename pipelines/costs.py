@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from operators.encodings import PARQUET_LEVEL_BYTES, PARQUET_PAGE_BYTES
+from operators.errors import UsageError
 from operators.fde import FdeParams
 from operators.layouts import Layout, parse_layout
 
@@ -237,3 +238,24 @@ def lite_memory_warning(pages: float, lite_raw_bytes_per_page: float, memory_byt
     return (f"Milvus Lite (the default: the index in this process's memory) would hold about {human_bytes(need)} for "
             f"{pages:,.0f} pages, more than this machine's {human_bytes(memory_bytes)} of memory: use a Milvus server "
             f"(--milvus http://HOST:19530; README, \"Milvus\")")
+
+
+def short_count(n: int) -> str:
+    """1000000 -> "1M"."""
+    for div, suffix in ((10**9, "B"), (10**6, "M"), (10**3, "k")):
+        if n >= div:
+            return f"{n / div:g}{suffix}"
+    return str(n)
+
+
+def load_prices(path: str | None) -> Prices:
+    if not path:
+        return Prices()
+    import yaml
+
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    unknown = set(data) - set(Prices.__dataclass_fields__)
+    if unknown:
+        raise UsageError(f"prices file {path}: unknown keys {sorted(unknown)} (known: {sorted(Prices.__dataclass_fields__)})")
+    return Prices(**{k: float(v) for k, v in data.items()})

@@ -311,7 +311,7 @@ class IngestJob:
         client = self.milvus.client
         for name in self.dropped:
             lay = parse_layout(name)
-            own = patches_collection(self.target.milvus_base, name) if lay.kind == "mv" else \
+            own = patches_collection(self.target.milvus_base, name) if lay.is_multi_vector else \
                 f"{self.target.milvus_base}_{lay.column}"
             if client.has_collection(own):
                 client.drop_collection(own)

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from operators.layouts import parse_layout
+from pipelines.capacity import plan
 from pipelines.cli import main
 from pipelines.costs import index_overhead, layout_cost, pooled_vectors
-from pipelines.report import plan
 
 
 def test_colpali_bf16_bytes_per_page_and_per_million():
