@@ -78,8 +78,8 @@ def run(src: Path, out: Path, address: str, server, rate: float, placement: str,
     import ray
     from milvus_server import ROOT_USER
 
-    from pipelines.config import IngestConfig
-    from pipelines.ingest import run_ingest
+    from pipelines.ingest.config import IngestConfig
+    from pipelines.ingest.job import run_ingest
 
     cfg = IngestConfig(source=str(src), out=str(out), executor="ray", ray_address=address,
                        model=f"sim:colqwen2@{rate:g}", layouts=["mv-pool3"], milvus=server.uri, milvus_user=ROOT_USER,

@@ -56,8 +56,8 @@ def main(argv=None) -> str:
                        check=True, stdout=subprocess.DEVNULL)
         calib = json.loads(calib_file.read_text())
 
-        from pipelines.config import IngestConfig
-        from pipelines.ingest import run_ingest
+        from pipelines.ingest.config import IngestConfig
+        from pipelines.ingest.job import run_ingest
 
         cfg = IngestConfig(source=str(src), out=str(tmp / "out"), executor="ray", ray_address=args.ray_address,
                            model=args.model, weights="random", dtype=args.dtype, batch_size=args.batch_size,

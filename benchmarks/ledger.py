@@ -40,8 +40,8 @@ def build(out: Path, n: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from operators.store import LocalStore
-    from pipelines.ledger import DOCS_SCHEMA, FILES_SCHEMA, SNAPSHOT_PREFIX, doc_key, version_hash
+    from operators.io.store import LocalStore
+    from pipelines.ingest.ledger import DOCS_SCHEMA, FILES_SCHEMA, SNAPSHOT_PREFIX, doc_key, version_hash
 
     keys = np.fromiter((doc_key(uri(i)) for i in range(n)), np.uint64, n)
     order = np.argsort(keys)
@@ -67,7 +67,7 @@ def build(out: Path, n: int) -> None:
 
 
 def listing(n: int, changed: float, new: float):
-    from operators.sources import DocumentRef
+    from operators.io.sources import DocumentRef
 
     step_changed = int(1 / changed) if changed else 0
     for i in range(n + int(n * new)):
@@ -88,9 +88,9 @@ def peak_rss_mb() -> int:
 def measure(out: Path, n: int, changed: float, new: float) -> dict:
     """In this process (pinned to one core): load the ledger, plan the listing."""
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    from operators.store import LocalStore
-    from pipelines.ledger import Ledger
-    from pipelines.plan import PlanCounts, plan_units
+    from operators.io.store import LocalStore
+    from pipelines.ingest.ledger import Ledger
+    from pipelines.ingest.units import PlanCounts, plan_units
 
     t0 = time.perf_counter()
     ledger = Ledger(LocalStore(out))

@@ -14,7 +14,7 @@ corpus.
 The same two runs again with the default (no ``--milvus``: Milvus Lite inside the driver) show
 what the default costs: the driver holds the index, so its memory grows with the corpus. Its
 growth per page, over the raw bytes the Lite collections hold (read from the database after the
-run), is the factor ``pipelines.costs.LITE_MEMORY_FACTOR`` that ``plan`` and ``ingest`` use to
+run), is the factor ``pipelines.analysis.costs.LITE_MEMORY_FACTOR`` that ``plan`` and ``ingest`` use to
 warn when a corpus will not fit.
 """
 
@@ -74,10 +74,10 @@ def peak_rss_of(cmd: list[str], env: dict, stderr_file: Path) -> tuple[int, floa
 
 
 def lite_raw_bytes(db: Path) -> float:
-    """Raw bytes of every collection in a Milvus Lite database (pipelines.milvus_storage)."""
-    from operators.milvus_client import MilvusConnection
-    from operators.milvus_reader import MilvusReader
-    from pipelines.milvus_storage import measure_collections
+    """Raw bytes of every collection in a Milvus Lite database (pipelines.analysis.milvus_storage)."""
+    from operators.sinks.milvus_client import MilvusConnection
+    from operators.sinks.milvus_reader import MilvusReader
+    from pipelines.analysis.milvus_storage import measure_collections
 
     reader = MilvusReader(MilvusConnection(str(db)), "pagemill")
     reader.connect()

@@ -26,11 +26,11 @@ def main(argv=None) -> str:
     ap.add_argument("--corpus", type=Path, default=Path(os.environ.get("PAGEMILL_CORPUS", DEFAULT_CORPUS)))
     ap.add_argument("--collection", default="pm_struct_check")
     args = ap.parse_args(argv)
-    from operators.milvus_reader import MilvusReader
-    from operators.milvus_writer import MilvusWriter
-    from operators.store import LocalStore
+    from operators.io.store import LocalStore
+    from operators.sinks.milvus_reader import MilvusReader
+    from operators.sinks.milvus_writer import MilvusWriter
     from pipelines.cli import main as cli
-    from pipelines.search import search
+    from pipelines.index.search import search
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"

@@ -53,8 +53,8 @@ def sample(corpus: Path, category: str, n_docs: int, dest: Path) -> Path:
 
 
 def end_to_end(src: Path, out: Path, unit_docs: int, ray_address: str | None = None) -> tuple[int, float, dict]:
-    from pipelines.config import IngestConfig
-    from pipelines.ingest import run_ingest
+    from pipelines.ingest.config import IngestConfig
+    from pipelines.ingest.job import run_ingest
 
     cfg = IngestConfig(source=str(src), out=str(out), executor="ray", ray_address=ray_address,
                        progress_interval_s=3600, unit_max_docs=unit_docs).validate()
@@ -73,16 +73,16 @@ def stages_alone(src: Path, out: Path, unit_docs: int) -> dict[str, tuple[int, f
     from operators import schema as S
     from operators.embed import EmbedPages
     from operators.encode import EncodePages
-    from operators.milvus_writer import MilvusWriter
+    from operators.io.sources import LocalSource
+    from operators.io.store import LocalStore
     from operators.models import ModelSpec, adapter_for
     from operators.render import RenderPages, units_table
-    from operators.sources import LocalSource
-    from operators.store import LocalStore
+    from operators.sinks.milvus_writer import MilvusWriter
     from operators.writer import PagesWriter
-    from pipelines.commit import UnitCommitter
-    from pipelines.executor import UnitTracker
-    from pipelines.ledger import Ledger, MilvusSuspects
-    from pipelines.plan import PlanCounts, plan_units
+    from pipelines.executors.base import UnitTracker
+    from pipelines.ingest.commit import UnitCommitter
+    from pipelines.ingest.ledger import Ledger, MilvusSuspects
+    from pipelines.ingest.units import PlanCounts, plan_units
 
     source = LocalSource(src)
     units = list(plan_units(source.list_documents(), Ledger(LocalStore(out / "x")).state, unit_docs, 1 << 30, PlanCounts()))

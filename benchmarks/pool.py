@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from operators.pooling import cluster_means, hierarchical_pool, normalise, reference_clusters
+from operators.layouts.pooling import cluster_means, hierarchical_pool, normalise, reference_clusters
 
 COLPALI_POOLING = "compression/token_pooling"
 # The pooler's module and the two package modules it imports, in import order (none imports

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pymupdf
 
+from operators.io.sources import LocalSource
 from operators.render import PixelBudget, RenderLimits, RenderPages, target_size, units_table
-from operators.sources import LocalSource
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 SLOW = ("pathological/",)  # seconds per page: they would measure MuPDF, not the pipeline

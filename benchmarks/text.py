@@ -8,7 +8,7 @@ whole documents, drawn at random with the seed until ``--pages`` pages with text
 text layers as PyMuPDF reads them (what ingest's render stage keeps). Each page's chunks are
 embedded once with ``text:all-MiniLM-L6-v2`` and written to a Milvus Lite ``NAME_text`` collection
 by pagemill's own writer (chunk vectors and BM25 text); the searches are pagemill's
-(``pipelines/text_search.py``):
+(``pipelines/index/text_search.py``):
 
 1. dense page-mean: one vector per page, the normalised mean of its chunks' vectors (``sv_text``;
    the page as one vector, as the text layer was before chunks), exact inner product;
@@ -17,7 +17,7 @@ by pagemill's own writer (chunk vectors and BM25 text); the searches are pagemil
 4. fusion (``--stage1 text``): reciprocal rank fusion of 2 and 3 (k = 60), at search's default
    weights (``--text-weights bm25=1,dense=0.25``) and at equal weights.
 
-Queries (seeded): ``verbatim``: a prose sentence (5-30 words, ``pipelines.fidelity.sentences``)
+Queries (seeded): ``verbatim``: a prose sentence (5-30 words, ``pipelines.analysis.fidelity.sentences``)
 copied from a random page, one that no other page contains (a running header has no single
 source page); ``paraphrased``: the same sentence with a third of its words dropped and two
 neighbouring pairs swapped. A hit: the source page is first (top-1) or in the first three (top-3).
@@ -39,7 +39,7 @@ import pyarrow as pa
 
 from benchmarks.render import DEFAULT_CORPUS
 from operators import schema as S
-from operators.text_embed import TextEmbedder, has_text
+from operators.models.text import TextEmbedder, has_text
 
 CATEGORIES = ("text", "papers", "tables", "diagrams", "charts", "slides")
 
@@ -74,7 +74,7 @@ def load_pages(corpus: Path, n_pages: int, seed: int) -> list[dict]:
 
 def make_queries(pages: list[dict], n: int, seed: int) -> list[tuple[str, str, str]]:
     """(source page id, verbatim sentence, paraphrase), seeded."""
-    from pipelines.fidelity import sentences
+    from pipelines.analysis.fidelity import sentences
 
     rng = random.Random(seed)
     flat = [" ".join(p[S.TEXT].split()) for p in pages]
@@ -108,11 +108,11 @@ def build_index(pages: list[dict], model: TextEmbedder, uri: str) -> tuple:
     """The chunks' vectors (one embedding pass), the page means, and NAME_text in Milvus Lite
     written by pagemill's writer. Returns (reader with the text plan, page means, seconds)."""
     from operators.embed import text_columns
-    from operators.layouts import parse_layouts
-    from operators.milvus_client import MilvusConnection
-    from operators.milvus_plan import BM25_LAYOUT, TEXT_LAYOUT, build_collection, plan_fields
-    from operators.milvus_reader import MilvusReader
-    from operators.milvus_writer import MilvusWriter
+    from operators.layouts.layout import parse_layouts
+    from operators.sinks.milvus_client import MilvusConnection
+    from operators.sinks.milvus_reader import MilvusReader
+    from operators.sinks.milvus_schema import BM25_LAYOUT, TEXT_LAYOUT, build_collection, plan_fields
+    from operators.sinks.milvus_writer import MilvusWriter
 
     texts = [p[S.TEXT] for p in pages]
     t = time.perf_counter()
@@ -148,7 +148,7 @@ def main(argv=None) -> str:
                     "other fusions without embedding again")
     args = ap.parse_args(argv)
     saved = open(args.save_lists, "w") if args.save_lists else None
-    from pipelines.text_search import TextSearch, weighted_rrf
+    from pipelines.index.text_search import TextSearch, weighted_rrf
 
     t0 = time.perf_counter()
     pages = load_pages(Path(args.corpus), args.pages, args.seed)
@@ -177,7 +177,7 @@ def main(argv=None) -> str:
         if saved:
             saved.close()
         reader.client.close()
-        from operators.milvus_client import release_lite
+        from operators.sinks.milvus_client import release_lite
 
         release_lite(str(Path(tmp) / "bench.db"))
     n = len(queries)

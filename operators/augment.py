@@ -24,12 +24,12 @@ import pyarrow.parquet as pq
 
 from operators import schema as S
 from operators.counters import Stage
-from operators.encodings import read_ragged
-from operators.layouts import Layout, LayoutEncoder
+from operators.io.store import OutputStore
+from operators.layouts.encodings import read_ragged
+from operators.layouts.layout import Layout, LayoutEncoder
 from operators.models import PageEmbedding
-from operators.parquet_sink import ParquetSink
-from operators.run_metadata import RunMetadata
-from operators.store import OutputStore
+from operators.sinks.parquet import ParquetSink
+from operators.sinks.run_metadata import RunMetadata
 
 
 def augmented_key(key: str, job: str) -> str:
@@ -78,7 +78,7 @@ class AugmentShards(Stage):
 
     def setup(self) -> None:
         if self.text_model and self._text is None:
-            from operators.text_embed import TextEmbedder
+            from operators.models.text import TextEmbedder
 
             self._text = TextEmbedder(self.text_model, device=self.device)
             self._text.load()
@@ -154,7 +154,7 @@ class AugmentShards(Stage):
 
     def _text_columns(self, table: pa.Table) -> tuple[pa.Array, pa.Array]:
         from operators.embed import text_columns
-        from operators.text_embed import has_text
+        from operators.models.text import has_text
 
         texts = table[S.TEXT].to_pylist()
         return text_columns(self._text, texts, [i for i, t in enumerate(texts) if has_text(t)])
@@ -163,8 +163,8 @@ class AugmentShards(Stage):
         """Render the shard's documents again (their pages of this shard), embed with the
         single-vector model, and line the vectors up with the shard's rows."""
         from operators.embed import fixed_vectors
+        from operators.io.sources import DocumentRef
         from operators.render import units_table
-        from operators.sources import DocumentRef
 
         docs = dict(zip(table[S.SOURCE_URI].to_pylist(), table[S.DOC_VERSION].to_pylist()))
         refs = []
@@ -193,7 +193,7 @@ def _ref_for(source, uri: str):
     import os
     from urllib.parse import unquote, urlparse
 
-    from operators.sources import DocumentRef
+    from operators.io.sources import DocumentRef
 
     p = urlparse(uri)
     if p.scheme == "file":

@@ -159,7 +159,7 @@ class EmbedSinglePages(Stage):
 
     def setup(self) -> None:
         if self.model is None:
-            from operators.sv_models import sv_embedder_for
+            from operators.models.sv import sv_embedder_for
 
             self.model = sv_embedder_for(self.sv_model, self.spec)
             self.model.load()
@@ -226,13 +226,13 @@ class EmbedText(Stage):
 
     def setup(self) -> None:
         if self.model is None:
-            from operators.text_embed import TextEmbedder
+            from operators.models.text import TextEmbedder
 
             self.model = TextEmbedder(self.text_model, device=self.device)
             self.model.load()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from operators.text_embed import has_text
+        from operators.models.text import has_text
 
         S.require_columns("EmbedText", batch, [S.KIND, S.TEXT])
         self.setup()

@@ -2,7 +2,7 @@
 
 From the multi-vector model's float32 output (``mv_raw``) it builds the ``OUT/pages`` columns:
 the archived full multi-vector ``mv`` (float16), ``sv_mean``, and each extra layout (pooling,
-encodings, FDE; operators/layouts.py). Layouts are computed from the archived float16 vectors
+encodings, FDE; operators/layouts/layout.py). Layouts are computed from the archived float16 vectors
 (``mv-fp32`` alone from the float32 output), so that a layout added later from the archive
 (``pagemill relayout``) is bit for bit what an ingest would have written.
 """
@@ -14,11 +14,18 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from operators import encodings as E
 from operators import schema as S
 from operators.counters import Stage
-from operators.fde import FdeParams
-from operators.layouts import DEFAULT_LAYOUTS, Layout, LayoutEncoder, extra_layouts, fields_for, parse_layouts
+from operators.layouts import encodings as E
+from operators.layouts.fde import FdeParams
+from operators.layouts.layout import (
+    DEFAULT_LAYOUTS,
+    Layout,
+    LayoutEncoder,
+    extra_layouts,
+    fields_for,
+    parse_layouts,
+)
 from operators.models import PageEmbedding
 
 
@@ -27,7 +34,7 @@ def text_field(dim: int) -> pa.Field:
 
 
 def text_chunks_field(dim: int) -> pa.Field:
-    """One vector per chunk of the page's text (operators/text_layer.py ``chunk_text``), in order."""
+    """One vector per chunk of the page's text (operators/models/text_layer.py ``chunk_text``), in order."""
     return pa.field(S.TEXT_CHUNKS, pa.list_(pa.list_(pa.float32(), dim)))
 
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 from operators import faults
 from operators import schema as S
 from operators.counters import Stage
-from operators.sources import DocumentRef, Source, read_unit_docs, unit_docs_json
+from operators.io.sources import DocumentRef, Source, read_unit_docs, unit_docs_json
 
 # Quarantine reason codes (machine-readable; documented in the README).
 OPEN_ERROR = "open_error"
@@ -296,7 +296,7 @@ def load_password_map(path: str) -> tuple[tuple[str, str], ...]:
 
 def units_table(units: list[tuple[str, list[DocumentRef]]], may_hold=None) -> pa.Table:
     """The input of the fetch/render stage: one row per work unit, its documents as JSON
-    (``operators.sources.unit_docs_json``; ``may_hold(doc)``: whether Milvus may hold rows of
+    (``operators.io.sources.unit_docs_json``; ``may_hold(doc)``: whether Milvus may hold rows of
     another version of it, default: it may)."""
     return pa.table({S.UNIT_ID: [u for u, _ in units],
                      "docs": [unit_docs_json(docs, [may_hold(d) for d in docs] if may_hold else None)

@@ -34,7 +34,7 @@ PATCH_GRID_W = "patch_grid_w"
 MV = "mv"  # full multi-vector: list<fixed_size_list<float16, D>>
 SV_MEAN = "sv_mean"  # mean of the patch vectors, L2-normalised: fixed_size_list<float32, D>
 SV_TEXT = "sv_text"  # the text layer's vector (text:<model>), null for pages without text
-TEXT_CHUNKS = "text_chunks"  # the text layer's chunk vectors (operators/text_layer.py), null without text
+TEXT_CHUNKS = "text_chunks"  # the text layer's chunk vectors (operators/models/text_layer.py), null without text
 SV_VLM = "sv_vlm"  # a single-vector VLM's page vector (sv:<model>): fixed_size_list<float32, D>
 MV_RAW = "mv_raw"  # the model's float32 multi-vector, from the embed stage to the encode stage only
 

@@ -26,8 +26,8 @@ import pyarrow.compute as pc
 from operators import schema as S
 from operators.counters import Stage
 from operators.faults import checkpoint
-from operators.parquet_sink import PAGES_PREFIX, QUARANTINE_PREFIX, ParquetSink, quarantine_table
-from operators.store import OutputStore
+from operators.io.store import OutputStore
+from operators.sinks.parquet import PAGES_PREFIX, QUARANTINE_PREFIX, ParquetSink, quarantine_table
 
 PART = "part"  # a write result for a part of a unit
 UNIT = "unit"  # the write result that carries the unit's marker

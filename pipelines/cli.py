@@ -38,7 +38,7 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
 
 
 def _milvus_connection(args, uri: str):
-    from operators.milvus_client import MilvusConnection
+    from operators.sinks.milvus_client import MilvusConnection
 
     if args.milvus_ca_file and not os.path.isfile(args.milvus_ca_file):
         raise UsageError(f"--milvus-ca-file: no such file {args.milvus_ca_file!r}")
@@ -162,9 +162,9 @@ def _calibrate_parser(sub) -> argparse.ArgumentParser:
 
 
 def _calibrate(args) -> int:
+    from operators.io.s3 import S3Options
     from operators.models import ModelSpec
-    from operators.s3 import S3Options
-    from pipelines.calibrate import calibrate
+    from pipelines.analysis.calibrate import calibrate
 
     if bool(args.source) == bool(args.synthetic):
         raise UsageError("calibrate needs a sample of your PDFs (pagemill calibrate SOURCE: a folder or s3:// prefix), "
@@ -237,10 +237,10 @@ def _milvus_load_parser(sub) -> argparse.ArgumentParser:
 
 
 def _milvus_load(args) -> int:
-    from operators.milvus_plan import parse_index_specs
-    from operators.s3 import S3Options
-    from operators.uris import open_output
-    from pipelines.milvus_load import milvus_load
+    from operators.io.s3 import S3Options
+    from operators.io.uris import open_output
+    from operators.sinks.milvus_schema import parse_index_specs
+    from pipelines.index.milvus_load import milvus_load
 
     if args.batch_pages <= 0:
         raise UsageError(f"--batch-pages: must be > 0, got {args.batch_pages}")
@@ -249,7 +249,7 @@ def _milvus_load(args) -> int:
     if not uri:
         raise UsageError("--milvus is required when OUT is not a local folder")
     layouts = [x.strip() for x in (args.milvus_layouts or "").split(",") if x.strip()] or None
-    from pipelines.identity import milvus_base
+    from pipelines.index.identity import milvus_base
 
     summary = milvus_load(store, _milvus_connection(args, uri), milvus_base(store, args.collection), recreate=args.recreate,
                           batch_pages=args.batch_pages, index_specs=parse_index_specs(args.milvus_index),
@@ -266,11 +266,11 @@ def _milvus_load(args) -> int:
 
 
 def _search(args) -> int:
-    from operators.milvus_reader import MilvusReader
-    from operators.s3 import S3Options
-    from operators.uris import open_output
-    from pipelines.search import search
-    from pipelines.text_search import parse_text_weights
+    from operators.io.s3 import S3Options
+    from operators.io.uris import open_output
+    from operators.sinks.milvus_reader import MilvusReader
+    from pipelines.index.search import search
+    from pipelines.index.text_search import parse_text_weights
 
     for name, value in (("-k", args.k), ("--candidates", args.candidates)):
         if value < 1:
@@ -281,7 +281,7 @@ def _search(args) -> int:
     uri = args.milvus or _default_milvus(args.out)
     if not uri:
         raise UsageError("--milvus is required when OUT is not a local folder")
-    from pipelines.identity import milvus_base
+    from pipelines.index.identity import milvus_base
 
     sink = MilvusReader(_milvus_connection(args, uri), milvus_base(store, args.collection))
     sink.connect()
@@ -291,7 +291,7 @@ def _search(args) -> int:
                          corpus=args.corpus, text_weights=weights, notes=notes)
     finally:
         sink.close()
-    from pipelines.search import recorded_metadata
+    from pipelines.index.search import recorded_metadata
 
     meta = recorded_metadata(store)
     warnings = list(notes)
@@ -325,12 +325,12 @@ def _status_parser(sub) -> argparse.ArgumentParser:
 
 
 def _status(args) -> int:
-    from operators.milvus_client import is_lite_uri
-    from operators.milvus_reader import MilvusReader
-    from operators.s3 import S3Options
-    from operators.uris import open_output
-    from pipelines.identity import milvus_base
-    from pipelines.status import format_status, index_status
+    from operators.io.s3 import S3Options
+    from operators.io.uris import open_output
+    from operators.sinks.milvus_client import is_lite_uri
+    from operators.sinks.milvus_reader import MilvusReader
+    from pipelines.index.identity import milvus_base
+    from pipelines.index.status import format_status, index_status
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     uri = args.milvus or _default_milvus(args.out)
@@ -358,12 +358,12 @@ def _quarantine_parser(sub) -> argparse.ArgumentParser:
 
 
 def _quarantine(args) -> int:
-    from operators.parquet_sink import QUARANTINE_PREFIX
-    from operators.s3 import S3Options
-    from operators.uris import open_output
-    from pipelines.identity import active_generation
-    from pipelines.ledger import Ledger
-    from pipelines.status import quarantine_rows
+    from operators.io.s3 import S3Options
+    from operators.io.uris import open_output
+    from operators.sinks.parquet import QUARANTINE_PREFIX
+    from pipelines.index.identity import active_generation
+    from pipelines.index.status import quarantine_rows
+    from pipelines.ingest.ledger import Ledger
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     ledger = Ledger(store, active_generation(store))
@@ -394,11 +394,11 @@ def _relayout(args) -> int:
     """An ingest that embeds nothing: the listing is the index's own documents (all unchanged),
     so only the added layouts are computed, from the archive."""
     from operators.errors import UsageError
-    from operators.s3 import S3Options
-    from operators.uris import open_output
-    from pipelines.config import IngestConfig
-    from pipelines.identity import load_state
-    from pipelines.ingest import run_ingest
+    from operators.io.s3 import S3Options
+    from operators.io.uris import open_output
+    from pipelines.index.identity import load_state
+    from pipelines.ingest.config import IngestConfig
+    from pipelines.ingest.job import run_ingest
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     state = load_state(store)
@@ -435,11 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report(args) -> int:
-    from operators.milvus_reader import MilvusReader
-    from operators.s3 import S3Options
-    from operators.uris import open_output
-    from pipelines.costs import load_prices
-    from pipelines.report import build_report, format_report, measure_run
+    from operators.io.s3 import S3Options
+    from operators.io.uris import open_output
+    from operators.sinks.milvus_reader import MilvusReader
+    from pipelines.analysis.costs import load_prices
+    from pipelines.analysis.report import build_report, format_report, measure_run
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     milvus_uri = args.milvus
@@ -448,14 +448,14 @@ def _report(args) -> int:
         milvus_uri = lite
     sink = None
     if milvus_uri:
-        from pipelines.identity import milvus_base
+        from pipelines.index.identity import milvus_base
 
         sink = MilvusReader(_milvus_connection(args, milvus_uri), milvus_base(store, args.collection))
         sink.connect()
         sink.discover()
     storage = None
     if args.milvus_storage:
-        from operators.uris import open_store
+        from operators.io.uris import open_store
 
         storage = open_store(args.milvus_storage, S3Options(endpoint_url=args.s3_endpoint_url), create=False)
         if not storage.list("insert_log") and not storage.list("data/insert_log"):
@@ -467,13 +467,13 @@ def _report(args) -> int:
         if sink:
             sink.close()
     pages = tuple(int(x) for x in str(args.pages).split(",") if x.strip())
-    from operators.milvus_client import is_lite_uri
+    from operators.sinks.milvus_client import is_lite_uri
 
     report = build_report(measured, pages, load_prices(args.prices), args.index, args.replicas, args.threshold,
                           measured_lite=bool(milvus_uri and is_lite_uri(milvus_uri)))
     text = format_report(report)
     if args.html:
-        from pipelines.report_html import write_html
+        from pipelines.analysis.report_html import write_html
 
         write_html(report, text, args.html)
     _print(args, json.dumps(report, indent=2, sort_keys=True) if args.json else text)
@@ -481,7 +481,7 @@ def _report(args) -> int:
 
 
 def _default_milvus(out: str) -> str | None:
-    from operators.milvus_client import default_uri
+    from operators.sinks.milvus_client import default_uri
 
     return default_uri(out)
 
@@ -495,8 +495,8 @@ def _read_json(path: str, flag: str, hint: str):
 
 
 def _plan(args) -> int:
-    from pipelines.capacity import check_calibration, format_plan, plan
-    from pipelines.costs import load_prices
+    from pipelines.analysis.capacity import check_calibration, format_plan, plan
+    from pipelines.analysis.costs import load_prices
 
     calibration = None
     if args.calibration:
@@ -518,12 +518,12 @@ def _plan(args) -> int:
 
 
 def _fidelity(args) -> int:
+    from operators.io.s3 import S3Options
+    from operators.io.uris import open_output
     from operators.models import ModelSpec
-    from operators.s3 import S3Options
-    from operators.uris import open_output
-    from pipelines.costs import human_bytes
-    from pipelines.fidelity import measure_fidelity, save_fidelity
-    from pipelines.search import recorded_metadata
+    from pipelines.analysis.costs import human_bytes
+    from pipelines.analysis.fidelity import measure_fidelity, save_fidelity
+    from pipelines.index.search import recorded_metadata
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     recorded = recorded_metadata(store)
@@ -533,9 +533,9 @@ def _fidelity(args) -> int:
     sink = text = None
     uri = args.milvus or _default_milvus(args.out)
     if text_model and uri and (args.milvus or os.path.exists(uri)):
-        from operators.milvus_reader import MilvusReader
-        from pipelines.identity import milvus_base
-        from pipelines.text_search import TextSearch
+        from operators.sinks.milvus_reader import MilvusReader
+        from pipelines.index.identity import milvus_base
+        from pipelines.index.text_search import TextSearch
 
         sink = MilvusReader(_milvus_connection(args, uri), milvus_base(store, args.collection))
         sink.connect()
@@ -572,8 +572,8 @@ def _fidelity(args) -> int:
 
 
 def _ingest(args) -> int:
-    from pipelines.config import build_config, load_config_file
-    from pipelines.ingest import run_ingest
+    from pipelines.ingest.config import build_config, load_config_file
+    from pipelines.ingest.job import run_ingest
 
     file_values = load_config_file(args.config) if args.config else {}
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet", "verbose", "console")}
@@ -603,13 +603,13 @@ COMMANDS = {"ingest": "_ingest", "fidelity": "_fidelity", "report": "_report", "
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's fork notices are noise for users
-    from operators.milvus_plan import MilvusError
+    from operators.io.sources import SourceError
+    from operators.io.store import StoreError
     from operators.models import ModelError
-    from operators.sources import SourceError
-    from operators.store import StoreError
-    from pipelines.config import ConfigError
+    from operators.sinks.milvus_schema import MilvusError
     from pipelines.console import Console
-    from pipelines.lock import LockError
+    from pipelines.ingest.config import ConfigError
+    from pipelines.ingest.lock import LockError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -1,5 +1,5 @@
 """Every command-line option, declared once: the parsers (pipelines/cli.py), the config file's
-checks (pipelines/config.py) and README's table of ingest options (examples/readme.py) all come
+checks (pipelines/ingest/config.py) and README's table of ingest options (examples/readme.py) all come
 from ``OPTIONS``.
 
 An option belongs to ``ingest`` unless ``commands`` says more; ``elsewhere`` holds what differs in

@@ -188,7 +188,7 @@ def read_quarantine(out: Path):
 def milvus_counts(out: Path, collection: str = "pagemill", names: tuple[str, ...] = ("pages", "patches")) -> dict[str, int]:
     from pymilvus import MilvusClient
 
-    from operators.milvus_client import release_lite
+    from operators.sinks.milvus_client import release_lite
 
     client = MilvusClient(str(out / "milvus.db"))
     try:

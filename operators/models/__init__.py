@@ -52,7 +52,7 @@ def adapter_for(spec: ModelSpec) -> MultiVectorAdapter:
     checkpoints, or the simulated accelerator (``sim:<preset>[@<pages per s>]``)."""
     family = family_of(spec)
     if family == "sim":
-        from operators.sim import SimAdapter
+        from operators.models.sim import SimAdapter
 
         return SimAdapter(spec)
     return FAMILIES[family](spec)

@@ -34,7 +34,7 @@ from milvus_server import ROOT_PASSWORD, ROOT_USER
 K8S = REPO / "infra" / "k8s"
 RAYJOB = next(d for d in yaml.safe_load_all((K8S / "rayjob.yaml").read_text()) if d and d["kind"] == "RayJob")
 INGEST_CONFIG = yaml.safe_load((K8S / "ingest-config.yaml").read_text())
-HUB_ID = "vidore/colqwen2-v1.0-hf"  # what --model colqwen2 --weights hub loads (operators/models.py)
+HUB_ID = "vidore/colqwen2-v1.0-hf"  # what --model colqwen2 --weights hub loads (operators/models/spec.py)
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
 BIN_DIR = str(Path(sys.executable).parent)
 

@@ -12,7 +12,7 @@ from operators import schema as S
 from operators.batching import OOM, embed_with_split, token_batches
 from operators.embed import EmbedPages
 from operators.models import ModelSpec
-from pipelines.commit import fold_failed
+from pipelines.ingest.commit import fold_failed
 
 
 def test_batches_respect_pages_and_tokens():
@@ -55,7 +55,7 @@ def test_other_errors_are_not_swallowed():
 
 def test_embed_stage_turns_an_unfittable_page_into_a_quarantined_page(monkeypatch, tmp_path):
     from operators.encode import EncodePages
-    from operators.store import LocalStore
+    from operators.io.store import LocalStore
     from operators.writer import PagesWriter
 
     stage = EmbedPages(ModelSpec(), batch_size=4)

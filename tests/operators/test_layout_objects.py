@@ -8,12 +8,19 @@ import pyarrow as pa
 import pytest
 
 from operators.encode import multivector_array
-from operators.encodings import ENCODINGS, PARQUET_PAGE_BYTES, encoding
-from operators.fde import FdeParams
-from operators.layouts import DotScorer, LayoutEncoder, LayoutScorer, MaxSimScorer, parse_layout
+from operators.layouts.encodings import ENCODINGS, PARQUET_PAGE_BYTES, encoding
+from operators.layouts.fde import FdeParams
+from operators.layouts.layout import DotScorer, LayoutEncoder, LayoutScorer, MaxSimScorer, parse_layout
+from operators.layouts.pooling import (
+    POOLINGS,
+    FdeVector,
+    HierarchicalPooling,
+    MeanVector,
+    RowColPooling,
+    Unpooled,
+)
 from operators.models import PageEmbedding
-from operators.pooling import POOLINGS, FdeVector, HierarchicalPooling, MeanVector, RowColPooling, Unpooled
-from pipelines.costs import layout_cost, pooled_vectors
+from pipelines.analysis.costs import layout_cost, pooled_vectors
 
 # A hand-made block of 2 vectors in 8 dims: exact in every encoding but int8's rounding.
 X = np.array([[1.0, -0.5, 0.25, 0.0, -1.0, 0.125, 0.75, -0.25],

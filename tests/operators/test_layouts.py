@@ -6,12 +6,19 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from operators import encodings as E
-from operators.fde import FdeEncoder, FdeParams
-from operators.layouts import LayoutEncoder, LayoutError, LayoutScorer, maxsim, parse_layout, parse_layouts
+from operators.layouts import encodings as E
+from operators.layouts.fde import FdeEncoder, FdeParams
+from operators.layouts.layout import (
+    LayoutEncoder,
+    LayoutError,
+    LayoutScorer,
+    maxsim,
+    parse_layout,
+    parse_layouts,
+)
+from operators.layouts.pooling import hierarchical_pool, reference_clusters, rowcol_pool, ward_clusters
 from operators.models import PageEmbedding
-from operators.pooling import hierarchical_pool, reference_clusters, rowcol_pool, ward_clusters
-from pipelines.fidelity import ranking_metrics, score_layouts, sentences
+from pipelines.analysis.fidelity import ranking_metrics, score_layouts, sentences
 
 
 def _canonical(labels):

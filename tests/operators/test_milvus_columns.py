@@ -8,10 +8,10 @@ import pyarrow as pa
 from pymilvus import DataType, MilvusClient
 from pymilvus.client.prepare import Prepare
 
-from operators.layouts import LayoutEncoder, parse_layouts
-from operators.milvus_client import Columns
-from operators.milvus_writer import MilvusWriter
+from operators.layouts.layout import LayoutEncoder, parse_layouts
 from operators.models import PageEmbedding
+from operators.sinks.milvus_client import Columns
+from operators.sinks.milvus_writer import MilvusWriter
 
 
 def test_column_fields_equal_what_the_row_api_builds_for_every_kind():

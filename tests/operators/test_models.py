@@ -233,7 +233,7 @@ def test_every_architecture_embeds_a_rendered_corpus_page(preset):
 
 
 def test_the_single_vector_model_embeds_a_rendered_corpus_page():
-    from operators.sv_models import sv_embedder_for
+    from operators.models.sv import sv_embedder_for
 
     e = sv_embedder_for("qwen3-vl-embedding-tiny", ModelSpec())
     e.load()

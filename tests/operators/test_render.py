@@ -10,8 +10,8 @@ import pytest
 from conftest import CORPUS
 
 from operators import schema as S
+from operators.io.sources import LocalSource
 from operators.render import PixelBudget, RenderLimits, RenderPages, target_size, units_table
-from operators.sources import LocalSource
 
 
 def test_target_size_fills_budget_on_the_grid():

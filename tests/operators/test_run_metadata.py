@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from operators.fde import FdeParams
-from operators.layouts import parse_layouts
-from operators.parquet_sink import ParquetSink
-from operators.run_metadata import RunMetadata
-from operators.uris import open_store
+from operators.io.uris import open_store
+from operators.layouts.fde import FdeParams
+from operators.layouts.layout import parse_layouts
+from operators.sinks.parquet import ParquetSink
+from operators.sinks.run_metadata import RunMetadata
 
 
 def _write_shard(tmp_path, metadata: dict) -> tuple:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from operators.models import ModelError, ModelSpec
-from operators.sv_models import Qwen3VLEmbedder, sv_embedder_for
+from operators.models.sv import Qwen3VLEmbedder, sv_embedder_for
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO, pagemill_cmd
 
 from pipelines.cli import build_parser
-from pipelines.config import ConfigError, build_config, load_config_file
+from pipelines.ingest.config import ConfigError, build_config, load_config_file
 
 
 def test_config_file_and_flag_precedence(tmp_path):

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from operators.layouts import parse_layout
-from pipelines.capacity import plan
+from operators.layouts.layout import parse_layout
+from pipelines.analysis.capacity import plan
+from pipelines.analysis.costs import index_overhead, layout_cost, pooled_vectors
 from pipelines.cli import main
-from pipelines.costs import index_overhead, layout_cost, pooled_vectors
 
 
 def test_colpali_bf16_bytes_per_page_and_per_million():

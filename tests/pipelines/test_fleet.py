@@ -45,8 +45,8 @@ def test_the_simulated_accelerator_has_the_presets_shapes_and_is_deterministic()
 
 
 def test_a_writer_sent_to_the_workers_carries_no_secret(milvus_server, monkeypatch):
-    from operators.milvus_client import MilvusConnection
-    from operators.milvus_writer import MilvusWriter
+    from operators.sinks.milvus_client import MilvusConnection
+    from operators.sinks.milvus_writer import MilvusWriter
 
     monkeypatch.setenv("MILVUS_PASSWORD", ROOT_PASSWORD)
     writer = MilvusWriter(MilvusConnection(milvus_server.uri, user=ROOT_USER, ca_file=milvus_server.ca_file,
@@ -222,7 +222,7 @@ def test_layouts_added_on_the_workers_of_the_cluster(two_nodes, s3_endpoint, mil
     after = _pages(fleet_source, prefix)
     assert after.drop(["mv_bin"]).equals(before)
     from operators.augment import archived_embeddings
-    from operators.layouts import LayoutEncoder, parse_layout
+    from operators.layouts.layout import LayoutEncoder, parse_layout
 
     here = LayoutEncoder([parse_layout("mv-bin")], 128).columns(archived_embeddings(before, 128))["mv_bin"]
     assert after["mv_bin"].combine_chunks().equals(here)

@@ -18,8 +18,8 @@ SCRIPT = textwrap.dedent("""
     os.environ["RAY_AUTH_MODE"] = "disabled"
     import ray
     ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="ERROR")
-    from pipelines.config import IngestConfig
-    from pipelines.ingest import run_ingest
+    from pipelines.ingest.config import IngestConfig
+    from pipelines.ingest.job import run_ingest
     cfg = IngestConfig(source=sys.argv[1], out=sys.argv[2], executor="ray", unit_max_docs=1, batch_size=1,
                        render_actors=1, progress_interval_s=60).validate()
     summary = run_ingest(cfg, log=open(os.devnull, "w"))
@@ -47,8 +47,8 @@ DIE_SCRIPT = textwrap.dedent("""
     os.environ["PAGEMILL_KILL_ONCE"] = sys.argv[3]
     import ray
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    from pipelines.config import IngestConfig
-    from pipelines.ingest import run_ingest
+    from pipelines.ingest.config import IngestConfig
+    from pipelines.ingest.job import run_ingest
     cfg = IngestConfig(source=sys.argv[1], out=sys.argv[2], executor="ray", unit_max_docs=2,
                        progress_interval_s=60).validate()
     summary = run_ingest(cfg, log=open(os.devnull, "w"))

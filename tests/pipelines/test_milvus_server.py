@@ -1,5 +1,5 @@
 """Milvus for production, against a real Milvus server (2.3.x standalone, TLS, user and
-password, a named database): typed vector fields (binary; float16 is >= 2.4, see milvus_plan), configured indexes
+password, a named database): typed vector fields (binary; float16 is >= 2.4, see milvus_schema), configured indexes
 (IVF_PQ, HNSW, BIN_FLAT), one row per vector, idempotent writes, version changes, the corpus
 partition key, rebuilding from Parquet, and the cascade search over all of it."""
 
@@ -15,12 +15,12 @@ import pytest
 from conftest import read_pages
 from milvus_server import ROOT_PASSWORD, ROOT_USER
 
-from operators.milvus_client import MilvusConnection
-from operators.milvus_reader import MilvusReader
+from operators.io.store import LocalStore
 from operators.schema import doc_id_for
-from operators.store import LocalStore
+from operators.sinks.milvus_client import MilvusConnection
+from operators.sinks.milvus_reader import MilvusReader
 from pipelines.cli import main
-from pipelines.search import search
+from pipelines.index.search import search
 
 DB = "pagemill_ci"
 QUERY = "quarterly revenue table"
@@ -125,7 +125,7 @@ def test_vectors_read_back_equal_parquet(server, direct):
     """Rows come back equal to the Parquet layouts: fp16 widened exactly, binary as the same bits."""
     import numpy as np
 
-    from operators.layouts import LayoutScorer, parse_layout
+    from operators.layouts.layout import LayoutScorer, parse_layout
 
     _, out, _ = direct
     pages = read_pages(out).slice(0, 4)
@@ -144,7 +144,7 @@ def test_vectors_read_back_equal_parquet(server, direct):
 
 
 def test_search_over_the_server_equals_brute_force(server, direct):
-    from operators.layouts import LayoutScorer, parse_layout
+    from operators.layouts.layout import LayoutScorer, parse_layout
     from operators.models import ModelSpec, adapter_for
 
     _, out, _ = direct

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, pagemill_cmd
 
 from pipelines.cli import build_parser
-from pipelines.config import ConfigError, IngestConfig, build_config, load_config_file
+from pipelines.ingest.config import ConfigError, IngestConfig, build_config, load_config_file
 from pipelines.options import CONFIG_OPTIONS, OPTIONS, readme_table
 
 CONFIG_ONLY = {"milvus_token_env", "milvus_password_env", "fidelity_seed", "relayout_only"}  # no flag
@@ -84,7 +84,7 @@ def test_the_readme_table_has_a_row_for_every_ingest_option():
 
 
 def test_a_milvus_connection_from_flags_and_from_a_config():
-    from operators.milvus_client import MilvusConnection
+    from operators.sinks.milvus_client import MilvusConnection
 
     args = build_parser().parse_args(["status", "out", "--milvus-user", "u", "--milvus-db", "d"])
     conn = MilvusConnection.from_options("http://m:19530", args)

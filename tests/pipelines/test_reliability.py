@@ -58,8 +58,8 @@ def test_retry_quarantined_after_adding_passwords(small_corpus, tmp_path):
 def test_a_second_run_on_the_same_out_refuses(small_corpus, tmp_path, capsys):
     import time
 
-    from operators.store import LocalStore
-    from pipelines.lock import LOCK_KEY, RunLock
+    from operators.io.store import LocalStore
+    from pipelines.ingest.lock import LOCK_KEY, RunLock
 
     out = tmp_path / "out"
     holder = RunLock(LocalStore(out), "run-elsewhere", lease_s=60)

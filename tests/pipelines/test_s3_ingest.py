@@ -14,10 +14,10 @@ import pytest
 from conftest import REPO, S3_TEST_ENV, pagemill_cmd, s3_client, upload_folder
 from faultproxy import FaultProxy
 
-from operators.s3 import S3Options, S3Source
+from operators.io.s3 import S3Options, S3Source
 from pipelines.cli import main
-from pipelines.ledger import LedgerState
-from pipelines.plan import PlanCounts, plan_units
+from pipelines.ingest.ledger import LedgerState
+from pipelines.ingest.units import PlanCounts, plan_units
 
 
 def read_s3_tables(client, bucket: str, prefix: str):
@@ -214,8 +214,8 @@ def test_killed_before_commit_on_s3_then_resumed(s3_endpoint, s3_run, bucket, tm
 
 
 def test_lock_on_an_s3_output(s3_endpoint, bucket, tmp_path, capsys):
-    from operators.s3 import S3Store
-    from pipelines.lock import RunLock
+    from operators.io.s3 import S3Store
+    from pipelines.ingest.lock import RunLock
 
     store = S3Store("s3://archive/locked/", S3Options(endpoint_url=s3_endpoint))
     holder = RunLock(store, "run-on-another-node", lease_s=60)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from conftest import read_pages
 
-from operators.layouts import LayoutScorer, parse_layout
-from operators.milvus_reader import MilvusReader
+from operators.io.store import LocalStore
+from operators.layouts.layout import LayoutScorer, parse_layout
 from operators.models import ModelSpec, adapter_for
-from operators.store import LocalStore
+from operators.sinks.milvus_reader import MilvusReader
 from pipelines.cli import main
-from pipelines.search import search
+from pipelines.index.search import search
 
 QUERY = "revenue by region and quarter"
 
@@ -95,7 +95,7 @@ def test_calibrate_profile_feeds_the_planner(small_corpus, tmp_path, capsys):
 
 
 def test_text_layer_sentence_finds_its_page(text_indexed, capsys):
-    from pipelines.fidelity import sentences
+    from pipelines.analysis.fidelity import sentences
 
     pages = read_pages(text_indexed)
     texts = pages["text"].to_pylist()
@@ -124,7 +124,7 @@ def test_corpus_filter_needs_an_index_with_a_partition_key(indexed, capsys):
 
 def test_equal_scores_rank_by_page_id_whatever_order_they_came_in():
     """Identical pages score the same; their order must not depend on the server's."""
-    from pipelines.search import reciprocal_rank_fusion
+    from pipelines.index.search import reciprocal_rank_fusion
 
     assert [p for p, _ in reciprocal_rank_fusion([("b", 1.0), ("a", 0.5)], [("a", 1.0), ("b", 0.5)])] == ["a", "b"]
     assert [p for p, _ in reciprocal_rank_fusion([("a", 1.0), ("b", 0.5)], [("b", 1.0), ("a", 0.5)])] == ["a", "b"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.stage_stats import StageStats, bottleneck
+from pipelines.ingest.stage_stats import StageStats, bottleneck
 
 
 def test_latest_counters_per_worker_are_summed_and_the_busiest_stage_named():

@@ -9,9 +9,9 @@ import re
 import pytest
 from conftest import milvus_counts, read_pages
 
-from operators.text_layer import CHARS, bm25_text, chunk_text
+from operators.models.text_layer import CHARS, bm25_text, chunk_text
+from pipelines.analysis.fidelity import sentences
 from pipelines.cli import main
-from pipelines.fidelity import sentences
 
 
 def _search(capsys, out, query: str, *extra: str) -> list[dict]:
@@ -125,9 +125,9 @@ def test_report_and_plan_cost_the_text_layer(text_indexed, capsys):
 
 
 def test_fidelity_reports_the_text_layers_recall_of_the_source_page(text_indexed, capsys):
+    from operators.io.store import LocalStore
     from operators.models import ModelSpec
-    from operators.store import LocalStore
-    from pipelines.fidelity import measure_fidelity
+    from pipelines.analysis.fidelity import measure_fidelity
 
     assert main(["fidelity", str(text_indexed), "--queries", "8", "--json"]) == 0
     t = json.loads(capsys.readouterr().out)["text_layer"]
@@ -157,9 +157,9 @@ def test_a_writer_for_the_text_layer_alone_still_sends_the_chunk_text():
     import pyarrow as pa
 
     from operators.embed import fixed_vectors
-    from operators.layouts import parse_layouts
-    from operators.milvus_plan import plan_fields, server_info
-    from operators.milvus_writer import MilvusWriter
+    from operators.layouts.layout import parse_layouts
+    from operators.sinks.milvus_schema import plan_fields, server_info
+    from operators.sinks.milvus_writer import MilvusWriter
 
     text = "Copied sentences find their pages. " * 40
     n = len(chunk_text(text))
@@ -178,9 +178,9 @@ def test_a_writer_for_the_text_layer_alone_still_sends_the_chunk_text():
 def test_an_index_built_before_chunks_keeps_its_text_layer_per_page(tmp_path):
     """An index whose NAME_text holds a vector per page (built before chunks) goes on being
     written that way, said in a note, instead of refusing every later ingest."""
-    from operators.layouts import parse_layouts
-    from operators.milvus_client import release_lite
-    from operators.milvus_writer import MilvusWriter
+    from operators.layouts.layout import parse_layouts
+    from operators.sinks.milvus_client import release_lite
+    from operators.sinks.milvus_writer import MilvusWriter
 
     uri = str(tmp_path / "milvus.db")
     old = MilvusWriter(uri, "idx", 8, text_dim=4, layouts=parse_layouts([]), text_per_page=True)

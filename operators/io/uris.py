@@ -1,0 +1,53 @@
+"""Which source or output store a URI names: a local folder, ``file://`` or ``s3://``.
+
+The one module that knows every kind, so that the kinds need not know each other (``s3``
+implements ``sources.Source`` and ``store.OutputStore``; neither of those imports ``s3``).
+
+>>> open_store("/tmp/pagemill-doctest-out").uri.endswith("pagemill-doctest-out")
+True
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import unquote, urlparse
+
+from operators.errors import UsageError
+from operators.io.sources import LocalSource, Source, SourceError
+from operators.io.store import LocalStore, OutputStore, StoreError
+
+
+def open_source(uri: str, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), s3_options=None) -> Source:
+    """A source for a local folder, a ``file://`` URI or an ``s3://bucket/prefix/`` URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = unquote(parsed.path) if parsed.scheme == "file" else uri
+        return LocalSource(path, include=include, exclude=exclude)
+    if parsed.scheme == "s3":
+        from operators.io.s3 import S3Source
+
+        return S3Source(uri, s3_options, include=include, exclude=exclude)
+    raise SourceError(f"unsupported source scheme {parsed.scheme!r} in {uri!r} (supported: a folder, file://, s3://)")
+
+
+def open_store(uri: str, s3_options=None, create: bool = True) -> OutputStore:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return LocalStore(unquote(parsed.path) if parsed.scheme == "file" else uri, create=create)
+    if parsed.scheme == "s3":
+        from operators.io.s3 import S3Store
+
+        return S3Store(uri, s3_options)
+    raise StoreError(f"unsupported output scheme {parsed.scheme!r} in {uri!r} (supported: a folder, file://, s3://)")
+
+
+def open_output(uri: str, s3_options=None) -> OutputStore:
+    """An existing pagemill output, to read (search, report, fidelity, milvus-load, status):
+    nothing is created, and a path that is not one fails with one line."""
+    store = open_store(uri, s3_options, create=False)
+    local = store.local_path("")
+    if local is not None and not os.path.isdir(local):
+        raise UsageError(f"{uri}: no such folder (the --out of a pagemill ingest)")
+    if not store.list("_ledger") and not store.list("pages"):
+        raise UsageError(f"{uri} is not the output of a pagemill ingest (no _ledger/ or pages/ in it): check the path")
+    return store

@@ -1,0 +1,1 @@
+"""Storage layouts: a pooling and an encoding per layout, and MUVERA."""

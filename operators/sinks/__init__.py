@@ -1,0 +1,1 @@
+"""Where pages go: Parquet shards and Milvus collections."""

@@ -1,0 +1,139 @@
+"""`pagemill calibrate`: how fast this device embeds pages with a model, for capacity planning.
+
+Runs the real architecture (random weights are fine: speed does not depend on weight values) on
+pages of the user's own sample rendered at the model's pixel budget, after a warm-up batch, and
+records pages/s, vectors per page, dim and peak device memory, plus how fast one CPU core renders
+the sample's pages (real documents render at tens of pages/s per core; a repeated synthetic page
+renders at a thousand, so ``--synthetic`` is for trying the command, not for planning).
+The profile is the ``--calibration`` input of ``pagemill plan``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import psutil
+
+from operators.errors import UsageError
+from operators.io.sources import LocalSource
+from operators.models import ModelSpec, adapter_for
+from operators.render import RenderLimits, RenderPages, units_table
+
+
+def _sample_pdf(path: str, pages: int) -> None:
+    """A text-and-table document of ``pages`` US-letter pages (used when no source is given)."""
+    import pymupdf
+
+    doc = pymupdf.open()
+    body = ("Calibration page. Quarterly revenue, operating margin and headcount by region, with notes. " * 30)
+    for i in range(pages):
+        page = doc.new_page(width=612, height=792)
+        page.insert_text((72, 72), f"Calibration report, page {i + 1}", fontsize=16)
+        page.insert_textbox(pymupdf.Rect(72, 100, 540, 480), body, fontsize=10)
+        for r in range(8):
+            for c in range(4):
+                page.draw_rect(pymupdf.Rect(72 + c * 117, 500 + r * 28, 189 + c * 117, 528 + r * 28), width=0.6)
+    doc.save(path)
+
+
+def _quarantined(rendered) -> int:
+    import json
+
+    return sum(len(json.loads(info)["quarantine"]) for k, info in
+               zip(rendered["kind"].to_pylist(), rendered["unit_info"].to_pylist()) if k == "unit" and info)
+
+
+RENDER_SAMPLE_PAGES = 48  # pages of the user's sample the render rate is measured on (at least)
+RENDER_SAMPLE_DOCS = 200  # documents at most, in the source's order
+
+
+def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: str | None = None,
+              workdir: str | None = None, s3_options=None) -> dict:
+    """``source``: a folder or s3:// prefix of the user's PDFs; None: a generated document."""
+    import tempfile
+
+    from operators.io.sources import SourceError
+    from operators.io.uris import open_source
+
+    adapter = adapter_for(spec)
+    budget = adapter.pixel_budget()
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        synthetic = source is None
+        if synthetic:
+            _sample_pdf(os.path.join(tmp, "calibration.pdf"), n_pages)
+            src = LocalSource(tmp)
+        else:
+            try:
+                src = open_source(source, s3_options=s3_options)
+            except SourceError as e:
+                raise UsageError(f"calibrate {source}: {e}") from None
+        refs = []
+        for ref in src.list_documents():
+            refs.append(ref)
+            if len(refs) >= RENDER_SAMPLE_DOCS:
+                break
+        if not refs:
+            raise UsageError(f"no PDFs under {source}")
+        stage = RenderPages(src, budget, RenderLimits(page_timeout_s=120, extract_text=False))
+        stage.setup()
+        try:
+            stage(units_table([("warm-up", refs[:1])]))  # the child's start-up is not a per-page cost
+            tables, render_s, docs = [], 0.0, 0
+            for ref in refs:  # document by document, until enough pages are rendered
+                t = time.perf_counter()
+                tables.append(stage(units_table([("calibration", [ref])])))
+                render_s += time.perf_counter() - t
+                docs += 1
+                if sum(tb["kind"].to_pylist().count("page") for tb in tables) >= max(n_pages, RENDER_SAMPLE_PAGES):
+                    break
+        finally:
+            stage.close()
+    import pyarrow as pa
+    import torch
+
+    rendered = pa.concat_tables(tables)
+    kinds = rendered["kind"].to_pylist()
+    rows = [i for i, k in enumerate(kinds) if k == "page"][:n_pages]
+    if not rows:
+        raise ValueError("no page could be rendered for calibration")
+    images = [np.frombuffer(rendered["pixels"][i].as_py(), np.uint8).reshape(rendered["height"][i].as_py(),
+                                                                              rendered["width"][i].as_py(), 3)
+              for i in rows]
+    adapter.load()
+    cuda = str(adapter.device).startswith("cuda")
+    process = psutil.Process()
+    rss0 = process.memory_info().rss
+    adapter.embed_images(images[:batch_size])  # warm-up: kernels, allocator, caches
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    vectors = []
+    for start in range(0, len(images), batch_size):
+        vectors += [len(e.vectors) for e in adapter.embed_images(images[start:start + batch_size])]
+    if cuda:
+        torch.cuda.synchronize()
+    embed_s = time.perf_counter() - t
+    peak = torch.cuda.max_memory_allocated() if cuda else max(0, process.memory_info().rss - rss0)
+    n_rendered = sum(1 for k in kinds if k == "page")
+    return {
+        "model": spec.name,
+        "weights": spec.weights,
+        **{k: v for k, v in adapter.effective_settings().items() if k not in ("model", "weights")},
+        "batch_size": batch_size,
+        "pages": len(images),
+        "pages_per_s": round(len(images) / embed_s, 3),
+        "vectors_per_page": round(float(np.mean(vectors)), 2),
+        "peak_device_memory_bytes": int(peak),
+        "peak_memory_kind": "cuda max_memory_allocated" if cuda else "host RSS growth",
+        "render_pages_per_s_per_core": round(n_rendered / render_s, 2),
+        "render_sample": {"source": "synthetic" if synthetic else source, "documents": docs, "pages": n_rendered,
+                          "documents_quarantined": _quarantined(rendered)},
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+                 "gpu": torch.cuda.get_device_name(0) if cuda else None},
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,204 @@
+"""`pagemill plan`: what an index of N pages will cost, with no run: storage per layout (raw,
+Parquet, Milvus memory and disk), money per month, and, from a calibration, GPU-hours and the
+CPU cores per GPU that keep rendering ahead. A report given (``--report``) replaces the cost
+model's Milvus overhead with the one measured there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+from operators.errors import UsageError
+from operators.layouts.encodings import ENCODINGS
+from operators.layouts.layout import parse_layout
+from operators.sinks.milvus_schema import TEXT_LAYOUT
+from pipelines.analysis.costs import (
+    TEXT_CHUNKS_PER_PAGE,
+    TEXT_DIM,
+    Prices,
+    human_bytes,
+    layout_cost,
+    lite_memory_bytes,
+    lite_memory_warning,
+    pooled_vectors,
+    short_count,
+    text_layer_cost,
+)
+
+DEFAULT_PRICES = Prices()
+
+# Storage presets for `pagemill plan` (vectors per page, dim, stored dtype). Figures from the model
+# cards and papers; pages differ, so calibrate on your own corpus (`pagemill report`).
+MODEL_PRESETS: dict[str, dict] = {
+    "colpali": {"vectors_per_page": 1030, "dim": 128, "dtype": "bf16", "special": 6,
+                "note": "PaliGemma 448px: 1024 patches (32x32) + 6 prompt tokens"},
+    "colqwen2": {"vectors_per_page": 750, "dim": 128, "dtype": "bf16", "special": 20,
+                 "note": "Qwen2-VL at the 768-visual-token budget: ~730 patches + prompt tokens"},
+    "colqwen2.5": {"vectors_per_page": 750, "dim": 128, "dtype": "bf16", "special": 20,
+                   "note": "as colqwen2 (Qwen2.5-VL backbone)"},
+    "colmodernvbert": {"vectors_per_page": 850, "dim": 128, "dtype": "bf16", "special": 18,
+                       "note": "approximate: 64 tokens per 512px tile, ~13 tiles per page"},
+    "nemoretriever-colembed-3b": {"vectors_per_page": 1750, "dim": 3072, "dtype": "bf16", "special": 20,
+                                  "note": "3072-dim tokens, ~1,700-1,800 per page"},
+    "jina-embeddings-v4": {"vectors_per_page": 1, "dim": 2048, "dtype": "bf16", "single": True,
+                           "note": "single-vector mode (a 128-d multi-vector mode exists too)"},
+    "qwen3-vl-embedding-2b": {"vectors_per_page": 1, "dim": 2048, "dtype": "bf16", "single": True,
+                              "note": "Matryoshka: 64-2048 dims"},
+    "qwen3-vl-embedding-8b": {"vectors_per_page": 1, "dim": 4096, "dtype": "bf16", "single": True,
+                              "note": "Matryoshka: 64-4096 dims"},
+    "llama-nemotron-embed-vl-1b-v2": {"vectors_per_page": 1, "dim": 2048, "dtype": "bf16", "single": True,
+                                      "note": "single vector per page"},
+}
+
+
+def plan(*, preset: str | None = None, vectors_per_page: float | None = None, dim: int | None = None,
+         dtype: str | None = None, pages: int = 1_000_000, layouts: list[str] | None = None,
+         calibration: dict | None = None, deadline_hours: float | None = None, index: str = "HNSW",
+         replicas: int = 1, prices: Prices = DEFAULT_PRICES, lite: bool = False, measured: dict | None = None) -> dict:
+    """``measured``: a ``pagemill report --json`` whose Milvus server bytes were measured; each
+    layout's Milvus disk is then its raw bytes times the overhead measured there (server bytes
+    over raw bytes of the collection that held the layout, or of one of the same kind)."""
+    if preset:
+        if preset not in MODEL_PRESETS:
+            raise UsageError(f"unknown model preset {preset!r} (known: {', '.join(sorted(MODEL_PRESETS))})")
+        p = MODEL_PRESETS[preset]
+        vectors_per_page = vectors_per_page or p["vectors_per_page"]
+        dim = dim or p["dim"]
+        dtype = dtype or p["dtype"]
+        special = p.get("special", 0)
+        single = p.get("single", False)
+    else:
+        if not (vectors_per_page and dim):
+            raise UsageError("give --model PRESET, or --vectors-per-page and --dim")
+        dtype = dtype or "bf16"
+        special = 0
+        single = vectors_per_page == 1
+    if dtype not in ENCODINGS:
+        raise UsageError(f"dtype: {dtype!r} is not one of {', '.join(ENCODINGS)}")
+    # A single-vector model's page vector is the sv-vlm layout, stored as pagemill stores it:
+    # float32, in Parquet (sv_vlm) and in Milvus alike (the model's own dtype is not kept).
+    base = "sv-vlm" if single else f"mv-{dtype}"
+    names = [base] + [x for x in (layouts or []) if x != base]
+    if single:
+        names = [n for n in names if (n.startswith("sv-") and n != "sv-fde") or n == TEXT_LAYOUT]
+    rows = []
+    for name in names:
+        if name == TEXT_LAYOUT:  # the text layer: a row per chunk, dense and BM25
+            cost = text_layer_cost(index=index)
+            vpp = cost.vectors_per_page
+        else:
+            lay = parse_layout("sv-mean" if name == "sv-vlm" else name)
+            vpp = pooled_vectors(vectors_per_page, lay, special)
+            cost = layout_cost(lay, vpp, dim, index=index, lite=lite)
+        cost.layout = name
+        overhead = measured_overhead(measured, name) if measured and name != TEXT_LAYOUT else None
+        if overhead:
+            cost.milvus_disk_bytes_per_page = cost.milvus_raw_bytes_per_page * overhead["ratio"]
+        rows.append({"layout": name, "vectors_per_page": vpp, "dim": cost.dim, "bytes_per_vector": cost.bytes_per_vector,
+                     "raw_bytes_per_page": cost.raw_bytes_per_page, "raw_bytes_total": cost.raw_bytes_per_page * pages,
+                     "parquet_bytes_total": cost.parquet_bytes_per_page * pages,
+                     "milvus_memory_bytes": cost.milvus_memory_bytes_per_page * pages * replicas,
+                     "milvus_disk_bytes": cost.milvus_disk_bytes_per_page * pages,
+                     "monthly_cost_usd": round(cost.monthly_cost(pages, prices, replicas), 2)})
+        if overhead:
+            rows[-1]["milvus_disk_measured_overhead"] = overhead
+    out = {"pages": pages, "model": preset, "vectors_per_page": vectors_per_page, "dim": dim, "dtype": dtype,
+           "index": index.upper(), "replicas": replicas, "layouts": rows, "prices": asdict(prices)}
+    out["notes"] = []
+    lite_raw = sum(text_layer_cost().milvus_raw_bytes_per_page if r["layout"] == TEXT_LAYOUT else
+                   layout_cost(parse_layout("sv-mean" if r["layout"] == "sv-vlm" else r["layout"]),
+                               r["vectors_per_page"], dim, lite=True).milvus_raw_bytes_per_page for r in rows)
+    out["lite_memory_bytes"] = lite_memory_bytes(pages, lite_raw)
+    warning = lite_memory_warning(pages, lite_raw)
+    if warning:
+        out["notes"].append(warning)
+    if index.upper() == "AUTOINDEX":
+        out["notes"].append("AUTOINDEX is costed as HNSW (M=16), what a Milvus server builds for it")
+    if TEXT_LAYOUT in names:
+        out["notes"].append(f"text: the text layer ({TEXT_DIM}-dim text:all-MiniLM-L6-v2), {TEXT_CHUNKS_PER_PAGE:g} "
+                            f"chunks a page (a row each: dense vector, BM25 text and sparse vector); pagemill report "
+                            f"measures yours")
+    with_overhead = [r for r in rows if "milvus_disk_measured_overhead" in r]
+    if with_overhead:
+        ratios = ", ".join(f"{r['layout']} x{r['milvus_disk_measured_overhead']['ratio']:.2f}" for r in with_overhead)
+        measured_on = with_overhead[0]["milvus_disk_measured_overhead"]["pages_measured"]
+        out["notes"].append(f"Milvus disk: raw bytes x the server's overhead measured by pagemill report on "
+                            f"{measured_on:,} pages ({ratios})" + (
+                                "; a small sample: per-file and per-segment costs weigh more than at scale"
+                                if measured_on < 1000 else ""))
+    elif measured is not None:
+        out["notes"].append("the report given has no measured Milvus server bytes (report with --milvus and, for a "
+                            "server, --milvus-storage): Milvus disk is the cost model's")
+    if calibration:
+        gpu_rate = float(calibration["pages_per_s"])
+        render_rate = calibration.get("render_pages_per_s_per_core")
+        if not render_rate:
+            render_rate = DEFAULT_RENDER_RATE
+            out["notes"].append(f"render rate: {DEFAULT_RENDER_RATE:g} pages/s per core assumed (the calibration "
+                                f"has none; pagemill calibrate SOURCE measures yours)")
+        elif (calibration.get("render_sample") or {}).get("source") == "synthetic":
+            out["notes"].append("render rate measured on a synthetic page (calibrate --synthetic): real documents "
+                                "render many times slower; calibrate on a sample of yours")
+        render_rate = float(render_rate)
+        if calibration.get("device") and not str(calibration["device"]).startswith("cuda"):
+            out["notes"].append(f"the calibration ran on {calibration['device']}, not a GPU: its GPU-hours are that "
+                                f"device's hours")
+        gpu_hours = pages / gpu_rate / 3600
+        compute = {"gpu_pages_per_s": gpu_rate, "gpu_hours": round(gpu_hours, 2),
+                   "cpu_cores_per_gpu": math.ceil(gpu_rate / render_rate),
+                   "gpu_cost_usd": round(gpu_hours * prices.gpu_hour, 2)}
+        if deadline_hours:
+            compute["deadline_hours"] = deadline_hours
+            compute["gpus_for_deadline"] = math.ceil(gpu_hours / deadline_hours)
+        if calibration.get("peak_device_memory_bytes"):
+            compute["peak_device_memory_bytes"] = calibration["peak_device_memory_bytes"]
+        out["compute"] = compute
+    return out
+
+
+def measured_overhead(report: dict, layout: str) -> dict | None:
+    """Server bytes over raw bytes measured for ``layout`` in a report (or for a layout of the same
+    kind, multi- or single-vector, when the report did not hold that one)."""
+    found = {r["layout"]: r["milvus"]["server"] for r in report.get("layouts", [])
+             if (r.get("milvus") or {}).get("server", {}).get("ratio_to_raw")}
+    kind = "mv" if layout.startswith("mv") else "sv"
+    key = layout if layout in found else next((k for k in sorted(found) if k.startswith(kind)), None)
+    if key is None:
+        return None
+    return {"ratio": found[key]["ratio_to_raw"], "from_layout": key, "collection": found[key]["collection"],
+            "pages_measured": report.get("pages_measured", 0)}
+
+
+DEFAULT_RENDER_RATE = 59.0  # pages/s per core at ColQwen2's budget on the dev corpus (benchmarks.render)
+
+
+def check_calibration(calibration: dict, preset: str | None) -> None:
+    """A calibration of another model plans nothing: refused, naming both."""
+    measured = str(calibration.get("model", "")).split("@", 1)[0].removeprefix("sim:")
+    if preset and measured and measured != preset:
+        raise UsageError(f"--calibration was measured with {calibration.get('model')}, the plan is for {preset}: "
+                         f"calibrate {preset} (on the accelerator you will use) and plan with that profile")
+
+
+def format_plan(p: dict) -> str:
+    shape = (f"1 x {p['dim']} (computed in {p['dtype']}, stored float32)" if p["vectors_per_page"] == 1
+             else f"{p['vectors_per_page']} x {p['dim']} {p['dtype']}")
+    lines = [f"{short_count(p['pages'])} pages, {p['model'] or 'custom'}: {shape}; "
+             f"Milvus index {p['index']}, {p['replicas']} replica(s)",
+             f"{'layout':<15}{'vec/page':>10}{'bytes/page':>12}{'total raw':>12}{'Parquet':>12}{'Milvus RAM':>12}"
+             f"{'Milvus disk':>13}{'$/month':>12}"]
+    for r in p["layouts"]:
+        lines.append(f"{r['layout']:<15}{r['vectors_per_page']:>10.1f}{human_bytes(r['raw_bytes_per_page']):>12}"
+                     f"{human_bytes(r['raw_bytes_total']):>12}{human_bytes(r['parquet_bytes_total']):>12}"
+                     f"{human_bytes(r['milvus_memory_bytes']):>12}{human_bytes(r['milvus_disk_bytes']):>13}"
+                     f"{r['monthly_cost_usd']:>12,.0f}")
+    if "compute" in p:
+        c = p["compute"]
+        line = (f"compute: {c['gpu_pages_per_s']:.1f} pages/s per GPU -> {c['gpu_hours']:,.1f} GPU-hours "
+                f"(${c['gpu_cost_usd']:,.0f}); {c['cpu_cores_per_gpu']} CPU cores per GPU keep rendering ahead")
+        if "gpus_for_deadline" in c:
+            line += f"; {c['gpus_for_deadline']} GPUs to finish in {c['deadline_hours']:g} h"
+        lines.append(line)
+    lines += [f"note: {n}" for n in p.get("notes", [])]
+    return "\n".join(lines)

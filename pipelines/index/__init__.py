@@ -1,0 +1,1 @@
+"""Reading an index: what it is, search, loading Milvus, status."""

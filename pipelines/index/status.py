@@ -1,0 +1,192 @@
+"""`pagemill status` and `pagemill quarantine`: look inside an OUT without changing it.
+
+Status gives what the index is (its identity, and a reindex in progress), its documents by
+status, pages, shards and bytes, each Milvus collection's rows against what the shards say it
+should hold, the last runs, the quarantine by reason, and files no commit accounts for; with
+``healthy`` and ``problems`` for a scheduler to alert on (``--json``). Expected Milvus rows come
+from the shards (their page counts and vector list lengths).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from operators.io.store import OutputStore
+from pipelines.index.identity import load_state
+from pipelines.ingest.ledger import STATUSES, Ledger
+
+RECENT_RUNS = 5
+EXAMPLES = 3
+
+
+def _ledger(store: OutputStore, generation: int) -> Ledger:
+    ledger = Ledger(store, generation)
+    ledger.load()
+    return ledger
+
+
+def docs_by_status(ledger: Ledger) -> tuple[dict[str, int], int]:
+    """Documents per status and pages committed, over the snapshot's columns and the overlay."""
+    state = ledger.state
+    counts = Counter()
+    pages = 0
+    mask = np.ones(len(state.base_keys), bool)
+    for key, d in state.overlay.items():
+        row = state.base_rows(np.array([key], np.uint64))[0]
+        if row >= 0:
+            mask[row] = False
+        if d is not None:
+            counts[d.status] += 1
+            pages += d.n_pages
+    for code, n in zip(*np.unique(state.base_status[mask], return_counts=True)):
+        counts[STATUSES[int(code)]] += int(n)
+    pages += int(state.base_pages[mask].sum())
+    return {s: counts.get(s, 0) for s in STATUSES}, pages
+
+
+def vectors_in(store: OutputStore, keys: list[str], columns: list[str]) -> dict[str, int]:
+    """Vectors per multi-vector column of these shards (``n_vectors`` for ``mv``; the list
+    lengths of the others, which means reading those columns: status on a large archive is a
+    diagnostic, not a hot path)."""
+    import pyarrow.compute as pc
+
+    out: Counter = Counter()
+    for key in keys:
+        pf = pq.ParquetFile(store.open_input(key))
+        have = set(pf.schema_arrow.names)
+        wanted = [c for c in columns if c in have and c != "mv"]
+        table = pf.read(columns=["n_vectors", *wanted])
+        out["mv"] += int(pc.sum(table["n_vectors"]).as_py() or 0)
+        for c in wanted:
+            out[c] += int(pc.sum(pc.list_value_length(table[c])).as_py() or 0)
+    return dict(out)
+
+
+def expected_rows(plan, vectors: dict[str, int], pages: int) -> dict[str, int | None]:
+    """Rows each collection should hold from what the shards hold."""
+    exp: dict[str, int | None] = {}
+    for f in plan.fields:
+        if f.mode in ("rows", "chunks"):  # a row per vector; the text layer's, a row per chunk
+            exp[f.collection] = vectors.get(f.column)
+        elif f.collection not in exp:
+            exp[f.collection] = pages if f.layout != "text" else None  # text: pages with text only
+    exp[plan.pages_collection] = pages
+    return exp
+
+
+def index_status(store: OutputStore, milvus=None, recent: int = RECENT_RUNS) -> dict:
+    from operators.sinks.parquet import PAGES_PREFIX, QUARANTINE_PREFIX
+
+    state = load_state(store)
+    if state is None or state.active is None:
+        return {"out": store.uri, "index": None, "healthy": False, "problems": ["no index in this OUT yet"]}
+    problems = []
+    active = state.active
+    ledger = _ledger(store, active.generation)
+    docs, pages = docs_by_status(ledger)
+    other_live = set()
+    for other in (state.pending, state.retired):
+        if other is not None:
+            other_live |= _ledger(store, other.generation).state.live_files()
+    live = ledger.state.live_files()
+    listed = {o.key: o.size for prefix in (PAGES_PREFIX, QUARANTINE_PREFIX) for o in store.list(prefix)}
+    orphans = sorted(k for k in listed if k not in live and k not in other_live and not k.rsplit("/", 1)[-1].startswith("_"))
+    page_files = sorted(k for k in live if k.startswith(PAGES_PREFIX + "/"))
+    out = {"out": store.uri, "index": active.to_json(), "describe": active.describe(),
+           "documents": {**docs, "total": sum(docs.values())}, "pages": pages,
+           "shards": {"pages": len(page_files), "quarantine": sum(1 for k in live if k.startswith(QUARANTINE_PREFIX + "/")),
+                      "bytes": sum(listed.get(k, 0) for k in live)},
+           "uncommitted_files": orphans, "ledger_records": ledger.state.records}
+    if orphans:
+        problems.append(f"{len(orphans)} files no commit accounts for (an interrupted run): the next ingest removes them")
+    if state.pending is not None:
+        p = _ledger(store, state.pending.generation)
+        pdocs, ppages = docs_by_status(p)
+        out["reindex"] = {"to": state.pending.describe(), "generation": state.pending.generation,
+                          "documents_done": sum(pdocs.values()), "of": sum(docs.values()), "pages_done": ppages}
+    if state.retired is not None:
+        problems.append(f"generation {state.retired.generation} was swapped out and not yet cleaned up: the next "
+                        f"ingest removes it")
+    if active.building:
+        problems.append(f"{', '.join(active.building)} added but not yet on every document: run ingest to finish")
+    if store.exists("_ledger/milvus_bulk.json"):
+        problems.append("a first load by bulk import is unfinished: run ingest with --milvus-bulk-dir")
+    if milvus is not None:
+        plan = milvus.discover()
+        vectors = vectors_in(store, page_files, sorted({f.column for f in plan.fields if f.mode in ("rows", "chunks")}))
+        expected = expected_rows(plan, vectors, pages - _quarantined_pages(ledger))
+        out["milvus"] = {}
+        for c in plan.collections:
+            have = milvus.count(c)
+            want = expected.get(c)
+            out["milvus"][c] = {"rows": have, "expected": want}
+            if want is not None and have != want:
+                problems.append(f"Milvus {c} holds {have} rows, the shards say {want}: pagemill milvus-load repairs it")
+    out["runs"] = recent_runs(store, recent)
+    out["quarantine"] = quarantine_summary(store, [k for k in live if k.startswith(QUARANTINE_PREFIX + "/")])
+    out["problems"] = problems
+    out["healthy"] = not problems
+    return out
+
+
+def _quarantined_pages(ledger: Ledger) -> int:
+    return 0  # quarantined documents commit 0 pages; partial ones commit their good pages only
+
+
+def recent_runs(store: OutputStore, n: int) -> list[dict]:
+    runs = sorted((o.key for o in store.list("_runs") if o.key.endswith(".json") and o.key.count("/") == 1), reverse=True)
+    out = []
+    for key in runs[:n]:
+        s = json.loads(store.read_bytes(key))
+        out.append({"run_id": s["run_id"], "started_at": s.get("started_at"), "wall_s": s.get("wall_s"),
+                    "documents": {k: s["documents"].get(k) for k in ("seen", "indexed", "quarantined", "skipped_unchanged")},
+                    "pages": s.get("pages"), "mode": s.get("index", {}).get("mode"), "bottleneck": s.get("bottleneck")})
+    return out
+
+
+def quarantine_rows(store: OutputStore, keys: list[str]) -> list[dict]:
+    rows = []
+    for key in sorted(keys):
+        rows += pq.read_table(io.BytesIO(store.read_bytes(key))).to_pylist()
+    return rows
+
+
+def quarantine_summary(store: OutputStore, keys: list[str]) -> dict:
+    by: dict[str, dict] = {}
+    for r in quarantine_rows(store, keys):
+        g = by.setdefault(r["reason"], {"documents": 0, "pages": 0, "examples": []})
+        g["pages" if r["page_number"] is not None else "documents"] += 1
+        if len(g["examples"]) < EXAMPLES:
+            g["examples"].append({"source_uri": r["source_uri"], "page_number": r["page_number"], "detail": r["detail"]})
+    return dict(sorted(by.items()))
+
+
+def format_status(s: dict) -> str:
+    if s.get("index") is None:
+        return f"{s['out']}: {s['problems'][0]}"
+    d = s["documents"]
+    lines = [f"{s['out']}: {s['describe']}",
+             f"  layouts: {', '.join(s['index']['layouts'])}; Milvus collections {s['index']['milvus_base']}_*",
+             f"  documents: {d['total']:,} ({d['indexed']:,} indexed, {d['partial']:,} partial, {d['quarantined']:,} "
+             f"quarantined); pages {s['pages']:,}",
+             f"  shards: {s['shards']['pages']:,} page, {s['shards']['quarantine']:,} quarantine; {s['shards']['bytes']:,} bytes"]
+    if "reindex" in s:
+        r = s["reindex"]
+        lines.append(f"  reindex to {r['to']}: {r['documents_done']:,} of {r['of']:,} documents done")
+    for c, m in s.get("milvus", {}).items():
+        mark = "" if m["expected"] is None or m["expected"] == m["rows"] else f"  (expected {m['expected']:,})"
+        lines.append(f"  milvus {c}: {m['rows']:,} rows{mark}")
+    for reason, g in s["quarantine"].items():
+        ex = g["examples"][0]
+        lines.append(f"  quarantine {reason}: {g['documents']} documents, {g['pages']} pages (e.g. {ex['source_uri']}"
+                     + (f" p{ex['page_number']}" if ex["page_number"] is not None else "") + ")")
+    for r in s["runs"][:3]:
+        lines.append(f"  run {r['run_id']}: {r['documents'].get('seen')} seen, {r['pages'].get('indexed')} pages indexed, "
+                     f"{r['wall_s']} s")
+    lines.append("  healthy" if s["healthy"] else "  problems: " + "; ".join(s["problems"]))
+    return "\n".join(lines)

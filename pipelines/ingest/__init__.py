@@ -1,0 +1,1 @@
+"""The ingest job: plan units, run them, commit each, finish, summarise."""
