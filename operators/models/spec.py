@@ -179,24 +179,37 @@ def family_of(spec: ModelSpec) -> str:
 
 
 def preprocessor_config(spec: ModelSpec) -> dict | None:
-    """The checkpoint's ``preprocessor_config.json`` (a local folder, or the Hugging Face cache),
-    without loading anything; None for presets with random weights or when it is not at hand."""
+    """The checkpoint's image-processor settings (a local folder, or the Hugging Face cache),
+    without loading anything: ``preprocessor_config.json``, or the ``image_processor`` section of
+    ``processor_config.json`` (where transformers 5 saves it); None for presets with random
+    weights or when neither is at hand."""
     if spec.weights != WEIGHTS_HUB or spec.name.startswith("sim:"):
         return None
     name = PRESETS[spec.name]["hub_id"] if spec.name in PRESETS else spec.name
-    path = os.path.join(name, "preprocessor_config.json")
-    if not os.path.isfile(path):
-        try:
-            from huggingface_hub import try_to_load_from_cache
+    for filename, section in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+        path = _checkpoint_file(name, filename)
+        if path is None:
+            continue
+        with open(path) as f:
+            conf = json.load(f)
+        conf = conf.get(section) if section else conf
+        if isinstance(conf, dict):
+            return conf
+    return None
 
-            cached = try_to_load_from_cache(name, "preprocessor_config.json")
-        except Exception:
-            return None
-        if not isinstance(cached, str):
-            return None
-        path = cached
-    with open(path) as f:
-        return json.load(f)
+
+def _checkpoint_file(name: str, filename: str) -> str | None:
+    """A file of a checkpoint: in its folder, or in the Hugging Face cache (no download)."""
+    path = os.path.join(name, filename)
+    if os.path.isfile(path):
+        return path
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, filename)
+    except Exception:
+        return None
+    return cached if isinstance(cached, str) else None
 
 
 def decide_budget(spec: ModelSpec) -> ModelSpec:

@@ -123,6 +123,10 @@ class StageStats:
                                  if k in w} for w in sorted(workers.values(), key=lambda w: w["worker"])]}
             if stage in MODEL_STAGES:
                 forward = sum(w.get("forward_s", 0.0) for w in workers.values())
+                # Steady state: each worker's own span, its first batch to its last; the drain
+                # after the last (the other stages finishing, the sinks' flush) is no page's wait.
+                span = sum(w["wall_s"] for w in self.workers[stage].values())
+                s["forward_share_steady"] = round(min(1.0, forward / span), 3) if span else None
                 batches = sum(w.get("batches", 0) for w in workers.values())
                 s.update(forward_s=round(forward, 3), batches=batches,
                          forward_share=round(forward / worker_wall, 3) if worker_wall else None,

@@ -240,3 +240,35 @@ def test_the_single_vector_model_embeds_a_rendered_corpus_page():
     v = e.embed_images([_corpus_page(e.pixel_budget())])
     assert v.shape == (1, 64) and v.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_checkpoints_pixel_budget_is_decided_once_before_rendering(tiny, tmp_path):
+    """A checkpoint whose processor has another budget than the preset: the driver decides it
+    from the checkpoint's preprocessor_config.json before any page is rendered, and the adapter
+    that embeds keeps exactly that budget (no page rendered at one size and resized to another)."""
+    import json
+
+    from operators.models import decide_budget
+    from operators.render import target_size
+
+    tiny.model.save_pretrained(tmp_path)
+    tiny.processor.save_pretrained(tmp_path)
+    # transformers 5 saves the image processor's settings in processor_config.json
+    conf_path = tmp_path / "processor_config.json"
+    conf = json.loads(conf_path.read_text())
+    budget = 28 * 28 * 48  # half the preset's 96 visual tokens
+    conf["image_processor"]["size"] = {**conf["image_processor"]["size"], "longest_edge": budget}
+    conf_path.write_text(json.dumps(conf))
+    asked = ModelSpec(name=str(tmp_path), weights="hub", dtype="float32")
+    decided = decide_budget(asked)
+    assert decided.max_pixels == budget and asked.max_pixels is None
+    render_budget = adapter_for(decided).pixel_budget()  # what the driver gives the render stage: nothing loaded
+    assert render_budget.max_pixels == budget
+    embedder = adapter_for(decided)
+    embedder.load()
+    assert embedder.pixel_budget().max_pixels == budget == embedder.processor.image_processor.max_pixels
+    # A page rendered at that budget goes through the processor unresized: one vector per 28 px patch.
+    w, h = target_size(1700, 2200, render_budget)
+    page = np.random.default_rng(3).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    emb = embedder.embed_images([page])[0]
+    assert emb.n_patches == (h // 28) * (w // 28) <= 48

@@ -25,6 +25,7 @@ def test_latest_counters_per_worker_are_summed_and_the_busiest_stage_named():
     assert s["render"]["workers"] == 2 and s["render"]["items"] == 40 and s["render"]["busy_s"] == 4.0
     assert s["render"]["capacity_pages_per_s"] == 20.0  # 10 pages per busy second x 2 workers
     assert s["embed"]["forward_share"] == 0.8 and s["embed"]["mean_batch_pages"] == 5.0
+    assert s["embed"]["forward_share_steady"] == 0.8  # no drain after its last batch here
     assert s["embed"]["per_worker"] == [{"worker": "a:2", "pages": 20, "busy_s": 18.0, "wall_s": 20.0, "forward_s": 16.0,
                                          "forward_share": 0.8}]
     assert s["commit"]["items"] == 60 and s["commit"]["capacity_pages_per_s"] == 20.0
@@ -78,3 +79,17 @@ def test_a_worker_idle_since_its_last_batch_is_not_busy():
     s = st.summary()
     assert 0.09 < s["render"]["utilisation"] < 0.11
     assert s["encode"]["utilisation"] == 1.0  # never above 1 (its own clock rounds)
+
+
+def test_the_accelerators_steady_share_leaves_out_the_drain_after_its_last_batch():
+    """The embedding actor's forward share over the run ends at the run's end (the sinks' flush
+    included); in steady state it is over the actor's own span, its first batch to its last."""
+    import time
+
+    st = StageStats()
+    started = time.time() - 50.0  # first batch 50 s ago; its last batch ended 40 s after the first
+    st.observe([{"embed": {"worker": "a:2", "pages": 160, "busy_s": 38.0, "wall_s": 40.0, "forward_s": 36.0,
+                           "batches": 10, "started_at": started}}])
+    e = st.summary()["embed"]
+    assert e["forward_share_steady"] == 0.9
+    assert 0.7 < e["forward_share"] < 0.75  # 36 s of the 50 s to the end of the run
