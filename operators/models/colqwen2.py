@@ -57,11 +57,13 @@ class ColQwen2Adapter(TransformersAdapter):
 
     def _after_load(self, model, processor) -> None:
         ip = processor.image_processor
-        if self.spec.max_pixels:
-            ip.max_pixels = self.spec.max_pixels
-            ip.size = {"shortest_edge": ip.size["shortest_edge"], "longest_edge": self.spec.max_pixels}
-        else:
-            self._max_pixels = int(ip.size["longest_edge"])
+        # The budget lives in ``size`` alone: transformers 5 deprecates the processor's
+        # min_pixels / max_pixels, which, when a checkpoint sets them, override ``size``.
+        shortest = getattr(ip, "min_pixels", None) or ip.size["shortest_edge"]
+        longest = self.spec.max_pixels or getattr(ip, "max_pixels", None) or ip.size["longest_edge"]
+        ip.min_pixels = ip.max_pixels = None
+        ip.size = {"shortest_edge": int(shortest), "longest_edge": int(longest)}
+        self._max_pixels = int(longest)
 
     def _loaded(self) -> None:
         self._merge = int(getattr(self.processor.image_processor, "merge_size", 2))

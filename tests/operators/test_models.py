@@ -266,7 +266,7 @@ def test_a_checkpoints_pixel_budget_is_decided_once_before_rendering(tiny, tmp_p
     assert render_budget.max_pixels == budget
     embedder = adapter_for(decided)
     embedder.load()
-    assert embedder.pixel_budget().max_pixels == budget == embedder.processor.image_processor.max_pixels
+    assert embedder.pixel_budget().max_pixels == budget == embedder.processor.image_processor.size["longest_edge"]
     # A page rendered at that budget goes through the processor unresized: one vector per 28 px patch.
     w, h = target_size(1700, 2200, render_budget)
     page = np.random.default_rng(3).integers(0, 255, (h, w, 3), dtype=np.uint8)
