@@ -3,8 +3,8 @@
 The one module that knows every kind, so that the kinds need not know each other (``s3``
 implements ``sources.Source`` and ``store.OutputStore``; neither of those imports ``s3``).
 
->>> open_store("/tmp/pagemill-doctest-out").uri.endswith("pagemill-doctest-out")
-True
+>>> open_store("s3://bucket/out/").uri, type(open_source("/data/pdfs")).__name__
+('s3://bucket/out/', 'LocalSource')
 """
 
 from __future__ import annotations

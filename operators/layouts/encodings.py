@@ -160,6 +160,9 @@ class _FloatList(Encoding):
     def arrow_type(self, dim: int) -> pa.DataType:
         return pa.list_(self.arrow_scalar, dim)
 
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, None]:
+        return x.astype(self.numpy_dtype), None
+
     def decode(self, values: np.ndarray, dim: int, scale: np.ndarray | None = None) -> np.ndarray:
         return values.astype(np.float32)
 
@@ -196,9 +199,6 @@ class Fp32(_FloatList):
     arrow_scalar = pa.float32()
     keeps_float32 = True
 
-    def encode(self, x):
-        return x.astype(np.float32), None
-
 
 class Fp16(_FloatList):
     name = "fp16"
@@ -207,9 +207,6 @@ class Fp16(_FloatList):
     arrow_scalar = pa.float16()
     milvus_vtypes = ("float16", "float")
     milvus_exact = "float16"
-
-    def encode(self, x):
-        return x.astype(np.float16), None
 
 
 class Bf16(_FixedBinary):

@@ -14,6 +14,7 @@ from operators.layouts.encodings import ENCODINGS
 from operators.layouts.layout import parse_layout
 from operators.sinks.milvus_schema import TEXT_LAYOUT
 from pipelines.analysis.costs import (
+    DEFAULT_PRICES,
     TEXT_CHUNKS_PER_PAGE,
     TEXT_DIM,
     Prices,
@@ -25,8 +26,6 @@ from pipelines.analysis.costs import (
     short_count,
     text_layer_cost,
 )
-
-DEFAULT_PRICES = Prices()
 
 # Storage presets for `pagemill plan` (vectors per page, dim, stored dtype). Figures from the model
 # cards and papers; pages differ, so calibrate on your own corpus (`pagemill report`).

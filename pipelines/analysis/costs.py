@@ -40,6 +40,9 @@ class Prices:
     gpu_hour: float = 2.50  # one data-centre GPU, on demand
 
 
+DEFAULT_PRICES = Prices()
+
+
 def index_overhead(index: str, dim: int, vector_bytes: float, hnsw_m: int = 16, pq_m: int | None = None,
                    diskann_r: int = 64) -> tuple[float, float]:
     """(memory, disk) bytes per vector for the index, *including* the vectors it holds in memory.

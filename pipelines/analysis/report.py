@@ -25,6 +25,7 @@ from operators.layouts.layout import parse_layout, parse_layouts
 from operators.sinks.milvus_schema import BM25_LAYOUT, TEXT_LAYOUT
 from operators.sinks.run_metadata import RunMetadata
 from pipelines.analysis.costs import (
+    DEFAULT_PRICES,
     LayoutCost,
     Prices,
     human_bytes,
@@ -37,7 +38,6 @@ from pipelines.analysis.costs import (
 from pipelines.analysis.fidelity import latest_fidelity, layouts_in
 
 DEFAULT_PAGES = (1_000_000, 100_000_000)
-DEFAULT_PRICES = Prices()
 
 # ---------------------------------------------------------------------------------------------
 # Measuring a run

@@ -39,7 +39,6 @@ from pipelines.index.identity import (
     load_state,
     save_state,
 )
-from pipelines.ingest import summary as run_summary
 from pipelines.ingest.commit import UnitCommitter
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.ledger import LEDGER_PREFIX, Ledger
@@ -47,6 +46,7 @@ from pipelines.ingest.lock import RunLock
 from pipelines.ingest.progress import Progress
 from pipelines.ingest.stage_stats import StageStats, bottleneck
 from pipelines.ingest.summary import RunTotals, on_accelerator
+from pipelines.ingest.summary import build as build_summary
 from pipelines.ingest.units import PlanCounts, PlanFile, plan_units
 
 RUNS_PREFIX = "_runs"
@@ -571,7 +571,7 @@ class IngestJob:
             self.ledger.save_suspects(self.suspects)
 
     def summary(self) -> dict:
-        """The run's summary (``run_summary.build``), said where it matters and written to
+        """The run's summary (``summary.build``), said where it matters and written to
         ``OUT/_runs/<run id>.json`` (and ``--summary``)."""
         stages = self.stage_stats.summary()
         diagnosis = bottleneck(stages, accelerator=self.spec.name.startswith("sim:") or on_accelerator(self.totals))
@@ -585,7 +585,7 @@ class IngestJob:
                                    seed=self.cfg.fidelity_seed)
             for name, res in fid["layouts"].items():
                 layouts.setdefault(name, {})["fidelity"] = res
-        summary = run_summary.build(self, stages, diagnosis, layouts)
+        summary = build_summary(self, stages, diagnosis, layouts)
         data = json.dumps(summary, indent=2, sort_keys=True).encode()
         self.store.write_bytes(f"{RUNS_PREFIX}/{self.run_id}.json", data)
         if self.cfg.summary:
