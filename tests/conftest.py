@@ -28,7 +28,9 @@ TRUNCATE_OVER = 3  # documents with more pages are copied with only SMOKE's page
 
 
 def pytest_configure(config):
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    from pipelines.cli import fork_safe_grpc
+
+    fork_safe_grpc()  # this process starts Ray nodes (a fork each) while its Milvus channels are open
     if not CORPUS.is_dir():
         raise pytest.UsageError(f"the shared corpus is missing at {CORPUS} (set PAGEMILL_CORPUS)")
 

@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -97,6 +98,22 @@ def two_nodes(milvus_server, tmp_path_factory):
         cluster.shutdown()
 
 
+def _two_live_nodes(cluster) -> None:
+    """The cluster a test starts from: the head and a worker node, alive. A worker node that died
+    before the test touched it (a raylet lost at start-up, outside pagemill) is replaced the way
+    the fleet replaces a pod, and the test says so in a warning."""
+    nodes = {n["NodeID"]: n for n in cluster.global_state.node_table()}
+    assert nodes[cluster.head_node.node_id]["Alive"], "the head node died"
+    for node in list(cluster.worker_nodes):
+        info = nodes.get(node.node_id, {})
+        if not (info.get("Alive") and node.remaining_processes_alive()):
+            warnings.warn(f"worker node {node.node_id[:8]} died before the test "
+                          f"({info.get('DeathReasonMessage') or 'its raylet is gone'}): replaced", stacklevel=2)
+            cluster.remove_node(node, allow_graceful=False)
+            cluster.add_pod()
+    cluster.wait_for_nodes()
+
+
 @pytest.fixture(scope="module")
 def fleet_source(s3_endpoint, small_corpus):
     client = s3_client(s3_endpoint)
@@ -149,7 +166,8 @@ def single_node(s3_endpoint, milvus_server, fleet_source):
 
 def test_writes_happen_on_both_nodes_and_equal_a_single_node_run(two_nodes, single_node, s3_endpoint, milvus_server,
                                                                  fleet_source):
-    cluster, worker, marker = two_nodes
+    cluster, _, marker = two_nodes
+    _two_live_nodes(cluster)
     summary, stderr = _ingest(s3_endpoint, milvus_server, "multi", "fleet_multi", "--ray-address", cluster.address,
                               "--write-actors", "2", "--encode-actors", "2", "--render-actors", "2", "--embed-actors", "2",
                               "--write-batch-pages", "8")
@@ -172,6 +190,7 @@ def test_writes_happen_on_both_nodes_and_equal_a_single_node_run(two_nodes, sing
 def test_a_worker_node_lost_mid_run_still_ends_with_the_same_pages(two_nodes, single_node, s3_endpoint, milvus_server,
                                                                    fleet_source):
     cluster, _, _ = two_nodes
+    _two_live_nodes(cluster)
     worker = next(n for n in cluster.worker_nodes)
     proc = _ingest(s3_endpoint, milvus_server, "lost", "fleet_lost", "--ray-address", cluster.address,
                    "--write-actors", "2", "--encode-actors", "2", "--render-actors", "2", "--embed-actors", "2",
@@ -196,16 +215,13 @@ def test_a_worker_node_lost_mid_run_still_ends_with_the_same_pages(two_nodes, si
     assert _counts(milvus_server, "fleet_lost") == _expected_counts(got, "fleet_lost")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__, "-q"]))
-
-
 def test_layouts_added_on_the_workers_of_the_cluster(two_nodes, s3_endpoint, milvus_server, fleet_source):
     """pagemill relayout on the Ray executor: the shards are rewritten by actors on the workers,
     and the new layout's Milvus rows written there; the result equals the layout computed here."""
     import pyarrow.compute as pc
 
     cluster, _, _ = two_nodes
+    _two_live_nodes(cluster)
     prefix, collection = "multi", "fleet_multi"
     before = _pages(fleet_source, prefix)
     env = dict(os.environ, MILVUS_PASSWORD=ROOT_PASSWORD)
@@ -228,3 +244,7 @@ def test_layouts_added_on_the_workers_of_the_cluster(two_nodes, s3_endpoint, mil
     assert after["mv_bin"].combine_chunks().equals(here)
     assert _counts(milvus_server, collection)[f"{collection}_patches_bin"] == \
         int(pc.sum(pc.list_value_length(after["mv_bin"])).as_py())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
