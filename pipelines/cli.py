@@ -604,7 +604,7 @@ COMMANDS = {"ingest": "_ingest", "fidelity": "_fidelity", "report": "_report", "
 def fork_safe_grpc() -> None:
     """Before anything imports gRPC (pymilvus, Ray): turn off gRPC's fork handlers. With them on,
     grpcio >= 1.80 restarts its poller in the child of every fork while a channel is busy, and
-    about 1 child in 60 then dies before it can exec (grpc/grpc#43055): Ray starts its GCS and
+    about 1 child in 70 then dies before it can exec (grpc/grpc#43055): Ray starts its GCS and
     raylets with subprocess.Popen(preexec_fn=...), a fork, after the driver has opened Milvus, so
     a node could silently fail to start. pagemill never uses gRPC in a forked child (its renderer
     is a fresh interpreter), which is all that fork support is for."""

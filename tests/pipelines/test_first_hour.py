@@ -203,10 +203,10 @@ print(died)
 
 def test_processes_forked_while_grpc_is_busy_all_start():
     """A Ray node started by the driver after it opened Milvus: with gRPC's fork handlers on
-    (grpcio >= 1.80), about 1 child in 60 forked while a channel is busy died before exec, and
+    (grpcio >= 1.80), about 1 child in 70 forked while a channel is busy died before exec, and
     a raylet never came up. pagemill turns them off before anything imports gRPC."""
     env = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}  # what a user's shell has
     r = subprocess.run([sys.executable, "-c", FORKS_WHILE_GRPC_IS_BUSY, "client", FORKS_WHILE_GRPC_IS_BUSY, "400"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split()[-1] == "0", r.stdout  # no child lost (without the setting: 3 to 26 per 1,000 here)
+    assert r.stdout.split()[-1] == "0", r.stdout  # no child lost (without the setting: 7 to 17 per 1,000 here)
