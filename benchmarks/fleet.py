@@ -81,9 +81,10 @@ def run(src: Path, out: Path, address: str, server, rate: float, placement: str,
     from pipelines.ingest.config import IngestConfig
     from pipelines.ingest.job import run_ingest
 
+    store = {"milvus": server.uri, "milvus_user": ROOT_USER, "milvus_ca_file": server.ca_file,
+             "milvus_server_name": "localhost"}
     cfg = IngestConfig(source=str(src), out=str(out), executor="ray", ray_address=address,
-                       model=f"sim:colqwen2@{rate:g}", layouts=["mv-pool3"], milvus=server.uri, milvus_user=ROOT_USER,
-                       milvus_ca_file=server.ca_file, milvus_server_name="localhost", collection=collection,
+                       model=f"sim:colqwen2@{rate:g}", layouts=["mv-pool3"], store=store, collection=collection,
                        write_placement=placement, write_actors=writers, unit_max_docs=unit_docs, batch_size=batch,
                        progress_interval_s=3600,
                        extract_text=False).validate()

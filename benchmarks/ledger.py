@@ -41,7 +41,7 @@ def build(out: Path, n: int) -> None:
     import pyarrow.parquet as pq
 
     from operators.io.store import LocalStore
-    from pipelines.ingest.ledger import DOCS_SCHEMA, FILES_SCHEMA, SNAPSHOT_PREFIX, doc_key, version_hash
+    from pipelines.out.ledger import DOCS_SCHEMA, FILES_SCHEMA, SNAPSHOT_PREFIX, doc_key, version_hash
 
     keys = np.fromiter((doc_key(uri(i)) for i in range(n)), np.uint64, n)
     order = np.argsort(keys)
@@ -89,8 +89,8 @@ def measure(out: Path, n: int, changed: float, new: float) -> dict:
     """In this process (pinned to one core): load the ledger, plan the listing."""
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     from operators.io.store import LocalStore
-    from pipelines.ingest.ledger import Ledger
-    from pipelines.ingest.units import PlanCounts, plan_units
+    from pipelines.ingest.planning import PlanCounts, plan_units
+    from pipelines.out.ledger import Ledger
 
     t0 = time.perf_counter()
     ledger = Ledger(LocalStore(out))

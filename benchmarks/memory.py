@@ -74,10 +74,10 @@ def peak_rss_of(cmd: list[str], env: dict, stderr_file: Path) -> tuple[int, floa
 
 
 def lite_raw_bytes(db: Path) -> float:
-    """Raw bytes of every collection in a Milvus Lite database (pipelines.analysis.milvus_storage)."""
-    from operators.sinks.milvus_client import MilvusConnection
-    from operators.sinks.milvus_reader import MilvusReader
-    from pipelines.analysis.milvus_storage import measure_collections
+    """Raw bytes of every collection in a Milvus Lite database (operators.stores.milvus.storage)."""
+    from operators.stores.milvus.client import MilvusConnection
+    from operators.stores.milvus.reader import MilvusReader
+    from operators.stores.milvus.storage import measure_collections
 
     reader = MilvusReader(MilvusConnection(str(db)), "pagemill")
     reader.connect()

@@ -27,8 +27,8 @@ def main(argv=None) -> str:
     ap.add_argument("--collection", default="pm_struct_check")
     args = ap.parse_args(argv)
     from operators.io.store import LocalStore
-    from operators.sinks.milvus_reader import MilvusReader
-    from operators.sinks.milvus_writer import MilvusWriter
+    from operators.stores.milvus.reader import MilvusReader
+    from operators.stores.milvus.writer import MilvusWriter
     from pipelines.cli import main as cli
     from pipelines.index.search import search
 

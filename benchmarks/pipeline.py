@@ -75,14 +75,16 @@ def stages_alone(src: Path, out: Path, unit_docs: int) -> dict[str, tuple[int, f
     from operators.encode import EncodePages
     from operators.io.sources import LocalSource
     from operators.io.store import LocalStore
+    from operators.layouts.layout import parse_layouts
     from operators.models import ModelSpec, adapter_for
     from operators.render import RenderPages, units_table
-    from operators.sinks.milvus_writer import MilvusWriter
+    from operators.stores import IndexShape, Suspects, open_vectors
     from operators.writer import PagesWriter
     from pipelines.executors.base import UnitTracker
     from pipelines.ingest.commit import UnitCommitter
-    from pipelines.ingest.ledger import Ledger, MilvusSuspects
-    from pipelines.ingest.units import PlanCounts, plan_units
+    from pipelines.ingest.planning import PlanCounts, plan_units
+    from pipelines.options import store_options
+    from pipelines.out.ledger import Ledger
 
     source = LocalSource(src)
     units = list(plan_units(source.list_documents(), Ledger(LocalStore(out / "x")).state, unit_docs, 1 << 30, PlanCounts()))
@@ -112,22 +114,22 @@ def stages_alone(src: Path, out: Path, unit_docs: int) -> dict[str, tuple[int, f
     encode_s = time.perf_counter() - t
 
     store = LocalStore(out / "commit")
-    milvus = MilvusWriter(str(out / "commit-milvus.db"), "bench", 128)
-    milvus.setup()
-    writer = PagesWriter(store, S.pages_schema(128), {}, "bench")
-    writer.share_client(milvus)
+    vectors = open_vectors(str(out / "commit-milvus.db"), store_options({}))
+    vectors.prepare(IndexShape(base="bench", dim=128, layouts=tuple(parse_layouts([]))))
+    writer = PagesWriter(store, S.pages_schema(128), {}, "bench", vectors.writer(), vectors.name)
     writer.setup()
     t = time.perf_counter()
     results = [writer(f) for f in encoded]
     write_s = time.perf_counter() - t
-    committer = UnitCommitter(Ledger(store), "bench", suspects=MilvusSuspects())  # a fresh index, as in ingest
+    committer = UnitCommitter(Ledger(store), "bench", suspects=Suspects())  # a fresh index, as in ingest
     tracker = UnitTracker(committer.commit)
     t = time.perf_counter()
     for r in results:
         tracker.add(r)
     commit_s = time.perf_counter() - t
     assert tracker.committed == len(units), json.dumps(tracker.pending)
-    milvus.close()
+    writer.close()
+    vectors.close()
     return {"render": (pages, render_s), "embed": (pages, embed_s), "encode": (pages, encode_s),
             "write": (pages, write_s), "commit": (pages, commit_s)}
 

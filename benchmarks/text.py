@@ -105,37 +105,31 @@ def paraphrase(sentence: str, rng: random.Random) -> str:
 
 
 def build_index(pages: list[dict], model: TextEmbedder, uri: str) -> tuple:
-    """The chunks' vectors (one embedding pass), the page means, and NAME_text in Milvus Lite
-    written by pagemill's writer. Returns (reader with the text plan, page means, seconds)."""
+    """The chunks' vectors (one embedding pass), the page means, and the text layer in Milvus Lite
+    written by pagemill's own store. Returns (the store, page means, seconds embedding, seconds
+    writing, chunks)."""
     from operators.embed import text_columns
     from operators.layouts.layout import parse_layouts
-    from operators.sinks.milvus_client import MilvusConnection
-    from operators.sinks.milvus_reader import MilvusReader
-    from operators.sinks.milvus_schema import BM25_LAYOUT, TEXT_LAYOUT, build_collection, plan_fields
-    from operators.sinks.milvus_writer import MilvusWriter
+    from operators.stores import IndexShape, open_vectors
+    from pipelines.options import store_options
 
     texts = [p[S.TEXT] for p in pages]
     t = time.perf_counter()
     page_col, chunk_col = text_columns(model, texts, list(range(len(texts))))
     embed_s = time.perf_counter() - t
     table = pa.table({**{k: [p[k] for p in pages] for k in pages[0]}, S.SV_TEXT: page_col, S.TEXT_CHUNKS: chunk_col})
-    writer = MilvusWriter(MilvusConnection(uri), "bench")
-    writer.connect()
-    plan = plan_fields(writer.server, "bench", parse_layouts([]), 128, text_dim=model.dim)
-    plan.fields = [f for f in plan.fields if f.layout in (TEXT_LAYOUT, BM25_LAYOUT)]
-    name = plan.fields[0].collection
-    schema, index = build_collection(plan, name)
-    writer.client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
-    writer.plan = plan
+    store = open_vectors(uri, store_options({}))
+    store.prepare(IndexShape(base="bench", dim=128, layouts=tuple(parse_layouts([])), text_dim=model.dim))
+    writer = store.writer(layouts=["text"])  # the text layer alone
+    writer.open()
     t = time.perf_counter()
     for start in range(0, table.num_rows, 256):
-        writer.write_pages(table.slice(start, 256))
-    writer.flush()
+        writer.write("bench", table.slice(start, 256))
+    store.flush()
     write_s = time.perf_counter() - t
-    reader = MilvusReader(MilvusConnection(uri), "bench")
-    reader.client, reader.plan = writer.client, plan
+    writer.close()
     means = np.asarray(page_col.values.to_numpy(zero_copy_only=False), np.float32).reshape(len(texts), -1)
-    return reader, means, embed_s, write_s, sum(len(c) for c in chunk_col.to_pylist())
+    return store, means, embed_s, write_s, sum(len(c) for c in chunk_col.to_pylist())
 
 
 def main(argv=None) -> str:
@@ -156,9 +150,9 @@ def main(argv=None) -> str:
     model = TextEmbedder("all-MiniLM-L6-v2")
     model.load()
     with tempfile.TemporaryDirectory() as tmp:
-        reader, means, embed_s, write_s, n_chunks = build_index(pages, model, str(Path(tmp) / "bench.db"))
+        vectors, means, embed_s, write_s, n_chunks = build_index(pages, model, str(Path(tmp) / "bench.db"))
         ids = [p[S.PAGE_ID] for p in pages]
-        text = TextSearch(reader, "all-MiniLM-L6-v2", embedder=model)
+        text = TextSearch(vectors, "all-MiniLM-L6-v2", embedder=model)
         ranks = {kind: {m: [] for m in METHODS} for kind in ("verbatim", "paraphrased")}
         t = time.perf_counter()
         for source, verbatim, para in queries:
@@ -176,10 +170,7 @@ def main(argv=None) -> str:
         search_s = time.perf_counter() - t
         if saved:
             saved.close()
-        reader.client.close()
-        from operators.sinks.milvus_client import release_lite
-
-        release_lite(str(Path(tmp) / "bench.db"))
+        vectors.close()
     n = len(queries)
     lines = [f"Text layer: {len(pages)} pages ({len({p[S.DOC_ID] for p in pages})} documents of the dev corpus' "
              f"{', '.join(CATEGORIES)}), {n_chunks} chunks; {n} verbatim sentences copied from random pages (seed "

@@ -7,9 +7,10 @@ ingest computes layouts from the same archived float16 vectors. A text model rea
 text from the shards (no rendering). A single-vector model needs the pages' pixels: the shard's
 documents are rendered again at the index's budget (a document whose source changed since is
 left to the next ingest, which re-embeds it anyway). Each shard is rewritten whole with the new
-columns under a new key, and the new fields' rows upserted into Milvus; the driver's ledger
+columns under a new key, and the new fields' rows written to the vector store; the driver's ledger
 record swaps the old key for the new one (a rewrite), so it is exactly-once and resumable like
-any commit: a shard that already has the columns is skipped.
+any commit: a shard that already has the columns is skipped. The vector store's writer gets only
+the new layouts' fields.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from operators.io.store import OutputStore
 from operators.layouts.encodings import read_ragged
 from operators.layouts.layout import Layout, LayoutEncoder
 from operators.models import PageEmbedding
-from operators.sinks.parquet import ParquetSink
-from operators.sinks.run_metadata import RunMetadata
+from operators.stores.parquet import ParquetSink
+from operators.stores.run_metadata import RunMetadata
 
 
 def augmented_key(key: str, job: str) -> str:
@@ -51,13 +52,13 @@ class AugmentShards(Stage):
     ``result`` JSON)."""
 
     name = "augment"
-    extra_counters = {"files": 0, "skipped": 0, "milvus_rows": 0}
+    extra_counters = {"files": 0, "skipped": 0, "store_rows": 0}
 
     def __init__(self, store: OutputStore, job: str, pages_schema: pa.Schema, dim: int, layouts: list[Layout],
-                 fde=None, text_model: str | None = None, sv=None, milvus=None, device: str = "auto"):
+                 fde=None, text_model: str | None = None, sv=None, vectors=None, device: str = "auto"):
         """``layouts``: the layouts to add; ``sv``: (sv model spec, visual ModelSpec, source,
-        pixel budget, render limits) to add a single-vector model; ``milvus``: a writer whose plan
-        holds only the added fields."""
+        pixel budget, render limits) to add a single-vector model; ``vectors``: the vector store's
+        writer of the added fields only (``VectorStore.writer(layouts=...)``)."""
         self.store = store
         self.job = job
         self.pages_schema = pages_schema
@@ -66,15 +67,11 @@ class AugmentShards(Stage):
         self.fde = fde
         self.text_model = text_model
         self.sv = sv
-        self.milvus = milvus
+        self.vectors = vectors
         self.device = device
         self.wanted = [f.name for f in pages_schema]
         self._text = self._sv = self._render = None
         super().__init__()
-
-    def share_client(self, milvus) -> None:
-        self.milvus = milvus
-        self._shared = True
 
     def setup(self) -> None:
         if self.text_model and self._text is None:
@@ -91,14 +88,16 @@ class AugmentShards(Stage):
             self._sv.setup()
             self._render = RenderPages(source, budget, limits)
             self._render.setup()
-        if self.milvus is not None and not getattr(self, "_shared", False) and self.milvus.client is None:
-            self.milvus.open()
+        if self.vectors is not None and not getattr(self, "_open", False):
+            self.vectors.open()
+            self._open = True
 
     def close(self) -> None:
         if self._render is not None:
             self._render.close()
-        if self.milvus is not None and not getattr(self, "_shared", False):
-            self.milvus.close()
+        if self.vectors is not None and getattr(self, "_open", False):
+            self.vectors.close()
+            self._open = False
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.setup()
@@ -145,11 +144,11 @@ class AugmentShards(Stage):
         if self._sv is not None:
             buf_metadata["sv_model"] = self.sv[0]
         ParquetSink(self.store, metadata=buf_metadata).write(new_key, table)
-        sent = self.milvus.write_pages(table) if self.milvus is not None and self.milvus.plan.fields else {}
+        sent = self.vectors.write(self.job, table)["rows"] if self.vectors is not None else {}
         self.stats["files"] += 1
         self.stats["pages"] += table.num_rows
-        self.stats["milvus_rows"] += sum(sent.values())
-        return new_key, table.num_rows, {"columns": missing, "milvus_rows": sent,
+        self.stats["store_rows"] += sum(sent.values())
+        return new_key, table.num_rows, {"columns": missing, "store_rows": sent,
                                          "docs": sorted(set(table[S.SOURCE_URI].to_pylist()))}
 
     def _text_columns(self, table: pa.Table) -> tuple[pa.Array, pa.Array]:

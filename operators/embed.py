@@ -21,11 +21,7 @@ from operators import schema as S
 from operators.batching import OOM, embed_with_split, token_batches
 from operators.counters import Stage
 from operators.models import ModelSpec, adapter_for
-
-
-def _budget_side(max_pixels: int) -> tuple[int, int]:
-    side = int(max_pixels ** 0.5)
-    return side, side
+from operators.models.family import budget_side
 
 
 def ragged_float32(vectors: list[np.ndarray], dim: int, nulls: list[bool]) -> pa.Array:
@@ -93,7 +89,7 @@ class EmbedPages(Stage):
         page_ids = batch[S.PAGE_ID].to_pylist()
         tokens = [self.adapter.visual_tokens(widths[i], heights[i]) for i in page_rows]
         budget = self.max_batch_tokens or self.batch_size * self.adapter.visual_tokens(
-            *_budget_side(self.adapter.pixel_budget().max_pixels))
+            *budget_side(self.adapter.pixel_budget().max_pixels))
         results: dict[int, object] = {}
 
         def embed(items):

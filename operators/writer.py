@@ -1,4 +1,4 @@
-"""The write stage: Parquet shards and Milvus rows, written where the pages are (the workers).
+"""The write stage: Parquet shards and the vector store's rows, written where the pages are (the workers).
 
 It follows Ray Data's Datasink contract (write tasks on the workers, a completion step on the
 driver), streamed: each call writes what its batch holds and returns a small *write result* per
@@ -9,9 +9,9 @@ point). Nothing a writer does is visible to readers before that record.
 A unit's pages can reach several writer calls (batches cross unit boundaries), so a unit is
 written as *parts*: ``pages/<unit>-<part>.parquet``, where ``<part>`` is derived from the page ids
 it holds. A batch that Ray retries (a writer lost with its node) writes the same keys and upserts
-the same Milvus keys, so nothing is duplicated; the unit's marker row (its documents, the render
-stage's quarantine entries) reaches exactly one call, which also deletes other versions' Milvus
-rows of the unit's documents (only those Milvus may hold: the planner knows).
+the same store keys, so nothing is duplicated; the unit's marker row (its documents, the render
+stage's quarantine entries) reaches exactly one call, which also deletes other versions' rows of
+the unit's documents from the store (only those it may hold: the planner knows).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from operators import schema as S
 from operators.counters import Stage
 from operators.faults import checkpoint
 from operators.io.store import OutputStore
-from operators.sinks.parquet import PAGES_PREFIX, QUARANTINE_PREFIX, ParquetSink, quarantine_table
+from operators.stores.parquet import PAGES_PREFIX, QUARANTINE_PREFIX, ParquetSink, quarantine_table
 
 PART = "part"  # a write result for a part of a unit
 UNIT = "unit"  # the write result that carries the unit's marker
@@ -53,45 +53,38 @@ def to_pages_table(flow: pa.Table, schema: pa.Schema) -> pa.Table:
 class PagesWriter(Stage):
     """Encoded pages in, write results out (``RESULT_SCHEMA``: one row per unit touched).
 
-    ``milvus``: a ``MilvusWriter`` whose plan was decided on the driver (``for_workers()``), or
-    None. Construction only stores configuration (picklable, no secret); ``setup`` opens the
-    connections in the process that writes.
+    ``vectors``: the vector store's ``StoreWriter`` (operators/stores/door.py), or None; its
+    ``name`` keys the stage's counters for it (``<name>_s``, ``<name>_rows``). Construction only
+    stores configuration (picklable, no secret); ``setup`` opens the connections in the process
+    that writes.
     """
 
     name = "write"
-    extra_counters = {"parquet_s": 0.0, "milvus_s": 0.0, "files": 0, "bytes": 0, "milvus_rows": 0, "delete_calls": 0}
 
-    def __init__(self, store: OutputStore, pages_schema: pa.Schema, metadata: dict, run_id: str, milvus=None,
-                 bulk: OutputStore | None = None):
-        """``bulk``: a first load into empty collections: instead of upserting, stage each part's
-        rows as Parquet files in the collections' schema there (``<collection>/<part>.parquet``),
-        for Milvus to import itself at the end of the run."""
+    def __init__(self, store: OutputStore, pages_schema: pa.Schema, metadata: dict, run_id: str, vectors=None,
+                 vectors_name: str = "vectors"):
         self.store = store
         self.pages_schema = pages_schema
         self.metadata = metadata
         self.run_id = run_id
-        self.milvus = milvus
-        self.bulk = bulk
+        self.vectors = vectors
+        self.vectors_name = vectors_name
+        self.extra_counters = {"parquet_s": 0.0, f"{vectors_name}_s": 0.0, "files": 0, "bytes": 0,
+                               f"{vectors_name}_rows": 0, "delete_calls": 0}
         self.parquet: ParquetSink | None = None
         # Multi-vector columns, whose vectors per page each result counts (for the summary).
         self._ragged = [f.name for f in pages_schema if pa.types.is_list(f.type) and not f.name.endswith("_scale")]
         super().__init__()
 
-    def share_client(self, milvus) -> None:
-        """Write through the driver's own Milvus client (writes in the driver's process: Milvus
-        Lite is one process's database file, and one client per process is enough)."""
-        self.milvus = milvus
-        self._shared = True
-
     def setup(self) -> None:
         if self.parquet is None:
             self.parquet = ParquetSink(self.store, metadata=self.metadata)
-            if self.milvus is not None and not getattr(self, "_shared", False):
-                self.milvus.open()
+            if self.vectors is not None:
+                self.vectors.open()
 
     def close(self) -> None:
-        if self.milvus is not None and not getattr(self, "_shared", False):
-            self.milvus.close()
+        if self.vectors is not None:
+            self.vectors.close()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         S.require_columns("PagesWriter", batch, [S.UNIT_ID, S.KIND, S.UNIT_INFO, S.PAGE_ID, S.SOURCE_URI])
@@ -106,24 +99,23 @@ class PagesWriter(Stage):
             written.append(self._write_files(unit_id, part, results))
         checkpoint("shard_written")
         tm = time.perf_counter()
+        rows_key = f"{self.vectors_name}_rows"
         for unit_id, pages, info in written:
+            if self.vectors is None:
+                continue
             res = next(r for u, _, r in results if u == unit_id)
-            if self.bulk is not None:
-                res["staged"] = self._stage(unit_id, pages) if pages.num_rows else []
-                continue  # empty collections: nothing of another version to delete
-            if self.milvus is not None and pages.num_rows:
-                res["milvus_rows"] = self.milvus.write_pages(pages)
-                res["upsert_path"] = self.milvus.upsert_path
-                self.stats["milvus_rows"] += sum(res["milvus_rows"].values())
-            if self.milvus is not None and info is not None:
-                # Rows of any other version go, for the documents Milvus may hold rows of (the
+            if pages.num_rows:
+                res["store"] = self.vectors.write(unit_id, pages)
+                self.stats[rows_key] += sum(res["store"]["rows"].values())
+            if info is not None:
+                # Rows of any other version go, for the documents the store may hold rows of (the
                 # planner knows: those the ledger has, and those of a commit that died).
                 versions = {d["doc_id"]: (d["version"] if d["n_pages"] else None) for d in info["docs"]
                             if d.get("may_hold", True)}
                 if versions:
-                    res["delete_calls"] = self.milvus.delete_other_versions(versions)
+                    res["delete_calls"] = self.vectors.delete_other_versions(versions)
                     self.stats["delete_calls"] += res["delete_calls"]
-        self.stats["milvus_s"] += time.perf_counter() - tm
+        self.stats[f"{self.vectors_name}_s"] += time.perf_counter() - tm
         checkpoint("milvus_written")
         self.stats["busy_s"] += time.perf_counter() - t0
         self.stats["batches"] += 1
@@ -136,24 +128,6 @@ class PagesWriter(Stage):
             rows[S.KIND].append(kind)
             rows["result"].append(json.dumps(res))
         return pa.table(rows, schema=RESULT_SCHEMA)
-
-    def _stage(self, unit_id: str, pages: pa.Table) -> list[dict]:
-        """Milvus' import files for these pages, one per collection (the rows the upserts would
-        send, as ``Columns.to_arrow`` types them)."""
-        import io
-
-        import pyarrow.parquet as pq
-
-        stem = part_key("", unit_id, pages[S.PAGE_ID].to_pylist())[1:].removesuffix(".parquet")
-        staged = []
-        for collection, cols in self.milvus.columns_for(pages).items():
-            buf = io.BytesIO()
-            pq.write_table(cols.to_arrow(), buf, compression="zstd")
-            key = f"{collection}/{stem}.parquet"
-            self.bulk.write_bytes(key, buf.getvalue())
-            staged.append({"collection": collection, "key": key, "rows": cols.n})
-            self.stats["milvus_rows"] += cols.n
-        return staged
 
     def _write_files(self, unit_id: str, part: pa.Table, results: list) -> tuple[str, pa.Table, dict | None]:
         kinds = part[S.KIND].to_pylist()

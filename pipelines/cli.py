@@ -11,7 +11,7 @@ import os
 import sys
 
 from operators.errors import UsageError
-from pipelines.options import MILVUS_CONNECTION, add_options
+from pipelines.options import STORE_CONNECTION, add_options
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -37,12 +37,31 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _milvus_connection(args, uri: str):
-    from operators.sinks.milvus_client import MilvusConnection
+def _vectors(args, store, *, must_exist: bool = True, skip_missing: bool = False, discover: bool = True):
+    """The index's vector store, as the command's options name it (default: OUT's own), its
+    tables discovered (``discover``); None when ``must_exist`` is false and OUT has none of its
+    own (with ``skip_missing``, nor a file that the options name)."""
+    from operators.io.s3 import S3Options
+    from operators.stores import local_file, open_vectors, vectors_uri
+    from pipelines.options import store_options
+    from pipelines.out.identity import index_base
 
-    if args.milvus_ca_file and not os.path.isfile(args.milvus_ca_file):
-        raise UsageError(f"--milvus-ca-file: no such file {args.milvus_ca_file!r}")
-    return MilvusConnection.from_options(uri, args)
+    options = store_options(args)
+    uri = vectors_uri(options, args.out)
+    if not uri:
+        if not must_exist:
+            return None
+        raise UsageError("--milvus is required when OUT is not a local folder")
+    given = options.get("milvus")
+    local = local_file(uri)
+    if not must_exist and (skip_missing or not given) and local and not os.path.exists(local):
+        return None
+    if options.get("milvus_ca_file") and not os.path.isfile(options["milvus_ca_file"]):
+        raise UsageError(f"--milvus-ca-file: no such file {options['milvus_ca_file']!r}")
+    vectors = open_vectors(uri, options, S3Options(endpoint_url=getattr(args, "s3_endpoint_url", None)))
+    if discover:
+        vectors.discover(index_base(store, args.collection))
+    return vectors
 
 
 FIDELITY_EXAMPLE = """example:
@@ -61,7 +80,7 @@ def _fidelity_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=50, help="pseudo-queries to sample (50)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
     p.add_argument("--max-pages", type=int, default=5000, help="rank at most this many sampled pages (5000)")
-    add_options(p, "fidelity", "--model", "--weights", "--milvus", "--collection", *MILVUS_CONNECTION,
+    add_options(p, "fidelity", "--model", "--weights", "--milvus", "--collection", *STORE_CONNECTION,
                 "--s3-endpoint-url", "--json")
     return p
 
@@ -108,10 +127,7 @@ def _report_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("out", help="output root of a run")
     p.add_argument("--pages", default="1000000,100000000", help="corpus sizes to project to (1M and 100M)")
     p.add_argument("--threshold", type=float, default=0.9, help="fidelity (recall@10) a recommended layout needs")
-    add_options(p, "report", "--milvus")
-    p.add_argument("--milvus-storage", help="a Milvus server's storage, to measure its files: its localStorage.path "
-                   "(the standalone server's --data DIR) or the bucket's root path (s3://bucket/files)")
-    add_options(p, "report", "--collection", *MILVUS_CONNECTION)
+    add_options(p, "report", "--milvus", "--milvus-storage", "--collection", *STORE_CONNECTION)
     p.add_argument("--html", help="write an HTML report (with PNG charts beside it)")
     add_options(p, "report", "--s3-endpoint-url")
     _common_cost_flags(p)
@@ -208,11 +224,11 @@ def _search_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--rerank", default="mv", help="multi-vector layout for exact MaxSim, or none (mv)")
     p.add_argument("--vectors-from", default="parquet", choices=["parquet", "milvus"],
                    help="where stage 2 reads vectors (parquet)")
-    add_options(p, "search", "--corpus", *MILVUS_CONNECTION, "--s3-endpoint-url", "--json")
+    add_options(p, "search", "--corpus", *STORE_CONNECTION, "--s3-endpoint-url", "--json")
     return p
 
 
-MILVUS_LOAD_EXAMPLE = """examples:
+LOAD_EXAMPLE = """examples:
   pagemill milvus-load demo-out --milvus http://milvus:19530
   pagemill milvus-load demo-out --milvus http://milvus:19530 --recreate --milvus-index mv=IVF_PQ:nlist=1024,m=32
 
@@ -222,9 +238,9 @@ change a field's index or vector type).
 """
 
 
-def _milvus_load_parser(sub) -> argparse.ArgumentParser:
+def _load_parser(sub) -> argparse.ArgumentParser:
     p = _command(sub, "milvus-load", help="(re)build the Milvus side of an index from its Parquet shards",
-                 description="Load OUT/pages into Milvus.", epilog=MILVUS_LOAD_EXAMPLE)
+                 description="Load OUT/pages into Milvus.", epilog=LOAD_EXAMPLE)
     p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
     add_options(p, "milvus-load", "--milvus", "--collection")
     p.add_argument("--recreate", action="store_true", help="drop this index's collections first")
@@ -232,29 +248,22 @@ def _milvus_load_parser(sub) -> argparse.ArgumentParser:
                    "(its local storage, or s3://bucket/prefix in the bucket Milvus uses); needs empty collections")
     p.add_argument("--batch-pages", type=int, default=256, help="pages per upsert batch: the memory bound (256)")
     add_options(p, "milvus-load", "--milvus-index", "--milvus-mv-mode", "--milvus-layouts", "--milvus-partition-key",
-                "--corpus", *MILVUS_CONNECTION, "--s3-endpoint-url", "--json")
+                "--corpus", *STORE_CONNECTION, "--s3-endpoint-url", "--json")
     return p
 
 
-def _milvus_load(args) -> int:
+def _load(args) -> int:
     from operators.io.s3 import S3Options
-    from operators.io.uris import open_output
-    from operators.sinks.milvus_schema import parse_index_specs
-    from pipelines.index.milvus_load import milvus_load
+    from pipelines.index.rebuild import rebuild
+    from pipelines.out.identity import index_base
+    from pipelines.out.open import open_output
 
     if args.batch_pages <= 0:
         raise UsageError(f"--batch-pages: must be > 0, got {args.batch_pages}")
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
-    uri = args.milvus or _default_milvus(args.out)
-    if not uri:
-        raise UsageError("--milvus is required when OUT is not a local folder")
-    layouts = [x.strip() for x in (args.milvus_layouts or "").split(",") if x.strip()] or None
-    from pipelines.index.identity import milvus_base
-
-    summary = milvus_load(store, _milvus_connection(args, uri), milvus_base(store, args.collection), recreate=args.recreate,
-                          batch_pages=args.batch_pages, index_specs=parse_index_specs(args.milvus_index),
-                          mv_mode=args.milvus_mv_mode, milvus_layouts=layouts, partition_key=args.milvus_partition_key,
-                          corpus=args.corpus, bulk_dir=args.bulk_dir)
+    vectors = _vectors(args, store, discover=False)
+    summary = rebuild(store, vectors, index_base(store, args.collection), recreate=args.recreate,
+                      batch_pages=args.batch_pages, corpus=args.corpus, bulk_dir=args.bulk_dir)
     if summary.get("text_layer_note"):
         args.console.write(f"pagemill: note: {summary['text_layer_note']}\n")
     if args.json:
@@ -267,10 +276,9 @@ def _milvus_load(args) -> int:
 
 def _search(args) -> int:
     from operators.io.s3 import S3Options
-    from operators.io.uris import open_output
-    from operators.sinks.milvus_reader import MilvusReader
     from pipelines.index.search import search
     from pipelines.index.text_search import parse_text_weights
+    from pipelines.out.open import open_output
 
     for name, value in (("-k", args.k), ("--candidates", args.candidates)):
         if value < 1:
@@ -278,19 +286,13 @@ def _search(args) -> int:
     weights = parse_text_weights(args.text_weights)
     notes: list[str] = []
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
-    uri = args.milvus or _default_milvus(args.out)
-    if not uri:
-        raise UsageError("--milvus is required when OUT is not a local folder")
-    from pipelines.index.identity import milvus_base
-
-    sink = MilvusReader(_milvus_connection(args, uri), milvus_base(store, args.collection))
-    sink.connect()
+    vectors = _vectors(args, store)
     try:
-        results = search(args.query, store, sink, k=args.k, candidates=args.candidates, stage1_mode=args.stage1,
+        results = search(args.query, store, vectors, k=args.k, candidates=args.candidates, stage1_mode=args.stage1,
                          rerank=args.rerank, vectors_from=args.vectors_from, hybrid=args.hybrid,
                          corpus=args.corpus, text_weights=weights, notes=notes)
     finally:
-        sink.close()
+        vectors.close()
     from pipelines.index.search import recorded_metadata
 
     meta = recorded_metadata(store)
@@ -320,29 +322,27 @@ def _status_parser(sub) -> argparse.ArgumentParser:
     p = _command(sub, "status", help="what an OUT holds: its index, documents, shards, Milvus rows, runs, quarantine",
                  description="Look inside an OUT (read-only).", epilog=STATUS_EXAMPLE)
     p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
-    add_options(p, "status", "--milvus", "--collection", *MILVUS_CONNECTION, "--s3-endpoint-url", "--json")
+    add_options(p, "status", "--milvus", "--collection", *STORE_CONNECTION, "--s3-endpoint-url", "--json")
     return p
 
 
 def _status(args) -> int:
     from operators.io.s3 import S3Options
-    from operators.io.uris import open_output
-    from operators.sinks.milvus_client import is_lite_uri
-    from operators.sinks.milvus_reader import MilvusReader
-    from pipelines.index.identity import milvus_base
+    from operators.stores import open_vectors, vectors_uri
     from pipelines.index.status import format_status, index_status
+    from pipelines.options import store_options
+    from pipelines.out.open import open_output
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
-    uri = args.milvus or _default_milvus(args.out)
-    reader = None
-    if uri and (not is_lite_uri(uri) or os.path.exists(uri)):
-        reader = MilvusReader(_milvus_connection(args, uri), milvus_base(store, args.collection))
-        reader.connect()
+    vectors = _vectors(args, store, must_exist=False, skip_missing=True)
+    discovered = vectors is not None
+    if vectors is None and (uri := vectors_uri(store_options(args), args.out)):
+        vectors = open_vectors(uri, store_options(args))  # not opened: what it still has to do, from the ledger
     try:
-        status = index_status(store, reader)
+        status = index_status(store, vectors, discovered=discovered)
     finally:
-        if reader is not None:
-            reader.close()
+        if discovered:
+            vectors.close()
     _print(args, json.dumps(status, indent=2, sort_keys=True) if args.json else format_status(status))
     return 0
 
@@ -359,11 +359,11 @@ def _quarantine_parser(sub) -> argparse.ArgumentParser:
 
 def _quarantine(args) -> int:
     from operators.io.s3 import S3Options
-    from operators.io.uris import open_output
-    from operators.sinks.parquet import QUARANTINE_PREFIX
-    from pipelines.index.identity import active_generation
     from pipelines.index.status import quarantine_rows
-    from pipelines.ingest.ledger import Ledger
+    from pipelines.out.identity import active_generation
+    from pipelines.out.keys import QUARANTINE_PREFIX
+    from pipelines.out.ledger import Ledger
+    from pipelines.out.open import open_output
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     ledger = Ledger(store, active_generation(store))
@@ -385,7 +385,7 @@ def _relayout_parser(sub) -> argparse.ArgumentParser:
                  description="Compute added storage layouts from the full multi-vectors in the shards.",
                  epilog="example:\n  pagemill relayout demo-out --layouts mv-pool3,mv-bin --executor local")
     p.add_argument("out", help="output root of an index (folder, file:// or s3://)")
-    add_options(p, "relayout", "--layouts", "--drop-layouts", "--milvus", "--executor", "--ray-address", *MILVUS_CONNECTION,
+    add_options(p, "relayout", "--layouts", "--drop-layouts", "--milvus", "--executor", "--ray-address", *STORE_CONNECTION,
                 "--s3-endpoint-url", "--summary", "--quiet")
     return p
 
@@ -393,22 +393,20 @@ def _relayout_parser(sub) -> argparse.ArgumentParser:
 def _relayout(args) -> int:
     """An ingest that embeds nothing: the listing is the index's own documents (all unchanged),
     so only the added layouts are computed, from the archive."""
-    from operators.errors import UsageError
     from operators.io.s3 import S3Options
-    from operators.io.uris import open_output
-    from pipelines.index.identity import load_state
     from pipelines.ingest.config import IngestConfig
     from pipelines.ingest.job import run_ingest
+    from pipelines.options import store_options
+    from pipelines.out.identity import load_state
+    from pipelines.out.open import open_output
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     state = load_state(store)
     if state is None or state.active is None:
         raise UsageError(f"{args.out}: no index to add layouts to: run pagemill ingest first")
-    cfg = IngestConfig(source="", out=args.out, milvus=args.milvus, executor=args.executor or "ray",
+    cfg = IngestConfig(source="", out=args.out, store=store_options(args), executor=args.executor or "ray",
                        ray_address=args.ray_address, layouts=args.layouts, drop_layouts=args.drop_layouts or [],
-                       milvus_user=args.milvus_user, milvus_db=args.milvus_db, milvus_ca_file=args.milvus_ca_file,
-                       milvus_server_name=args.milvus_server_name, s3_endpoint_url=args.s3_endpoint_url,
-                       summary=args.summary, relayout_only=True)
+                       s3_endpoint_url=args.s3_endpoint_url, summary=args.summary, relayout_only=True)
     summary = run_ingest(cfg.validate(), log=args.console)
     if not args.quiet:
         _print(args, json.dumps(summary, indent=2, sort_keys=True))
@@ -424,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     _plan_parser(sub)
     _calibrate_parser(sub)
     _search_parser(sub)
-    _milvus_load_parser(sub)
+    _load_parser(sub)
     _status_parser(sub)
     _quarantine_parser(sub)
     _relayout_parser(sub)
@@ -436,41 +434,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _report(args) -> int:
     from operators.io.s3 import S3Options
-    from operators.io.uris import open_output
-    from operators.sinks.milvus_reader import MilvusReader
     from pipelines.analysis.costs import load_prices
     from pipelines.analysis.report import build_report, format_report, measure_run
+    from pipelines.out.open import open_output
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
-    milvus_uri = args.milvus
-    lite = _default_milvus(args.out)
-    if milvus_uri is None and lite and os.path.exists(lite):
-        milvus_uri = lite
-    sink = None
-    if milvus_uri:
-        from pipelines.index.identity import milvus_base
-
-        sink = MilvusReader(_milvus_connection(args, milvus_uri), milvus_base(store, args.collection))
-        sink.connect()
-        sink.discover()
-    storage = None
-    if args.milvus_storage:
-        from operators.io.uris import open_store
-
-        storage = open_store(args.milvus_storage, S3Options(endpoint_url=args.s3_endpoint_url), create=False)
-        if not storage.list("insert_log") and not storage.list("data/insert_log"):
-            raise UsageError(f"--milvus-storage {args.milvus_storage}: no insert_log/ in it (the server's "
-                             f"localStorage.path, or the bucket's root path)")
+    vectors = _vectors(args, store, must_exist=False)
     try:
-        measured = measure_run(store, milvus=sink, milvus_storage=storage)
+        measured = measure_run(store, vectors=vectors)
     finally:
-        if sink:
-            sink.close()
+        if vectors is not None:
+            vectors.close()
     pages = tuple(int(x) for x in str(args.pages).split(",") if x.strip())
-    from operators.sinks.milvus_client import is_lite_uri
-
-    report = build_report(measured, pages, load_prices(args.prices), args.index, args.replicas, args.threshold,
-                          measured_lite=bool(milvus_uri and is_lite_uri(milvus_uri)))
+    report = build_report(measured, pages, load_prices(args.prices), args.index, args.replicas, args.threshold)
     text = format_report(report)
     if args.html:
         from pipelines.analysis.report_html import write_html
@@ -478,12 +454,6 @@ def _report(args) -> int:
         write_html(report, text, args.html)
     _print(args, json.dumps(report, indent=2, sort_keys=True) if args.json else text)
     return 0
-
-
-def _default_milvus(out: str) -> str | None:
-    from operators.sinks.milvus_client import default_uri
-
-    return default_uri(out)
 
 
 def _read_json(path: str, flag: str, hint: str):
@@ -519,34 +489,29 @@ def _plan(args) -> int:
 
 def _fidelity(args) -> int:
     from operators.io.s3 import S3Options
-    from operators.io.uris import open_output
     from operators.models import ModelSpec
     from pipelines.analysis.costs import human_bytes
     from pipelines.analysis.fidelity import measure_fidelity, save_fidelity
     from pipelines.index.search import recorded_metadata
+    from pipelines.out.open import open_output
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
     recorded = recorded_metadata(store)
     spec = ModelSpec(name=args.model or recorded.model or "colqwen2-tiny",
                      weights=args.weights or recorded.weights or "random")
     text_model = recorded.text_model
-    sink = text = None
-    uri = args.milvus or _default_milvus(args.out)
-    if text_model and uri and (args.milvus or os.path.exists(uri)):
-        from operators.sinks.milvus_reader import MilvusReader
-        from pipelines.index.identity import milvus_base
+    vectors = _vectors(args, store, must_exist=False) if text_model else None
+    text = None
+    if vectors is not None:
         from pipelines.index.text_search import TextSearch
 
-        sink = MilvusReader(_milvus_connection(args, uri), milvus_base(store, args.collection))
-        sink.connect()
-        sink.discover()
-        text = TextSearch(sink, text_model)
+        text = TextSearch(vectors, text_model)
     try:
         result = measure_fidelity(store, spec, None, recorded.fde_params(), args.queries, seed=args.seed,
                                   max_pages=args.max_pages, text_model=text_model, text_search=text)
     finally:
-        if sink is not None:
-            sink.close()
+        if vectors is not None:
+            vectors.close()
     if result.get("note"):
         args.console.write(f"pagemill: note: {result['note']}\n")
     saved = save_fidelity(store, result, spec.name)
@@ -597,7 +562,7 @@ class Parser(argparse.ArgumentParser):
 
 
 COMMANDS = {"ingest": "_ingest", "fidelity": "_fidelity", "report": "_report", "plan": "_plan",
-            "calibrate": "_calibrate", "search": "_search", "milvus-load": "_milvus_load", "status": "_status",
+            "calibrate": "_calibrate", "search": "_search", "milvus-load": "_load", "status": "_status",
             "quarantine": "_quarantine", "relayout": "_relayout"}
 
 
@@ -617,10 +582,10 @@ def main(argv: list[str] | None = None) -> int:
     from operators.io.sources import SourceError
     from operators.io.store import StoreError
     from operators.models import ModelError
-    from operators.sinks.milvus_schema import MilvusError
+    from operators.stores.door import VectorStoreError
     from pipelines.console import Console
     from pipelines.ingest.config import ConfigError
-    from pipelines.ingest.lock import LockError
+    from pipelines.out.lock import LockError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -642,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, ModelError, UsageError) as e:  # the input is wrong: what, and what to do
         print(f"pagemill: error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except (MilvusError, LockError, StoreError) as e:
+    except (VectorStoreError, LockError, StoreError) as e:
         print(f"pagemill: error: {e}{where}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

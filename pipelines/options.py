@@ -20,7 +20,7 @@ SAME_ROW = ""  # a README doc that joins the row of the option declared before
 ALL = ("ingest", "fidelity", "report", "plan", "calibrate", "search", "milvus-load", "status", "quarantine", "relayout")
 # Connection options of every command that talks to Milvus. Secrets only from the environment:
 # $MILVUS_TOKEN, or --milvus-user with $MILVUS_PASSWORD.
-MILVUS_CONNECTION = ("--milvus-user", "--milvus-db", "--milvus-ca-file", "--milvus-server-name")
+STORE_CONNECTION = ("--milvus-user", "--milvus-db", "--milvus-ca-file", "--milvus-server-name")
 MILVUS_CONNECTED = ("ingest", "fidelity", "report", "search", "milvus-load", "status", "relayout")
 TOKEN_NOTE = "; token from $MILVUS_TOKEN"
 MILVUS_ELSEWHERE = {
@@ -38,6 +38,7 @@ WITH_STORES = tuple(c for c in ALL if c != "plan")  # every command that reads o
 S3_ELSEWHERE = {command: dict(help="S3-compatible endpoint for an s3:// OUT") for command in WITH_STORES
                 if command != "ingest"}
 S3_ELSEWHERE["calibrate"] = dict(help="S3-compatible endpoint for an s3:// SOURCE")
+STORE = "store"  # the group of the vector store's options
 KINDS = {"str": {}, "int": {"type": int}, "float": {"type": float}, "list": {"action": "append"},
          "switch": {"action": "store_true"}}
 
@@ -56,6 +57,9 @@ class Option:
     check: str | None = None  # positive | non_negative
     commands: tuple = ("ingest",)
     config: bool = True  # a key of the config file
+    group: str | None = None  # "store": an option of the vector store (IngestConfig.store, not a field of its own)
+    default: object = None  # a group option's default (the others' defaults are IngestConfig's)
+    cli: bool = True  # a command-line flag (False: a config file key only)
     doc: str | None = None  # README's meaning; SAME_ROW: in the previous option's row; None: the help
     more: tuple = ()  # further README rows, (cell, meaning)
     elsewhere: dict = field(default_factory=dict)  # command -> what differs there (help, default, required)
@@ -65,6 +69,8 @@ class Option:
         return self.key or self.flag.lstrip("-").replace("-", "_").lower()
 
     def add_to(self, parser: argparse.ArgumentParser, command: str = "ingest") -> None:
+        if not self.cli:
+            return
         kw: dict = dict(KINDS.get(self.kind, {"action": "store_const", "const": self.const}))
         if self.choices:
             kw["choices"] = list(self.choices)
@@ -93,18 +99,21 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option('SOURCE', 'folder, file:// or s3://bucket/prefix/ of PDFs (recursive, *.pdf)', doc='folder, `file://` URI or `s3://bucket/prefix/` of PDFs, recursive, `*.pdf` in any case'),
     Option('--out', 'output root: a folder, file:// or s3://bucket/prefix/', doc='output root (required): a folder, `file://` or `s3://bucket/prefix/` (then `--milvus` is required: Milvus Lite needs a local file)'),
-    Option('--milvus', 'Milvus URI: a Milvus Lite file path (default OUT/milvus.db) or http://host:port', doc='Milvus Lite file path (default `OUT/milvus.db`) or `http://host:port`; the token comes from `$MILVUS_TOKEN`, never from a flag or file', commands=("ingest", "fidelity", "report", "search", "milvus-load", "status", "relayout"), elsewhere=MILVUS_ELSEWHERE),
+    Option('--milvus', 'Milvus URI: a Milvus Lite file path (default OUT/milvus.db) or http://host:port', doc='Milvus Lite file path (default `OUT/milvus.db`) or `http://host:port`; the token comes from `$MILVUS_TOKEN`, never from a flag or file', commands=("ingest", "fidelity", "report", "search", "milvus-load", "status", "relayout"), elsewhere=MILVUS_ELSEWHERE, group=STORE),
     Option('--collection', "collection name prefix (default: the index's, else pagemill)", doc='collection name prefix (`pagemill` → `pagemill_pages`, `pagemill_patches`)', commands=("ingest", "fidelity", "report", "search", "milvus-load", "status"), elsewhere=COLLECTION_ELSEWHERE),
-    Option('--milvus-timeout', 'seconds per Milvus call (60); past it the run stops with one line, the unit uncommitted', kind='float', key='milvus_timeout_s', doc='seconds per Milvus call (60); a Milvus that stops answering fails the run with one line, and the unit in flight stays uncommitted for the next run', check="positive"),
-    Option('--milvus-retries', 'extra attempts for transient Milvus failures, with backoff (3)', kind='int', doc='extra attempts for a transient Milvus failure (unavailable, reset, deadline), with exponential backoff (3); writes are idempotent upserts and deletes', check="non_negative"),
-    Option('--milvus-user', 'Milvus user (password from $MILVUS_PASSWORD)', doc='user name (the password comes from `$MILVUS_PASSWORD`), database name', commands=MILVUS_CONNECTED),
-    Option('--milvus-db', "Milvus database name (default: the server's default)", doc=SAME_ROW, commands=MILVUS_CONNECTED),
-    Option('--milvus-ca-file', 'TLS: PEM file of the CA or the self-signed server certificate', doc="TLS: PEM of the CA (or of a self-signed server certificate) and the name in it, when not the URI's host; `https://` URIs use TLS", commands=MILVUS_CONNECTED),
-    Option('--milvus-server-name', "TLS: the certificate's server name, when not the URI's host", doc=SAME_ROW, commands=MILVUS_CONNECTED),
-    Option('--milvus-index', "index of a layout's field, LAYOUT=TYPE[:key=value,...] (repeatable; * for all; e.g. sv-mean=HNSW:M=16,efConstruction=200 or mv=IVF_PQ:nlist=1024,m=32; metric=... too; default AUTOINDEX)", kind='list', doc="a layout's index, `LAYOUT=TYPE[:key=value,...]`, repeatable; `*=` for every layout; `metric=` among the parameters (e.g. `sv-mean=HNSW:M=16,efConstruction=200`, `mv=IVF_PQ:nlist=1024,m=32`, `mv-bin=BIN_IVF_FLAT:nlist=256`); default `AUTOINDEX`. See [Milvus](#milvus)", commands=("ingest", "milvus-load"), elsewhere={"milvus-load": dict(default=[], help="as for ingest: LAYOUT=TYPE[:key=value,...]")}),
-    Option('--milvus-mv-mode', 'multi-vector layouts as one row per vector, or array-of-structs fields (Milvus >= 2.6.4); auto picks by server version', choices=('auto', 'rows', 'struct'), doc='`auto` (default: `rows`), `rows` (one row per vector) or `struct` (array-of-structs field with MAX_SIM, Milvus >= 2.6.4; **not yet run against a server**, only against a recording stand-in: an explicit opt-in until it has)', commands=("ingest", "milvus-load"), elsewhere={"milvus-load": dict(default="auto", help="as for ingest (auto)")}),
-    Option('--milvus-layouts', "layouts written to Milvus, comma-separated (default: all of the run's; sv-mean always)", doc='the layouts written to Milvus, comma-separated (default: every layout of the run; `sv-mean` always)', commands=("ingest", "milvus-load"), elsewhere={"milvus-load": dict(help="layouts to load, comma-separated (default: all in the shards)")}),
-    Option('--milvus-partition-key', 'add a corpus field, the partition key, to every collection (multi-tenant indexes)', kind='flag', doc='add a `corpus` partition-key field to every collection and write `--corpus NAME` (`default`) into it: one index for many tenants, searched with `search --corpus`', commands=("ingest", "milvus-load"), elsewhere={"milvus-load": dict(default=False, help="as for ingest: a corpus partition key")}),
+    Option('--milvus-timeout', 'seconds per Milvus call (60); past it the run stops with one line, the unit uncommitted', kind='float', key='milvus_timeout_s', doc='seconds per Milvus call (60); a Milvus that stops answering fails the run with one line, and the unit in flight stays uncommitted for the next run', check="positive", group=STORE, default=60.0),
+    Option('--milvus-retries', 'extra attempts for transient Milvus failures, with backoff (3)', kind='int', doc='extra attempts for a transient Milvus failure (unavailable, reset, deadline), with exponential backoff (3); writes are idempotent upserts and deletes', check="non_negative", group=STORE, default=3),
+    Option('--milvus-user', 'Milvus user (password from $MILVUS_PASSWORD)', doc='user name (the password comes from `$MILVUS_PASSWORD`), database name', commands=MILVUS_CONNECTED, group=STORE),
+    Option('--milvus-db', "Milvus database name (default: the server's default)", doc=SAME_ROW, commands=MILVUS_CONNECTED, group=STORE),
+    Option('--milvus-ca-file', 'TLS: PEM file of the CA or the self-signed server certificate', doc="TLS: PEM of the CA (or of a self-signed server certificate) and the name in it, when not the URI's host; `https://` URIs use TLS", commands=MILVUS_CONNECTED, group=STORE),
+    Option('--milvus-server-name', "TLS: the certificate's server name, when not the URI's host", doc=SAME_ROW, commands=MILVUS_CONNECTED, group=STORE),
+    Option('--milvus-token-env', 'the variable the Milvus token is read from', cli=False, commands=(), group=STORE, default="MILVUS_TOKEN"),
+    Option('--milvus-password-env', 'the variable the Milvus password is read from', cli=False, commands=(), group=STORE, default="MILVUS_PASSWORD"),
+    Option('--milvus-storage', "a Milvus server's storage, to measure its files: its localStorage.path (the standalone server's --data DIR) or the bucket's root path (s3://bucket/files)", commands=("report",), group=STORE, config=False),
+    Option('--milvus-index', "index of a layout's field, LAYOUT=TYPE[:key=value,...] (repeatable; * for all; e.g. sv-mean=HNSW:M=16,efConstruction=200 or mv=IVF_PQ:nlist=1024,m=32; metric=... too; default AUTOINDEX)", kind='list', doc="a layout's index, `LAYOUT=TYPE[:key=value,...]`, repeatable; `*=` for every layout; `metric=` among the parameters (e.g. `sv-mean=HNSW:M=16,efConstruction=200`, `mv=IVF_PQ:nlist=1024,m=32`, `mv-bin=BIN_IVF_FLAT:nlist=256`); default `AUTOINDEX`. See [Milvus](#milvus)", commands=("ingest", "milvus-load"), elsewhere={"milvus-load": dict(default=[], help="as for ingest: LAYOUT=TYPE[:key=value,...]")}, group=STORE, default=()),
+    Option('--milvus-mv-mode', 'multi-vector layouts as one row per vector, or array-of-structs fields (Milvus >= 2.6.4); auto picks by server version', choices=('auto', 'rows', 'struct'), doc='`auto` (default: `rows`), `rows` (one row per vector) or `struct` (array-of-structs field with MAX_SIM, Milvus >= 2.6.4; **not yet run against a server**, only against a recording stand-in: an explicit opt-in until it has)', commands=("ingest", "milvus-load"), elsewhere={"milvus-load": dict(default="auto", help="as for ingest (auto)")}, group=STORE, default="auto"),
+    Option('--milvus-layouts', "layouts written to Milvus, comma-separated (default: all of the run's; sv-mean always)", doc='the layouts written to Milvus, comma-separated (default: every layout of the run; `sv-mean` always)', commands=("ingest", "milvus-load"), elsewhere={"milvus-load": dict(help="layouts to load, comma-separated (default: all in the shards)")}, group=STORE, default=()),
+    Option('--milvus-partition-key', 'add a corpus field, the partition key, to every collection (multi-tenant indexes)', kind='flag', doc='add a `corpus` partition-key field to every collection and write `--corpus NAME` (`default`) into it: one index for many tenants, searched with `search --corpus`', commands=("ingest", "milvus-load"), elsewhere={"milvus-load": dict(default=False, help="as for ingest: a corpus partition key")}, group=STORE, default=False),
     Option('--corpus', 'the corpus (tenant) value written with --milvus-partition-key (default)', doc=SAME_ROW, commands=("ingest", "search", "milvus-load"), elsewhere={"search": dict(help="only pages of this corpus (indexes built with --milvus-partition-key)"), "milvus-load": dict(help="corpus value (default: the one recorded in each shard)")}),
     Option('--model', 'model spec: colqwen2-tiny, colqwen2, a hub id or a local directory', doc="`sim:<preset>[@<pages/s>]` (a simulated accelerator: no model, the preset's exact vector shapes, a sleep of 1/rate s per page; sizes a data path without GPUs), `colqwen2-tiny` (default), `colqwen2` (ColQwen2 v1.0 architecture: Qwen2-VL-2B), `colqwen2.5-tiny`, `colqwen2.5` (ColQwen2.5 architecture: the same `ColQwen2ForRetrieval` over Qwen2.5-VL-3B), `colmodernvbert-tiny`, `colmodernvbert` (ColModernVBERT, ~250M: `ColModernVBertForRetrieval`, ModernBERT + SigLIP/16 at 512 px; pages split into 512 px tiles plus a global view, 64 vectors each, up to a 2048 px longest edge), `colpali-tiny`, `colpali` (ColPali v1.3: PaliGemma-3B, 448 px, 1024 patches), or a hub id / local directory of a ColQwen2 or ColPali checkpoint (`transformers`' `ColQwen2ForRetrieval` / `ColPaliForRetrieval`, PIL image processors); add `,text:all-MiniLM-L6-v2` (offline, packaged weights) or `,text:<hub id or folder>` to also index each page's text layer: a vector per chunk of its text (`text_chunks`) and their mean (`sv_text`) in Parquet, a row per chunk in the `<collection>_text` Milvus collection, with Milvus' BM25 where the server has it (pages without text get neither; see [Text layer](#text-layer))", more=(("--model ...,sv:SPEC", "also a single-vector VLM embedder on the same page images: `sv:qwen3-vl-embedding-2b[@DIM]` (Qwen3-VL-Embedding-2B architecture on `transformers`' `Qwen3VLModel`: instruction prompts, last-token pooling, Matryoshka truncation to `DIM` of 2048 and re-normalised), `sv:qwen3-vl-embedding-tiny` (offline tests), or a hub id / folder of a `qwen3_vl` checkpoint; its vectors are the `sv_vlm` column and the `sv-vlm` layout (a page-level Milvus field; `search --stage1 sv-vlm` encodes the query with the model's query instruction)"),), commands=("ingest", "fidelity", "calibrate"), elsewhere={"fidelity": dict(help="query encoder (default: the model recorded in the shards)"), "calibrate": dict(default="colqwen2-tiny", help="model spec (as for ingest)")}),
     Option('--weights', 'load checkpoint weights, or random weights', choices=('hub', 'random'), doc='`random` (build from the preset config, offline) or `hub` (load the checkpoint)', commands=("ingest", "fidelity", "calibrate"), elsewhere={"fidelity": dict(help="default: as recorded in the shards"), "calibrate": dict(default="random", help="random (default) or hub")}),
@@ -125,7 +134,7 @@ OPTIONS: tuple[Option, ...] = (
     Option('--encode-actors', 'number of pooling/encoding actors (default: one per accelerator)', kind='int', doc=SAME_ROW, check="positive"),
     Option('--write-actors', 'number of writer actors (default: one per two accelerators)', kind='int', doc=SAME_ROW, check="positive"),
     Option('--write-placement', 'where Parquet and Milvus writes run: auto (default: workers, except Milvus Lite or a local OUT on a multi-node cluster), workers, driver', choices=('auto', 'workers', 'driver'), doc="where Parquet and Milvus writes run: `auto` (default: writer actors on the workers; in the driver with Milvus Lite, a single-process database file; one writer on the driver's node when OUT is a local folder and the cluster has several nodes), `workers`, `driver`"),
-    Option('--milvus-bulk-dir', 'first load into empty collections: writers stage Parquet import files here (where the Milvus server reads them: its local storage, or s3://bucket/prefix in its bucket) instead of upserting, and Milvus imports them at the end of the run', doc="a first load into empty collections: the writers stage Parquet import files (in the collections' schema) there instead of upserting, and Milvus imports them itself at the end of the run; a directory the Milvus server reads (its local storage, or `s3://bucket/prefix` in the bucket it uses). A run killed before the import leaves the load pending: the next run with the option finishes it, a run without it refuses"),
+    Option('--milvus-bulk-dir', 'first load into empty collections: writers stage Parquet import files here (where the Milvus server reads them: its local storage, or s3://bucket/prefix in its bucket) instead of upserting, and Milvus imports them at the end of the run', doc="a first load into empty collections: the writers stage Parquet import files (in the collections' schema) there instead of upserting, and Milvus imports them itself at the end of the run; a directory the Milvus server reads (its local storage, or `s3://bucket/prefix` in the bucket it uses). A run killed before the import leaves the load pending: the next run with the option finishes it, a run without it refuses", group=STORE),
     Option('--write-batch-pages', 'pages per writer call: the most a Parquet part holds (64)', kind='int', doc='pages per writer call, the most one Parquet part holds (64)', check="positive"),
     Option('--object-store-mb', 'Ray object store budget for pages between stages (default 128 MB per actor, at least 256)', kind='float', doc='Ray object-store budget for pages streaming between stages (default 128 MB per actor, at least 256): rendering runs ahead of the GPUs by at most this much, so memory follows the units in flight, not the corpus', check="positive"),
     Option('--page-timeout', 'seconds one page may take to render', kind='float', key='page_timeout_s', doc='seconds one page may take to render before the document is abandoned (60)', check="positive"),
@@ -165,6 +174,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 CONFIG_OPTIONS = tuple(o for o in OPTIONS if o.config)
+STORE_OPTIONS = tuple(o for o in OPTIONS if o.group == STORE)
 
 
 def option(flag: str) -> Option:
@@ -181,17 +191,27 @@ def add_options(parser: argparse.ArgumentParser, command: str, *flags: str) -> N
 def config_problem(values) -> str | None:
     """The first declared check a config (an IngestConfig) fails, naming its key."""
     for o in CONFIG_OPTIONS:
-        problem = o.problem(getattr(values, o.dest))
+        problem = o.problem(values.store.get(o.dest) if o.group == STORE else getattr(values, o.dest))
         if problem:
             return problem
     return None
+
+
+def store_options(values) -> dict:
+    """The vector store's options (``group="store"``), each given value or its default, from a
+    command's parsed arguments or a mapping (a config's ``store``); what a command does not
+    declare takes its default."""
+    def get(key):
+        return values.get(key) if isinstance(values, dict) else getattr(values, key, None)
+
+    return {o.dest: (v if (v := get(o.dest)) is not None else o.default) for o in STORE_OPTIONS}
 
 
 def readme_table(command: str = "ingest") -> str:
     """README's table of a command's options (Markdown), from the declarations."""
     rows: list[list] = []
     for o in OPTIONS:
-        if command not in o.commands:
+        if command not in o.commands or not o.cli:
             continue
         cell = f"`{o.flag}`"
         if o.doc == SAME_ROW and rows:

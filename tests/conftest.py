@@ -190,7 +190,7 @@ def read_quarantine(out: Path):
 def milvus_counts(out: Path, collection: str = "pagemill", names: tuple[str, ...] = ("pages", "patches")) -> dict[str, int]:
     from pymilvus import MilvusClient
 
-    from operators.sinks.milvus_client import release_lite
+    from operators.stores.milvus.client import release_lite
 
     client = MilvusClient(str(out / "milvus.db"))
     try:
@@ -199,6 +199,17 @@ def milvus_counts(out: Path, collection: str = "pagemill", names: tuple[str, ...
     finally:
         client.close()
         release_lite(str(out / "milvus.db"))  # another process may open the file next
+
+
+def index_store(out: Path, uri: str | None = None, base: str = "pagemill", **options):
+    """The vector store of an OUT (its Milvus Lite file, or ``uri``), its tables discovered, as the
+    commands open it."""
+    from operators.stores import open_vectors
+    from pipelines.options import store_options
+
+    store = open_vectors(uri or str(out / "milvus.db"), store_options(options))
+    store.discover(base)
+    return store
 
 
 def pagemill_cmd(*args: str) -> list[str]:

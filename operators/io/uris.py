@@ -9,10 +9,8 @@ implements ``sources.Source`` and ``store.OutputStore``; neither of those import
 
 from __future__ import annotations
 
-import os
 from urllib.parse import unquote, urlparse
 
-from operators.errors import UsageError
 from operators.io.sources import LocalSource, Source, SourceError
 from operators.io.store import LocalStore, OutputStore, StoreError
 
@@ -39,15 +37,3 @@ def open_store(uri: str, s3_options=None, create: bool = True) -> OutputStore:
 
         return S3Store(uri, s3_options)
     raise StoreError(f"unsupported output scheme {parsed.scheme!r} in {uri!r} (supported: a folder, file://, s3://)")
-
-
-def open_output(uri: str, s3_options=None) -> OutputStore:
-    """An existing pagemill output, to read (search, report, fidelity, milvus-load, status):
-    nothing is created, and a path that is not one fails with one line."""
-    store = open_store(uri, s3_options, create=False)
-    local = store.local_path("")
-    if local is not None and not os.path.isdir(local):
-        raise UsageError(f"{uri}: no such folder (the --out of a pagemill ingest)")
-    if not store.list("_ledger") and not store.list("pages"):
-        raise UsageError(f"{uri} is not the output of a pagemill ingest (no _ledger/ or pages/ in it): check the path")
-    return store

@@ -1,8 +1,8 @@
 """Vector encodings: fp32, fp16, bf16, int8 (symmetric per-vector scale), binary (sign bits).
 
 Each encoding is an object (``ENCODINGS["int8"]``) that answers every question about itself:
-how an (n, D) float32 block is stored and decoded back, its Arrow type, its bytes per vector in
-Parquet and in Milvus, and which Milvus vector type holds it best. Scoring against encoded
+how an (n, D) float32 block is stored and decoded back, its Arrow type, its bytes per vector.
+(Which vector type of a store holds it is the store's business: operators/stores/.) Scoring against encoded
 documents decodes them (binary decodes to +-1), so one MaxSim serves every encoding;
 ``hamming_similarity`` is the pure bit form for binary queries.
 
@@ -71,12 +71,10 @@ class Encoding:
     the Arrow form (a fixed-size list of floats, or fixed-size binary) comes from a mixin."""
 
     name: str
-    bytes_per_dim: float  # in Parquet and in a Milvus field of the same type
+    bytes_per_dim: float  # in Parquet and in a store's vector of the same type
     scale_bytes: int = 0  # per vector, stored beside the codes (a column of its own)
     numpy_dtype: type  # of the stored values
     parquet_form: str  # "list" | "binary": how Parquet stores one vector (PARQUET_LEVEL_BYTES)
-    milvus_vtypes: tuple[str, ...] = ("float",)  # Milvus vector types able to hold it, best first
-    milvus_exact: str | None = "float"  # the Milvus vector type that holds the stored values unchanged
     keeps_float32 = False  # stores the model's float32 output as it is (the archive cannot)
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -128,27 +126,6 @@ class Encoding:
         levels = PARQUET_LEVEL_BYTES[self.parquet_form]
         scale_pages = PARQUET_PAGE_BYTES if self.scale_bytes else 0.0
         return vectors * (self.bytes_per_vector(dim) + levels) + PARQUET_PAGE_BYTES + scale_pages
-
-    def milvus_bytes(self, dim: int, lite: bool = False) -> float:
-        """Bytes of one vector in a Milvus field of its type (Milvus Lite: float vectors only)."""
-        return dim * 4.0 if lite else dim * self.bytes_per_dim
-
-    # Milvus
-
-    def milvus_vtype(self, have: tuple[str, ...] | list[str]) -> str:
-        """The best Milvus vector type among those a server ``have``s (float always serves)."""
-        return next((v for v in self.milvus_vtypes if v in have), "float")
-
-    def milvus_index(self, index: str) -> str:
-        """The index type a Milvus field of this encoding gets for ``index`` (for the cost model)."""
-        return index
-
-    def milvus_values(self, stored: np.ndarray, vtype: str, dim: int, scale: np.ndarray | None = None) -> np.ndarray:
-        """Stored values in the form a Milvus field of ``vtype`` takes: as they are where the type
-        holds them unchanged, else decoded (float16 or float32)."""
-        if vtype == self.milvus_exact:
-            return stored
-        return self.decode(stored, dim, scale).astype(np.float16 if vtype == "float16" else np.float32)
 
 
 class _FloatList(Encoding):
@@ -205,16 +182,12 @@ class Fp16(_FloatList):
     bytes_per_dim = 2.0
     numpy_dtype = np.float16
     arrow_scalar = pa.float16()
-    milvus_vtypes = ("float16", "float")
-    milvus_exact = "float16"
 
 
 class Bf16(_FixedBinary):
     name = "bf16"
     bytes_per_dim = 2.0
     numpy_dtype = np.uint16
-    milvus_vtypes = ("float16", "float")
-    milvus_exact = None  # float16 loses bf16's range, float32 widens it
 
     def encode(self, x):
         return to_bf16_bits(x), None
@@ -228,8 +201,6 @@ class Int8(_FixedBinary):
     bytes_per_dim = 1.0
     scale_bytes = 4
     numpy_dtype = np.int8
-    milvus_vtypes = ("int8", "float16", "float")
-    milvus_exact = "int8"
 
     def encode(self, x):
         return int8_encode(x)
@@ -242,8 +213,6 @@ class Bin(_FixedBinary):
     name = "bin"
     bytes_per_dim = 1 / 8
     numpy_dtype = np.uint8
-    milvus_vtypes = ("binary", "float")
-    milvus_exact = "binary"
 
     def width(self, dim: int) -> int:
         return dim // 8
@@ -253,13 +222,6 @@ class Bin(_FixedBinary):
 
     def decode(self, values, dim, scale=None):
         return binary_decode(values, dim)
-
-    def milvus_index(self, index: str) -> str:
-        """Binary fields take the binary index types (HNSW and FLAT have BIN_ forms)."""
-        upper = index.upper()
-        if upper in ("HNSW", "AUTOINDEX", "FLAT"):
-            return "BIN_FLAT" if upper == "FLAT" else "BIN_IVF_FLAT"
-        return index
 
 
 ENCODINGS: dict[str, Encoding] = {e.name: e for e in (Fp32(), Fp16(), Bf16(), Int8(), Bin())}

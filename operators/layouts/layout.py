@@ -38,6 +38,9 @@ from operators.layouts.fde import FdeParams
 from operators.layouts.pooling import POOLINGS, Pooling, normalise  # noqa: F401  (re-exported: pipelines/index/search.py)
 
 DEFAULT_LAYOUTS = ("mv", "sv-mean")
+TEXT_LAYOUT = "text"  # the text layer's dense vectors (a row per chunk)
+BM25_LAYOUT = "text-bm25"  # the text layer's lexical side, where a store has BM25
+SV_VLM_LAYOUT = "sv-vlm"  # a single-vector model's page vector
 _ENC = "|".join(ENCODINGS)
 _MV = re.compile(rf"^mv(?:-(pool(\d+)|rowcol))?(?:-({_ENC}))?$")
 
@@ -105,10 +108,6 @@ class Layout:
 
     def parquet_bytes_per_page(self, vectors_per_page: float, dim: int, fde_dim: int | None = None) -> float:
         return self.pooler.parquet_bytes(self.codec, vectors_per_page, self.dim(dim, fde_dim))
-
-    def milvus_vector_bytes(self, dim: int, fde_dim: int | None = None, lite: bool = False) -> float:
-        """Bytes of one vector in Milvus (Milvus Lite: float vectors only, binary as +-1 floats)."""
-        return self.codec.milvus_bytes(self.dim(dim, fde_dim), lite)
 
     def scorer(self, table: pa.Table, dim: int, fde: FdeParams | None = None) -> LayoutScorer:
         return LayoutScorer(self, table, dim, fde)

@@ -1,6 +1,7 @@
 """Models: adapters in front of ``transformers``' own retrieval classes, one per family.
 
 - ``spec``: what ``--model`` names (presets, ``text:``/``sv:`` parts, family, pixel budget);
+- ``family``: each family described once (budget rules, tokens, vectors besides the patches);
 - ``base``: the adapter interface and what the ``transformers`` adapters share;
 - ``colqwen2``, ``colpali``, ``colmodernvbert``: one adapter per family;
 - ``offline_tokenizers``: the random-weight presets' tokenizers, built offline.
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+from operators.models.adapters import ADAPTERS
 from operators.models.base import (
     ATTN_CHOICES,
     MultiVectorAdapter,
@@ -28,6 +30,7 @@ from operators.models.base import (
 from operators.models.colmodernvbert import ColModernVBertAdapter
 from operators.models.colpali import ColPaliAdapter
 from operators.models.colqwen2 import ColQwen2Adapter
+from operators.models.family import FAMILIES, Family, decide_budget
 from operators.models.offline_tokenizers import byte_level_qwen2_tokenizer, byte_level_tokenizer
 from operators.models.spec import (
     PRESETS,
@@ -37,14 +40,11 @@ from operators.models.spec import (
     WEIGHTS_RANDOM,
     ModelError,
     ModelSpec,
-    decide_budget,
     family_of,
     preprocessor_config,
     split_model_specs,
     sv_model_spec,
 )
-
-FAMILIES = {"colqwen2": ColQwen2Adapter, "colpali": ColPaliAdapter, "colmodernvbert": ColModernVBertAdapter}
 
 
 def adapter_for(spec: ModelSpec) -> MultiVectorAdapter:
@@ -55,12 +55,12 @@ def adapter_for(spec: ModelSpec) -> MultiVectorAdapter:
         from operators.models.sim import SimAdapter
 
         return SimAdapter(spec)
-    return FAMILIES[family](spec)
+    return ADAPTERS[family](spec)
 
 
 __all__ = [
     "ATTN_CHOICES", "FAMILIES", "PRESETS", "SV_PREFIX", "TEXT_PREFIX", "WEIGHTS_HUB", "WEIGHTS_RANDOM",
-    "ColModernVBertAdapter", "ColPaliAdapter", "ColQwen2Adapter", "ModelError", "ModelSpec", "MultiVectorAdapter",
+    "ColModernVBertAdapter", "ColPaliAdapter", "ColQwen2Adapter", "Family", "ModelError", "ModelSpec", "MultiVectorAdapter",
     "PageEmbedding", "TransformersAdapter", "adapter_for", "build_or_load", "byte_level_qwen2_tokenizer",
     "byte_level_tokenizer", "decide_budget", "family_of", "load_once", "preprocessor_config", "quiet_transformers",
     "random_model", "resolve_attn", "resolve_device", "resolve_dtype", "split_model_specs", "sv_model_spec",

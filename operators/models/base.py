@@ -9,6 +9,7 @@ operators/models/colqwen2.py, colpali.py, colmodernvbert.py (and sim.py, the sim
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from operators.models.family import FAMILIES
 from operators.models.spec import PRESETS, WEIGHTS_HUB, WEIGHTS_RANDOM, ModelError, ModelSpec
 from operators.render import PixelBudget
 
@@ -75,8 +77,10 @@ class MultiVectorAdapter:
     name: str
     dim: int
 
+    family = None  # operators/models/family.py: its budget rules, tokens and grid
+
     def pixel_budget(self) -> PixelBudget:
-        raise NotImplementedError
+        return self.family.pixel_budget(self.spec)
 
     def load(self) -> None:
         raise NotImplementedError
@@ -88,7 +92,7 @@ class MultiVectorAdapter:
 
     def visual_tokens(self, width: int, height: int) -> int:
         """Tokens a page of this size costs in a forward pass (for batching by budget)."""
-        return max(1, width * height // (28 * 28))
+        return self.family.visual_tokens(self.spec, width, height)
 
     def embed_queries(self, queries: list[str]) -> list[np.ndarray]:
         raise NotImplementedError
@@ -98,12 +102,16 @@ class MultiVectorAdapter:
 
 
 class TransformersAdapter(MultiVectorAdapter):
-    """A ``transformers`` ``*ForRetrieval`` model and its processor. Subclasses name their classes
-    (``_classes``), build a random model at a preset's size (``_build_random``), decide their
-    pixel budget and say where a page's patches are (``_grid``, ``_page_embedding``)."""
+    """A ``transformers`` ``*ForRetrieval`` model and its processor. Subclasses name their family
+    (``family_name``: its budget and tokens) and their classes (``_classes``), build a random
+    model at a preset's size (``_build_random``), and say where a page's patches are (``_grid``,
+    ``_page_embedding``)."""
+
+    family_name: str
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
+        self.family = FAMILIES[self.family_name]
         preset = PRESETS.get(spec.name)
         self._preset = preset
         if preset is None and spec.weights == WEIGHTS_RANDOM:
@@ -268,7 +276,8 @@ def build_or_load(adapter) -> tuple:
     quiet_transformers()
     adapter.device = resolve_device(adapter.spec.device)
     adapter.torch_dtype = resolve_dtype(adapter.spec.dtype, adapter.device)
-    adapter.spec.attn_implementation = resolve_attn(adapter.spec.attn_implementation, adapter.device)
+    adapter.spec = dataclasses.replace(adapter.spec,
+                                       attn_implementation=resolve_attn(adapter.spec.attn_implementation, adapter.device))
     if adapter.spec.weights == WEIGHTS_RANDOM:
         model, processor = adapter._build_random()
         return model.to(adapter.torch_dtype), processor

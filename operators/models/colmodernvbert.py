@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from operators.models.base import PageEmbedding, TransformersAdapter, random_model
 from operators.models.offline_tokenizers import MODERNVBERT_SPECIALS, byte_level_tokenizer
-from operators.render import PixelBudget
 
 
 class ColModernVBertAdapter(TransformersAdapter):
@@ -16,24 +17,11 @@ class ColModernVBertAdapter(TransformersAdapter):
     page's vectors are reordered image tokens first: MaxSim does not depend on order, and the
     patches then sit at ``patch_offset`` 0 like every other model's."""
 
+    family_name = "colmodernvbert"
+
     def _sizes(self) -> tuple[int, int, int]:
         """(longest edge after resize, tile side, vectors per tile)."""
-        if self._preset is not None:
-            v = self._preset["vision"]
-            per_tile = (v["image_size"] // v["patch_size"] // self._preset["pixel_shuffle_factor"]) ** 2
-            return self._preset["longest_edge"], v["image_size"], per_tile
-        x = self.spec.extra
-        return int(x.get("longest_edge", 2048)), int(x.get("tile", 512)), int(x.get("per_tile", 64))
-
-    def pixel_budget(self) -> PixelBudget:
-        longest, _, _ = self._sizes()
-        return PixelBudget(max_pixels=self.spec.max_pixels or longest * longest * 3 // 4, multiple=1, min_side=16)
-
-    def visual_tokens(self, width: int, height: int) -> int:
-        longest, tile, per_tile = self._sizes()
-        scale = min(1.0, longest / max(width, height))
-        tiles = -(-int(width * scale) // tile) * -(-int(height * scale) // tile)
-        return per_tile * (tiles + (1 if tiles > 1 else 0))
+        return self.family.sizes(self.spec)
 
     def _build_random(self):
         from transformers import (
@@ -67,8 +55,9 @@ class ColModernVBertAdapter(TransformersAdapter):
 
     def _after_load(self, model, processor) -> None:
         ip = processor.image_processor
-        self.spec.extra.update(longest_edge=int(ip.size["longest_edge"]), tile=int(ip.max_image_size["longest_edge"]),
-                               per_tile=int(processor.image_seq_len))
+        self.spec = dataclasses.replace(self.spec, extra={
+            **self.spec.extra, "longest_edge": int(ip.size["longest_edge"]), "tile": int(ip.max_image_size["longest_edge"]),
+            "per_tile": int(processor.image_seq_len)})
 
     def _page_embedding(self, vectors: np.ndarray, is_patch: np.ndarray, inputs, i: int) -> PageEmbedding:
         n = int(is_patch.sum())

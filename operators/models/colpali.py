@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from operators.models.base import TransformersAdapter, random_model
 from operators.models.offline_tokenizers import PALIGEMMA_SPECIALS, byte_level_tokenizer
-from operators.render import PixelBudget
 
 
 class ColPaliAdapter(TransformersAdapter):
@@ -12,18 +13,10 @@ class ColPaliAdapter(TransformersAdapter):
     processor). Pages are resized to a fixed square (448 px for ColPali v1.x): a fixed grid of
     ``(image_size / 14)^2`` patch vectors (1024) before the prompt tokens."""
 
-    def pixel_budget(self) -> PixelBudget:
-        side = self._image_size()
-        # Render about as many pixels as the model sees; the processor then squares the page.
-        return PixelBudget(max_pixels=self.spec.max_pixels or side * side, multiple=1, min_side=14)
+    family_name = "colpali"
 
     def _image_size(self) -> int:
-        if self._preset is not None:
-            return int(self._preset["vision"]["image_size"])
-        return int(self.spec.extra.get("image_size", 448))
-
-    def visual_tokens(self, width: int, height: int) -> int:
-        return (self._image_size() // 14) ** 2  # fixed grid, whatever the page size
+        return self.family.image_size(self.spec)
 
     def _build_random(self):
         from transformers import ColPaliConfig, ColPaliForRetrieval, ColPaliProcessor, PaliGemmaConfig
@@ -51,7 +44,7 @@ class ColPaliAdapter(TransformersAdapter):
 
     def _after_load(self, model, processor) -> None:
         size = processor.image_processor.size
-        self.spec.extra["image_size"] = int(size["height"])
+        self.spec = dataclasses.replace(self.spec, extra={**self.spec.extra, "image_size": int(size["height"])})
 
     def _grid(self, inputs, i: int, n_patches: int) -> tuple[int, int]:
         side = int(round(n_patches ** 0.5))

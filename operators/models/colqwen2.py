@@ -4,22 +4,16 @@ budget; each 2x2 group of 14 px patches becomes one vector."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from operators.models.base import TransformersAdapter, random_model
 from operators.models.offline_tokenizers import QWEN2_SPECIAL_TOKENS, byte_level_qwen2_tokenizer
-from operators.models.spec import ModelSpec
-from operators.render import PixelBudget
 
 
 class ColQwen2Adapter(TransformersAdapter):
     """``ColQwen2ForRetrieval`` + ``ColQwen2Processor`` (PIL image processor)."""
 
-    def __init__(self, spec: ModelSpec):
-        super().__init__(spec)
-        self._max_pixels = spec.max_pixels or ((self._preset or {}).get("max_pixels") or 28 * 28 * 768)
-
-    def pixel_budget(self) -> PixelBudget:
-        # Sides a multiple of patch (14) x merge (2): the processor then keeps our size as is.
-        return PixelBudget(max_pixels=self._max_pixels, multiple=28, min_side=56)
+    family_name = "colqwen2"
 
     def _build_random(self):
         from transformers import (
@@ -32,7 +26,7 @@ class ColQwen2Adapter(TransformersAdapter):
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         tokenizer = byte_level_qwen2_tokenizer()
-        image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=self._max_pixels)
+        image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=self.pixel_budget().max_pixels)
         processor = ColQwen2Processor(image_processor=image_processor, tokenizer=tokenizer)
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_SPECIAL_TOKENS}
         text = dict(self._preset["text"])
@@ -63,7 +57,7 @@ class ColQwen2Adapter(TransformersAdapter):
         longest = self.spec.max_pixels or getattr(ip, "max_pixels", None) or ip.size["longest_edge"]
         ip.min_pixels = ip.max_pixels = None
         ip.size = {"shortest_edge": int(shortest), "longest_edge": int(longest)}
-        self._max_pixels = int(longest)
+        self.spec = dataclasses.replace(self.spec, max_pixels=int(longest))
 
     def _loaded(self) -> None:
         self._merge = int(getattr(self.processor.image_processor, "merge_size", 2))

@@ -21,28 +21,9 @@ import time
 
 import numpy as np
 
-from operators.models import ModelError, ModelSpec, MultiVectorAdapter, PageEmbedding
+from operators.models.base import MultiVectorAdapter, PageEmbedding
+from operators.models.spec import PRESETS, ModelError, ModelSpec, family_of, parse_sim
 from operators.render import PixelBudget
-
-SIM_PREFIX = "sim:"
-DEFAULT_RATE = 50.0  # pages per second: one H100 at the target rate for ColQwen2
-# Vectors besides the image patches (prompt and special tokens), before and after them, as the
-# real processors emit them (ColQwen2 ~20, ColPali 6, ColModernVBERT ~18; `pagemill plan` uses the
-# same counts).
-SPECIAL = {"colqwen2": (4, 16), "colpali": (0, 6), "colmodernvbert": (0, 18)}
-
-
-def parse_sim(name: str) -> tuple[str, float]:
-    """``sim:colqwen2@50`` -> (``colqwen2``, 50.0)."""
-    body = name[len(SIM_PREFIX):]
-    preset, _, rate = body.partition("@")
-    try:
-        value = float(rate) if rate else DEFAULT_RATE
-    except ValueError:
-        raise ModelError(f"--model {name}: the rate after @ must be pages per second, e.g. sim:colqwen2@50") from None
-    if value <= 0:
-        raise ModelError(f"--model {name}: the rate must be > 0 pages per second")
-    return preset, value
 
 
 def _seed(key: str) -> int:
@@ -58,7 +39,7 @@ class SimAdapter(MultiVectorAdapter):
     """A multi-vector adapter without a model: the preset's shapes, a per-page sleep."""
 
     def __init__(self, spec: ModelSpec):
-        from operators.models import PRESETS, adapter_for, family_of
+        from operators.models.adapters import ADAPTERS
 
         self.spec = spec
         preset, self.rate = parse_sim(spec.name)
@@ -66,8 +47,9 @@ class SimAdapter(MultiVectorAdapter):
             raise ModelError(f"--model {spec.name}: unknown preset {preset!r} for the simulated accelerator "
                              f"(presets: {', '.join(sorted(PRESETS))})")
         self.preset = preset
-        self.base = adapter_for(ModelSpec(name=preset, weights="random", max_pixels=spec.max_pixels))
-        self.family = family_of(ModelSpec(name=preset))
+        base = ModelSpec(name=preset, weights="random", max_pixels=spec.max_pixels)
+        self.base = ADAPTERS[family_of(base)](base)
+        self.family = self.base.family  # its shapes: the image patches, the vectors besides them
         self.name = spec.name
         self.dim = self.base.dim
         self.device = "sim"
@@ -85,17 +67,11 @@ class SimAdapter(MultiVectorAdapter):
 
     def grid(self, width: int, height: int) -> tuple[int, int]:
         """Patch rows and columns of a page of this size, as the preset's processor makes them."""
-        n = self.visual_tokens(width, height)
-        if self.family == "colqwen2":
-            return max(1, height // 28), max(1, width // 28)
-        if self.family == "colmodernvbert":
-            return max(1, n // 8), 8
-        side = max(1, int(round(n ** 0.5)))
-        return side, max(1, n // side)
+        return self.family.grid(self.base.spec, width, height)
 
     def embed_images(self, images: list[np.ndarray], keys: list[str] | None = None) -> list[PageEmbedding]:
         t0 = time.perf_counter()
-        before, after = SPECIAL[self.family]
+        before, after = self.family.special
         out = []
         for i, im in enumerate(images):
             h, w = im.shape[:2]
@@ -112,7 +88,7 @@ class SimAdapter(MultiVectorAdapter):
         return out
 
     def embed_queries(self, queries: list[str]) -> list[np.ndarray]:
-        before, after = SPECIAL[self.family]
+        before, after = self.family.special
         return [_unit_rows(np.random.default_rng(_seed("query:" + q)), before + max(1, len(q.split())) + after, self.dim)
                 for q in queries]
 

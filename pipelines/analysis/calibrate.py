@@ -20,7 +20,7 @@ import psutil
 
 from operators.errors import UsageError
 from operators.io.sources import LocalSource
-from operators.models import ModelSpec, adapter_for
+from operators.models import ModelSpec, adapter_for, decide_budget
 from operators.render import RenderLimits, RenderPages, units_table
 
 
@@ -59,6 +59,7 @@ def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: s
     from operators.io.sources import SourceError
     from operators.io.uris import open_source
 
+    spec = decide_budget(spec)  # the checkpoint's own budget, decided as an ingest decides it
     adapter = adapter_for(spec)
     budget = adapter.pixel_budget()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:

@@ -11,8 +11,8 @@ from dataclasses import asdict
 
 from operators.errors import UsageError
 from operators.layouts.encodings import ENCODINGS
-from operators.layouts.layout import parse_layout
-from operators.sinks.milvus_schema import TEXT_LAYOUT
+from operators.layouts.layout import TEXT_LAYOUT, parse_layout
+from operators.models.family import plan_shapes
 from pipelines.analysis.costs import (
     DEFAULT_PRICES,
     TEXT_CHUNKS_PER_PAGE,
@@ -27,28 +27,7 @@ from pipelines.analysis.costs import (
     text_layer_cost,
 )
 
-# Storage presets for `pagemill plan` (vectors per page, dim, stored dtype). Figures from the model
-# cards and papers; pages differ, so calibrate on your own corpus (`pagemill report`).
-MODEL_PRESETS: dict[str, dict] = {
-    "colpali": {"vectors_per_page": 1030, "dim": 128, "dtype": "bf16", "special": 6,
-                "note": "PaliGemma 448px: 1024 patches (32x32) + 6 prompt tokens"},
-    "colqwen2": {"vectors_per_page": 750, "dim": 128, "dtype": "bf16", "special": 20,
-                 "note": "Qwen2-VL at the 768-visual-token budget: ~730 patches + prompt tokens"},
-    "colqwen2.5": {"vectors_per_page": 750, "dim": 128, "dtype": "bf16", "special": 20,
-                   "note": "as colqwen2 (Qwen2.5-VL backbone)"},
-    "colmodernvbert": {"vectors_per_page": 850, "dim": 128, "dtype": "bf16", "special": 18,
-                       "note": "approximate: 64 tokens per 512px tile, ~13 tiles per page"},
-    "nemoretriever-colembed-3b": {"vectors_per_page": 1750, "dim": 3072, "dtype": "bf16", "special": 20,
-                                  "note": "3072-dim tokens, ~1,700-1,800 per page"},
-    "jina-embeddings-v4": {"vectors_per_page": 1, "dim": 2048, "dtype": "bf16", "single": True,
-                           "note": "single-vector mode (a 128-d multi-vector mode exists too)"},
-    "qwen3-vl-embedding-2b": {"vectors_per_page": 1, "dim": 2048, "dtype": "bf16", "single": True,
-                              "note": "Matryoshka: 64-2048 dims"},
-    "qwen3-vl-embedding-8b": {"vectors_per_page": 1, "dim": 4096, "dtype": "bf16", "single": True,
-                              "note": "Matryoshka: 64-4096 dims"},
-    "llama-nemotron-embed-vl-1b-v2": {"vectors_per_page": 1, "dim": 2048, "dtype": "bf16", "single": True,
-                                      "note": "single vector per page"},
-}
+MODEL_PRESETS: dict[str, dict] = plan_shapes()  # operators/models/presets.py: one table of models
 
 
 def plan(*, preset: str | None = None, vectors_per_page: float | None = None, dim: int | None = None,

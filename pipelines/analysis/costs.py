@@ -16,9 +16,11 @@ import math
 from dataclasses import dataclass
 
 from operators.errors import UsageError
+from operators.humanize import human_bytes, short_count  # noqa: F401  (the report's and plan's)
 from operators.layouts.encodings import PARQUET_LEVEL_BYTES, PARQUET_PAGE_BYTES
 from operators.layouts.fde import FdeParams
 from operators.layouts.layout import Layout, parse_layout
+from operators.stores.milvus.lite import lite_memory_bytes, lite_memory_warning  # noqa: F401  (plan's Milvus Lite rows)
 
 # Bytes per vector in Parquet and in Milvus are each encoding's own (operators/layouts/encodings.py,
 # with the Parquet level overheads measured on the dev corpus); vectors per page each pooling's.
@@ -112,7 +114,18 @@ def parquet_bytes_per_page(layout: Layout, vectors_per_page: float, dim: int, fd
 
 
 def milvus_vector_bytes(layout: Layout, dim: int, lite: bool, fde: FdeParams | None = None) -> float:
-    return layout.milvus_vector_bytes(dim, (fde or FdeParams()).dim, lite)
+    """Bytes of one vector in a Milvus field of its encoding's type (Milvus Lite: float vectors only)."""
+    d = layout.dim(dim, (fde or FdeParams()).dim)
+    return d * 4.0 if lite else d * layout.codec.bytes_per_dim
+
+
+def milvus_index(layout: Layout, index: str) -> str:
+    """The index type a Milvus field of the layout's encoding gets for ``index``: binary fields
+    take the binary index types (HNSW and FLAT have BIN_ forms)."""
+    upper = index.upper()
+    if layout.encoding == "bin" and upper in ("HNSW", "AUTOINDEX", "FLAT"):
+        return "BIN_FLAT" if upper == "FLAT" else "BIN_IVF_FLAT"
+    return index
 
 
 def patch_row_scalar_bytes(doc_version_len: float, vectors_per_page: float) -> float:
@@ -137,7 +150,7 @@ def layout_cost(layout: Layout | str, vectors_per_page: float, dim: int, *, inde
     bpv = stored_bytes_per_vector(layout, dim, fde)
     vec = milvus_vector_bytes(layout, dim, lite, fde)
     d = layout.dim(dim, (fde or FdeParams()).dim)
-    index = layout.codec.milvus_index(index)
+    index = milvus_index(layout, index)
     mem_idx, disk_idx = index_overhead(index, d, vec)
     if layout.is_multi_vector:
         rows = vectors_per_page
@@ -206,49 +219,6 @@ def pooled_vectors(vectors_per_page: float, layout: Layout, special: float = 0.0
                    grid: tuple[float, float] | None = None) -> float:
     """Vectors per page of a pooled layout from the full count (``special``: non-patch vectors)."""
     return layout.vectors_per_page(vectors_per_page, special, grid)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} PB"
-
-
-# Milvus Lite, the default, holds its collections in the driver's memory. benchmarks.memory
-# measures the driver memory it adds per page against the raw bytes of the rows it holds: 990 KB
-# per page added for 70.9 KB of raw rows (colqwen2-tiny, mv + sv-mean, 251 -> 1,004 pages, driver
-# RSS 542 -> 1,256 MiB; the same runs against a server: 245 -> 249 MiB). Larger runs may amortise
-# some of it (a 9,010-page run was seen at 0.41 MB a page); the warning uses what was measured.
-LITE_MEMORY_FACTOR = 14.0
-
-
-def lite_memory_bytes(pages: float, lite_raw_bytes_per_page: float) -> float:
-    """The driver memory Milvus Lite needs to hold ``pages`` (raw bytes of its rows per page)."""
-    return pages * lite_raw_bytes_per_page * LITE_MEMORY_FACTOR
-
-
-def lite_memory_warning(pages: float, lite_raw_bytes_per_page: float, memory_bytes: float | None = None) -> str | None:
-    """One line when Milvus Lite would not fit in this machine's memory, naming the way out."""
-    if memory_bytes is None:
-        import psutil
-
-        memory_bytes = psutil.virtual_memory().total
-    need = lite_memory_bytes(pages, lite_raw_bytes_per_page)
-    if need <= memory_bytes:
-        return None
-    return (f"Milvus Lite (the default: the index in this process's memory) would hold about {human_bytes(need)} for "
-            f"{pages:,.0f} pages, more than this machine's {human_bytes(memory_bytes)} of memory: use a Milvus server "
-            f"(--milvus http://HOST:19530; README, \"Milvus\")")
-
-
-def short_count(n: int) -> str:
-    """1000000 -> "1M"."""
-    for div, suffix in ((10**9, "B"), (10**6, "M"), (10**3, "k")):
-        if n >= div:
-            return f"{n / div:g}{suffix}"
-    return str(n)
 
 
 def load_prices(path: str | None) -> Prices:

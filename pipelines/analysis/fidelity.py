@@ -26,9 +26,10 @@ from operators.io.store import OutputStore
 from operators.layouts.fde import FdeParams
 from operators.layouts.layout import Layout, LayoutScorer, parse_layout
 from operators.models import ModelSpec, adapter_for
+from operators.stores.parquet import read_table
+from pipelines.out.keys import FIDELITY_PREFIX, new_run_id
 
 K = 10
-FIDELITY_PREFIX = "_fidelity"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 
 
@@ -71,9 +72,9 @@ def ranking_metrics(reference: np.ndarray, scores: np.ndarray, k: int = K) -> tu
 
 
 def read_pages(store: OutputStore, columns: list[str]) -> pa.Table:
-    from pipelines.index.identity import live_page_files
+    from pipelines.out.manifest import live_page_files
 
-    tables = [pq.read_table(store.open_input(key), columns=columns) for key in live_page_files(store)]
+    tables = [read_table(store.open_input(key), columns=columns) for key in live_page_files(store)]
     return pa.concat_tables(tables).sort_by(S.PAGE_ID) if tables else pa.table({c: [] for c in columns})
 
 
@@ -159,7 +160,7 @@ def measure_fidelity(store: OutputStore, spec: ModelSpec, layouts: list[Layout] 
     """Sample pages and queries from ``OUT/pages``, encode the queries, score every layout; and,
     given the index's ``text_model``, the text layer's recall of the source page."""
     from pipelines.analysis.layout_stats import bytes_per_vector, layout_vector_counts
-    from pipelines.index.identity import live_page_files
+    from pipelines.out.manifest import live_page_files
 
     schema = None
     for key in live_page_files(store)[-1:]:
@@ -203,7 +204,6 @@ def save_fidelity(store: OutputStore, result: dict, model: str | None) -> str:
     """``OUT/_fidelity/<time>.json``: what ``pagemill report`` shows as the layouts' fidelity."""
     import json
 
-    from pipelines.ingest.job import new_run_id
 
     key = f"{FIDELITY_PREFIX}/{new_run_id()}.json"
     store.write_bytes(key, json.dumps({**result, "model": model}, indent=2, sort_keys=True).encode())

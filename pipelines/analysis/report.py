@@ -9,7 +9,6 @@ own files) and sets the cost model's prediction from parameters beside each meas
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import asdict
 
 import numpy as np
@@ -21,9 +20,9 @@ from operators import schema as S
 from operators.errors import UsageError
 from operators.io.store import OutputStore
 from operators.layouts.fde import FdeParams
-from operators.layouts.layout import parse_layout, parse_layouts
-from operators.sinks.milvus_schema import BM25_LAYOUT, TEXT_LAYOUT
-from operators.sinks.run_metadata import RunMetadata
+from operators.layouts.layout import BM25_LAYOUT, TEXT_LAYOUT, parse_layout, parse_layouts
+from operators.stores.parquet import read_table
+from operators.stores.run_metadata import RunMetadata
 from pipelines.analysis.costs import (
     DEFAULT_PRICES,
     LayoutCost,
@@ -36,6 +35,7 @@ from pipelines.analysis.costs import (
     text_layer_cost,
 )
 from pipelines.analysis.fidelity import latest_fidelity, layouts_in
+from pipelines.out.manifest import live_page_files
 
 DEFAULT_PAGES = (1_000_000, 100_000_000)
 
@@ -43,16 +43,11 @@ DEFAULT_PAGES = (1_000_000, 100_000_000)
 # Measuring a run
 
 
-def _shards(store: OutputStore) -> list[str]:
-    from pipelines.index.identity import live_page_files
-
-    return live_page_files(store)
-
-
-def measure_run(store: OutputStore, max_shards: int = 200, milvus=None, milvus_storage: OutputStore | None = None) -> dict:
+def measure_run(store: OutputStore, max_shards: int = 200, vectors=None) -> dict:
     """Per-layout measurements of the run under ``store`` (shard footers for bytes; up to
-    ``max_shards`` shards read for vector counts and key lengths)."""
-    shards = _shards(store)
+    ``max_shards`` shards read for vector counts and key lengths); ``vectors``: the index's store,
+    discovered, to measure what it holds."""
+    shards = live_page_files(store)
     if not shards:
         raise UsageError("no shards under OUT/pages: run pagemill ingest first")
     blobs = {}
@@ -75,7 +70,7 @@ def measure_run(store: OutputStore, max_shards: int = 200, milvus=None, milvus_s
                 column_bytes[top] = column_bytes.get(top, 0) + col.total_compressed_size
     cols = [S.PAGE_ID, S.DOC_VERSION, S.SOURCE_URI, S.N_VECTORS, S.N_PATCHES, S.PATCH_GRID_H, S.PATCH_GRID_W]
     cols += [lay.column for lay in layouts if lay.column not in cols]
-    sample = pa.concat_tables([pq.read_table(io.BytesIO(b), columns=cols) for b in blobs.values()])
+    sample = pa.concat_tables([read_table(b, columns=cols) for b in blobs.values()])
     dim = int(first.schema_arrow.field(S.MV).type.value_type.list_size)
     fde = recorded.fde_params() or FdeParams()
     per_layout = {}
@@ -104,16 +99,16 @@ def measure_run(store: OutputStore, max_shards: int = 200, milvus=None, milvus_s
     }
     if S.TEXT_CHUNKS in first.schema_arrow.names:
         measured["text_layer"] = measure_text_layer(blobs, column_bytes, rows, first.schema_arrow)
-    if milvus is not None:
-        measured["milvus"] = measure_milvus(milvus, sample[S.PAGE_ID].to_pylist()[:200])
-        measured["milvus_collections"] = measure_milvus_storage(milvus, milvus_storage)
+    if vectors is not None:
+        held = vectors.measure(sample[S.PAGE_ID].to_pylist()[:200])
+        measured.update({"milvus": held["rows"], "milvus_collections": held["storage"], "milvus_lite": held["lite"]})
     return measured
 
 
 def measure_text_layer(blobs: dict, column_bytes: dict[str, int], rows: int, schema: pa.Schema) -> dict:
     """The text layer's chunks per page (from the sampled shards) and its Parquet bytes per page
     (the page vector, the chunks' vectors; the text itself, archived with or without it)."""
-    counts = pa.concat_arrays([pc.list_value_length(pq.read_table(io.BytesIO(b), columns=[S.TEXT_CHUNKS])[S.TEXT_CHUNKS]
+    counts = pa.concat_arrays([pc.list_value_length(read_table(b, columns=[S.TEXT_CHUNKS])[S.TEXT_CHUNKS]
                                                     ).combine_chunks() for b in blobs.values()])
     n = np.nan_to_num(counts.to_numpy(zero_copy_only=False).astype(float))
     vectors = column_bytes.get(S.SV_TEXT, 0) + column_bytes.get(S.TEXT_CHUNKS, 0)
@@ -121,80 +116,6 @@ def measure_text_layer(blobs: dict, column_bytes: dict[str, int], rows: int, sch
             "pages_with_text": float((n > 0).mean()) if len(n) else 0.0,
             "parquet_vector_bytes_per_page": vectors / max(rows, 1),
             "parquet_text_bytes_per_page": column_bytes.get(S.TEXT, 0) / max(rows, 1)}
-
-
-def measure_milvus_storage(reader, storage: OutputStore | None) -> dict:
-    """Every collection of the index: rows, raw bytes, the server's own bytes (its files) and the
-    index it built on each vector field; which layout is in which collection and field."""
-    from operators.sinks.milvus_client import redact_uri
-    from pipelines.analysis.milvus_storage import measure_collections
-
-    plan = reader.plan if reader.plan is not None else reader.discover()
-    names = sorted({fp.collection for fp in plan.fields})
-    collections = measure_collections(reader, names, storage)
-    built = {(c.collection, f): t for c in collections for f, t in c.index_types.items()}
-    fields = {fp.layout: {"collection": fp.collection, "field": fp.field,
-                          "index": built.get((fp.collection, fp.field), fp.index.index_type)} for fp in plan.fields}
-    out = {"uri": redact_uri(reader.uri), "lite": reader.conn.lite, "collections": [c.to_json() for c in collections],
-           "fields": fields}
-    pending = [c for c in collections if c.pending_index_rows]
-    if pending:
-        out["index_pending"] = (f"the server is still indexing {', '.join(c.collection for c in pending)}: their index "
-                                f"bytes are not final (report again when describe_index shows no pending rows)")
-    unindexed = [c.collection for c in collections
-                 if c.server_bytes is not None and c.rows and not c.pending_index_rows and not c.server_index_bytes
-                 and any(t not in ("FLAT", "BIN_FLAT", "none") for t in c.index_types.values())]
-    if unindexed and not reader.conn.lite:
-        out["index_small"] = (f"no index files for {', '.join(unindexed)}: the server indexes only segments past its "
-                              f"minimum size (1,024 rows by default) and searches smaller ones by brute force")
-    if not reader.conn.lite and storage is None:
-        out["note"] = ("server bytes not measured: pass --milvus-storage with the server's storage (its "
-                       "localStorage.path, or the bucket's root path, e.g. s3://milvus-bucket/files)")
-    return out
-
-
-def measure_milvus(sink, page_ids: list[str]) -> dict:
-    """Raw bytes per page actually stored in Milvus for a sample of pages, read back row by row,
-    for every layout the index holds: vector bytes (by the field's type) plus every key and
-    scalar field of its rows (length-prefixed VARCHARs, INT32s). A page-level layout is counted
-    as if its vector had the page row to itself."""
-    from operators.sinks.milvus_schema import PATCH_ID
-
-    plan = sink.plan if sink.plan is not None else sink.discover()
-    ids = json.dumps(page_ids)
-    elem = {"float": 4.0, "float16": 2.0, "int8": 1.0, "binary": 1 / 8, "struct": 4.0}
-
-    def varchar(v):
-        return len(v.encode()) + 4
-
-    out: dict = {}
-    pages = None
-    for fp in plan.fields:
-        if fp.layout in (TEXT_LAYOUT, BM25_LAYOUT):  # the text layer: its own line (text_layer_report)
-            continue
-        sink.client.load_collection(fp.collection)  # a fresh connection finds collections released
-        if fp.mode in ("page", "struct"):
-            if pages is None:
-                pages = sink.client.query(plan.pages_collection, filter=f"{S.PAGE_ID} in {ids}",
-                                          output_fields=[S.PAGE_ID, S.DOC_ID, S.DOC_VERSION, S.SOURCE_URI])
-            n = max(1, len(pages))
-            scalars = sum(varchar(r[S.PAGE_ID]) + varchar(r[S.DOC_ID]) + varchar(r[S.DOC_VERSION])
-                          + varchar(r[S.SOURCE_URI]) + 4 for r in pages)
-            if fp.mode == "page":
-                vec = fp.dim * elem[fp.vtype] * len(pages)
-                out[fp.layout] = {"raw_bytes_per_page": (scalars + vec) / n, "rows_per_page": 1.0}
-            continue
-        rows = []
-        for start in range(0, len(page_ids), 20):
-            chunk = json.dumps(page_ids[start:start + 20])
-            rows += sink.client.query(fp.collection, filter=f"{S.PAGE_ID} in {chunk}",
-                                      output_fields=[PATCH_ID, S.PAGE_ID, S.DOC_VERSION])
-        n = max(1, len({r[S.PAGE_ID] for r in rows}))
-        raw = sum(varchar(r[PATCH_ID]) + varchar(r[S.PAGE_ID]) + varchar(r[S.DOC_VERSION])
-                  + fp.dim * elem[fp.vtype] for r in rows)
-        out[fp.layout] = {"raw_bytes_per_page": raw / n, "rows_per_page": len(rows) / n, "vector_type": fp.vtype}
-    out["sampled_pages"] = len(pages) if pages is not None else 0
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,8 +132,7 @@ def projected_index(built: str | None) -> str:
 
 
 def build_report(measured: dict, pages: tuple[int, ...] = DEFAULT_PAGES, prices: Prices = DEFAULT_PRICES,
-                 index: str | None = None, replicas: int = 1, threshold: float = 0.9,
-                 measured_lite: bool = False) -> dict:
+                 index: str | None = None, replicas: int = 1, threshold: float = 0.9) -> dict:
     """Projections are for a Milvus server (typed vector fields), each layout with the index the
     server built for it (``index`` overrides: what if it were IVF_PQ?); when the measured Milvus
     is Milvus Lite (float vectors only), the raw-bytes figure set beside the rows read back is
@@ -241,7 +161,8 @@ def build_report(measured: dict, pages: tuple[int, ...] = DEFAULT_PAGES, prices:
                                         "monthly_cost_usd": round(cost.monthly_cost(n, prices, replicas), 2)}
                                for n in pages}}
         if "milvus" in measured and name in measured["milvus"]:
-            as_measured = layout_cost(lay, vpp, measured["dim"], index=cost.index, lite=measured_lite, **keys)
+            as_measured = layout_cost(lay, vpp, measured["dim"], index=cost.index, lite=measured.get("milvus_lite", False),
+                                      **keys)
             row["milvus"]["raw_bytes_per_page"] = {"read_back": measured["milvus"][name]["raw_bytes_per_page"],
                                                    "predicted": as_measured.milvus_raw_bytes_per_page,
                                                    "server_predicted": cost.milvus_raw_bytes_per_page}
@@ -369,7 +290,7 @@ def format_report(report: dict) -> str:
         lines.append(f"other Parquet columns: {human_bytes(other['total_bytes_per_page'])}/page ("
                      + ", ".join(f"{c} {human_bytes(b)}" for c, b in big[:6])
                      + (", ..." if len(big) > 6 else "") + ")")
-    lines += format_milvus_storage(report.get("milvus"))
+    lines += format_store_storage(report.get("milvus"))
     lines += format_text_layer(report.get("text_layer"))
     rec = report["recommendation"]
     if rec.get("cheapest_above_threshold"):
@@ -386,17 +307,17 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def format_milvus_storage(milvus: dict | None) -> list[str]:
+def format_store_storage(held: dict | None) -> list[str]:
     """What each collection holds in Milvus: raw row bytes beside the server's own files."""
-    if not milvus or not milvus.get("collections"):
+    if not held or not held.get("collections"):
         return []
-    lines = [f"Milvus storage at {milvus['uri']} (server bytes: its files, measured):",
+    lines = [f"Milvus storage at {held['uri']} (server bytes: its files, measured):",
              f"{'collection':<34}{'rows':>10}{'raw':>11}{'server':>11}{'data':>11}{'index':>11}{'server/raw':>11}"
              f"{'loaded mem':>11}  index built"]
     def b(c, k):
         return human_bytes(c[k]) if c.get(k) is not None else "-"
 
-    for c in milvus["collections"]:
+    for c in held["collections"]:
         ratio = f"{c['ratio']:.2f}" if c.get("ratio") is not None else "-"
         built = ", ".join(f"{f}={t}" for f, t in sorted(c["index_types"].items())) or "-"
         lines.append(f"{c['collection']:<34}{c['rows']:>10,}{b(c, 'raw_bytes'):>11}{b(c, 'server_bytes'):>11}"

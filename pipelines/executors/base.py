@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from operators import schema as S
 from operators.writer import PART, STATS, UNIT
-from pipelines.ingest.units import WorkUnit
+from pipelines.out.units import WorkUnit
 
 OnUnit = Callable[[str, dict, list[dict]], None]
 
@@ -110,6 +110,19 @@ class Executor:
 
     tasks_in_driver = True  # run_task runs in this process
 
+    def feed(self, units: Iterable[WorkUnit], out, run_id: str, listed: Callable[[int], None],
+             say: Callable[[str], None]) -> tuple[Iterable[WorkUnit], object | None]:
+        """What ``run`` takes: (units, plan file). This process' version streams the units as
+        they are planned, and calls ``listed(units)`` once the listing is exhausted."""
+        def announced():
+            n = 0
+            for unit in units:
+                n += 1
+                yield unit
+            listed(n)
+
+        return announced(), None
+
     def live_counters(self) -> dict:
         """Pages each stage's workers have handled so far (for the heartbeat)."""
         return {}
@@ -120,11 +133,9 @@ class Executor:
         that must happen in commit order."""
         return fn(*args)
 
-    def map_items(self, op, keys: list[str], driver_milvus=None):
+    def map_items(self, op, keys: list[str]):
         """Run a per-item stage (``AugmentShards``: one shard key per call) over ``keys``; yield
         (key, new key, pages) per item as results come. This process' version: in order."""
-        if driver_milvus is not None and hasattr(op, "share_client"):
-            op.share_client(driver_milvus)
         op.setup()
         try:
             for key in keys:

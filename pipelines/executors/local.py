@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from operators.faults import checkpoint
 from operators.render import units_table
 from pipelines.executors.base import Executor, Pipeline, UnitTracker
-from pipelines.ingest.units import WorkUnit
+from pipelines.out.units import WorkUnit
 
 CHECKPOINT_AFTER = {"render": "rendered", "embed": "embedded"}
 

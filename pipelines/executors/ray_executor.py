@@ -3,14 +3,14 @@
 One streaming dataset per run: the plan file (``OUT/_runs/<run>/plan/``) is read by a datasource,
 then each stage is a pool of actors: render (CPU; each owns a MuPDF child), the model stages
 (one actor per GPU, ``num_gpus`` each, so Ray pins every actor to its own device), encode (CPU:
-pooling, encodings, FDE) and the writers (CPU, on the workers: Parquet parts and Milvus rows).
+pooling, encodings, FDE) and the writers (CPU, on the workers: Parquet parts and vector-store rows).
 The driver reads only the writers' small results and commits units as they complete, so models
 load once per run, rendering, embedding, encoding, writing and committing overlap, and memory
 follows the units in flight (an object-store budget bounds what waits between stages).
 
-Writes stay in one process on the driver's node where workers cannot do them: Milvus Lite is a
-single-process database file (the driver writes, as the local executor does), and a local OUT on
-a multi-node cluster is reachable from the driver's node only (one writer there).
+Writes stay in one process on the driver's node where workers cannot do them: a vector store that
+is one process' database file (Milvus Lite: the driver writes, as the local executor does), and a
+local OUT on a multi-node cluster is reachable from the driver's node only (one writer there).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from itertools import islice
 from operators.errors import UsageError
 from operators.faults import checkpoint
 from pipelines.executors.base import Executor, Pipeline, UnitTracker
-from pipelines.ingest.units import WorkUnit, read_plan_part
+from pipelines.out.units import WorkUnit, read_plan_part
 
 try:
     import ray
@@ -115,8 +115,11 @@ def worker_error(e: BaseException) -> Exception:
     from operators.io.sources import SourceError
     from operators.io.store import StoreError
     from operators.models import ModelError
-    from operators.sinks.milvus_schema import MilvusError
+    from operators.stores.door import VectorStoreError
 
+    # pagemill's own errors, by name (a store's own kind of VectorStoreError included)
+    kinds = {cls.__name__: cls for cls in (ModelError, SourceError, StoreError, UsageError, VectorStoreError,
+                                           *VectorStoreError.__subclasses__())}
     chain, seen = [], set()
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:  # Ray Data chains the user's error as the cause
@@ -125,11 +128,7 @@ def worker_error(e: BaseException) -> Exception:
         cur = getattr(cur, "cause", None) if isinstance(getattr(cur, "cause", None), BaseException) else \
             (cur.__cause__ or cur.__context__)
     for inner in reversed(chain):  # the innermost that is pagemill's own
-        if type(inner).__name__ in ("ModelError", "MilvusError", "SourceError", "StoreError", "UsageError"):
-            from operators.errors import UsageError as _Usage
-
-            kinds = {"ModelError": ModelError, "MilvusError": MilvusError, "SourceError": SourceError,
-                     "StoreError": StoreError, "UsageError": _Usage}
+        if type(inner).__name__ in kinds:
             return kinds[type(inner).__name__](str(inner).strip().splitlines()[0])
     text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(str(c) for c in chain))
     found = [m for m in map(_ERROR_LINE.match, text.splitlines()) if m and m.group(2) not in (
@@ -138,9 +137,8 @@ def worker_error(e: BaseException) -> Exception:
         first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         return WorkerError(f"a Ray worker failed: {type(e).__name__}: {first[:300]}")
     name, message = found[-1].group(2), found[-1].group(3).strip()
-    known = {"ModelError": ModelError, "MilvusError": MilvusError, "SourceError": SourceError, "StoreError": StoreError}
-    if name in known:
-        return known[name](message)
+    if name in kinds and name != "UsageError":
+        return kinds[name](message)
     return WorkerError(f"a Ray worker failed: {name}: {message[:300]}")
 
 
@@ -189,7 +187,9 @@ class RayExecutor(Executor):
     def __init__(self, address: str | None = None, num_gpus: float | None = None, embed_actors: int | None = None,
                  render_actors: int | None = None, object_store_mb: float | None = None,
                  encode_actors: int | None = None, write_actors: int | None = None, write_placement: str = "auto",
-                 out_is_local: bool = True, milvus_lite: bool = False, log=None):
+                 out_is_local: bool = True, single_process_store: str | None = None, log=None):
+        """``single_process_store``: what the vector store is, when it is one process' database
+        file (its writes then run in the driver)."""
         self.address = address
         self.num_gpus = num_gpus
         self.embed_actors = embed_actors
@@ -199,7 +199,7 @@ class RayExecutor(Executor):
         self.object_store_mb = object_store_mb
         self.write_placement = write_placement
         self.out_is_local = out_is_local
-        self.milvus_lite = milvus_lite
+        self.single_process_store = single_process_store
         self.log = log
         self._started_here = False
         self.placement: dict | None = None
@@ -233,14 +233,32 @@ class RayExecutor(Executor):
     def _placement(self) -> dict:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         driver_node = ray.get_runtime_context().get_node_id()
-        if self.write_placement == "driver" or (self.write_placement == "auto" and self.milvus_lite):
-            why = ("Milvus Lite is a single-process database file" if self.milvus_lite and self.write_placement == "auto"
-                   else "--write-placement driver")
+        if self.write_placement == "driver" or (self.write_placement == "auto" and self.single_process_store):
+            why = (f"{self.single_process_store} is a single-process database file"
+                   if self.single_process_store and self.write_placement == "auto" else "--write-placement driver")
             return {"where": "driver", "why": why, "driver_node": driver_node}
         if self.write_placement == "auto" and self.out_is_local and len(nodes) > 1:
             return {"where": "driver_node", "why": f"OUT is a local folder and the cluster has {len(nodes)} nodes: "
                     f"only the driver's node can reach it", "driver_node": driver_node}
         return {"where": "workers", "why": "writer actors on the workers", "driver_node": driver_node}
+
+    PLACEMENT_WORDS = {"driver": "in the driver", "driver_node": "one writer on the driver's node",
+                       "workers": "on the workers"}
+
+    def feed(self, units, out, run_id: str, listed, say):
+        """The units planned to a plan file (``OUT/_runs/<run>/plan/``) that the run's dataset
+        reads in bounded memory; Ray starts only when there is work, and says where writes run."""
+        from pipelines.out.units import PlanFile
+
+        plan = PlanFile(out, run_id)
+        for unit in units:
+            plan.add(unit)
+        plan.close()
+        listed(plan.units)
+        if plan.units:
+            self.start()
+            say(f"writes: {self.PLACEMENT_WORDS[self.placement['where']]} ({self.placement['why']})")
+        return iter(()), plan
 
     def resources(self, pipeline: Pipeline) -> dict:
         """Actors and per-actor resources of every stage, from the cluster. The model stages take
@@ -322,7 +340,7 @@ class RayExecutor(Executor):
             it = iter(units)
             if not list(islice(it, 1)):
                 return {}  # nothing to do: do not start Ray at all
-            raise ValueError("the Ray executor streams from a plan file (pipelines.ingest.units.PlanFile)")
+            raise ValueError("the Ray executor streams from a plan file (pipelines.ingest.planning.PlanFile)")
         if self.placement is None:
             self.start()
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # pagemill reports progress itself
@@ -371,13 +389,13 @@ class RayExecutor(Executor):
             raise RuntimeError(f"{tracker.pending} units ended incomplete (pages lost between stages)")
         return {"resources": res, "write_placement": self.placement["where"], "write_placement_why": self.placement["why"]}
 
-    def map_items(self, op, keys: list[str], driver_milvus=None):
+    def map_items(self, op, keys: list[str]):
         if not keys:
             return
         if self.placement is None:
             self.start()
         if self.placement["where"] == "driver":
-            yield from Executor.map_items(self, op, keys, driver_milvus)
+            yield from Executor.map_items(self, op, keys)
             return
         total = ray.cluster_resources()
         accel = bool(getattr(op, "text_model", None) or getattr(op, "sv", None)) and total.get("GPU", 0) >= 1

@@ -1,16 +1,14 @@
 """`pagemill search`: the two-stage cascade, as a check that an index is usable.
 
-Stage 1 finds ``candidates`` pages by ANN in Milvus: on a page-level single vector (``sv-mean``:
+Stage 1 finds ``candidates`` pages by ANN in the vector store: on a page-level single vector (``sv-mean``:
 the query's L2-normalised mean against the pages' patch means; ``sv-fde``: MUVERA's query
 encoding), on a multi-vector layout's rows (``patches`` = ``mv``, ``mv-pool3``, ...: each query
 vector's nearest rows, pages ranked by the sum of their best hits; MAX_SIM directly on an
 array-of-structs field), or on the text layer. Stage 2 re-scores those pages exactly with MaxSim
-on a multi-vector layout read from the Parquet shards or from Milvus (any layout either way).
+on a multi-vector layout read from the Parquet shards or from the store (any layout either way).
 """
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pyarrow as pa
@@ -20,13 +18,11 @@ import pyarrow.parquet as pq
 from operators import schema as S
 from operators.errors import UsageError
 from operators.io.store import OutputStore
-from operators.layouts import encodings as E
 from operators.layouts.fde import FdeEncoder, FdeParams
 from operators.layouts.layout import LayoutScorer, normalise, parse_layout
 from operators.models import ModelSpec, adapter_for
-from operators.sinks.milvus_reader import MilvusReader
-from operators.sinks.milvus_schema import BM25_LAYOUT, CORPUS, TEXT_LAYOUT
-from operators.sinks.run_metadata import RunMetadata
+from operators.stores.door import VectorStore
+from operators.stores.run_metadata import RunMetadata
 from pipelines.index.text_search import TEXT_MODES, TextSearch, weighted_rrf
 
 
@@ -34,7 +30,8 @@ def recorded_metadata(store: OutputStore) -> RunMetadata:
     """What the active index is (model, weights, dim, layouts, text and sv models, corpus): from
     ``_index.json``, with a shard's metadata for what it does not say (and for an OUT of an
     earlier pagemill)."""
-    from pipelines.index.identity import live_page_files, load_state
+    from pipelines.out.identity import load_state
+    from pipelines.out.manifest import live_page_files
 
     shards = live_page_files(store)
     if not shards:
@@ -51,7 +48,7 @@ def recorded_metadata(store: OutputStore) -> RunMetadata:
 
 def read_pages_subset(store: OutputStore, page_ids: list[str] | None, columns: list[str]) -> pa.Table:
     """Rows of OUT/pages (all, or those in ``page_ids``), only ``columns``."""
-    from pipelines.index.identity import live_page_files
+    from pipelines.out.manifest import live_page_files
 
     wanted = pa.array(page_ids, pa.string()) if page_ids is not None else None
     parts = []
@@ -73,7 +70,7 @@ RRF_K = 60
 
 def _ranking(item: tuple[str, float]) -> tuple[float, str]:
     """Best score first; equal scores (identical pages) by page id, so that a ranking does not
-    depend on the order a server returned them in."""
+    depend on the order a store returned them in."""
     return -item[1], item[0]
 
 
@@ -82,80 +79,32 @@ def reciprocal_rank_fusion(*lists: list[tuple[str, float]], k: int = RRF_K) -> l
     return weighted_rrf({str(i): ranked for i, ranked in enumerate(lists)}, k=k)
 
 
-def corpus_filter(sink: MilvusReader, corpus: str | None) -> str:
-    """The filter keeping one corpus (tenant) of an index built with a partition key."""
-    if not corpus:
-        return ""
-    if not sink.plan.partition_key:
-        raise UsageError(f"--corpus {corpus}: this index has no corpus field (ingest with --milvus-partition-key)")
-    return f"{CORPUS} == {json.dumps(corpus)}"  # a quoted, escaped string literal
-
-
-def _query_value(v: np.ndarray, fp):
-    if fp.vtype == "binary":
-        return E.binary_encode(v[None, :].astype(np.float32))[0].tobytes()
-    if fp.vtype == "float16":
-        return v.astype(np.float16)
-    return v.astype(np.float32).tolist()
-
-
-def _similarity(distance: float, fp) -> float:
-    """Higher is better: Hamming distance d on D bits -> D - 2d (the +-1 inner product)."""
-    return fp.dim - 2.0 * distance if fp.vtype == "binary" else distance
-
-
-def stage1(sink: MilvusReader, query: np.ndarray, candidates: int, mode: str, fde: FdeParams | None = None,
-           sv_query: np.ndarray | None = None, where: str = "") -> list[tuple[str, float]]:
-    """ANN in Milvus on a single-vector layout (sv-mean, sv-fde) or on a multi-vector layout
-    (``patches`` = mv, or mv-pool3, ...: each query vector's nearest vectors, pages ranked by
-    the sum of their best hits; an array-of-structs field is searched with MAX_SIM directly)."""
-    client = sink.client
+def stage1(vectors: VectorStore, query: np.ndarray, candidates: int, mode: str, fde: FdeParams | None = None,
+           sv_query: np.ndarray | None = None, corpus: str | None = None) -> list[tuple[str, float]]:
+    """ANN in the store on a single-vector layout (sv-mean: the query's L2-normalised mean;
+    sv-fde: MUVERA's query encoding; sv-vlm: the single-vector model's query) or on a
+    multi-vector layout (``patches`` = mv, or mv-pool3, ...: the query's vectors)."""
     layout = "mv" if mode == "patches" else mode
-    fp = sink.plan.by_layout(layout)
-    if fp is None or layout in (TEXT_LAYOUT, BM25_LAYOUT):
-        held = [f.layout for f in sink.plan.fields if f.layout not in (TEXT_LAYOUT, BM25_LAYOUT)]
-        raise UsageError(f"--stage1 {mode!r}: not in Milvus (this index holds {', '.join(held)}; or use text)")
-    client.load_collection(fp.collection)
-    if fp.mode == "page":
-        if fp.layout == "sv-vlm":
-            q = sv_query
-        elif fp.layout == "sv-fde":
-            q = FdeEncoder(query.shape[1], fde or FdeParams()).encode_query(query).astype(np.float32)
-        else:
-            q = normalise(query.sum(axis=0)).astype(np.float32)
-        hits = client.search(fp.collection, data=[q.tolist()], anns_field=fp.field, limit=candidates,
-                             output_fields=[S.PAGE_ID], filter=where)[0]
-        return [(h["entity"][S.PAGE_ID], float(h["distance"])) for h in hits]
-    if fp.mode == "struct":
-        from pymilvus.client.embedding_list import EmbeddingList
-
-        emb = EmbeddingList()
-        emb.add_batch(query.astype(np.float32))
-        hits = client.search(fp.collection, data=[emb], anns_field=fp.anns_field, limit=candidates,
-                             output_fields=[S.PAGE_ID], filter=where)[0]
-        return [(h["entity"][S.PAGE_ID], float(h["distance"])) for h in hits]
-    per_token = max(candidates, 10)
-    hits = client.search(fp.collection, data=[_query_value(v, fp) for v in query], anns_field=fp.field,
-                         limit=per_token, output_fields=[S.PAGE_ID], filter=where)
-    scores: dict[str, float] = {}
-    for token_hits in hits:
-        best: dict[str, float] = {}
-        for h in token_hits:
-            pid = h["entity"][S.PAGE_ID]
-            best[pid] = max(best.get(pid, -np.inf), _similarity(float(h["distance"]), fp))
-        for pid, sc in best.items():
-            scores[pid] = scores.get(pid, 0.0) + sc
-    return sorted(scores.items(), key=_ranking)[:candidates]
+    if layout == "sv-vlm":
+        q = sv_query
+    elif layout == "sv-fde":
+        q = FdeEncoder(query.shape[1], fde or FdeParams()).encode_query(query).astype(np.float32)
+    elif layout.startswith("sv-"):
+        q = normalise(query.sum(axis=0)).astype(np.float32)
+    else:
+        q = query
+    return [(h.page_id, h.score) for h in vectors.search(layout, q, candidates, corpus)]
 
 
-def search(query_text: str, store: OutputStore, sink: MilvusReader, *, k: int = 10, candidates: int = 100,
+def search(query_text: str, store: OutputStore, vectors: VectorStore, *, k: int = 10, candidates: int = 100,
            stage1_mode: str = "sv-mean", rerank: str = "mv", vectors_from: str = "parquet",
            spec: ModelSpec | None = None, hybrid: bool = False, corpus: str | None = None,
            text_weights: dict[str, float] | None = None, notes: list[str] | None = None) -> list[dict]:
-    """``stage1_mode``: sv-mean | patches | a layout in Milvus | text (BM25 and dense text fused) |
-    text-bm25 | text-dense; ``hybrid`` fuses the visual stage 1 with the text-layer stage 1 by
-    reciprocal rank fusion. Each result says which stage-1 lists it came from (``lists``);
-    ``notes`` (a list) collects what the user should know (a server without BM25)."""
+    """``stage1_mode``: sv-mean | patches | a layout in the store | text (BM25 and dense text
+    fused) | text-bm25 | text-dense; ``hybrid`` fuses the visual stage 1 with the text-layer stage
+    1 by reciprocal rank fusion. ``vectors``: the index's store, discovered. Each result says
+    which stage-1 lists it came from (``lists``); ``notes`` (a list) collects what the user should
+    know (a server without BM25)."""
     meta = recorded_metadata(store)
     spec = spec or ModelSpec(name=meta.model or "colqwen2-tiny", weights=meta.weights or "random")
     text_only = stage1_mode in TEXT_MODES
@@ -166,14 +115,11 @@ def search(query_text: str, store: OutputStore, sink: MilvusReader, *, k: int = 
     text_model = meta.text_model
     if (hybrid or text_only) and not text_model:
         raise UsageError("this index has no text layer vectors: ingest with --model <model>,text:all-MiniLM-L6-v2")
-    if sink.plan is None:
-        sink.discover()
     fde = meta.fde_params()
-    where = corpus_filter(sink, corpus)
     lists: dict[str, list[str]] = {}
     if hybrid or text_only:
-        text = TextSearch(sink, text_model, text_weights).search(query_text, candidates,
-                                                                  stage1_mode if text_only else "text", where)
+        text = TextSearch(vectors, text_model, text_weights).search(query_text, candidates,
+                                                                     stage1_mode if text_only else "text", corpus)
         if notes is not None:
             notes.extend(text.notes)
     if text_only:
@@ -187,7 +133,7 @@ def search(query_text: str, store: OutputStore, sink: MilvusReader, *, k: int = 
             if not meta.sv_model:
                 raise UsageError("this index has no sv-vlm vectors: ingest with --model <model>,sv:<model>")
             sv_query = sv_embedder_for(meta.sv_model, spec).embed_queries([query_text])[0].astype(np.float32)
-        visual = stage1(sink, query, candidates, stage1_mode, fde, sv_query, where)
+        visual = stage1(vectors, query, candidates, stage1_mode, fde, sv_query, corpus)
         found = visual
         if hybrid:
             found = reciprocal_rank_fusion(visual, text.ranked)[:candidates]
@@ -202,7 +148,7 @@ def search(query_text: str, store: OutputStore, sink: MilvusReader, *, k: int = 
         if not layout.is_multi_vector:
             raise UsageError(f"--rerank {rerank!r}: a multi-vector layout (mv, mv-pool3, mv-int8, ...) or none")
         if vectors_from == "milvus":
-            docs = sink.fetch_vectors(layout.name, ids)
+            docs = vectors.fetch(layout.name, ids)
             scored = [(pid, float((query @ docs[pid].T).max(axis=1).sum())) for pid in ids if pid in docs]
         else:
             cols = [S.PAGE_ID, layout.column] + ([layout.scale_column] if layout.scale_column else [])

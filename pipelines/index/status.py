@@ -3,13 +3,12 @@
 Status gives what the index is (its identity, and a reindex in progress), its documents by
 status, pages, shards and bytes, each Milvus collection's rows against what the shards say it
 should hold, the last runs, the quarantine by reason, and files no commit accounts for; with
-``healthy`` and ``problems`` for a scheduler to alert on (``--json``). Expected Milvus rows come
-from the shards (their page counts and vector list lengths).
+``healthy`` and ``problems`` for a scheduler to alert on (``--json``). The rows a store should
+hold come from the shards (their page counts and vector list lengths).
 """
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 
@@ -17,8 +16,11 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from operators.io.store import OutputStore
-from pipelines.index.identity import load_state
-from pipelines.ingest.ledger import STATUSES, Ledger
+from operators.stores.door import VectorStore
+from operators.stores.parquet import read_table
+from pipelines.out.identity import load_state
+from pipelines.out.keys import PAGES_PREFIX, QUARANTINE_PREFIX, RUNS_PREFIX
+from pipelines.out.ledger import STATUSES, Ledger
 
 RECENT_RUNS = 5
 EXAMPLES = 3
@@ -67,21 +69,9 @@ def vectors_in(store: OutputStore, keys: list[str], columns: list[str]) -> dict[
     return dict(out)
 
 
-def expected_rows(plan, vectors: dict[str, int], pages: int) -> dict[str, int | None]:
-    """Rows each collection should hold from what the shards hold."""
-    exp: dict[str, int | None] = {}
-    for f in plan.fields:
-        if f.mode in ("rows", "chunks"):  # a row per vector; the text layer's, a row per chunk
-            exp[f.collection] = vectors.get(f.column)
-        elif f.collection not in exp:
-            exp[f.collection] = pages if f.layout != "text" else None  # text: pages with text only
-    exp[plan.pages_collection] = pages
-    return exp
-
-
-def index_status(store: OutputStore, milvus=None, recent: int = RECENT_RUNS) -> dict:
-    from operators.sinks.parquet import PAGES_PREFIX, QUARANTINE_PREFIX
-
+def index_status(store: OutputStore, vectors: VectorStore | None = None, discovered: bool = False,
+                 recent: int = RECENT_RUNS) -> dict:
+    """``vectors``: the index's store (``discovered``: its tables opened, to count their rows)."""
     state = load_state(store)
     if state is None or state.active is None:
         return {"out": store.uri, "index": None, "healthy": False, "problems": ["no index in this OUT yet"]}
@@ -114,19 +104,18 @@ def index_status(store: OutputStore, milvus=None, recent: int = RECENT_RUNS) -> 
                         f"ingest removes it")
     if active.building:
         problems.append(f"{', '.join(active.building)} added but not yet on every document: run ingest to finish")
-    if store.exists("_ledger/milvus_bulk.json"):
-        problems.append("a first load by bulk import is unfinished: run ingest with --milvus-bulk-dir")
-    if milvus is not None:
-        plan = milvus.discover()
-        vectors = vectors_in(store, page_files, sorted({f.column for f in plan.fields if f.mode in ("rows", "chunks")}))
-        expected = expected_rows(plan, vectors, pages - _quarantined_pages(ledger))
-        out["milvus"] = {}
-        for c in plan.collections:
-            have = milvus.count(c)
+    if vectors is not None:
+        problems += vectors.pending(ledger)
+    if vectors is not None and discovered:
+        counts = vectors_in(store, page_files, vectors.count_columns())
+        expected = vectors.expected_rows(pages - _quarantined_pages(ledger), counts)
+        out[vectors.name] = {}
+        for c, have in vectors.counts().items():
             want = expected.get(c)
-            out["milvus"][c] = {"rows": have, "expected": want}
+            out[vectors.name][c] = {"rows": have, "expected": want}
             if want is not None and have != want:
-                problems.append(f"Milvus {c} holds {have} rows, the shards say {want}: pagemill milvus-load repairs it")
+                problems.append(f"{vectors.title} {c} holds {have} rows, the shards say {want}: pagemill milvus-load "
+                                f"repairs it")
     out["runs"] = recent_runs(store, recent)
     out["quarantine"] = quarantine_summary(store, [k for k in live if k.startswith(QUARANTINE_PREFIX + "/")])
     out["problems"] = problems
@@ -139,7 +128,8 @@ def _quarantined_pages(ledger: Ledger) -> int:
 
 
 def recent_runs(store: OutputStore, n: int) -> list[dict]:
-    runs = sorted((o.key for o in store.list("_runs") if o.key.endswith(".json") and o.key.count("/") == 1), reverse=True)
+    runs = sorted((o.key for o in store.list(RUNS_PREFIX) if o.key.endswith(".json") and o.key.count("/") == 1),
+                  reverse=True)
     out = []
     for key in runs[:n]:
         s = json.loads(store.read_bytes(key))
@@ -152,7 +142,7 @@ def recent_runs(store: OutputStore, n: int) -> list[dict]:
 def quarantine_rows(store: OutputStore, keys: list[str]) -> list[dict]:
     rows = []
     for key in sorted(keys):
-        rows += pq.read_table(io.BytesIO(store.read_bytes(key))).to_pylist()
+        rows += read_table(store.read_bytes(key)).to_pylist()
     return rows
 
 

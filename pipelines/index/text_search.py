@@ -1,8 +1,8 @@
-"""Search on the text layer: BM25 over the chunks' text (Milvus' own function), dense over the
-chunks' vectors, each page scored by its best chunk, and the two lists fused by reciprocal rank.
+"""Search on the text layer: BM25 over the chunks' text (the store's own), dense over the chunks'
+vectors, each page scored by its best chunk, and the two lists fused by reciprocal rank.
 
 ``--stage1 text`` fuses both (``--text-weights bm25=1,dense=0.25``, the default), ``text-bm25`` and
-``text-dense`` take one. Where the server has no BM25 (Milvus < 2.5), ``text`` is dense only and
+``text-dense`` take one. Where the store has no BM25 (Milvus < 2.5), ``text`` is dense only and
 says so in one line. An index built before chunks (one ``sv_text`` row per page) is searched
 the same way, dense only.
 """
@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from operators import schema as S
 from operators.errors import UsageError
 from operators.models.text_layer import bm25_text
-from operators.sinks.milvus_schema import BM25_LAYOUT, TEXT_LAYOUT
+from operators.stores.door import Hit, VectorStore
 
 TEXT_MODES = ("text", "text-bm25", "text-dense")
 LISTS = {"bm25": "text-bm25", "dense": "text-dense"}
@@ -29,7 +28,6 @@ LISTS = {"bm25": "text-bm25", "dense": "text-dense"}
 DEFAULT_WEIGHTS = {"bm25": 1.0, "dense": 0.25}
 RRF_K = 60
 CHUNKS_PER_PAGE = 4  # chunk hits asked per page wanted: a page's chunks crowd the top of a list
-MAX_LIMIT = 16384  # Milvus' largest topk
 
 
 def parse_text_weights(spec: str | None) -> dict[str, float]:
@@ -63,13 +61,11 @@ def weighted_rrf(lists: dict[str, list[tuple[str, float]]], weights: dict[str, f
     return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
 
 
-def best_per_page(hits, score) -> list[tuple[str, float]]:
+def best_per_page(hits: list[Hit]) -> list[tuple[str, float]]:
     best: dict[str, float] = {}
     for h in hits:
-        pid = h["entity"][S.PAGE_ID]
-        s = score(float(h["distance"]))
-        if s > best.get(pid, float("-inf")):
-            best[pid] = s
+        if h.score > best.get(h.page_id, float("-inf")):
+            best[h.page_id] = h.score
     return sorted(best.items(), key=lambda item: (-item[1], item[0]))
 
 
@@ -84,28 +80,23 @@ class TextResult:
 
 
 class TextSearch:
-    """The text layer of an index (a ``MilvusReader`` with its plan discovered)."""
+    """The text layer of an index (its vector store, discovered)."""
 
-    def __init__(self, sink, text_model: str, weights: dict[str, float] | None = None, embedder=None):
-        self.sink = sink
+    def __init__(self, vectors: VectorStore, text_model: str, weights: dict[str, float] | None = None, embedder=None):
+        self.vectors = vectors
         self.text_model = text_model
         self.weights = weights or dict(DEFAULT_WEIGHTS)
         self._embedder = embedder
-        self.dense_field = sink.plan.by_layout(TEXT_LAYOUT)
-        self.bm25_field = sink.plan.by_layout(BM25_LAYOUT)
-        if self.dense_field is None:
+        self.held = vectors.text_lists()
+        if not self.held["dense"]:
             raise UsageError("this index has no text layer vectors: ingest with --model <model>,text:all-MiniLM-L6-v2")
 
     @property
     def lexical(self) -> bool:
-        return self.bm25_field is not None
+        return self.held["bm25"]
 
     def unavailable_note(self) -> str:
-        server = self.sink.server.label
-        if self.dense_field.mode == "page":
-            return ("lexical search unavailable: this index's text layer predates chunks (one vector per page): "
-                    "dense text only; ingest into a new OUT for chunks and BM25")
-        return f"lexical search unavailable on {server}: dense text only (BM25 needs Milvus >= 2.5 or Milvus Lite)"
+        return self.vectors.text_note()
 
     @property
     def embedder(self):
@@ -115,30 +106,21 @@ class TextSearch:
             self._embedder = TextEmbedder(self.text_model)
         return self._embedder
 
-    def _limit(self, candidates: int, fp) -> int:
-        return min(MAX_LIMIT, candidates * (CHUNKS_PER_PAGE if fp.mode == "chunks" else 1))
+    def _limit(self, candidates: int) -> int:
+        return candidates * (CHUNKS_PER_PAGE if self.held.get("per_chunk", True) else 1)
 
-    def dense(self, query: str, candidates: int, where: str = "", vector=None) -> list[tuple[str, float]]:
-        fp = self.dense_field
-        self.sink.client.load_collection(fp.collection)
+    def dense(self, query: str, candidates: int, corpus: str | None = None, vector=None) -> list[tuple[str, float]]:
         q = vector if vector is not None else self.embedder.embed_queries([query])[0]
-        hits = self.sink.client.search(fp.collection, data=[[float(x) for x in q]], anns_field=fp.field,
-                                       limit=self._limit(candidates, fp), output_fields=[S.PAGE_ID], filter=where)[0]
-        return best_per_page(hits, lambda d: d)[:candidates]
+        return best_per_page(self.vectors.search_text("dense", q, self._limit(candidates), corpus))[:candidates]
 
-    def bm25(self, query: str, candidates: int, where: str = "") -> list[tuple[str, float]]:
-        fp = self.bm25_field
+    def bm25(self, query: str, candidates: int, corpus: str | None = None) -> list[tuple[str, float]]:
         text = bm25_text(query)
-        if fp is None or not text:
+        if not self.lexical or not text:
             return []
-        self.sink.client.load_collection(fp.collection)
-        hits = self.sink.client.search(fp.collection, data=[text], anns_field=fp.field,
-                                       limit=self._limit(candidates, fp), output_fields=[S.PAGE_ID], filter=where,
-                                       search_params={"metric_type": "BM25"})[0]
-        # Milvus Lite returns the BM25 score negated (best first either way): the score is its size.
-        return best_per_page(hits, abs)[:candidates]
+        return best_per_page(self.vectors.search_text("bm25", text, self._limit(candidates), corpus))[:candidates]
 
-    def search(self, query: str, candidates: int, mode: str = "text", where: str = "", vector=None) -> TextResult:
+    def search(self, query: str, candidates: int, mode: str = "text", corpus: str | None = None,
+               vector=None) -> TextResult:
         """``vector``: the query's embedding, when the caller has it already."""
         if mode not in TEXT_MODES:
             raise UsageError(f"--stage1 {mode!r}: the text modes are {', '.join(TEXT_MODES)}")
@@ -146,13 +128,13 @@ class TextSearch:
         lists: dict[str, list[tuple[str, float]]] = {}
         if mode in ("text", "text-bm25"):
             if self.lexical:
-                lists["text-bm25"] = self.bm25(query, candidates, where)
+                lists["text-bm25"] = self.bm25(query, candidates, corpus)
             else:
                 notes.append(self.unavailable_note())
                 if mode == "text-bm25":
                     raise UsageError(self.unavailable_note().replace(": dense text only", "") + ": use --stage1 text-dense")
         if mode in ("text", "text-dense"):
-            lists["text-dense"] = self.dense(query, candidates, where, vector)
+            lists["text-dense"] = self.dense(query, candidates, corpus, vector)
         if len(lists) == 1:
             ranked = next(iter(lists.values()))
         else:

@@ -1,13 +1,14 @@
 """Commit a written work unit: the ledger record is the commit point.
 
-By the time a unit is complete its writers have written its Parquet parts and its Milvus rows
-(upserts, and deletes of other versions). Here, in commit order on the driver: older shards that
-still hold a superseded version of the unit's documents are rewritten without it (a task where
-the data lives), then the ledger record names the unit's files and the rewrites, then the
-replaced files go. A crash anywhere before the record leaves the unit uncommitted: its files are
-orphans that the next run deletes, the documents' previous versions stay intact in ``OUT/pages``,
-and the unit is planned again; Milvus converges because its writes are upserts and filtered
-deletes (and the suspects list covers a commit that died after its Milvus writes).
+By the time a unit is complete its writers have written its Parquet parts and its rows in the
+vector store (upserts and deletes of other versions, or writes the store commits). Here, in commit
+order on the driver: older shards that still hold a superseded version of the unit's documents
+are rewritten without it (a task where the data lives), the store commits the unit's writes, then
+the ledger record names the unit's files and the rewrites, then the replaced files go. A crash
+anywhere before the record leaves the unit uncommitted: its files are orphans that the next run
+deletes, the documents' previous versions stay intact in ``OUT/pages``, and the unit is planned
+again; the store converges because its writes are idempotent (and, where they are visible before
+the commit, the suspects list covers a commit that died after them).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import pyarrow.compute as pc
 from operators import schema as S
 from operators.faults import checkpoint
 from operators.io.store import OutputStore
-from operators.sinks.parquet import PAGES_PREFIX, ParquetSink
-from pipelines.ingest.ledger import Ledger, MilvusSuspects
+from operators.stores.door import StoreWriter, Suspects, VectorStore
+from operators.stores.parquet import PAGES_PREFIX, ParquetSink, read_table
+from pipelines.out.ledger import Ledger
+from pipelines.out.manifest import MANIFEST_EVERY_S, MANIFEST_MAX_FILES, write_manifest
 
 
 def _rewritten_key(old: str, unit_id: str) -> str:
@@ -30,19 +33,17 @@ def _rewritten_key(old: str, unit_id: str) -> str:
 def rewrite_without(store: OutputStore, keys: list[str], uris: list[str], unit_id: str) -> list[dict]:
     """Rewrite each file in ``keys`` without the rows of ``uris`` (a new key; the old file stays
     until the commit). A file left empty is dropped. Runs where the data lives."""
-    import io
 
-    import pyarrow.parquet as pq
 
     parquet = ParquetSink(store)  # no metadata of its own: the old file's stays as it was
     drop = pa.array(uris)
     rewrites = []
     for old in keys:
         data = store.read_bytes(old)
-        inside = pq.read_table(io.BytesIO(data), columns=[S.SOURCE_URI])[S.SOURCE_URI]
+        inside = read_table(data, columns=[S.SOURCE_URI])[S.SOURCE_URI]
         if not pc.any(pc.is_in(inside, value_set=drop)).as_py():
             continue  # another part of the unit: nothing of these documents in it
-        table = pq.read_table(io.BytesIO(data))
+        table = read_table(data)
         keep = table.filter(pc.invert(pc.is_in(table[S.SOURCE_URI], value_set=drop)))
         new = None
         if keep.num_rows:
@@ -52,12 +53,10 @@ def rewrite_without(store: OutputStore, keys: list[str], uris: list[str], unit_i
     return rewrites
 
 
-def resync_pages(store: OutputStore, milvus, keys: list[str], uris: list[str], shared: bool = False) -> int:
-    """Upsert again the committed pages of ``uris`` from their shards (``milvus``: a writer from
-    ``for_workers()``, or the caller's own client when ``shared``). Runs where the data lives;
-    returns pages written."""
-    if not shared:
-        milvus.open()
+def resync_pages(store: OutputStore, writer: StoreWriter, keys: list[str], uris: list[str]) -> int:
+    """Write again the committed pages of ``uris`` from their shards (``writer``: the vector
+    store's). Runs where the data lives; returns pages written."""
+    writer.open()
     try:
         keep = pa.array(sorted(uris))
         written = 0
@@ -65,12 +64,11 @@ def resync_pages(store: OutputStore, milvus, keys: list[str], uris: list[str], s
         for key in keys:
             table = parquet.read(key)
             table = table.filter(pc.is_in(table[S.SOURCE_URI], value_set=keep))
-            milvus.write_pages(table)
+            writer.write("resync", table)
             written += table.num_rows
         return written
     finally:
-        if not shared:
-            milvus.close()
+        writer.close()
 
 
 def fold_failed(info: dict, parts: list[dict]) -> list[dict]:
@@ -88,36 +86,19 @@ def fold_failed(info: dict, parts: list[dict]) -> list[dict]:
     return info["quarantine"] + failed
 
 
-MANIFEST_KEY = f"{PAGES_PREFIX}/_manifest.json"
-MANIFEST_EVERY_S = 30.0  # past MANIFEST_MAX_FILES live files, the manifest is rewritten at most this often
-MANIFEST_MAX_FILES = 50_000
-
-
-def write_manifest(store: OutputStore, state, generation: int) -> None:
-    """``OUT/pages/_manifest.json``: the committed page shards of the active index, for readers
-    outside pagemill (DuckDB, Polars, pyarrow read exactly these files; a reader that globs
-    ``pages/`` can see a crashed run's leftovers, or another generation's shards during a
-    reindex). pyarrow and DuckDB skip files whose names start with ``_`` when they read the folder."""
-    import json
-    import time
-
-    files = sorted(k for k in state.files if k.startswith(PAGES_PREFIX + "/"))
-    store.write_bytes(MANIFEST_KEY, json.dumps({"generation": generation, "records": state.records,
-                                                "written_at": time.time(), "files": files}, indent=0).encode())
-
-
 class UnitCommitter:
-    def __init__(self, ledger: Ledger, run_id: str, executor=None, milvus=None,
-                 suspects: MilvusSuspects | None = None, manifest: bool = True):
+    def __init__(self, ledger: Ledger, run_id: str, executor=None, vectors: VectorStore | None = None,
+                 suspects: Suspects | None = None, manifest: bool = True):
         """``executor``: runs rewrites and resyncs where the data lives (``run_task``);
-        ``milvus``: the driver's MilvusWriter (deletes of documents gone from the source, and
-        the plan that resyncs use); ``suspects``: what Milvus may hold beyond the ledger."""
+        ``vectors``: the driver's vector store (commits of the units' writes, deletes of documents
+        gone from the source, the writers that resyncs use); ``suspects``: what the store may hold
+        beyond the ledger."""
         self.ledger = ledger
         self.store = ledger.store
         self.run_id = run_id
         self.executor = executor
-        self.milvus = milvus
-        self.suspects = suspects if suspects is not None else MilvusSuspects(everything=True)
+        self.vectors = vectors
+        self.suspects = suspects if suspects is not None else Suspects(everything=True)
         self.delete_calls = 0  # deletes by filter sent from the driver (resyncs, documents gone)
         self.manifest = manifest  # this is the active index: keep OUT/pages/_manifest.json current
         self._retired: list[str] = []  # replaced files, deleted once a manifest without them is written
@@ -165,6 +146,8 @@ class UnitCommitter:
         holding = state.files_holding(set(superseded)) if superseded else []
         rewrites = self._run(rewrite_without, self.store, holding, superseded, unit_id) if holding else []
         checkpoint("rewritten")
+        if self.vectors is not None:
+            self.vectors.commit(unit_id, [p["store"] for p in parts if p.get("store")])
         self.ledger.commit({
             "unit_id": unit_id,
             "run_id": self.run_id,
@@ -183,28 +166,36 @@ class UnitCommitter:
                 "bytes": sum(f["bytes"] for f in files if f["key"].startswith(pages_key)),
                 "quarantine": quarantine, "superseded": len(superseded), "files": files}
 
-    def resync_milvus(self, uris: set[str]) -> int:
-        """Make Milvus hold exactly the committed version of documents the ledger knows but this
-        run did not commit (a suspect whose source went back to the committed version after a
-        commit died between its Milvus writes and its record: Milvus holds the dead commit's
-        version). Their committed pages are upserted again from the shards, and other versions'
+    def resync(self, uris: set[str]) -> int:
+        """Make the store hold exactly the committed version of documents the ledger knows but
+        this run did not commit (a suspect whose source went back to the committed version after
+        a commit died between its store writes and its record: the store holds the dead commit's
+        version). Their committed pages are written again from the shards, and other versions'
         rows deleted. Returns pages written."""
         state = self.ledger.state
         docs = {u: d for u in uris if (d := state.get(u, with_version=True)) is not None}
-        if self.milvus is None or not docs:
+        if self.vectors is None or not docs:
             return 0
         keys = [k for k in self.ledger.state.files_holding(set(docs)) if k.startswith(PAGES_PREFIX + "/")]
-        if self.executor is None or self.executor.tasks_in_driver:
-            written = resync_pages(self.store, self.milvus, keys, sorted(docs), True)
-        else:
-            written = self._run(resync_pages, self.store, self.milvus.for_workers(), keys, sorted(docs))
-        self.delete_calls += self.milvus.delete_other_versions(
+        written = self._run(resync_pages, self.store, self.vectors.writer(), keys, sorted(docs))
+        self.delete_calls += self.vectors.delete_other_versions(
             {S.doc_id_for(u): (d.version if d.n_pages else None) for u, d in docs.items()})
         return written
 
+    def delete_missing(self, planned) -> tuple[int, int]:
+        """``--delete-missing``: the committed documents the listing (``planned``, with its keys)
+        did not see. Refused when the source listed nothing at all. Returns (documents, pages)."""
+        from operators.errors import UsageError
+
+        missing = self.ledger.state.missing(planned.seen_key_array())
+        if missing and not planned.seen:
+            raise UsageError(f"--delete-missing: the source lists no documents at all; refusing to delete all "
+                             f"{len(missing)} indexed documents (wrong source?)")
+        return len(missing), self.delete_documents(missing)
+
     def delete_documents(self, uris: list[str]) -> int:
-        """Remove documents gone from the source: shards rewritten without them, their Milvus
-        rows deleted, then one ledger record. Returns pages removed."""
+        """Remove documents gone from the source: shards rewritten without them, their rows in
+        the store deleted, then one ledger record. Returns pages removed."""
         import hashlib
 
         uris = sorted(uris)
@@ -214,8 +205,8 @@ class UnitCommitter:
         removed = sum(d.n_pages for u in uris if (d := self.ledger.state.get(u)) is not None)
         holding = self.ledger.state.files_holding(set(uris))
         rewrites = self._run(rewrite_without, self.store, holding, uris, unit_id) if holding else []
-        if self.milvus is not None:
-            self.delete_calls += self.milvus.delete_other_versions({S.doc_id_for(u): None for u in uris})
+        if self.vectors is not None:
+            self.delete_calls += self.vectors.delete_other_versions({S.doc_id_for(u): None for u in uris})
         self.ledger.commit({"unit_id": unit_id, "run_id": self.run_id, "docs": [], "files": [], "rewrites": rewrites,
                             "superseded": uris, "deleted": uris})
         self._retired += [rw["old"] for rw in rewrites]

@@ -19,7 +19,7 @@ STAGES = ("render", "embed", "embed_sv", "embed_text", "encode", "write")
 MODEL_STAGES = ("embed", "embed_sv", "embed_text")
 WHAT = {"render": "render (MuPDF, CPU)", "embed": "embed (model forward)", "embed_sv": "embed_sv (single-vector model)",
         "embed_text": "embed_text (text model)", "encode": "encode (pooling and encodings, CPU)",
-        "write": "write (Parquet + Milvus)", "commit": "commit (ledger, driver)"}
+        "write": "write (Parquet + vector store)", "commit": "commit (ledger, driver)"}
 
 
 class StageStats:
@@ -32,7 +32,7 @@ class StageStats:
         self._first_arrival: float | None = None  # when the first unit reached the driver
         self._last: tuple[float, int] | None = None
         self._commits_after_first = 0
-        self._milvus_rows: dict[str, int] = {}
+        self._store_rows: dict[str, int] = {}
         self._delete_calls = 0
         self._bytes: dict[str, int] = {}
         self.upsert_path: str | None = None
@@ -48,18 +48,20 @@ class StageStats:
                         self.workers[stage][s["worker"]] = s
 
     def wrote(self, part: dict) -> None:
-        """A writer's result for part of a unit: Milvus rows, deletes, bytes."""
-        for c, n in part.get("milvus_rows", {}).items():
-            self._milvus_rows[c] = self._milvus_rows.get(c, 0) + n
+        """A writer's result for part of a unit: the store's rows, deletes, bytes."""
+        store = part.get("store") or {}
+        if store.get("path") != "bulk":  # (rows staged for a bulk import count when imported)
+            for c, n in store.get("rows", {}).items():
+                self._store_rows[c] = self._store_rows.get(c, 0) + n
+            if store.get("path"):
+                self.upsert_path = store["path"]
         self._delete_calls += part.get("delete_calls", 0)
         for f in part["files"]:
             prefix = f["key"].split("/", 1)[0]
             self._bytes[prefix] = self._bytes.get(prefix, 0) + f["bytes"]
-        if part.get("upsert_path"):
-            self.upsert_path = part["upsert_path"]
 
-    def milvus_rows(self) -> dict[str, int]:
-        return dict(self._milvus_rows)
+    def store_rows(self) -> dict[str, int]:
+        return dict(self._store_rows)
 
     def delete_calls(self) -> int:
         return self._delete_calls
@@ -136,7 +138,10 @@ class StageStats:
             if stage == "encode":
                 s["layouts_s"] = round(sum(w.get("layouts_s", 0.0) for w in workers.values()), 3)
             if stage == "write":
-                for key in ("parquet_s", "milvus_s", "files", "bytes", "milvus_rows"):
+                # the Parquet and vector-store counters (``<store>_s``, ``<store>_rows``), files, bytes
+                keys = {k for w in workers.values() for k in w
+                        if k.endswith(("_s", "_rows")) and k not in ("busy_s", "wall_s")} | {"files", "bytes"}
+                for key in sorted(keys):
                     s[key] = round(sum(w.get(key, 0) for w in workers.values()), 3)
             out[stage] = s
         c = self.commit

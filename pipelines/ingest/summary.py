@@ -1,18 +1,21 @@
-"""An ingest run's totals (what its commits added) and its summary (``OUT/_runs/<run id>.json``)."""
+"""An ingest run's totals (what its phases did) and its summary (``OUT/_runs/<run id>.json``),
+built from the totals and the resolved run."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from operators.sinks.milvus_client import redact_uri
-from operators.sinks.parquet import PAGES_PREFIX, QUARANTINE_PREFIX
+from pipelines.ingest.planning import PlanCounts
+from pipelines.out.keys import PAGES_PREFIX, QUARANTINE_PREFIX, run_summary_key
 
 
 @dataclass
 class RunTotals:
-    """What the run's commits added, for the summary."""
+    """What the run did: its commits (documents and pages by outcome, quarantine) and the counts
+    of every phase, for the summary."""
 
     docs: dict = field(default_factory=lambda: {"indexed": 0, "partial": 0, "quarantined": 0})
     pages: int = 0
@@ -20,6 +23,21 @@ class RunTotals:
     superseded: int = 0
     quarantine: list = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    planned: PlanCounts = field(default_factory=PlanCounts)
+    units_planned: int | None = None
+    units_committed: int = 0
+    orphans_removed: int = 0  # files of an interrupted run, removed before planning
+    parts_swept: int = 0  # parts a retried write left under another key, removed at the end
+    deleted_docs: int = 0
+    deleted_pages: int = 0
+    relayouted: int = 0  # pages given added layouts from the archive
+    resynced: int = 0  # pages written to the store again from the archive
+    imported: dict | None = None  # what the store imported at the end (a first load by bulk import)
+    swapped: bool = False  # a reindex swapped in
+    store_counts: dict = field(default_factory=dict)
+    store_delete_calls: int = 0  # the driver's deletes (documents gone, resyncs)
+    exec_stats: dict = field(default_factory=dict)
+    run_s: float = 0.0
 
     def add(self, info: dict, added: dict) -> None:
         for d in info["docs"]:
@@ -29,77 +47,76 @@ class RunTotals:
             self.page_quarantine += q["page_number"] is not None
         self.pages += added["pages"]
         self.superseded += added["superseded"]
+        self.units_committed += 1
         for stage, s in info.get("settings", {}).items():
             self.settings.setdefault(stage, s)
 
+    def on_accelerator(self) -> bool:
+        device = str(self.settings.get("embed", {}).get("device") or "")
+        return device.startswith("cuda") or device == "sim"
 
 
-def on_accelerator(totals: RunTotals) -> bool:
-    device = str(totals.settings.get("embed", {}).get("device") or "")
-    return device.startswith("cuda") or device == "sim"
-
-
-
-def build(job, stages: dict, diagnosis: str | None, layouts: dict) -> dict:
-    """The summary of an ingest job (``pipelines.ingest.job.IngestJob``) that has finished: what it
-    found, indexed, quarantined, deleted and wrote, per stage and per layout."""
-    cfg, totals = job.cfg, job.totals
-    wall = time.time() - job.t_start
+def build(run, totals: RunTotals, stage_stats, stages: dict, diagnosis: str | None, layouts: dict, *,
+          started: float, source: str, out, store: dict, store_name: str, ledger_records: int) -> dict:
+    """The summary of an ingest run (``run``: its ResolvedRun) that has finished: what it found,
+    indexed, quarantined, deleted and wrote, per stage and per layout. ``store``: what the vector
+    store says of itself (its section, under ``store_name``)."""
+    wall = time.time() - started
     embed = stages.get("embed", {})
+    counts = totals.planned
     summary = {
-        "run_id": job.run_id,
-        "started_at": datetime.fromtimestamp(job.t_start, timezone.utc).isoformat(),
-        "index": {"generation": job.target.generation, "mode": job.mode, "model": job.target.describe(),
-                  "added": job.added, "dropped": job.dropped, "swapped": job.swapped,
-                  "milvus_base": job.target.milvus_base},
-        "source": job.source.uri,
-        "out": job.store.uri,
-        "executor": cfg.executor,
+        "run_id": run.run_id,
+        "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "index": {"generation": run.generation, "mode": run.mode, "model": run.index, "added": list(run.added),
+                  "dropped": list(run.dropped), "swapped": totals.swapped, "milvus_base": run.base},
+        "source": source,
+        "out": out.uri,
+        "executor": run.options.executor,
         "documents": {
-            "seen": job.counts.seen,
+            "seen": counts.seen,
             "indexed": totals.docs["indexed"] + totals.docs["partial"],
             "partial": totals.docs["partial"],
-            "skipped_unchanged": job.counts.skipped_unchanged,
+            "skipped_unchanged": counts.skipped_unchanged,
             "quarantined": totals.docs["quarantined"],
             "replaced_versions": totals.superseded,
-            "retried": job.counts.retried,
-            "deleted": job.deleted_docs,
-            "deferred": job.counts.deferred,
+            "retried": counts.retried,
+            "deleted": totals.deleted_docs,
+            "deferred": counts.deferred,
         },
         "pages": {
             "indexed": totals.pages,
             "embedded": int(embed.get("items", 0)),
             "quarantined": totals.page_quarantine,
-            "deleted": job.deleted_pages,
-            "relayouted": job.relayouted,
+            "deleted": totals.deleted_pages,
+            "relayouted": totals.relayouted,
         },
-        "units": {"planned": job.progress.total_units, "committed": job.progress.units,
-                  "orphan_files_removed": len(job.orphans), "retried_parts_removed": len(job.swept)},
+        "units": {"planned": totals.units_planned, "committed": totals.units_committed,
+                  "orphan_files_removed": totals.orphans_removed, "retried_parts_removed": totals.parts_swept},
         "quarantine": totals.quarantine,
         "layouts": layouts,
-        "milvus": {
-            "uri": redact_uri(cfg.milvus_uri()),
-            "rows_written": job.stage_stats.milvus_rows(),
-            "delete_calls": job.stage_stats.delete_calls() + job.committer.delete_calls,
-            "pages_resynced": job.resynced,
-            "bulk_imported": job.imported,
-            "upsert_path": job.stage_stats.upsert_path or "columns",
-            "row_counts": job.milvus_counts,
-            **job.milvus_plan.summary(),
+        store_name: {
+            "rows_written": stage_stats.store_rows(),
+            "delete_calls": stage_stats.delete_calls() + totals.store_delete_calls,
+            "pages_resynced": totals.resynced,
+            "bulk_imported": totals.imported,
+            "upsert_path": stage_stats.upsert_path or "columns",
+            "row_counts": totals.store_counts,
+            **store,
         },
         "outputs": {
-            "pages_bytes": job.stage_stats.written_bytes(PAGES_PREFIX),
-            "quarantine_bytes": job.stage_stats.written_bytes(QUARANTINE_PREFIX),
-            "pages_total_bytes": sum(o.size for o in job.store.list(PAGES_PREFIX)),
-            "ledger_records": job.ledger.state.records,
+            "pages_bytes": stage_stats.written_bytes(PAGES_PREFIX),
+            "quarantine_bytes": stage_stats.written_bytes(QUARANTINE_PREFIX),
+            "pages_total_bytes": sum(o.size for o in out.list(PAGES_PREFIX)),
+            "ledger_records": ledger_records,
         },
-        "model": totals.settings.get("embed") or {"model": job.spec.name, "weights": cfg.weights, "dim": job.dim},
-        "executor_stats": {**job.exec_stats, "embed_actor_devices": sorted(
+        "model": totals.settings.get("embed") or {"model": run.models.spec.name, "weights": run.models.spec.weights,
+                                                  "dim": run.models.dim},
+        "executor_stats": {**totals.exec_stats, "embed_actor_devices": sorted(
             {w["visible_devices"] for w in stages.get("embed", {}).get("per_worker", []) if w.get("visible_devices")})},
         "stages": stages,
         "bottleneck": diagnosis,
         "wall_s": round(wall, 3),
-        "run_s": round(getattr(job, "run_s", 0.0), 3),
+        "run_s": round(totals.run_s, 3),
         "pages_per_s": round(totals.pages / wall, 3) if wall > 0 else 0.0,
     }
     if "embed_sv" in totals.settings:
@@ -107,3 +124,12 @@ def build(job, stages: dict, diagnosis: str | None, layouts: dict) -> dict:
     if "embed_text" in totals.settings:
         summary["model"].update(totals.settings["embed_text"])
     return summary
+
+
+def save(summary: dict, out, path: str | None = None) -> None:
+    """``OUT/_runs/<run id>.json``, and ``path`` (``--summary``) when given."""
+    data = json.dumps(summary, indent=2, sort_keys=True).encode()
+    out.write_bytes(run_summary_key(summary["run_id"]), data)
+    if path:
+        with open(path, "wb") as f:
+            f.write(data)

@@ -76,15 +76,19 @@ def test_int8_codes_and_scales_on_the_hand_made_block():
 
 
 def test_milvus_vector_types_by_preference():
+    from operators.stores.milvus.schema import vtype_for
+    from pipelines.analysis.costs import milvus_index, milvus_vector_bytes
+
     have_all = ("float", "float16", "binary", "int8")
-    assert {n: c.milvus_vtype(have_all) for n, c in ENCODINGS.items()} == {
+    assert {n: vtype_for(n, have_all) for n in ENCODINGS} == {
         "fp32": "float", "fp16": "float16", "bf16": "float16", "int8": "int8", "bin": "binary"}
-    assert {n: c.milvus_vtype(("float", "float16")) for n, c in ENCODINGS.items()} == {
+    assert {n: vtype_for(n, ("float", "float16")) for n in ENCODINGS} == {
         "fp32": "float", "fp16": "float16", "bf16": "float16", "int8": "float16", "bin": "float"}
-    assert {c.milvus_vtype(("float",)) for c in ENCODINGS.values()} == {"float"}  # Milvus Lite
-    assert ENCODINGS["bin"].milvus_index("HNSW") == "BIN_IVF_FLAT" and ENCODINGS["bin"].milvus_index("flat") == "BIN_FLAT"
-    assert ENCODINGS["int8"].milvus_index("HNSW") == "HNSW"
-    assert ENCODINGS["bin"].milvus_bytes(128) == 16 and ENCODINGS["bin"].milvus_bytes(128, lite=True) == 512
+    assert {vtype_for(n, ("float",)) for n in ENCODINGS} == {"float"}  # Milvus Lite
+    binary, int8 = parse_layout("mv-bin"), parse_layout("mv-int8")
+    assert milvus_index(binary, "HNSW") == "BIN_IVF_FLAT" and milvus_index(binary, "flat") == "BIN_FLAT"
+    assert milvus_index(int8, "HNSW") == "HNSW"
+    assert milvus_vector_bytes(binary, 128, lite=False) == 16 and milvus_vector_bytes(binary, 128, lite=True) == 512
 
 
 def _page(grid_h=2, grid_w=3, special=2, dim=8, seed=0):

@@ -10,8 +10,8 @@ from pymilvus.client.prepare import Prepare
 
 from operators.layouts.layout import LayoutEncoder, parse_layouts
 from operators.models import PageEmbedding
-from operators.sinks.milvus_client import Columns
-from operators.sinks.milvus_writer import MilvusWriter
+from operators.stores.milvus.client import Columns
+from operators.stores.milvus.writer import MilvusWriter
 
 
 def test_column_fields_equal_what_the_row_api_builds_for_every_kind():

@@ -9,7 +9,7 @@ import pytest
 from pymilvus import DataType
 
 from operators.layouts.layout import LayoutEncoder, parse_layouts
-from operators.sinks.milvus_schema import (
+from operators.stores.milvus.schema import (
     MilvusError,
     build_collection,
     parse_index_specs,
@@ -123,7 +123,7 @@ class RecordingClient:
 
 def test_struct_rows_carry_each_pages_vectors():
     from operators.models import PageEmbedding
-    from operators.sinks.milvus_writer import MilvusWriter as MilvusSink
+    from operators.stores.milvus.writer import MilvusWriter as MilvusSink
 
     layouts = parse_layouts(["mv-pool3"])
     rng = np.random.default_rng(0)
@@ -152,8 +152,8 @@ def test_struct_rows_carry_each_pages_vectors():
 
 
 def test_transient_failures_are_retried_and_others_are_not():
-    from operators.sinks.milvus_client import MilvusConnection
-    from operators.sinks.milvus_writer import MilvusWriter as MilvusSink
+    from operators.stores.milvus.client import MilvusConnection
+    from operators.stores.milvus.writer import MilvusWriter as MilvusSink
 
     sink = MilvusSink(MilvusConnection("unused.db", retries=3))
     calls = []
@@ -177,7 +177,7 @@ def test_transient_failures_are_retried_and_others_are_not():
 
 
 def test_milvus_errors_become_one_readable_line():
-    from operators.sinks.milvus_client import first_line
+    from operators.stores.milvus.client import first_line
 
     class MilvusException(Exception):
         pass

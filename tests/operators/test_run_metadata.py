@@ -7,8 +7,8 @@ import pyarrow as pa
 from operators.io.uris import open_store
 from operators.layouts.fde import FdeParams
 from operators.layouts.layout import parse_layouts
-from operators.sinks.parquet import ParquetSink
-from operators.sinks.run_metadata import RunMetadata
+from operators.stores.parquet import ParquetSink
+from operators.stores.run_metadata import RunMetadata
 
 
 def _write_shard(tmp_path, metadata: dict) -> tuple:

@@ -16,7 +16,9 @@ def test_config_file_and_flag_precedence(tmp_path):
     f.write_text("source: /data\nout: /out\nbatch-size: 4\nexclude: ['drafts/*']\nexecutor: local\n")
     cfg = build_config(load_config_file(str(f)), {"batch_size": 16, "out": None})
     assert (cfg.source, cfg.out, cfg.batch_size, cfg.exclude, cfg.executor) == ("/data", "/out", 16, ["drafts/*"], "local")
-    assert cfg.milvus_uri() == "/out/milvus.db"
+    from operators.stores import vectors_uri
+
+    assert vectors_uri(cfg.store, cfg.out) == "/out/milvus.db"
 
 
 @pytest.mark.parametrize("text,key", [

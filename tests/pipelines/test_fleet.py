@@ -46,8 +46,8 @@ def test_the_simulated_accelerator_has_the_presets_shapes_and_is_deterministic()
 
 
 def test_a_writer_sent_to_the_workers_carries_no_secret(milvus_server, monkeypatch):
-    from operators.sinks.milvus_client import MilvusConnection
-    from operators.sinks.milvus_writer import MilvusWriter
+    from operators.stores.milvus.client import MilvusConnection
+    from operators.stores.milvus.writer import MilvusWriter
 
     monkeypatch.setenv("MILVUS_PASSWORD", ROOT_PASSWORD)
     writer = MilvusWriter(MilvusConnection(milvus_server.uri, user=ROOT_USER, ca_file=milvus_server.ca_file,

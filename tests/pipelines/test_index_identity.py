@@ -37,7 +37,7 @@ def committed_pages(out: Path) -> pa.Table:
 def milvus_rows(out: Path, collection: str = "pagemill") -> dict[str, int]:
     from pymilvus import MilvusClient
 
-    from operators.sinks.milvus_client import release_lite
+    from operators.stores.milvus.client import release_lite
 
     c = MilvusClient(str(out / "milvus.db"))
     try:
@@ -122,7 +122,7 @@ def test_a_model_change_is_refused_then_reindexed_through_a_crash(src, tmp_path,
     assert len(json.loads(capsys.readouterr().out)["results"]) == 3
     from pymilvus import MilvusClient
 
-    from operators.sinks.milvus_client import release_lite
+    from operators.stores.milvus.client import release_lite
 
     c = MilvusClient(str(out / "milvus.db"))
     try:  # the index's names now reach the new generation

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from operators.io.sources import DocumentRef
 from operators.io.store import LocalStore
-from pipelines.ingest.ledger import Ledger, LedgerState
-from pipelines.ingest.units import PlanCounts, plan_units, unit_id_for
+from pipelines.ingest.planning import PlanCounts, plan_units
+from pipelines.out.ledger import Ledger, LedgerState
+from pipelines.out.units import unit_id_for
 
 
 def _rec(unit, docs, files, rewrites=(), superseded=()):
@@ -67,7 +68,7 @@ def test_snapshots_are_columnar_and_replay_to_the_same_state(tmp_path):
     gives."""
     import numpy as np
 
-    import pipelines.ingest.ledger as L
+    import pipelines.out.ledger as L
 
     store = LocalStore(tmp_path)
     ledger = Ledger(store)
@@ -100,14 +101,14 @@ def test_snapshots_are_columnar_and_replay_to_the_same_state(tmp_path):
     _state_equal(again.state, replayed.state, all_uris)
     assert L.OVERLAY_FOLD == old_fold
     # documents gone from a listing, found by key against the columns
-    from pipelines.ingest.ledger import doc_key
+    from pipelines.out.ledger import doc_key
 
     seen = np.array([doc_key(u) for u in all_uris if u != uris[9]], np.uint64)
     assert again.state.missing(seen) == [uris[9]]
 
 
 def test_a_long_run_folds_its_commits_as_it_goes(tmp_path, monkeypatch):
-    import pipelines.ingest.ledger as L
+    import pipelines.out.ledger as L
 
     monkeypatch.setattr(L, "OVERLAY_FOLD", 50)
     ledger = Ledger(LocalStore(tmp_path))

@@ -12,13 +12,13 @@ from urllib.request import url2pathname
 
 import pymupdf
 import pytest
-from conftest import read_pages
+from conftest import index_store, read_pages
 from milvus_server import ROOT_PASSWORD, ROOT_USER
 
 from operators.io.store import LocalStore
 from operators.schema import doc_id_for
-from operators.sinks.milvus_client import MilvusConnection
-from operators.sinks.milvus_reader import MilvusReader
+from operators.stores.milvus.client import MilvusConnection
+from operators.stores.milvus.reader import MilvusReader
 from pipelines.cli import main
 from pipelines.index.search import search
 
@@ -49,6 +49,12 @@ def conn_args(server) -> list[str]:
             "--milvus-server-name", "localhost"]
 
 
+def server_store(server, out, collection: str):
+    """The index's store on the server, as the commands open it (the password from the environment)."""
+    return index_store(out, uri=server.uri, base=collection, milvus_user=ROOT_USER, milvus_db=DB,
+                       milvus_ca_file=server.ca_file, milvus_server_name="localhost")
+
+
 def connection(server) -> MilvusConnection:
     return MilvusConnection(server.uri, user=ROOT_USER, password=ROOT_PASSWORD, db_name=DB, ca_file=server.ca_file,
                             server_name="localhost")
@@ -74,13 +80,12 @@ def counts(server, collection: str) -> dict[str, int]:
 
 def search_in(server, out, collection: str, stage1: str) -> list[dict]:
     """The cascade against one collection, both stages from Milvus."""
-    sink = MilvusReader(connection(server), collection)
-    sink.connect()
+    vectors = server_store(server, out, collection)
     try:
-        return search(QUERY, LocalStore(out), sink, k=10, candidates=20, stage1_mode=stage1, rerank="mv-pool3",
+        return search(QUERY, LocalStore(out), vectors, k=10, candidates=20, stage1_mode=stage1, rerank="mv-pool3",
                       vectors_from="milvus")
     finally:
-        sink.close()
+        vectors.close()
 
 
 @pytest.fixture(scope="module")
@@ -154,15 +159,14 @@ def test_search_over_the_server_equals_brute_force(server, direct):
 
     scores = LayoutScorer(parse_layout("mv"), pages, 128).scores(q)
     expected = [pages["page_id"][int(i)].as_py() for i in np.argsort(-scores, kind="stable")[:10]]
-    sink = MilvusReader(connection(server), "direct")
-    sink.connect()
+    vectors = server_store(server, out, "direct")
     try:
         for stage1 in ("sv-mean", "sv-fde", "patches", "mv-bin", "mv-pool3"):
-            got = search(QUERY, LocalStore(out), sink, k=10, candidates=pages.num_rows, stage1_mode=stage1,
+            got = search(QUERY, LocalStore(out), vectors, k=10, candidates=pages.num_rows, stage1_mode=stage1,
                          vectors_from="milvus")
             assert [r["page_id"] for r in got] == expected, stage1
     finally:
-        sink.close()
+        vectors.close()
 
 
 def test_same_job_twice_and_a_changed_version(server, direct, tmp_path):
@@ -287,12 +291,11 @@ def test_partition_key_keeps_tenants_apart(server, small_corpus, tmp_path, capsy
         roots[tenant] = (out, set(read_pages(out)["page_id"].to_pylist()))
     assert half > 0 and all(ids for _, ids in roots.values())
     for tenant, (out, ids) in roots.items():
-        sink = MilvusReader(lite, "tenants")
-        sink.connect()
+        vectors = index_store(out, uri=lite, base="tenants")
         try:
-            got = search(QUERY, LocalStore(out), sink, k=50, candidates=50, rerank="none", corpus=tenant)
+            got = search(QUERY, LocalStore(out), vectors, k=50, candidates=50, rerank="none", corpus=tenant)
         finally:
-            sink.close()
+            vectors.close()
         assert {r["page_id"] for r in got} == ids  # every page of the tenant, none of the other's
 
 

@@ -11,10 +11,10 @@ import pytest
 from conftest import REPO, pagemill_cmd
 
 from pipelines.cli import build_parser
-from pipelines.ingest.config import ConfigError, IngestConfig, build_config, load_config_file
-from pipelines.options import CONFIG_OPTIONS, OPTIONS, readme_table
+from pipelines.ingest.config import ConfigError, IngestConfig, build_config, config_keys, load_config_file
+from pipelines.options import CONFIG_OPTIONS, OPTIONS, STORE, STORE_OPTIONS, readme_table
 
-CONFIG_ONLY = {"milvus_token_env", "milvus_password_env", "fidelity_seed", "relayout_only"}  # no flag
+CONFIG_ONLY = {"fidelity_seed", "relayout_only", "store"}  # no flag (store: the store's options, declared)
 
 
 def _subparser(command: str) -> argparse.ArgumentParser:
@@ -38,9 +38,13 @@ def test_ingest_parses_exactly_the_declared_options():
 
 def test_config_keys_are_the_declared_ones():
     fields = {f.name for f in dataclasses.fields(IngestConfig)}
-    declared = {o.dest for o in CONFIG_OPTIONS}
+    declared = {o.dest for o in CONFIG_OPTIONS if o.group != STORE}
     assert declared <= fields, declared - fields
     assert fields - declared == CONFIG_ONLY
+    # the store's options are config keys too, kept together in IngestConfig.store
+    store = {o.dest for o in STORE_OPTIONS if o.config}
+    assert store <= set(config_keys()) and not store & fields
+    assert set(IngestConfig(source="a", out="b").validate().store) == {o.dest for o in STORE_OPTIONS}
 
 
 def _bad_config(tmp_path, key: str, value) -> ConfigError:
@@ -84,11 +88,14 @@ def test_the_readme_table_has_a_row_for_every_ingest_option():
 
 
 def test_a_milvus_connection_from_flags_and_from_a_config():
-    from operators.sinks.milvus_client import MilvusConnection
+    from operators.stores.milvus.client import MilvusConnection
 
     args = build_parser().parse_args(["status", "out", "--milvus-user", "u", "--milvus-db", "d"])
     conn = MilvusConnection.from_options("http://m:19530", args)
     assert (conn.user, conn.db_name, conn.timeout_s, conn.token_env) == ("u", "d", 60.0, "MILVUS_TOKEN")
-    cfg = IngestConfig(source="a", out="/o", milvus_user="u", milvus_timeout_s=5.0, milvus_token_env="T").validate()
-    conn = cfg.milvus_connection()
+    from operators.stores import vectors_uri
+
+    cfg = build_config({"source": "a", "out": "/o", "milvus_user": "u", "milvus_timeout_s": 5.0,
+                        "milvus_token_env": "T"}, {})
+    conn = MilvusConnection.from_options(vectors_uri(cfg.store, cfg.out), cfg.store)
     assert (conn.uri, conn.user, conn.timeout_s, conn.token_env) == ("/o/milvus.db", "u", 5.0, "T")

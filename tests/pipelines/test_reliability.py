@@ -59,7 +59,7 @@ def test_a_second_run_on_the_same_out_refuses(small_corpus, tmp_path, capsys):
     import time
 
     from operators.io.store import LocalStore
-    from pipelines.ingest.lock import LOCK_KEY, RunLock
+    from pipelines.out.lock import LOCK_KEY, RunLock
 
     out = tmp_path / "out"
     holder = RunLock(LocalStore(out), "run-elsewhere", lease_s=60)

@@ -16,8 +16,8 @@ from faultproxy import FaultProxy
 
 from operators.io.s3 import S3Options, S3Source
 from pipelines.cli import main
-from pipelines.ingest.ledger import LedgerState
-from pipelines.ingest.units import PlanCounts, plan_units
+from pipelines.ingest.planning import PlanCounts, plan_units
+from pipelines.out.ledger import LedgerState
 
 
 def read_s3_tables(client, bucket: str, prefix: str):
@@ -215,7 +215,7 @@ def test_killed_before_commit_on_s3_then_resumed(s3_endpoint, s3_run, bucket, tm
 
 def test_lock_on_an_s3_output(s3_endpoint, bucket, tmp_path, capsys):
     from operators.io.s3 import S3Store
-    from pipelines.ingest.lock import RunLock
+    from pipelines.out.lock import RunLock
 
     store = S3Store("s3://archive/locked/", S3Options(endpoint_url=s3_endpoint))
     holder = RunLock(store, "run-on-another-node", lease_s=60)

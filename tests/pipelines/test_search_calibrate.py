@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import read_pages
+from conftest import index_store, read_pages
 
 from operators.io.store import LocalStore
 from operators.layouts.layout import LayoutScorer, parse_layout
 from operators.models import ModelSpec, adapter_for
-from operators.sinks.milvus_reader import MilvusReader
 from pipelines.cli import main
 from pipelines.index.search import search
 
@@ -37,12 +36,11 @@ def _brute_force(out, k=10):
 @pytest.mark.parametrize("vectors_from", ["parquet", "milvus"])
 def test_cascade_equals_brute_force_when_candidates_cover_the_corpus(indexed, vectors_from):
     expected, n_pages = _brute_force(indexed)
-    sink = MilvusReader(str(indexed / "milvus.db"))
-    sink.connect()
+    vectors = index_store(indexed)
     try:
-        got = search(QUERY, LocalStore(indexed), sink, k=10, candidates=n_pages, vectors_from=vectors_from)
+        got = search(QUERY, LocalStore(indexed), vectors, k=10, candidates=n_pages, vectors_from=vectors_from)
     finally:
-        sink.close()
+        vectors.close()
     assert [r["page_id"] for r in got] == expected
     assert [r["rank"] for r in got] == list(range(1, 11))
     assert all(r["source_uri"].startswith("file://") and r["page_number"] is not None for r in got)

@@ -158,8 +158,8 @@ def test_a_writer_for_the_text_layer_alone_still_sends_the_chunk_text():
 
     from operators.embed import fixed_vectors
     from operators.layouts.layout import parse_layouts
-    from operators.sinks.milvus_schema import plan_fields, server_info
-    from operators.sinks.milvus_writer import MilvusWriter
+    from operators.stores.milvus.schema import plan_fields, server_info
+    from operators.stores.milvus.writer import MilvusWriter
 
     text = "Copied sentences find their pages. " * 40
     n = len(chunk_text(text))
@@ -179,8 +179,8 @@ def test_an_index_built_before_chunks_keeps_its_text_layer_per_page(tmp_path):
     """An index whose NAME_text holds a vector per page (built before chunks) goes on being
     written that way, said in a note, instead of refusing every later ingest."""
     from operators.layouts.layout import parse_layouts
-    from operators.sinks.milvus_client import release_lite
-    from operators.sinks.milvus_writer import MilvusWriter
+    from operators.stores.milvus.client import release_lite
+    from operators.stores.milvus.writer import MilvusWriter
 
     uri = str(tmp_path / "milvus.db")
     old = MilvusWriter(uri, "idx", 8, text_dim=4, layouts=parse_layouts([]), text_per_page=True)

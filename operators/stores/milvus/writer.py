@@ -1,4 +1,4 @@
-"""Milvus writer: the collections and fields of a ``MilvusPlan`` (operators/sinks/milvus_schema.py),
+"""Milvus writer: the collections and fields of a ``MilvusPlan`` (operators/stores/milvus/schema.py),
 written by upsert.
 
 The plan is decided once, on the driver (``setup``: connect, check against the server, create
@@ -18,8 +18,9 @@ import pyarrow as pa
 
 from operators import schema as S
 from operators.faults import checkpoint
-from operators.sinks import milvus_private
-from operators.sinks.milvus_client import (
+from operators.stores.door import StoreWriter
+from operators.stores.milvus import private as milvus_private
+from operators.stores.milvus.client import (
     Columns,
     MilvusClientBase,
     MilvusConnection,
@@ -28,7 +29,7 @@ from operators.sinks.milvus_client import (
     layout_vectors,
     sv_matrix,
 )
-from operators.sinks.milvus_schema import (
+from operators.stores.milvus.schema import (
     BM25_LAYOUT,
     CHUNK_ID,
     CHUNK_TEXT,
@@ -46,8 +47,10 @@ from operators.sinks.milvus_schema import (
 UPSERT_BATCH_ROWS = 2000
 
 
-class MilvusWriter(MilvusClientBase):
-    """Creates the plan's collections (``setup``, on the driver) and writes pages (anywhere)."""
+class MilvusWriter(MilvusClientBase, StoreWriter):
+    """Creates the plan's collections (``setup``, on the driver) and writes pages (anywhere): the
+    Milvus store's ``StoreWriter``. ``stage``: a first load's bulk-import folder (rows are staged
+    there as Parquet files instead of upserted)."""
 
     def __init__(self, conn: MilvusConnection | str, collection: str = "pagemill", dim: int = 128, *,
                  text_dim: int | None = None, layouts: list | None = None, fde_dim: int | None = None,
@@ -70,6 +73,8 @@ class MilvusWriter(MilvusClientBase):
         self.rows_written: dict[str, int] = {}
         self.delete_calls = 0  # deletes by filter sent (each costs the server a query)
         self._columnar: bool | None = None  # column requests (True), the row API (False), not yet known
+        self.stage = None
+        self._shared = None  # the driver's writer, whose client this one uses (writes in the driver)
 
     def subset(self, layouts: list[str]) -> MilvusWriter:
         """A copy for the workers that writes only these layouts' fields (and the keys of their
@@ -123,6 +128,7 @@ class MilvusWriter(MilvusClientBase):
     def __getstate__(self):
         state = dict(self.__dict__)
         state["client"] = None
+        state["_shared"] = None
         state["conn"] = self.conn.public()  # never pickle a secret
         return state
 
@@ -131,12 +137,49 @@ class MilvusWriter(MilvusClientBase):
             os.makedirs(os.path.dirname(os.path.abspath(self.uri)), exist_ok=True)
         super()._connect()
 
+    def share(self, driver: MilvusWriter) -> None:
+        """Write through the driver's own client (writes in the driver's process: Milvus Lite is one
+        process' database file, and one client per process is enough)."""
+        self._shared = driver
+
     def open(self) -> None:
         """On a write worker: connect with this process' secrets; the plan is given."""
-        if self.client is None:
+        if self._shared is not None:
+            self.client, self.server, self.conn = self._shared.client, self._shared.server, self._shared.conn
+        elif self.client is None:
             self.connect()
         for c in self.collections:
             self.rows_written.setdefault(c, 0)
+
+    def close(self) -> None:
+        if self._shared is not None:
+            self.client = None  # the driver's client stays open
+            return
+        super().close()
+
+    def write(self, unit_id: str, pages: pa.Table) -> dict:
+        """Upsert the pages' rows (or stage them, for a first load by bulk import); the rows sent
+        per collection and how."""
+        if self.stage is not None:
+            return {"rows": {s["collection"]: s["rows"] for s in self._stage(unit_id, pages)}, "path": "bulk"}
+        rows = self.write_pages(pages)
+        return {"rows": rows, "path": self.upsert_path}
+
+    def _stage(self, unit_id: str, pages: pa.Table) -> list[dict]:
+        """Milvus' import files for these pages, one per collection (the rows the upserts would
+        send, as ``Columns.to_arrow`` types them), named after the unit (uncommitted units' files
+        are recognised by it)."""
+        import hashlib
+
+        from operators.stores.milvus.bulk import stage_table
+
+        h = hashlib.blake2b("\n".join(sorted(pages[S.PAGE_ID].to_pylist())).encode(), digest_size=4).hexdigest()
+        staged = []
+        for collection, cols in self.columns_for(pages).items():
+            key = f"{collection}/{unit_id}-{h}.parquet"
+            stage_table(self.stage, key, cols.to_arrow())
+            staged.append({"collection": collection, "key": key, "rows": cols.n})
+        return staged
 
     def setup(self) -> MilvusPlan:
         """Connect, decide the plan against the server, and create what is missing. Fails before
@@ -358,8 +401,8 @@ class MilvusWriter(MilvusClientBase):
         return self._guard("delete", self._delete_other_versions, doc_versions)
 
     def _delete_other_versions(self, doc_versions: dict[str, str | None]) -> int:
-        if not doc_versions:
-            return 0
+        if not doc_versions or self.stage is not None:
+            return 0  # (a first load by bulk import fills empty collections: nothing to delete)
 
         def expr(by_page_prefix: bool) -> str:
             terms = []

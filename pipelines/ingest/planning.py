@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -10,36 +9,9 @@ from itertools import islice
 import numpy as np
 
 from operators.faults import armed, checkpoint
-from operators.io.sources import DocumentRef, unit_docs_json
-from pipelines.ingest.ledger import STATUSES, LedgerState, hash_array
-
-
-@dataclass
-class WorkUnit:
-    unit_id: str
-    docs: list[DocumentRef]
-    may_hold: list[bool] | None = None  # per document: Milvus may hold rows of another version of it
-
-    @property
-    def bytes(self) -> int:
-        return sum(d.size for d in self.docs)
-
-    def may_hold_fn(self):
-        flags = dict(zip((d.uri for d in self.docs), self.may_hold or [True] * len(self.docs)))
-        return lambda d: flags[d.uri]
-
-    def docs_json(self) -> str:
-        return unit_docs_json(self.docs, self.may_hold)
-
-
-def unit_id_for(docs: list[DocumentRef], salt: str = "") -> str:
-    """Deterministic from the document versions it holds: a replayed unit writes the same keys.
-    (``salt`` separates a retry of the same versions from the unit that first committed them.)"""
-    h = hashlib.blake2b(digest_size=10)
-    h.update(salt.encode())
-    for d in sorted(docs, key=lambda d: d.uri):
-        h.update(f"{d.uri}\0{d.version}\n".encode())
-    return "u" + h.hexdigest()
+from operators.io.sources import DocumentRef
+from pipelines.out.ledger import STATUSES, LedgerState, hash_array
+from pipelines.out.units import WorkUnit, unit_id_for
 
 
 @dataclass
@@ -54,6 +26,25 @@ class PlanCounts:
 
     def seen_key_array(self) -> np.ndarray:
         return np.unique(np.concatenate(self.seen_keys)) if self.seen_keys else np.zeros(0, np.uint64)
+
+    def projected_pages(self, state: LedgerState) -> tuple[int, float]:
+        """(pages the index holds, pages it will hold once the pending documents are in): pages
+        per document as the index has them so far, 10 when it is empty."""
+        docs, pages = len(state), state.pages_held()
+        return pages, pages + self.pending * (pages / docs if docs and pages else 10.0)
+
+
+def primed(listing: Iterable[DocumentRef]) -> Iterator[DocumentRef]:
+    """The listing with its first item fetched now: a bad source fails here, not in a worker."""
+    it = iter(listing)
+    first = next(it, None)
+
+    def chain():
+        if first is not None:
+            yield first
+            yield from it
+
+    return chain()
 
 
 RETRYABLE = ("quarantined", "partial")
@@ -120,56 +111,3 @@ def plan_units(
         yield WorkUnit(unit_id_for(batch, salt), batch, flags)
 
 
-PLAN_PART_UNITS = 1024  # units per plan file part: one read task of the run's dataset each
-
-
-class PlanFile:
-    """The run's work units, streamed to ``OUT/_runs/<run>/plan/part-NNNNNN.parquet`` as the
-    listing is planned, so that one dataset reads the whole run in bounded memory (the driver
-    keeps only the part keys)."""
-
-    def __init__(self, store, run_id: str, units_per_part: int = PLAN_PART_UNITS):
-        self.store = store
-        self.prefix = f"_runs/{run_id}/plan"
-        self.units_per_part = units_per_part
-        self.keys: list[str] = []
-        self.units = 0
-        self._buf: list[WorkUnit] = []
-
-    def add(self, unit: WorkUnit) -> None:
-        self._buf.append(unit)
-        self.units += 1
-        if len(self._buf) >= self.units_per_part:
-            self._flush()
-
-    def close(self) -> list[str]:
-        if self._buf:
-            self._flush()
-        return self.keys
-
-    def _flush(self) -> None:
-        import io
-
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pa.table({"unit_id": [u.unit_id for u in self._buf], "docs": [u.docs_json() for u in self._buf]})
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
-        key = f"{self.prefix}/part-{len(self.keys):06d}.parquet"
-        self.store.write_bytes(key, buf.getvalue())
-        self.keys.append(key)
-        self._buf = []
-
-    def delete(self) -> None:
-        for key in self.keys:
-            self.store.delete(key)
-
-
-def read_plan_part(store, key: str):
-    """One part of a plan file as the render stage's input table (``unit_id``, ``docs``)."""
-    import io
-
-    import pyarrow.parquet as pq
-
-    return pq.read_table(io.BytesIO(store.read_bytes(key)))

@@ -1,10 +1,10 @@
 """What every Milvus role shares: where and how to connect, one-line errors, retries, and the
 column form of rows.
 
-The roles are separate classes: ``MilvusWriter`` (operators/sinks/milvus_writer.py: collections and
-upserts, on the write workers), ``MilvusReader`` (operators/sinks/milvus_reader.py: the plan of an
+The roles are separate classes: ``MilvusWriter`` (operators/stores/milvus/writer.py: collections and
+upserts, on the write workers), ``MilvusReader`` (operators/stores/milvus/reader.py: the plan of an
 existing index and its vectors, for search and report) and the bulk loader
-(operators/milvus_bulk.py). pymilvus' private API lives in operators/sinks/milvus_private.py alone.
+(operators/stores/milvus/bulk.py). pymilvus' private API lives in operators/stores/milvus/private.py alone.
 Transient failures (a server restarting, a dropped connection) are retried with backoff; anything
 else becomes one ``MilvusError`` line that names the server without its credentials.
 """
@@ -22,7 +22,14 @@ import numpy as np
 import pyarrow as pa
 
 from operators.layouts import encodings as E
-from operators.sinks.milvus_schema import FieldPlan, MilvusError, MilvusPlan, ServerInfo, server_info
+from operators.stores.milvus.schema import (
+    EXACT_VTYPE,
+    FieldPlan,
+    MilvusError,
+    MilvusPlan,
+    ServerInfo,
+    server_info,
+)
 
 _TRANSIENT = re.compile(r"unavailable|connect|deadline|timed? ?out|closed|reset|temporarily|rate limit|try again",
                         re.IGNORECASE)
@@ -81,14 +88,17 @@ class MilvusConnection:
 
     @classmethod
     def from_options(cls, uri: str, options) -> MilvusConnection:
-        """The connection that the Milvus options describe (pipelines/options.py): an IngestConfig,
-        or a command's parsed arguments (those without timeout, retries or secret variables get the
-        defaults)."""
-        kw = {name: getattr(options, key) for key, name in (
+        """The connection that the Milvus options describe (pipelines/options.py): a mapping of
+        the store's options, or a command's parsed arguments (what is not given takes its
+        default)."""
+        def get(key):
+            return options.get(key) if isinstance(options, dict) else getattr(options, key, None)
+
+        kw = {name: get(key) for key, name in (
             ("milvus_timeout_s", "timeout_s"), ("milvus_retries", "retries"), ("milvus_token_env", "token_env"),
-            ("milvus_password_env", "password_env")) if getattr(options, key, None) is not None}
-        return cls(uri, user=options.milvus_user, db_name=options.milvus_db, ca_file=options.milvus_ca_file,
-                   server_name=options.milvus_server_name, **kw)
+            ("milvus_password_env", "password_env")) if get(key) is not None}
+        return cls(uri, user=get("milvus_user"), db_name=get("milvus_db"), ca_file=get("milvus_ca_file"),
+                   server_name=get("milvus_server_name"), **kw)
 
     def public(self) -> MilvusConnection:
         """The same connection without secret values (what may travel to other processes)."""
@@ -236,7 +246,7 @@ class MilvusClientBase:
 
     def count_own(self, collection: str, corpus: str | None = None) -> int:
         """Rows of one corpus (with a partition key, other corpora share the collection)."""
-        from operators.sinks.milvus_schema import CORPUS
+        from operators.stores.milvus.schema import CORPUS
 
         if self.plan is not None and self.plan.partition_key and corpus:
             return self.count(collection, f'{CORPUS} == "{escape(corpus)}"')
@@ -338,7 +348,7 @@ def layout_vectors(pages: pa.Table, fp: FieldPlan, dim: int) -> tuple[np.ndarray
     bits for binary, int8 codes for int8, float16 or float32 otherwise (decoded from Parquet)."""
     codec = E.encoding(fp.encoding)
     offsets, stored = codec.read_ragged(pages[fp.column], dim)
-    if fp.vtype == codec.milvus_exact:  # the field holds the stored values as they are
+    if fp.vtype == EXACT_VTYPE[fp.encoding]:  # the field holds the stored values as they are
         return offsets, stored
     scale = None
     if codec.scale_bytes:

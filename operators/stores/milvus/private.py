@@ -27,7 +27,7 @@ def available(client) -> bool:
 
 
 def upsert_columns(client, collection: str, db_name: str, cols, start: int, stop: int, timeout: float) -> None:
-    """Send entities [start, stop) of ``cols`` (operators.sinks.milvus_client.Columns) as one upsert."""
+    """Send entities [start, stop) of ``cols`` (operators.stores.milvus.client.Columns) as one upsert."""
     try:
         from pymilvus.grpc_gen import milvus_pb2
 

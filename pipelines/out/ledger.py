@@ -2,13 +2,13 @@
 
 One small JSON object per committed work unit under ``OUT/_ledger/units/``, named
 ``<commit time ns>-<unit id>.json`` so that a plain listing gives commit order. Writing that
-object is the commit point of a unit: its shards and Milvus rows were made durable before it.
+object is the commit point of a unit: its shards and vector-store rows were made durable before it.
 Records are folded into a columnar snapshot (``OUT/_ledger/snapshots/<ns>/``: ``docs.parquet``,
 ``files.parquet``, then ``meta.json``, whose write makes the snapshot count), so that planning
 reads one snapshot plus the records committed since, never a scan of the shards.
 
 State in memory scales with the archive, not with Python objects: the snapshot's documents are
-numpy columns sorted by a 64-bit key (the document id: blake2b of the URI, the same id Milvus rows
+numpy columns sorted by a 64-bit key (the document id: blake2b of the URI, the same id vector-store rows
 carry) with a 64-bit hash of the version, a status code, a page count and a unit index (about 25
 bytes a document: 10M documents fit in ~250 MB); only documents changed since the snapshot are
 Python objects (the overlay), and a long run folds them into a new snapshot as it goes. URIs and
@@ -38,9 +38,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators.io.store import OutputStore
+from operators.stores.parquet import read_table
+from pipelines.out.keys import ledger_prefix
 
-LEDGER_PREFIX = "_ledger/units"  # the first generation's (see ledger_prefix)
-SNAPSHOT_PREFIX = "_ledger/snapshots"
+LEDGER_PREFIX = f"{ledger_prefix(1)}/units"  # the first generation's
+SNAPSHOT_PREFIX = f"{ledger_prefix(1)}/snapshots"
 STATUSES = ("indexed", "partial", "quarantined")
 _CODE = {s: i for i, s in enumerate(STATUSES)}
 OVERLAY_FOLD = 500_000  # documents changed since the snapshot past which a run folds them into a new one
@@ -166,8 +168,7 @@ class LedgerState:
     def _base_strings(self, rows: list[int]) -> dict[str, list]:
         """URI and version strings of some snapshot rows, read from the snapshot (rare paths)."""
         local = self.store.local_path(f"{self.snapshot}/docs.parquet")
-        table = pq.read_table(local or io.BytesIO(self.store.read_bytes(f"{self.snapshot}/docs.parquet")),
-                              columns=["uri", "version"])
+        table = read_table(local or self.store.read_bytes(f"{self.snapshot}/docs.parquet"), columns=["uri", "version"])
         take = pa.array(rows, pa.int64())
         return {"uri": table["uri"].take(take).to_pylist(), "version": table["version"].take(take).to_pylist()}
 
@@ -238,39 +239,6 @@ class LedgerState:
         self.records += 1
 
 
-@dataclass
-class MilvusSuspects:
-    """Documents whose Milvus rows the ledger cannot vouch for.
-
-    Milvus rows of a document come from its commits, and the ledger records every commit, with
-    one exception: a unit whose writers wrote Milvus rows but whose ledger record never came (the
-    run died). Its parts were written before Milvus, so they are orphans at the next start, and
-    their documents are recorded here (durably, before the orphans are deleted) until they are
-    committed again or, unchanged since their last commit, resynced from their shards. A commit
-    deletes other versions' rows only for documents the ledger or this list names: for the rest
-    Milvus holds nothing, and a delete by filter costs a query on the server. ``everything``
-    makes every commit delete: set when an orphan cannot be read, or when Milvus holds rows that
-    an empty ledger cannot account for (a collection shared with another output, or one kept
-    while ``OUT`` was removed).
-    """
-
-    uris: set[str] = field(default_factory=set)
-    everything: bool = False
-    why: str | None = None
-
-    def may_hold(self, uri: str, state: LedgerState) -> bool:
-        return self.everything or uri in self.uris or uri in state
-
-    def to_json(self) -> dict:
-        return {"uris": sorted(self.uris), "everything": self.everything, "why": self.why}
-
-
-def ledger_prefix(generation: int = 1) -> str:
-    """Where a generation's ledger lives: ``_ledger`` for the first index of an OUT, and
-    ``_ledger/g<N>`` for the one a ``--reindex`` builds beside it."""
-    return "_ledger" if generation <= 1 else f"_ledger/g{generation}"
-
-
 class Ledger:
     def __init__(self, store: OutputStore, generation: int = 1):
         self.store = store
@@ -278,7 +246,6 @@ class Ledger:
         self.prefix = ledger_prefix(generation)
         self.units_prefix = f"{self.prefix}/units"
         self.snapshot_prefix = f"{self.prefix}/snapshots"
-        self.suspects_key = f"{self.prefix}/milvus_suspects.json"
         self.state = LedgerState(store=store)
         self.pending_records: list[str] = []
 
@@ -336,7 +303,7 @@ class Ledger:
             state.base_unit[pos:pos + m] = local[units.indices.to_numpy()] if len(local) else 0
             pos += m
             del t, units
-        files = pq.read_table(self._open(f"{folder}/files.parquet"))
+        files = read_table(self._open(f"{folder}/files.parquet"))
         for key, unit in zip(files["key"].to_pylist(), files["unit_id"].to_pylist()):
             state.files[key] = state._unit(unit)
         del files
@@ -383,17 +350,21 @@ class Ledger:
             self.compact()  # a long backfill: fold as it goes, so the overlay stays small
         return key
 
-    def load_suspects(self) -> MilvusSuspects:
-        if not self.store.exists(self.suspects_key):
-            return MilvusSuspects()
-        d = json.loads(self.store.read_bytes(self.suspects_key))
-        return MilvusSuspects(set(d.get("uris", [])), bool(d.get("everything")), d.get("why"))
+    def record_key(self, name: str) -> str:
+        return f"{self.prefix}/{name}.json"
 
-    def save_suspects(self, suspects: MilvusSuspects) -> None:
-        if suspects.uris or suspects.everything:
-            self.store.write_bytes(self.suspects_key, json.dumps(suspects.to_json(), sort_keys=True).encode())
-        elif self.store.exists(self.suspects_key):
-            self.store.delete(self.suspects_key)
+    def load_record(self, name: str) -> dict | None:
+        """A record a vector store asked the ledger to keep (``<prefix>/<name>.json``), or None."""
+        key = self.record_key(name)
+        return json.loads(self.store.read_bytes(key)) if self.store.exists(key) else None
+
+    def save_record(self, name: str, data: dict | None) -> None:
+        """Keep a store's record durably (None: remove it)."""
+        key = self.record_key(name)
+        if data is not None:
+            self.store.write_bytes(key, json.dumps(data, sort_keys=True).encode())
+        elif self.store.exists(key):
+            self.store.delete(key)
 
     def delete_all(self) -> None:
         """Remove this generation's ledger (a retired index after a reindex swapped it out)."""

@@ -30,13 +30,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from operators.layouts.layout import Layout
+from operators.layouts.layout import BM25_LAYOUT, TEXT_LAYOUT, Layout  # noqa: F401  (re-exported)
+from operators.stores.door import VectorStoreError
 
 PATCH_ID = "patch_id"
 VECTOR = "vector"
 CORPUS = "corpus"
-TEXT_LAYOUT = "text"
-BM25_LAYOUT = "text-bm25"
 CHUNK_ID = "chunk_id"
 SPARSE = "sparse"
 CHUNK_TEXT = "text"
@@ -44,7 +43,25 @@ MV_MODES = ("auto", "rows", "struct")
 STRUCT_MAX_CAPACITY = 4096  # Milvus' largest array capacity: vectors per page in struct mode
 
 
-class MilvusError(Exception):
+# How each encoding (operators/layouts/encodings.py) is held in a Milvus field: the vector types able
+# to hold it, best first, and the one that holds its stored values unchanged (None: none does;
+# float16 loses bf16's range, float32 widens it).
+ENCODING_VTYPES = {"fp32": ("float",), "fp16": ("float16", "float"), "bf16": ("float16", "float"),
+                   "int8": ("int8", "float16", "float"), "bin": ("binary", "float")}
+EXACT_VTYPE = {"fp32": "float", "fp16": "float16", "bf16": None, "int8": "int8", "bin": "binary"}
+
+
+def vtype_for(encoding: str, have: tuple[str, ...] | list[str]) -> str:
+    """The best Milvus vector type for an encoding among those a server ``have``s (float always
+    serves).
+
+    >>> vtype_for("bin", ("float", "binary")), vtype_for("bf16", ("float",))
+    ('binary', 'float')
+    """
+    return next((v for v in ENCODING_VTYPES[encoding] if v in have), "float")
+
+
+class MilvusError(VectorStoreError):
     """Milvus cannot be reached, refuses the collection, or a Milvus option is wrong; the
     message never carries secrets."""
 
@@ -359,11 +376,11 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
                 spec = specs.get(name) or (default if default and default.index_type == "HNSW" else IndexSpec("HNSW"))
                 fp = FieldPlan(name, pages, lay.column, "struct", dim, "struct", spec, lay.encoding)
             else:
-                vtype = lay.codec.milvus_vtype(server.vector_types)
+                vtype = vtype_for(lay.encoding, server.vector_types)
                 spec = specs.get(name, default or IndexSpec())
-                if vtype == "float16" != lay.codec.milvus_exact:
+                if vtype == "float16" != EXACT_VTYPE[lay.encoding]:
                     notes.append(f"{name}: stored as FLOAT16_VECTOR ({server.label} has no indexable {lay.encoding} vectors)")
-                if vtype == "float" != lay.codec.milvus_exact:
+                if vtype == "float" != EXACT_VTYPE[lay.encoding]:
                     widened.append(name)
                 fp = FieldPlan(name, patches_collection(collection, name), VECTOR, vtype, dim, "rows", spec, lay.encoding)
         _check_field(server, fp)

@@ -19,9 +19,13 @@ from the rows:
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 
+from operators import schema as S
 from operators.io.store import OutputStore
+from operators.stores.milvus.client import redact_uri
+from operators.stores.milvus.schema import BM25_LAYOUT, PATCH_ID, TEXT_LAYOUT
 
 FIXED_BYTES = {"BOOL": 1, "INT8": 1, "INT16": 2, "INT32": 4, "INT64": 8, "FLOAT": 4, "DOUBLE": 8}
 VECTOR_BYTES = {"FLOAT_VECTOR": 4.0, "FLOAT16_VECTOR": 2.0, "BFLOAT16_VECTOR": 2.0, "INT8_VECTOR": 1.0,
@@ -188,4 +192,73 @@ def measure_collections(reader, collections: list[str], storage: OutputStore | N
         if c.server_data_bytes is not None:
             c.server_bytes = c.server_data_bytes + c.server_index_bytes
         out.append(c)
+    return out
+
+
+def measure_storage(reader, storage: OutputStore | None) -> dict:
+    """Every collection of the index: rows, raw bytes, the server's own bytes (its files) and the
+    index it built on each vector field; which layout is in which collection and field."""
+    plan = reader.plan if reader.plan is not None else reader.discover()
+    names = sorted({fp.collection for fp in plan.fields})
+    collections = measure_collections(reader, names, storage)
+    built = {(c.collection, f): t for c in collections for f, t in c.index_types.items()}
+    fields = {fp.layout: {"collection": fp.collection, "field": fp.field,
+                          "index": built.get((fp.collection, fp.field), fp.index.index_type)} for fp in plan.fields}
+    out = {"uri": redact_uri(reader.uri), "lite": reader.conn.lite, "collections": [c.to_json() for c in collections],
+           "fields": fields}
+    pending = [c for c in collections if c.pending_index_rows]
+    if pending:
+        out["index_pending"] = (f"the server is still indexing {', '.join(c.collection for c in pending)}: their index "
+                                f"bytes are not final (report again when describe_index shows no pending rows)")
+    unindexed = [c.collection for c in collections
+                 if c.server_bytes is not None and c.rows and not c.pending_index_rows and not c.server_index_bytes
+                 and any(t not in ("FLAT", "BIN_FLAT", "none") for t in c.index_types.values())]
+    if unindexed and not reader.conn.lite:
+        out["index_small"] = (f"no index files for {', '.join(unindexed)}: the server indexes only segments past its "
+                              f"minimum size (1,024 rows by default) and searches smaller ones by brute force")
+    if not reader.conn.lite and storage is None:
+        out["note"] = ("server bytes not measured: pass --milvus-storage with the server's storage (its "
+                       "localStorage.path, or the bucket's root path, e.g. s3://milvus-bucket/files)")
+    return out
+
+
+def measure_rows(sink, page_ids: list[str]) -> dict:
+    """Raw bytes per page actually stored in Milvus for a sample of pages, read back row by row,
+    for every layout the index holds: vector bytes (by the field's type) plus every key and
+    scalar field of its rows (length-prefixed VARCHARs, INT32s). A page-level layout is counted
+    as if its vector had the page row to itself."""
+    plan = sink.plan if sink.plan is not None else sink.discover()
+    ids = json.dumps(page_ids)
+    elem = {"float": 4.0, "float16": 2.0, "int8": 1.0, "binary": 1 / 8, "struct": 4.0}
+
+    def varchar(v):
+        return len(v.encode()) + 4
+
+    out: dict = {}
+    pages = None
+    for fp in plan.fields:
+        if fp.layout in (TEXT_LAYOUT, BM25_LAYOUT):  # the text layer: its own line (text_layer_report)
+            continue
+        sink.client.load_collection(fp.collection)  # a fresh connection finds collections released
+        if fp.mode in ("page", "struct"):
+            if pages is None:
+                pages = sink.client.query(plan.pages_collection, filter=f"{S.PAGE_ID} in {ids}",
+                                          output_fields=[S.PAGE_ID, S.DOC_ID, S.DOC_VERSION, S.SOURCE_URI])
+            n = max(1, len(pages))
+            scalars = sum(varchar(r[S.PAGE_ID]) + varchar(r[S.DOC_ID]) + varchar(r[S.DOC_VERSION])
+                          + varchar(r[S.SOURCE_URI]) + 4 for r in pages)
+            if fp.mode == "page":
+                vec = fp.dim * elem[fp.vtype] * len(pages)
+                out[fp.layout] = {"raw_bytes_per_page": (scalars + vec) / n, "rows_per_page": 1.0}
+            continue
+        rows = []
+        for start in range(0, len(page_ids), 20):
+            chunk = json.dumps(page_ids[start:start + 20])
+            rows += sink.client.query(fp.collection, filter=f"{S.PAGE_ID} in {chunk}",
+                                      output_fields=[PATCH_ID, S.PAGE_ID, S.DOC_VERSION])
+        n = max(1, len({r[S.PAGE_ID] for r in rows}))
+        raw = sum(varchar(r[PATCH_ID]) + varchar(r[S.PAGE_ID]) + varchar(r[S.DOC_VERSION])
+                  + fp.dim * elem[fp.vtype] for r in rows)
+        out[fp.layout] = {"raw_bytes_per_page": raw / n, "rows_per_page": len(rows) / n, "vector_type": fp.vtype}
+    out["sampled_pages"] = len(pages) if pages is not None else 0
     return out

@@ -10,8 +10,8 @@ import os
 import numpy as np
 
 from operators import schema as S
-from operators.sinks.milvus_client import MilvusClientBase, from_milvus, patch_index, redact_uri
-from operators.sinks.milvus_schema import (
+from operators.stores.milvus.client import MilvusClientBase, from_milvus, patch_index, redact_uri
+from operators.stores.milvus.schema import (
     BM25_LAYOUT,
     CORPUS,
     TEXT_LAYOUT,
@@ -107,7 +107,7 @@ class MilvusReader(MilvusClientBase):
                 for r in self.client.query(fp.collection, filter=f"{S.PAGE_ID} in {chunk}", output_fields=[S.PAGE_ID, fp.field]):
                     out[r[S.PAGE_ID]] = [(j, s[VECTOR]) for j, s in enumerate(r[fp.field])]
                 continue
-            from operators.sinks.milvus_schema import PATCH_ID
+            from operators.stores.milvus.schema import PATCH_ID
 
             for r in self.client.query(fp.collection, filter=f"{S.PAGE_ID} in {chunk}",
                                        output_fields=[S.PAGE_ID, PATCH_ID, VECTOR]):

@@ -1,1 +1,0 @@
-"""Where pages go: Parquet shards and Milvus collections."""

@@ -1,0 +1,1 @@
+"""The Milvus store: Milvus Lite and Milvus servers behind the store door."""
