@@ -27,6 +27,20 @@ REASON_FOR = {"open_error": "open_error", "zero_pages": "zero_pages", "needs_pas
 TRUNCATE_OVER = 3  # documents with more pages are copied with only SMOKE's pages_to_use
 
 
+# What makes a test slow: a fixture that starts a real cluster or server, or a module whose tests
+# kill and rerun jobs in subprocesses or run benchmarks. They are marked ``slow``, so that
+# ``python -m pytest -m "not slow"`` is the developer's loop; CI runs everything.
+SLOW_FIXTURES = {"ray_address", "milvus_server", "s3_endpoint", "two_nodes", "text_on_ray"}
+SLOW_MODULES = {"test_resume", "test_rayjob_path", "test_benchmarks", "test_gpu_pinning", "test_fleet",
+                "test_milvus_server", "test_s3_ingest"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_configure(config):
     from pipelines.cli import fork_safe_grpc
 

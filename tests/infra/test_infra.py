@@ -180,6 +180,7 @@ def _exports(text):
     return dict(re.findall(r"^export (\w+)=(\S+)$", text, re.M))
 
 
+@pytest.mark.slow
 def test_local_launchers_serve_a_real_ingest(tmp_path):
     env = dict(os.environ, PAGEMILL_LOCAL_DIR=str(tmp_path / "state"), PYTHON=sys.executable)
     started = []

@@ -62,6 +62,7 @@ def test_a_model_that_cannot_load_is_one_line_before_ray_starts(pdfs, tmp_path):
     assert r.returncode == 2 and "text model nonexistent-model" in one_line(r) and not out.exists()
 
 
+@pytest.mark.slow
 def test_an_error_raised_while_an_actor_is_created_is_its_root_cause_in_one_line(pdfs, tmp_path):
     """A checkpoint folder that looks right to the driver but fails to load in the embedding
     actor: Ray's ActorDiedError and its tracebacks are reduced to pagemill's own error."""
@@ -121,6 +122,7 @@ def test_read_only_commands_write_nothing(pdfs, tmp_path):
     assert sorted(p.name for p in pdfs.iterdir()) == before  # no milvus.db made there
 
 
+@pytest.mark.slow
 def test_a_clean_run_prints_pagemills_lines_only_and_keeps_the_rest_in_a_log(pdfs, tmp_path):
     out = tmp_path / "out"
     r = run("ingest", str(pdfs), "--out", str(out), timeout=300, env={"RAY_AUTH_MODE": "disabled"})

@@ -84,6 +84,7 @@ def test_layouts_added_to_an_index_come_from_the_archive(src, tmp_path):
     assert "mv_int8" in committed_pages(out).column_names
 
 
+@pytest.mark.slow
 def test_a_model_change_is_refused_then_reindexed_through_a_crash(src, tmp_path, capsys):
     out = tmp_path / "out"
     first = ingest(src, out)
@@ -191,6 +192,7 @@ def test_status_of_a_healthy_and_a_crashed_out(src, tmp_path):
     assert q.returncode == 0 and {r["reason"] for r in json.loads(q.stdout)} == set(healthy["quarantine"])
 
 
+@pytest.mark.slow
 def test_readers_see_only_committed_shards_after_a_crash_mid_rewrite(src, tmp_path, capsys):
     """A changed document: its unit's new part is written and the older shard rewritten without
     it, then the run dies before the ledger record. The report, search and fidelity must not see

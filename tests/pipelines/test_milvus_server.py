@@ -334,8 +334,9 @@ def test_ingest_first_load_by_bulk_import(server, direct, tmp_path, capsys):
     args = ["ingest", str(source), "--out", str(out), "--executor", "local", "--layouts", "mv-pool3,mv-bin,sv-fde",
             "--collection", "firstload", "--milvus-bulk-dir", str(stage), "--quiet", *conn_args(server),
             *sum((["--milvus-index", i] for i in INDEXES), [])]
-    # killed after two units committed: their files are staged, nothing imported
-    killed = subprocess.run(pagemill_cmd(*args, "--unit-max-docs", "2"), cwd=REPO, capture_output=True,
+    # killed after two units committed: their files are staged, nothing imported (units of 4
+    # documents: 3 units; every staged file is an import task for the server)
+    killed = subprocess.run(pagemill_cmd(*args, "--unit-max-docs", "4"), cwd=REPO, capture_output=True,
                             env=dict(os.environ, PAGEMILL_KILL_AT="committed:2"))
     assert killed.returncode == -9
     assert sum(counts(server, "firstload").values()) == 0 and list(stage.rglob("*.parquet"))
@@ -343,7 +344,7 @@ def test_ingest_first_load_by_bulk_import(server, direct, tmp_path, capsys):
     assert main(plain) == 1
     assert "bulk import is unfinished" in capsys.readouterr().err
     summary_path = tmp_path / "s.json"
-    assert main([*args, "--unit-max-docs", "2", "--summary", str(summary_path)]) == 0
+    assert main([*args, "--unit-max-docs", "4", "--summary", str(summary_path)]) == 0
     summary = json.loads(summary_path.read_text())
     direct_counts = counts(server, "direct")
     assert {c.replace("firstload", "direct"): n for c, n in counts(server, "firstload").items()} == direct_counts

@@ -6,6 +6,7 @@ import json
 import shutil
 from collections import Counter
 
+import pytest
 from conftest import CORPUS, milvus_counts, read_pages, read_quarantine
 
 from pipelines.cli import main
@@ -83,6 +84,7 @@ def test_a_second_run_on_the_same_out_refuses(small_corpus, tmp_path, capsys):
     assert not (out / LOCK_KEY).exists()
 
 
+@pytest.mark.slow
 def test_two_processes_at_once(smoke_corpus, tmp_path):
     import subprocess
     import time
@@ -161,6 +163,7 @@ def _milvus_server(data_dir, port):
     return proc
 
 
+@pytest.mark.slow
 def test_milvus_server_stops_mid_run_then_comes_back(small_corpus, tmp_path):
     import subprocess
     import time
@@ -207,6 +210,7 @@ def test_milvus_server_stops_mid_run_then_comes_back(small_corpus, tmp_path):
         server.wait()
 
 
+@pytest.mark.slow
 def test_full_disk_for_out_fails_cleanly_and_resumes(small_corpus, tmp_path):
     """OUT on a real 200 KB tmpfs: the run stops with one line when the disk is full, commits
     nothing half-way, and after the filesystem grows a re-run completes with the same result."""
