@@ -15,7 +15,12 @@ by pagemill's own writer (chunk vectors and BM25 text); the searches are pagemil
 2. dense per chunk (``--stage1 text-dense``): each page scored by its best chunk, in Milvus;
 3. BM25 (``--stage1 text-bm25``): Milvus' BM25 function over the chunks, best chunk per page;
 4. fusion (``--stage1 text``): reciprocal rank fusion of 2 and 3 (k = 60), at search's default
-   weights (``--text-weights bm25=1,dense=0.25``) and at equal weights.
+   weights (``--text-weights bm25=1,dense=0.25``) and at equal weights;
+5. the fusion reranked by the visual model's MaxSim on the page images (``--model``, default
+   ``colqwen2-tiny`` with random weights; ``--model colqwen2 --weights hub`` where its weights
+   are): MaxSim's order replacing the fusion's (``--rerank-order replace``), and the two orders
+   fused (``pipelines.index.search.fuse_orders``, ``--rerank-order fuse``: search's default after a
+   text stage 1 when the weights are real; with random weights search skips the rerank).
 
 Queries (seeded): ``verbatim``: a prose sentence (5-30 words, ``pipelines.analysis.fidelity.sentences``)
 copied from a random page, one that no other page contains (a running header has no single
@@ -46,7 +51,9 @@ CATEGORIES = ("text", "papers", "tables", "diagrams", "charts", "slides")
 CANDIDATES = 100  # pages per list, as search's --candidates
 METHODS = ("dense page-mean (one vector a page)", "dense per chunk (`text-dense`)", "BM25 (`text-bm25`)",
            "fusion (`text`: BM25 + dense, RRF k=60, bm25=1,dense=0.25: the default)",
-           "fusion, equal weights (`--text-weights bm25=1,dense=1`)")
+           "fusion, equal weights (`--text-weights bm25=1,dense=1`)",
+           "fusion, then MaxSim's order (`--rerank mv --rerank-order replace`)",
+           "fusion and MaxSim's order fused (`--rerank mv`: the default with real weights)")
 
 
 def load_pages(corpus: Path, n_pages: int, seed: int) -> list[dict]:
@@ -132,6 +139,43 @@ def build_index(pages: list[dict], model: TextEmbedder, uri: str) -> tuple:
     return store, means, embed_s, write_s, sum(len(c) for c in chunk_col.to_pylist())
 
 
+def embed_page_images(pages: list[dict], model: str, weights: str) -> tuple:
+    """The visual model (its adapter), each page's multi-vector (rendered at its budget, embedded
+    in batches of 8), and the seconds it took."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    import pymupdf
+
+    from operators.models import ModelSpec, adapter_for, decide_budget
+    from operators.render import target_size
+
+    t = time.perf_counter()
+    adapter = adapter_for(decide_budget(ModelSpec(model, weights=weights)))
+    budget = adapter.pixel_budget()
+    images = []
+    for p in pages:
+        with pymupdf.open(url2pathname(urlparse(p[S.SOURCE_URI]).path)) as doc:
+            page = doc[p[S.PAGE_NUMBER]]
+            w, h = target_size(page.rect.width, page.rect.height, budget)
+            pix = page.get_pixmap(matrix=pymupdf.Matrix(w / page.rect.width, h / page.rect.height), alpha=False)
+            images.append(np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.width, 3)[:h, :w])
+    vectors = {}
+    for start in range(0, len(images), 8):
+        for p, emb in zip(pages[start:start + 8], adapter.embed_images(images[start:start + 8])):
+            vectors[p[S.PAGE_ID]] = emb.vectors
+    return adapter, vectors, time.perf_counter() - t
+
+
+def rerank_orders(ranked: list[tuple[str, float]], query: np.ndarray, page_mv: dict) -> tuple[list[str], list[str]]:
+    """The stage-1 candidates by MaxSim (replacing their order), and both orders fused."""
+    from pipelines.index.search import fuse_orders
+
+    scored = sorted(((pid, float((query @ page_mv[pid].T).max(axis=1).sum())) for pid, _ in ranked),
+                    key=lambda x: (-x[1], x[0]))
+    return [p for p, _ in scored], [p for p, _ in fuse_orders(ranked, scored)]
+
+
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", default=str(DEFAULT_CORPUS))
@@ -140,6 +184,8 @@ def main(argv=None) -> str:
     ap.add_argument("--seed", type=int, default=21)
     ap.add_argument("--save-lists", help="write each query's BM25 and dense page lists here (JSON lines), to try "
                     "other fusions without embedding again")
+    ap.add_argument("--model", default="colqwen2-tiny", help="the visual model whose MaxSim reranks (colqwen2-tiny)")
+    ap.add_argument("--weights", default="random", help="its weights: random (default) or hub")
     args = ap.parse_args(argv)
     saved = open(args.save_lists, "w") if args.save_lists else None
     from pipelines.index.text_search import TextSearch, weighted_rrf
@@ -152,6 +198,7 @@ def main(argv=None) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         vectors, means, embed_s, write_s, n_chunks = build_index(pages, model, str(Path(tmp) / "bench.db"))
         ids = [p[S.PAGE_ID] for p in pages]
+        visual, page_mv, visual_s = embed_page_images(pages, args.model, args.weights)
         text = TextSearch(vectors, "all-MiniLM-L6-v2", embedder=model)
         ranks = {kind: {m: [] for m in METHODS} for kind in ("verbatim", "paraphrased")}
         t = time.perf_counter()
@@ -163,8 +210,9 @@ def main(argv=None) -> str:
                 equal = weighted_rrf(found.lists)
                 if saved:
                     saved.write(json.dumps({"kind": kind, "source": source, "query": q, **found.lists}) + "\n")
+                replaced, fused = rerank_orders(found.ranked, visual.embed_queries([q])[0], page_mv)
                 lists = ([ids[i] for i in order], *([p for p, _ in found.lists[name]] for name in ("text-dense", "text-bm25")),
-                         [p for p, _ in found.ranked], [p for p, _ in equal])
+                         [p for p, _ in found.ranked], [p for p, _ in equal], replaced, fused)
                 for m, ranked in zip(METHODS, lists):
                     ranks[kind][m].append(ranked.index(source) + 1 if source in ranked else None)
         search_s = time.perf_counter() - t
@@ -175,7 +223,8 @@ def main(argv=None) -> str:
     lines = [f"Text layer: {len(pages)} pages ({len({p[S.DOC_ID] for p in pages})} documents of the dev corpus' "
              f"{', '.join(CATEGORIES)}), {n_chunks} chunks; {n} verbatim sentences copied from random pages (seed "
              f"{args.seed}) and their {n} paraphrases (a third of the words dropped, two pairs swapped); "
-             f"`text:all-MiniLM-L6-v2` on {model.device}, Milvus Lite.", "",
+             f"`text:all-MiniLM-L6-v2` on {model.device}, Milvus Lite; the rerank's MaxSim: `{args.model}` "
+             f"({args.weights} weights).", "",
              "| search | verbatim top-1 | verbatim top-3 | paraphrased top-1 | paraphrased top-3 |",
              "|---|---:|---:|---:|---:|"]
 
@@ -190,7 +239,8 @@ def main(argv=None) -> str:
            and sum(1 for r in fusion if r == 1) >= 0.8 * n)
     lines += ["", f"Target for the fusion (verbatim top-3 >= 90%, top-1 >= 80%): {'met' if met else 'NOT met'}. "
               f"Embedding {n_chunks} chunks: {embed_s:.0f} s ({n_chunks / max(embed_s, 1e-9):.1f} chunks/s); "
-              f"writing them to Milvus Lite: {write_s:.1f} s; {2 * n} queries searched every way: {search_s:.1f} s; "
+              f"writing them to Milvus Lite: {write_s:.1f} s; rendering and embedding the page images: {visual_s:.0f} s; "
+              f"{2 * n} queries searched every way: {search_s:.1f} s; "
               f"run: {time.perf_counter() - t0:.0f} s."]
     table = "\n".join(lines)
     print(table)

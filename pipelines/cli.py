@@ -26,8 +26,9 @@ unchanged source does nothing; after a crash it resumes with the uncommitted uni
 
 
 def _command(sub, name: str, **kw) -> argparse.ArgumentParser:
-    """A command's parser: its help, description and epilog (examples, kept as written)."""
-    return sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+    """A command's parser: its help, description and epilog (examples, kept as written). Every
+    option is spelled in full: no abbreviation (``--layout`` is not ``--layouts``)."""
+    return sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False, **kw)
 
 
 def _ingest_parser(sub) -> argparse.ArgumentParser:
@@ -60,7 +61,8 @@ def _vectors(args, store, *, must_exist: bool = True, skip_missing: bool = False
         raise UsageError(f"--milvus-ca-file: no such file {options['milvus_ca_file']!r}")
     vectors = open_vectors(uri, options, S3Options(endpoint_url=getattr(args, "s3_endpoint_url", None)))
     if discover:
-        vectors.discover(index_base(store, args.collection))
+        for note in vectors.discover(index_base(store, args.collection)):
+            args.console.write(f"pagemill: note: {note}\n")
     return vectors
 
 
@@ -113,6 +115,14 @@ def page_count(text: str) -> int:
     return int(n)
 
 
+def page_counts(text: str) -> tuple[int, ...]:
+    """``1M,100M`` -> (1000000, 100000000)."""
+    counts = tuple(page_count(x) for x in text.split(",") if x.strip())
+    if not counts:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more page counts, e.g. 1M,100M")
+    return counts
+
+
 def _common_cost_flags(p) -> None:
     p.add_argument("--prices", help="YAML/JSON prices: object_storage_gb_month, ram_gb_month, disk_gb_month, gpu_hour")
     p.add_argument("--index", help="Milvus index type to project with (report: the one built for each layout; plan: "
@@ -125,7 +135,8 @@ def _report_parser(sub) -> argparse.ArgumentParser:
     p = _command(sub, "report", help="measured and projected storage cost of each layout of a run",
                  description="Storage-cost report of a run.", epilog=REPORT_EXAMPLE)
     p.add_argument("out", help="output root of a run")
-    p.add_argument("--pages", default="1000000,100000000", help="corpus sizes to project to (1M and 100M)")
+    p.add_argument("--pages", type=page_counts, default=(1_000_000, 100_000_000),
+                   help="corpus sizes to project to, comma-separated: 1000000, 1e6, 1M, 250k (1M,100M)")
     p.add_argument("--threshold", type=float, default=0.9, help="fidelity (recall@10) a recommended layout needs")
     add_options(p, "report", "--milvus", "--milvus-storage", "--collection", *STORE_CONNECTION)
     p.add_argument("--html", help="write an HTML report (with PNG charts beside it)")
@@ -137,8 +148,9 @@ def _report_parser(sub) -> argparse.ArgumentParser:
 def _plan_parser(sub) -> argparse.ArgumentParser:
     p = _command(sub, "plan", help="project storage, memory, GPUs and cost without a run",
                  description="Capacity plan from a model preset or explicit sizes.", epilog=PLAN_EXAMPLE)
-    p.add_argument("--model", help="preset: colpali, colqwen2, colqwen2.5, colmodernvbert, nemoretriever-colembed-3b, "
-                   "jina-embeddings-v4, qwen3-vl-embedding-2b/8b, llama-nemotron-embed-vl-1b-v2")
+    p.add_argument("--model", help="any preset --model takes (colpali, colqwen2, colqwen2-tiny, ..., sim:PRESET) or "
+                   "nemoretriever-colembed-3b, jina-embeddings-v4, qwen3-vl-embedding-2b/8b, "
+                   "llama-nemotron-embed-vl-1b-v2 (default with --calibration: the calibration's model)")
     p.add_argument("--vectors-per-page", type=float, help="vectors per page (instead of --model)")
     p.add_argument("--dim", type=int, help="dimensions per vector")
     p.add_argument("--dtype", help="stored dtype of the base layout: fp32, fp16, bf16, int8, bin")
@@ -189,7 +201,8 @@ def _calibrate(args) -> int:
     spec = ModelSpec(name=args.model, weights=args.weights, device=args.device, dtype=args.dtype,
                      max_pixels=args.max_pixels)
     profile = calibrate(spec, n_pages=args.pages, batch_size=args.batch_size, source=args.source,
-                        s3_options=S3Options(endpoint_url=args.s3_endpoint_url))
+                        s3_options=S3Options(endpoint_url=args.s3_endpoint_url),
+                        say=lambda line: args.console.write(f"[pagemill] {line}\n"))
     text = json.dumps(profile, indent=2, sort_keys=True)
     if args.out:
         with open(args.out, "w") as f:
@@ -221,7 +234,13 @@ def _search_parser(sub) -> argparse.ArgumentParser:
                    help="weights of the text layer's lists in the fusion (reciprocal rank, k=60) (bm25=1,dense=0.25)")
     p.add_argument("--hybrid", action="store_true",
                    help="fuse the visual stage 1 with the text-layer stage 1 (reciprocal rank fusion)")
-    p.add_argument("--rerank", default="mv", help="multi-vector layout for exact MaxSim, or none (mv)")
+    p.add_argument("--rerank", default="auto",
+                   help="multi-vector layout for exact MaxSim, none, or auto (the default: mv; after a --stage1 text "
+                        "on an index with random weights, none: its MaxSim is noise)")
+    p.add_argument("--rerank-order", default="auto", choices=["auto", "replace", "fuse"],
+                   help="the rerank's order replaces stage 1's, or is fused with it by reciprocal rank, the stage-1 "
+                        "winner kept first unless the rerank puts it in the bottom half (auto: fuse after --stage1 "
+                        "text, replace after a visual stage 1)")
     p.add_argument("--vectors-from", default="parquet", choices=["parquet", "milvus"],
                    help="where stage 2 reads vectors (parquet)")
     add_options(p, "search", "--corpus", *STORE_CONNECTION, "--s3-endpoint-url", "--json")
@@ -289,15 +308,16 @@ def _search(args) -> int:
     vectors = _vectors(args, store)
     try:
         results = search(args.query, store, vectors, k=args.k, candidates=args.candidates, stage1_mode=args.stage1,
-                         rerank=args.rerank, vectors_from=args.vectors_from, hybrid=args.hybrid,
-                         corpus=args.corpus, text_weights=weights, notes=notes)
+                         rerank=args.rerank, rerank_order=args.rerank_order, vectors_from=args.vectors_from,
+                         hybrid=args.hybrid, corpus=args.corpus, text_weights=weights, notes=notes)
     finally:
         vectors.close()
     from pipelines.index.search import recorded_metadata
 
     meta = recorded_metadata(store)
     warnings = list(notes)
-    if meta.weights == "random" and not (args.stage1.startswith("text") and args.rerank == "none"):
+    visual_order = not args.stage1.startswith("text") or args.rerank not in ("none", "auto")
+    if meta.weights == "random" and visual_order:
         warnings.append(f"this index was built with random weights ({meta.model} --weights random): its "
                         f"rankings are noise, a check that the machinery works; ingest with --weights hub for real ones")
     for w in warnings:
@@ -331,10 +351,11 @@ def _status(args) -> int:
     from operators.stores import open_vectors, vectors_uri
     from pipelines.index.status import format_status, index_status
     from pipelines.options import store_options
+    from pipelines.out.keys import LEDGER
     from pipelines.out.open import open_output
 
-    store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
-    vectors = _vectors(args, store, must_exist=False, skip_missing=True)
+    store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url), first_run=True)
+    vectors = _vectors(args, store, must_exist=False, skip_missing=True) if store.list(LEDGER) else None
     discovered = vectors is not None
     if vectors is None and (uri := vectors_uri(store_options(args), args.out)):
         vectors = open_vectors(uri, store_options(args))  # not opened: what it still has to do, from the ledger
@@ -397,11 +418,11 @@ def _relayout(args) -> int:
     from pipelines.ingest.config import IngestConfig
     from pipelines.ingest.job import run_ingest
     from pipelines.options import store_options
-    from pipelines.out.identity import load_state
+    from pipelines.out.identity import load_committed_state
     from pipelines.out.open import open_output
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url))
-    state = load_state(store)
+    state = load_committed_state(store)
     if state is None or state.active is None:
         raise UsageError(f"{args.out}: no index to add layouts to: run pagemill ingest first")
     cfg = IngestConfig(source="", out=args.out, store=store_options(args), executor=args.executor or "ray",
@@ -414,7 +435,7 @@ def _relayout(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="pagemill", description="Batch indexing for visual document retrieval.")
+    parser = Parser(prog="pagemill", description="Batch indexing for visual document retrieval.", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _ingest_parser(sub)
     _fidelity_parser(sub)
@@ -445,7 +466,7 @@ def _report(args) -> int:
     finally:
         if vectors is not None:
             vectors.close()
-    pages = tuple(int(x) for x in str(args.pages).split(",") if x.strip())
+    pages = args.pages
     report = build_report(measured, pages, load_prices(args.prices), args.index, args.replicas, args.threshold)
     text = format_report(report)
     if args.html:
@@ -468,10 +489,11 @@ def _plan(args) -> int:
     from pipelines.analysis.capacity import check_calibration, format_plan, plan
     from pipelines.analysis.costs import load_prices
 
-    calibration = None
+    calibration, model = None, args.model
     if args.calibration:
         calibration = _read_json(args.calibration, "--calibration", "")
-        check_calibration(calibration, args.model)
+        if not (args.vectors_per_page and args.dim):
+            model = check_calibration(calibration, args.model)
     elif args.deadline:
         raise UsageError("--deadline needs --calibration (pages/s per GPU from pagemill calibrate)")
     measured = None
@@ -479,7 +501,7 @@ def _plan(args) -> int:
         measured = _read_json(args.report, "--report", " (the output of pagemill report OUT --json)")
         if not isinstance(measured, dict) or "layouts" not in measured:
             raise UsageError(f"--report {args.report}: not the output of pagemill report OUT --json")
-    result = plan(preset=args.model, vectors_per_page=args.vectors_per_page, dim=args.dim, dtype=args.dtype,
+    result = plan(preset=model, vectors_per_page=args.vectors_per_page, dim=args.dim, dtype=args.dtype,
                   pages=args.pages, layouts=[x for x in (args.layouts or "").split(",") if x.strip()],
                   calibration=calibration, deadline_hours=args.deadline, index=args.index or "AUTOINDEX",
                   replicas=args.replicas, prices=load_prices(args.prices), measured=measured)
@@ -499,6 +521,11 @@ def _fidelity(args) -> int:
     recorded = recorded_metadata(store)
     spec = ModelSpec(name=args.model or recorded.model or "colqwen2-tiny",
                      weights=args.weights or recorded.weights or "random")
+    if (spec.name.split("@", 1)[0], spec.weights) != ((recorded.model or spec.name).split("@", 1)[0],
+                                                       recorded.weights or spec.weights):
+        raise UsageError(f"{args.out} holds an index of {recorded.model} ({recorded.weights} weights); --model/--weights "
+                         f"ask for {spec.name} ({spec.weights} weights), whose queries cannot score its vectors: "
+                         f"leave them out (the index's model encodes the queries)")
     text_model = recorded.text_model
     vectors = _vectors(args, store, must_exist=False) if text_model else None
     text = None

@@ -55,8 +55,11 @@ class Source:
         raise NotImplementedError
 
     def check(self) -> None:
-        """Fail (SourceError) if the source cannot be listed at all, before anything is written."""
-        next(iter(self.list_documents()), None)
+        """Fail (SourceError) if the source cannot be listed at all, or lists nothing to index,
+        before anything is written."""
+        if next(iter(self.list_documents()), None) is None:
+            raise SourceError(f"no PDFs found under {self.uri}: nothing to index (check the path, and --include / "
+                              f"--exclude)")
 
 
 def is_pdf_name(name: str) -> bool:
@@ -73,7 +76,7 @@ def selected(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bo
 
 
 class LocalSource(Source):
-    """PDFs under a local folder, recursively, in a stable (sorted) order.
+    """PDFs under a local folder, recursively, in a stable (sorted) order (or one PDF file).
 
     The version tag is ``<size>-<mtime_ns>``: cheap to compute for millions of files and it
     changes whenever a file is rewritten.
@@ -86,6 +89,12 @@ class LocalSource(Source):
         self.exclude = exclude
 
     def list_documents(self) -> Iterator[DocumentRef]:
+        if self.root.is_file():  # one document given as the source
+            if not is_pdf_name(self.root.name):
+                raise SourceError(f"{self.root} is not a PDF: give a PDF or a folder of them")
+            st = self.root.stat()
+            yield DocumentRef(uri=self.root.as_uri(), version=f"{st.st_size}-{st.st_mtime_ns}", size=st.st_size)
+            return
         if not self.root.is_dir():
             raise SourceError(f"source folder does not exist: {self.root}")
         # os.walk with sorted names: stable order, streaming, no full list of the tree.
@@ -110,6 +119,9 @@ class NoSource(Source):
     """No listing at all (``pagemill relayout``: the index's own documents, nothing new)."""
 
     uri = "(the index's documents)"
+
+    def check(self) -> None:
+        pass
 
     def list_documents(self) -> Iterator[DocumentRef]:
         return iter(())

@@ -7,10 +7,20 @@ atomic whole-object PUTs but no rename).
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from operators.errors import UsageError
+
+
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 class StoreError(Exception):
@@ -61,10 +71,20 @@ class OutputStore:
 
 class LocalStore(OutputStore):
     def check(self) -> None:
+        """A folder that can be written: created if missing; a file in its place, or a folder
+        that cannot be written (a read-only mount, permissions), is the user's to fix."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"{self.root} is a file, not a folder: --out names the folder a run writes its index to")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise UsageError(f"cannot create output folder {self.root}: {e.strerror} (choose another --out)") from None
             raise StoreError(f"cannot create output folder {self.root}: {e.strerror}") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            why = "a read-only file system" if _read_only_mount(self.root) else "no write permission"
+            raise UsageError(f"cannot write to output folder {self.root}: {why} (choose another --out, or make it "
+                             f"writable)")
 
     def __init__(self, root: str | os.PathLike, create: bool = True):
         """``create``: make the folder now (an output about to be written); readers pass False
@@ -92,7 +112,10 @@ class LocalStore(OutputStore):
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # (a read-only file system refuses even that)
             raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
 
     def read_bytes(self, key: str) -> bytes:

@@ -174,15 +174,9 @@ def budget_side(max_pixels: int) -> tuple[int, int]:
     return side, side
 
 
-def plan_shapes() -> dict[str, dict]:
-    """What ``pagemill plan`` knows of each model: vectors per page, dim, stored dtype, the
-    vectors besides the patches (the family's), single-vector or not, a note."""
-    from operators.models.presets import PLAN_ONLY
-
-    out = {}
-    for name, preset in PRESETS.items():
-        if "plan" in preset:
-            before, after = family(ModelSpec(name=name)).special
-            out[name] = {**preset["plan"], "special": before + after}
-    out.update(PLAN_ONLY)
-    return out
+def plan_name(model: str) -> str:
+    """The name ``pagemill plan`` knows a ``--model`` by: ``sim:colqwen2@50`` -> ``colqwen2``,
+    ``sv:qwen3-vl-embedding-2b@1024`` -> ``qwen3-vl-embedding-2b``; the first part of a spec with
+    ``text:``/``sv:`` parts."""
+    first = model.split(",", 1)[0].strip()
+    return first.removeprefix("sim:").removeprefix("sv:").split("@", 1)[0]

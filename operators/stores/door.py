@@ -132,14 +132,17 @@ class VectorStore:
 
     # -- the index's tables --------------------------------------------------------------------
 
-    def prepare(self, shape: IndexShape, recreate: bool = False) -> list[str]:
+    def prepare(self, shape: IndexShape, recreate: bool = False, fresh: bool = False) -> list[str]:
         """Connect, plan the tables and fields of ``shape`` for this store, create what is
-        missing (``recreate``: drop the index's tables first). Fails before anything is written
-        when the store would refuse a field or an index. Returns notes for the user."""
+        missing (``recreate``: drop the index's tables first; ``fresh``: the index has no commit
+        yet, so tables of its name that hold nothing, left by a run that never committed, are
+        made anew for this one). Fails before anything is written when the store would refuse a
+        field or an index. Returns notes for the user."""
         raise NotImplementedError
 
-    def discover(self, base: str) -> None:
-        """Open an existing index to read it (readers create nothing)."""
+    def discover(self, base: str) -> list[str]:
+        """Open an existing index to read it (readers create nothing, and read a read-only one);
+        notes for the user."""
         raise NotImplementedError
 
     def drop_layouts(self, names: list[str]) -> list[str]:
@@ -149,6 +152,9 @@ class VectorStore:
     def layouts(self) -> list[str]:
         """The layouts this store holds for the index."""
         raise NotImplementedError
+
+    def check(self, shape: IndexShape) -> None:
+        """What can be checked of ``shape`` before anything is connected or created (raises)."""
 
     def check_layouts(self, run_layouts: list[str]) -> str | None:
         """What is wrong with the store's options for a run of these layouts (naming the key)."""

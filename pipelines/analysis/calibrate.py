@@ -51,17 +51,48 @@ RENDER_SAMPLE_PAGES = 48  # pages of the user's sample the render rate is measur
 RENDER_SAMPLE_DOCS = 200  # documents at most, in the source's order
 
 
+CPU_MAX_PARAMETERS = 1e9  # past this, a CPU run measures a couple of pages, not a sample
+CPU_BIG_PAGES = 2
+
+
+def parameters(spec: ModelSpec) -> int | None:
+    """The model's parameters, counted on PyTorch's meta device (nothing allocated, nothing
+    downloaded): a preset's architecture; None for a checkpoint pagemill has no preset of."""
+    import torch
+
+    from operators.models import PRESETS
+
+    name = spec.name.removeprefix("sim:").split("@", 1)[0]
+    if name not in PRESETS or spec.name.startswith("sim:"):
+        return None
+    with torch.device("meta"):
+        model, _ = adapter_for(ModelSpec(name=name, weights="random"))._build_random()
+    return sum(p.numel() for p in model.parameters())
+
+
 def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: str | None = None,
-              workdir: str | None = None, s3_options=None) -> dict:
-    """``source``: a folder or s3:// prefix of the user's PDFs; None: a generated document."""
+              workdir: str | None = None, s3_options=None, say=None) -> dict:
+    """``source``: a folder or s3:// prefix of the user's PDFs; None: a generated document.
+    ``say``: where the progress lines go (what starts, then each batch with its estimate). On a
+    CPU, a model of more than a billion parameters embeds ``CPU_BIG_PAGES`` pages one at a time,
+    and says so: a forward pass of a 2B model takes tens of seconds there."""
     import tempfile
 
     from operators.io.sources import SourceError
     from operators.io.uris import open_source
+    from operators.models import resolve_device
 
+    say = say or (lambda line: None)
     spec = decide_budget(spec)  # the checkpoint's own budget, decided as an ingest decides it
     adapter = adapter_for(spec)
     budget = adapter.pixel_budget()
+    n_params = parameters(spec)
+    if n_params and n_params > CPU_MAX_PARAMETERS and resolve_device(spec.device) == "cpu":
+        n_pages, batch_size = min(n_pages, CPU_BIG_PAGES), 1
+        say(f"calibrate: {spec.name} has {n_params / 1e9:.2f} B parameters and this run is on a CPU: measuring "
+            f"{n_pages} pages one at a time (a CPU's rate plans nothing for a GPU: calibrate with --device cuda on "
+            f"the accelerator you will use)")
+    say(f"calibrate: rendering the sample at {spec.name}'s budget ({budget.max_pixels:,} px a page)")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         synthetic = source is None
         if synthetic:
@@ -104,11 +135,17 @@ def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: s
     images = [np.frombuffer(rendered["pixels"][i].as_py(), np.uint8).reshape(rendered["height"][i].as_py(),
                                                                               rendered["width"][i].as_py(), 3)
               for i in rows]
+    params = f", {n_params / 1e6:,.0f} M parameters" if n_params else ""
+    say(f"calibrate: loading {spec.name} ({spec.weights} weights{params})")
     adapter.load()
     cuda = str(adapter.device).startswith("cuda")
     process = psutil.Process()
     rss0 = process.memory_info().rss
+    t = time.perf_counter()
     adapter.embed_images(images[:batch_size])  # warm-up: kernels, allocator, caches
+    warm = time.perf_counter() - t
+    say(f"calibrate: warm-up batch of {min(batch_size, len(images))} pages on {adapter.device} in {warm:.1f} s; "
+        f"{len(images)} pages to measure, about {warm * len(images) / max(1, min(batch_size, len(images))):.0f} s")
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -116,6 +153,9 @@ def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: s
     vectors = []
     for start in range(0, len(images), batch_size):
         vectors += [len(e.vectors) for e in adapter.embed_images(images[start:start + batch_size])]
+        done, spent = len(vectors), time.perf_counter() - t
+        say(f"calibrate: embedded {done}/{len(images)} pages, {done / spent:.2f} pages/s, about "
+            f"{(len(images) - done) * spent / done:.0f} s left")
     if cuda:
         torch.cuda.synchronize()
     embed_s = time.perf_counter() - t
@@ -123,6 +163,7 @@ def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: s
     n_rendered = sum(1 for k in kinds if k == "page")
     return {
         "model": spec.name,
+        "parameters": n_params,
         "weights": spec.weights,
         **{k: v for k, v in adapter.effective_settings().items() if k not in ("model", "weights")},
         "batch_size": batch_size,

@@ -12,7 +12,11 @@ from dataclasses import asdict
 from operators.errors import UsageError
 from operators.layouts.encodings import ENCODINGS
 from operators.layouts.layout import TEXT_LAYOUT, parse_layout
-from operators.models.family import plan_shapes
+from operators.models import ModelSpec, decide_budget
+from operators.models.family import family, plan_name
+from operators.models.presets import PLAN_ONLY, PRESETS
+from operators.models.sv import SV_PRESETS
+from operators.render import target_size
 from pipelines.analysis.costs import (
     DEFAULT_PRICES,
     TEXT_CHUNKS_PER_PAGE,
@@ -27,6 +31,35 @@ from pipelines.analysis.costs import (
     text_layer_cost,
 )
 
+LETTER_PT = (612, 792)  # a US-letter page, in points: the page a derived plan shape is measured on
+
+
+def plan_shapes() -> dict[str, dict]:
+    """What ``pagemill plan`` knows of each model ``--model`` accepts: vectors per page, dim,
+    stored dtype, the vectors besides the patches (the family's), single-vector or not, a note.
+    A preset without published figures (the ``-tiny`` ones) gets its family's count for a
+    US-letter page at its budget; a single-vector model (``sv:``) its dimension."""
+
+    out = {}
+    for name, preset in PRESETS.items():
+        spec = decide_budget(ModelSpec(name=name))
+        fam = family(spec)
+        before, after = fam.special
+        if "plan" in preset:
+            out[name] = {**preset["plan"], "special": before + after}
+            continue
+        patches = fam.visual_tokens(spec, *target_size(*LETTER_PT, fam.pixel_budget(spec)))
+        out[name] = {"vectors_per_page": patches + before + after, "dim": preset["embedding_dim"], "dtype": "bf16",
+                     "special": before + after,
+                     "note": f"a US-letter page at the preset's budget: {patches} patches + {before + after} other vectors"}
+    out.update(PLAN_ONLY)
+    for name, preset in SV_PRESETS.items():
+        out.setdefault(name, {"vectors_per_page": 1, "dim": preset["text"]["hidden_size"], "dtype": "bf16",
+                              "single": True, "note": "sv: a single vector a page (its hidden size)"})
+    return out
+
+
+
 MODEL_PRESETS: dict[str, dict] = plan_shapes()  # operators/models/presets.py: one table of models
 
 
@@ -38,6 +71,7 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
     layout's Milvus disk is then its raw bytes times the overhead measured there (server bytes
     over raw bytes of the collection that held the layout, or of one of the same kind)."""
     if preset:
+        preset = plan_name(preset)
         if preset not in MODEL_PRESETS:
             raise UsageError(f"unknown model preset {preset!r} (known: {', '.join(sorted(MODEL_PRESETS))})")
         p = MODEL_PRESETS[preset]
@@ -151,12 +185,19 @@ def measured_overhead(report: dict, layout: str) -> dict | None:
 DEFAULT_RENDER_RATE = 59.0  # pages/s per core at ColQwen2's budget on the dev corpus (benchmarks.render)
 
 
-def check_calibration(calibration: dict, preset: str | None) -> None:
-    """A calibration of another model plans nothing: refused, naming both."""
-    measured = str(calibration.get("model", "")).split("@", 1)[0].removeprefix("sim:")
-    if preset and measured and measured != preset:
-        raise UsageError(f"--calibration was measured with {calibration.get('model')}, the plan is for {preset}: "
-                         f"calibrate {preset} (on the accelerator you will use) and plan with that profile")
+def check_calibration(calibration: dict, preset: str | None) -> str | None:
+    """The model a calibration plans for: ``preset`` when it was measured with that model (or a
+    simulation of it), the calibration's own when no model is asked; another model is refused
+    with the commands that work."""
+    measured = plan_name(str(calibration.get("model", "")))
+    if not preset:
+        return measured or None
+    asked = plan_name(preset)
+    if measured and measured != asked:
+        raise UsageError(f"--calibration was measured with {calibration.get('model')}, the plan is for {preset}: plan "
+                         f"that model (pagemill plan --model {measured} --calibration ...), or calibrate {asked} on "
+                         f"the accelerator you will use (pagemill calibrate SOURCE --model {asked} --out calib.json)")
+    return asked
 
 
 def format_plan(p: dict) -> str:

@@ -110,13 +110,20 @@ class Executor:
 
     tasks_in_driver = True  # run_task runs in this process
 
+    def starting(self) -> str:
+        """What starts when the work does, in words (for the line before a long start-up)."""
+        return "the stages in this process (each loads its model with the first unit)"
+
     def feed(self, units: Iterable[WorkUnit], out, run_id: str, listed: Callable[[int], None],
-             say: Callable[[str], None]) -> tuple[Iterable[WorkUnit], object | None]:
+             say: Callable[[str], None], models: str = "") -> tuple[Iterable[WorkUnit], object | None]:
         """What ``run`` takes: (units, plan file). This process' version streams the units as
-        they are planned, and calls ``listed(units)`` once the listing is exhausted."""
+        they are planned, says what starts before the first, and calls ``listed(units)`` once
+        the listing is exhausted."""
         def announced():
             n = 0
             for unit in units:
+                if not n:
+                    say(f"starting: {self.starting()}; models: {models}")
                 n += 1
                 yield unit
             listed(n)

@@ -117,9 +117,11 @@ def worker_error(e: BaseException) -> Exception:
     from operators.models import ModelError
     from operators.stores.door import VectorStoreError
 
-    # pagemill's own errors, by name (a store's own kind of VectorStoreError included)
-    kinds = {cls.__name__: cls for cls in (ModelError, SourceError, StoreError, UsageError, VectorStoreError,
-                                           *VectorStoreError.__subclasses__())}
+    # pagemill's own errors, by name (a store's own kinds of VectorStoreError included)
+    def family(cls):
+        return [cls] + [sub for c in cls.__subclasses__() for sub in family(c)]
+
+    kinds = {cls.__name__: cls for cls in (ModelError, SourceError, StoreError, UsageError, *family(VectorStoreError))}
     chain, seen = [], set()
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:  # Ray Data chains the user's error as the cause
@@ -245,7 +247,11 @@ class RayExecutor(Executor):
     PLACEMENT_WORDS = {"driver": "in the driver", "driver_node": "one writer on the driver's node",
                        "workers": "on the workers"}
 
-    def feed(self, units, out, run_id: str, listed, say):
+    def starting(self) -> str:
+        where = f"Ray at {self.address}" if self.address else "a local Ray (--ray-address joins a cluster)"
+        return f"{where}, then the stages' actors (each loads its model once)"
+
+    def feed(self, units, out, run_id: str, listed, say, models: str = ""):
         """The units planned to a plan file (``OUT/_runs/<run>/plan/``) that the run's dataset
         reads in bounded memory; Ray starts only when there is work, and says where writes run."""
         from pipelines.out.units import PlanFile
@@ -256,6 +262,7 @@ class RayExecutor(Executor):
         plan.close()
         listed(plan.units)
         if plan.units:
+            say(f"starting: {self.starting()}; models: {models}")
             self.start()
             say(f"writes: {self.PLACEMENT_WORDS[self.placement['where']]} ({self.placement['why']})")
         return iter(()), plan

@@ -96,18 +96,61 @@ def stage1(vectors: VectorStore, query: np.ndarray, candidates: int, mode: str, 
     return [(h.page_id, h.score) for h in vectors.search(layout, q, candidates, corpus)]
 
 
+RERANK_ORDERS = ("auto", "replace", "fuse")
+
+
+def decide_rerank(rerank: str, order: str, text_stage1: bool, random_weights: bool) -> tuple[str, str, str | None]:
+    """(layout or none, replace or fuse, a note): ``auto`` reranks a visual stage 1 with ``mv``'s
+    MaxSim, whose order replaces stage 1's; after a text stage 1 it fuses MaxSim's order with the
+    text's (``fuse_orders``), and skips the rerank altogether when the index's visual model has
+    random weights (its MaxSim is noise: benchmarks/text.py measures what it does to the text's
+    order)."""
+    if order not in RERANK_ORDERS:
+        raise UsageError(f"--rerank-order {order!r}: one of {', '.join(RERANK_ORDERS)}")
+    note = None
+    if rerank == "auto":
+        if text_stage1 and random_weights:
+            rerank = "none"
+            note = ("the index's visual model has random weights: a MaxSim rerank would be noise, so the text "
+                    "layer's order stands (--rerank mv reranks anyway)")
+        else:
+            rerank = "mv"
+    if order == "auto":
+        order = "fuse" if text_stage1 else "replace"
+    return rerank, order, note
+
+
+def fuse_orders(stage1: list[tuple[str, float]], reranked: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Stage 1's order and the rerank's, fused by reciprocal rank (k=60, equal weights). The
+    stage-1 winner stays first unless the rerank puts it in the bottom half of the candidates:
+    a rerank does not drop it without a reason."""
+    fused = weighted_rrf({"stage1": stage1, "rerank": reranked})
+    if stage1 and fused:
+        winner = stage1[0][0]
+        order = [p for p, _ in reranked]
+        if winner in order and order.index(winner) < max(1, len(order) // 2) and fused[0][0] != winner:
+            fused = [(winner, fused[0][1])] + [(p, sc) for p, sc in fused if p != winner]
+    return fused
+
+
 def search(query_text: str, store: OutputStore, vectors: VectorStore, *, k: int = 10, candidates: int = 100,
-           stage1_mode: str = "sv-mean", rerank: str = "mv", vectors_from: str = "parquet",
+           stage1_mode: str = "sv-mean", rerank: str = "auto", vectors_from: str = "parquet",
            spec: ModelSpec | None = None, hybrid: bool = False, corpus: str | None = None,
-           text_weights: dict[str, float] | None = None, notes: list[str] | None = None) -> list[dict]:
+           text_weights: dict[str, float] | None = None, notes: list[str] | None = None,
+           rerank_order: str = "auto") -> list[dict]:
     """``stage1_mode``: sv-mean | patches | a layout in the store | text (BM25 and dense text
     fused) | text-bm25 | text-dense; ``hybrid`` fuses the visual stage 1 with the text-layer stage
-    1 by reciprocal rank fusion. ``vectors``: the index's store, discovered. Each result says
-    which stage-1 lists it came from (``lists``); ``notes`` (a list) collects what the user should
-    know (a server without BM25)."""
+    1 by reciprocal rank fusion. ``vectors``: the index's store, discovered. ``rerank``: a
+    multi-vector layout, none, or auto; ``rerank_order`` (``decide_rerank``): the rerank's order
+    replaces stage 1's, or is fused with it. Each result says which stage-1 lists it came from
+    (``lists``); ``notes`` (a list) collects what the user should know (a server without BM25, a
+    rerank skipped)."""
     meta = recorded_metadata(store)
     spec = spec or ModelSpec(name=meta.model or "colqwen2-tiny", weights=meta.weights or "random")
     text_only = stage1_mode in TEXT_MODES
+    rerank, rerank_order, note = decide_rerank(rerank, rerank_order, text_only, meta.weights == "random")
+    if note and notes is not None:
+        notes.append(note)
     if text_only and rerank == "none":
         query = None  # the visual model is not needed
     else:
@@ -147,6 +190,10 @@ def search(query_text: str, store: OutputStore, vectors: VectorStore, *, k: int 
         layout = parse_layout(rerank)
         if not layout.is_multi_vector:
             raise UsageError(f"--rerank {rerank!r}: a multi-vector layout (mv, mv-pool3, mv-int8, ...) or none")
+        if meta.layouts and layout.name not in meta.layouts:
+            held = ", ".join(n for n in meta.layouts if parse_layout(n).is_multi_vector)
+            raise UsageError(f"--rerank {rerank}: not a layout of this index (its multi-vector layouts: {held}): "
+                             f"add it with pagemill relayout OUT --layouts {rerank}, or rerank with one of those")
         if vectors_from == "milvus":
             docs = vectors.fetch(layout.name, ids)
             scored = [(pid, float((query @ docs[pid].T).max(axis=1).sum())) for pid in ids if pid in docs]
@@ -157,6 +204,8 @@ def search(query_text: str, store: OutputStore, vectors: VectorStore, *, k: int 
             scorer = LayoutScorer(layout, table, dim)
             scored = list(zip(table[S.PAGE_ID].to_pylist(), scorer.scores(query).tolist()))
         scored.sort(key=_ranking)
+        if rerank_order == "fuse":
+            scored = fuse_orders(found, scored)
     top = scored[:k]
     info = read_pages_subset(store, [pid for pid, _ in top], [S.PAGE_ID, S.SOURCE_URI, S.PAGE_NUMBER])
     where = {r[S.PAGE_ID]: r for r in info.to_pylist()}

@@ -72,9 +72,13 @@ def vectors_in(store: OutputStore, keys: list[str], columns: list[str]) -> dict[
 def index_status(store: OutputStore, vectors: VectorStore | None = None, discovered: bool = False,
                  recent: int = RECENT_RUNS) -> dict:
     """``vectors``: the index's store (``discovered``: its tables opened, to count their rows)."""
+    from pipelines.out.open import first_run_holder
+
     state = load_state(store)
     if state is None or state.active is None:
-        return {"out": store.uri, "index": None, "healthy": False, "problems": ["no index in this OUT yet"]}
+        under_way = first_run_holder(store)
+        return {"out": store.uri, "index": None, "healthy": False, "first_run": under_way,
+                "problems": [f"no index in this OUT yet: {under_way}" if under_way else "no index in this OUT yet"]}
     problems = []
     active = state.active
     ledger = _ledger(store, active.generation)

@@ -29,7 +29,7 @@ from pipelines.ingest.run import resolve_run
 from pipelines.ingest.stage_stats import StageStats, bottleneck
 from pipelines.ingest.stages import build_pipeline
 from pipelines.ingest.summary import RunTotals, build, save
-from pipelines.out.identity import load_state, save_state
+from pipelines.out.identity import load_committed_state, save_state
 from pipelines.out.keys import PAGES_PREFIX, QUARANTINE_PREFIX, run_log_key
 from pipelines.out.lock import RunLock
 
@@ -60,7 +60,9 @@ class IngestJob:
                                       s3_options=s3)
             self.source.check()  # a missing source fails here, before OUT is created
         self.out = open_store(cfg.out, s3_options=s3, create=False)
-        self.run_, self.decision = resolve_run(cfg, load_state(self.out), self.out.uri)
+        state = load_committed_state(self.out)
+        self.new_index = state is None or state.active is None  # _index.json comes with its first commit
+        self.run_, self.decision = resolve_run(cfg, state, self.out.uri)
         self.preflight()
         self.out.check()  # creates a local OUT: the inputs are known good
         self.lock = RunLock(self.out, self.run_.run_id, lease_s=cfg.lock_lease_s)
@@ -68,7 +70,8 @@ class IngestJob:
         try:
             for line in self.run_.notes:
                 self.say(line)
-            save_state(self.out, self.decision.state)
+            if not self.new_index:
+                save_state(self.out, self.decision.state)
             self.recovery = recover(self.out, self.run_.generation, self.decision.state, self.vectors)
             self.open_sinks()
             self.executor = executor_for(cfg, self.out.local_path("") is not None, self.vectors.single_process,
@@ -107,12 +110,13 @@ class IngestJob:
         problem = self.vectors.check_layouts(run.shape.layout_names())
         if problem:
             raise ConfigError(problem)
+        self.vectors.check(run.shape)
 
     def open_sinks(self) -> None:
         """The store's tables (an unreachable store, or a field or index it would refuse, fails
         here, before anything is written) and the run's stages."""
         run, v, rec = self.run_, self.vectors, self.recovery
-        notes = v.prepare(run.shape)
+        notes = v.prepare(run.shape, fresh=self.new_index)
         for line in v.drop_layouts(list(run.dropped)) if run.dropped else []:
             self.say(f"{v.name}: {line}")
         for line in v.start(rec.ledger):
@@ -139,13 +143,15 @@ class IngestJob:
         units = plan_units(primed(self.source.list_documents()), rec.ledger.state, cfg.unit_max_docs,
                            cfg.unit_max_bytes, self.totals.planned, retry_quarantined=cfg.retry_quarantined,
                            suspects=rec.suspects, salt=f"g{run.generation}" if run.generation > 1 else "")
-        units, plan_file = self.executor.feed(units, self.out, run.run_id, self._listed, self.say)
         self.committer = UnitCommitter(rec.ledger, run.run_id, executor=self.executor, vectors=self.vectors,
                                        suspects=rec.suspects, manifest=run.writes_active)
         tracker = UnitTracker(self.on_unit, on_stats=self.stage_stats.observe)
-        t = time.time()
-        self.progress.begin()
+        self.progress.begin()  # a line every interval from now: Ray and the models start inside
         try:
+            units, plan_file = self.executor.feed(units, self.out, run.run_id, self._listed, self.say,
+                                                  models=run.models.describe())
+            t = time.time()
+            self.stage_stats.begin()
             self.totals.exec_stats = self.executor.run(units, self.pipeline, tracker, plan=plan_file)
         finally:
             self.progress.finish()
@@ -163,9 +169,13 @@ class IngestJob:
         if warning:
             self.say(f"warning: {warning}")
 
+
     def on_unit(self, unit_id: str, info: dict, parts: list[dict]) -> None:
         self.lock.check()
         t = time.perf_counter()
+        if self.new_index:  # the identity becomes the index's with its first commit
+            save_state(self.out, self.decision.state)
+            self.new_index = False
         added = self.committer.commit(unit_id, info, parts)
         self.stage_stats.committed(added["pages"], time.perf_counter() - t)
         for p in parts:

@@ -90,7 +90,11 @@ class Progress:
         total = "?" if self.total_units is None else self.total_units
         flow = ""
         if counters:
-            flow = "".join(f" · {label} {counters[stage]}" for stage, label in
+            # The workers report every second and the commits come later still, so a counter can
+            # lag the one after it: a page committed was embedded, a page embedded was rendered.
+            embedded = max(counters.get("embed", 0), self.pages)
+            shown = {"render": max(counters.get("render", 0), embedded), "embed": embedded}
+            flow = "".join(f" · {label} {shown[stage]}" for stage, label in
                            (("render", "rendered"), ("embed", "embedded")) if stage in counters)
         rate = self.pages / elapsed
         if self.units and self.total_units is not None and self._first_commit is not None:

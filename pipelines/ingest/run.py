@@ -48,6 +48,11 @@ class RunModels:
     def simulated(self) -> bool:
         return self.spec.name.startswith("sim:")
 
+    def describe(self) -> str:
+        """The models, in words: ``colqwen2-tiny (random weights) + text all-MiniLM-L6-v2``."""
+        extra = "".join(f" + {what} {name}" for what, name in (("text", self.text), ("sv", self.sv)) if name)
+        return f"{self.spec.name} ({self.spec.weights} weights){extra}"
+
     def vectors_per_page(self) -> float:
         """Image-patch vectors of a page at the full budget (a square page)."""
         return float(family(self.spec).visual_tokens(self.spec, *budget_side(self.budget.max_pixels)))

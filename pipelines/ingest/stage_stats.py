@@ -37,6 +37,10 @@ class StageStats:
         self._bytes: dict[str, int] = {}
         self.upsert_path: str | None = None
 
+    def begin(self) -> None:
+        """The run's stages start now (the origin of ``first_commit_s``, as of the run's ``run_s``)."""
+        self.start = self.clock()
+
     def observe(self, reports: list[dict]) -> None:
         """Workers' cumulative counters ({stage: counters}); the latest report of a worker wins
         (reports can arrive out of order: the one with the longest wall time is the latest)."""
@@ -160,9 +164,9 @@ class StageStats:
 
 def bottleneck(stages: dict, accelerator: bool = False) -> str | None:
     """The stage with the highest utilisation, with the others beside it. ``accelerator``: the
-    model ran on an accelerator (a GPU, or sim:), so its forward-pass share is worth naming."""
-    if not stages.get("steady_window_s"):
-        return None  # one unit, or none: no steady state to diagnose
+    model ran on an accelerator (a GPU, or sim:), so its forward-pass share is worth naming. A run
+    of one unit has no steady state: its diagnosis is over the whole run, and says so."""
+    steady = bool(stages.get("steady_window_s"))
     stages = {k: v for k, v in stages.items() if isinstance(v, dict)}
     cap = {k: v["capacity_pages_per_s"] for k, v in stages.items() if v.get("capacity_pages_per_s")}
     util = {k: stages[k]["utilisation"] for k in cap if stages[k].get("utilisation") is not None}
@@ -170,8 +174,8 @@ def bottleneck(stages: dict, accelerator: bool = False) -> str | None:
         return None
     slow = max(util, key=util.get)
     others = ", ".join(f"{k} busy {util[k]:.0%}" for k in util if k != slow)
-    line = (f"bottleneck: {WHAT.get(slow, slow)}, busy {util[slow]:.0%} of its time at {cap[slow]:.1f} pages/s "
-            f"per busy second; {others}")
+    line = (f"bottleneck{'' if steady else ' (one unit, no steady state: over the whole run)'}: {WHAT.get(slow, slow)}, "
+            f"busy {util[slow]:.0%} of its time at {cap[slow]:.1f} pages/s per busy second; {others}")
     if accelerator and stages.get("embed", {}).get("forward_share") is not None:
         line += f"; accelerator busy {stages['embed']['forward_share']:.0%}"
     return line

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from operators.io.store import OutputStore
-from pipelines.out.keys import INDEX_KEY, PAGES_PREFIX
+from pipelines.out.keys import INDEX_KEY, PAGES_PREFIX, ledger_prefix
 
 FORMAT = 1
 
@@ -105,6 +105,24 @@ def load_state(store: OutputStore) -> IndexState | None:
         return IndexState.from_json(json.loads(store.read_bytes(INDEX_KEY)))
     inferred = infer_from_shards(store)
     return IndexState(active=inferred) if inferred else None
+
+
+def has_commits(store: OutputStore, generation: int) -> bool:
+    """Whether a generation's ledger holds any committed unit (an index is what has been
+    committed: ``_index.json`` is written with the first commit)."""
+    prefix = ledger_prefix(generation)
+    return bool(store.list(f"{prefix}/units") or store.list(f"{prefix}/snapshots"))
+
+
+def load_committed_state(store: OutputStore) -> IndexState | None:
+    """``load_state``, but an identity whose index never committed a unit (a run that died before
+    its first commit) is no index: it blocks no model choice."""
+    state = load_state(store)
+    if (state is not None and state.active is not None and state.pending is None
+            and not has_commits(store, state.active.generation)
+            and not store.list(PAGES_PREFIX)):
+        return None
+    return state
 
 
 def save_state(store: OutputStore, state: IndexState) -> None:

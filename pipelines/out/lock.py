@@ -18,8 +18,7 @@ import time
 import uuid
 
 from operators.io.store import OutputStore
-
-LOCK_KEY = "_lock.json"
+from pipelines.out.keys import LOCK_KEY
 
 
 class LockError(Exception):

@@ -24,11 +24,41 @@ from operators.stores.milvus.schema import (
 
 
 class MilvusReader(MilvusClientBase):
+    notes: list[str] = []
+    _copy: str | None = None
+
     def _connect(self) -> None:
         if self.conn.lite and not os.path.exists(self.uri):
             raise MilvusError(f"no Milvus Lite database at {self.uri} (is this the OUT of a pagemill ingest? "
                               f"else pass --milvus)")
+        if self.conn.lite and not os.access(self.uri, os.W_OK):
+            self._open_a_copy()
         super()._connect()
+
+    def _open_a_copy(self) -> None:
+        """Milvus Lite opens its database to write (its lock file), even to read: a read-only
+        one (a mounted archive, a snapshot) is read from a copy, removed at ``close``."""
+        import dataclasses
+        import shutil
+        import tempfile
+
+        from operators.humanize import human_bytes
+
+        self._copy = tempfile.mkdtemp(prefix="pagemill-lite-")
+        copy = os.path.join(self._copy, os.path.basename(self.uri.rstrip("/")))
+        shutil.copytree(self.uri, copy, ignore=shutil.ignore_patterns("LOCK"))
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(copy) for f in files)
+        self.notes = [f"{self.uri} is read-only: Milvus Lite reads a copy of it ({human_bytes(size)} in {self._copy}, "
+                      f"removed at the end)"]
+        self.conn = dataclasses.replace(self.conn, uri=copy)
+
+    def close(self) -> None:
+        super().close()
+        if self._copy:
+            import shutil
+
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
 
     @property
     def text_collection(self) -> str:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from operators.errors import UsageError
 from operators.layouts.layout import BM25_LAYOUT, TEXT_LAYOUT, Layout  # noqa: F401  (re-exported)
 from operators.stores.door import VectorStoreError
 
@@ -64,6 +65,11 @@ def vtype_for(encoding: str, have: tuple[str, ...] | list[str]) -> str:
 class MilvusError(VectorStoreError):
     """Milvus cannot be reached, refuses the collection, or a Milvus option is wrong; the
     message never carries secrets."""
+
+
+class MilvusOptionError(MilvusError, UsageError):
+    """A Milvus option (an index, a metric, a mode, the layouts sent) that the store or the server
+    would refuse: the user's to fix (exit 2), said before anything is written."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,27 +199,27 @@ def parse_index_specs(items: list[str] | tuple[str, ...]) -> dict[str, IndexSpec
     out: dict[str, IndexSpec] = {}
     for item in items:
         if "=" not in item:
-            raise MilvusError(f"milvus_index: {item!r} is not LAYOUT=TYPE[:key=value,...] (e.g. sv-mean=HNSW:M=16)")
+            raise MilvusOptionError(f"milvus_index: {item!r} is not LAYOUT=TYPE[:key=value,...] (e.g. sv-mean=HNSW:M=16)")
         layout, rest = item.split("=", 1)
         layout = layout.strip()
         itype, _, params = rest.partition(":")
         itype = itype.strip().upper()
         if itype not in INDEX_PARAMS:
-            raise MilvusError(f"milvus_index: {layout}: unknown index type {itype!r} (known: {', '.join(INDEX_PARAMS)})")
+            raise MilvusOptionError(f"milvus_index: {layout}: unknown index type {itype!r} (known: {', '.join(INDEX_PARAMS)})")
         kv, metric = {}, None
         for p in filter(None, (x.strip() for x in params.split(","))):
             k, eq, v = p.partition("=")
             if not eq:
-                raise MilvusError(f"milvus_index: {layout}: parameter {p!r} is not key=value")
+                raise MilvusOptionError(f"milvus_index: {layout}: parameter {p!r} is not key=value")
             if k == "metric":
                 metric = v.strip().upper()
                 continue
             if k not in INDEX_PARAMS[itype]:
                 allowed = ", ".join(sorted(INDEX_PARAMS[itype])) or "none"
-                raise MilvusError(f"milvus_index: {layout}: {itype} has no parameter {k!r} (it takes: {allowed}; and metric)")
+                raise MilvusOptionError(f"milvus_index: {layout}: {itype} has no parameter {k!r} (it takes: {allowed}; and metric)")
             kv[k] = _number(v.strip())
         if layout in out:
-            raise MilvusError(f"milvus_index: {layout} given twice")
+            raise MilvusOptionError(f"milvus_index: {layout} given twice")
         out[layout] = IndexSpec(itype, tuple(sorted(kv.items())), metric)
     return out
 
@@ -308,13 +314,13 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
     specs = dict(index_specs or {})
     default = specs.pop("*", None)
     if mv_mode not in MV_MODES:
-        raise MilvusError(f"milvus_mv_mode: {mv_mode!r} is not one of {', '.join(MV_MODES)}")
+        raise MilvusOptionError(f"milvus_mv_mode: {mv_mode!r} is not one of {', '.join(MV_MODES)}")
     notes = []
     if mv_mode == "struct" and not server.struct_arrays:
-        raise MilvusError(f"milvus_mv_mode: struct needs Milvus >= 2.6.4 (array of structs); {server.label} has "
+        raise MilvusOptionError(f"milvus_mv_mode: struct needs Milvus >= 2.6.4 (array of structs); {server.label} has "
                           f"no such field: use rows")
     if partition_key and not server.lite and server.version < (2, 4, 0):
-        raise MilvusError(f"milvus_partition_key: {server.label} loses rows when upserting into a collection with a "
+        raise MilvusOptionError(f"milvus_partition_key: {server.label} loses rows when upserting into a collection with a "
                           f"partition key (seen on v2.3.5): use Milvus >= 2.4, or one --collection per corpus")
     # auto: one row per vector, the layout the tests run against real servers. The array-of-structs
     # field (Milvus >= 2.6.4) has run against a recording stand-in only, never a server: an
@@ -329,13 +335,13 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
     wanted = run_names if not milvus_layouts else list(dict.fromkeys(milvus_layouts))
     for name in wanted:
         if name not in run_names:
-            raise MilvusError(f"milvus_layouts: {name!r} is not a layout of this run (its layouts: {', '.join(run_names)})")
+            raise MilvusOptionError(f"milvus_layouts: {name!r} is not a layout of this run (its layouts: {', '.join(run_names)})")
     if "sv-mean" in wanted:
         wanted.remove("sv-mean")
     wanted.insert(0, "sv-mean")  # the page collection's key vector: every page has one; first
     for name in specs:
         if name not in wanted:
-            raise MilvusError(f"milvus_index: {name!r} is not a layout written to Milvus (those: {', '.join(wanted)})")
+            raise MilvusOptionError(f"milvus_index: {name!r} is not a layout written to Milvus (those: {', '.join(wanted)})")
     by_name = {lay.name: lay for lay in layouts}
     pages = f"{collection}_pages"
     widened: list[str] = []
@@ -391,7 +397,7 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
     limit = server.max_vector_fields
     n_page_vectors = sum(1 for f in fields if f.collection == pages)
     if n_page_vectors > limit:
-        raise MilvusError(f"milvus_layouts: {n_page_vectors} vector fields in {pages} ({', '.join(f.layout for f in fields if f.collection == pages)}); "
+        raise MilvusOptionError(f"milvus_layouts: {n_page_vectors} vector fields in {pages} ({', '.join(f.layout for f in fields if f.collection == pages)}); "
                           f"{server.label} allows {limit} per collection: write fewer layouts to Milvus (--milvus-layouts)")
     return MilvusPlan(server, collection, fields, resolved_mode, partition_key, notes)
 
@@ -400,17 +406,17 @@ def _check_field(server: ServerInfo, fp: FieldPlan) -> None:
     accepted = server.index_types(fp.vtype)
     itype = fp.index.index_type
     if itype not in accepted:
-        raise MilvusError(
+        raise MilvusOptionError(
             f"milvus_index: {fp.layout} ({fp.vtype} vectors in {fp.collection}.{fp.field}) cannot use {itype} on "
             f"{server.label}; it accepts: {', '.join(accepted)}")
     if fp.metric not in METRICS[fp.vtype]:
-        raise MilvusError(f"milvus_index: {fp.layout}: metric {fp.metric} does not apply to {fp.vtype} vectors "
+        raise MilvusOptionError(f"milvus_index: {fp.layout}: metric {fp.metric} does not apply to {fp.vtype} vectors "
                           f"(use {', '.join(METRICS[fp.vtype])})")
     m = fp.index.params_dict().get("m")
     if itype in ("IVF_PQ", "HNSW_PQ", "HNSW_PRQ") and m and fp.dim % int(m):
-        raise MilvusError(f"milvus_index: {fp.layout}: {itype} m={m} must divide the dimension {fp.dim}")
+        raise MilvusOptionError(f"milvus_index: {fp.layout}: {itype} m={m} must divide the dimension {fp.dim}")
     if fp.dim > 32768 and fp.vtype != "binary":
-        raise MilvusError(f"{fp.layout}: dimension {fp.dim} exceeds Milvus' 32768 (lower --fde-reps/--fde-proj-dim)")
+        raise MilvusOptionError(f"{fp.layout}: dimension {fp.dim} exceeds Milvus' 32768 (lower --fde-reps/--fde-proj-dim)")
 
 
 # ---------------------------------------------------------------------------------------------

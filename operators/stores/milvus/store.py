@@ -77,6 +77,25 @@ class MilvusStore(VectorStore):
                     "PATH.db or a server URI")
         return None
 
+    def check(self, shape: IndexShape) -> None:
+        """What can be checked before anything is created: on Milvus Lite, whose abilities its
+        version decides, the plan of the index's fields (an index type Lite lacks is one line,
+        before the database file is made)."""
+        if not self.conn.lite:
+            return
+        from importlib.metadata import PackageNotFoundError, version
+
+        from operators.stores.milvus.schema import plan_fields, server_info
+
+        try:
+            raw = f"milvus_lite-{version('milvus-lite')}"
+        except PackageNotFoundError:
+            raw = "milvus_lite"
+        plan_fields(server_info(raw), shape.base, list(shape.layouts), shape.dim, fde_dim=shape.fde_dim,
+                    text_dim=shape.text_dim, index_specs=self.index_specs, mv_mode=self.mv_mode,
+                    milvus_layouts=self.only_layouts or None, partition_key=self.partition_key,
+                    extra_sv=dict(shape.page_vectors) or None, text_per_page=not shape.text_chunks)
+
     def check_layouts(self, run_layouts: list[str]) -> str | None:
         """The layouts the options send to Milvus must be the run's."""
         for name in self.only_layouts:
@@ -116,7 +135,7 @@ class MilvusStore(VectorStore):
 
     # -- the index's collections -----------------------------------------------------------------
 
-    def prepare(self, shape: IndexShape, recreate: bool = False) -> list[str]:
+    def prepare(self, shape: IndexShape, recreate: bool = False, fresh: bool = False) -> list[str]:
         from operators.stores.milvus.writer import MilvusWriter
 
         self._writer = MilvusWriter(self.conn, shape.base, shape.dim, text_dim=shape.text_dim,
@@ -129,16 +148,20 @@ class MilvusStore(VectorStore):
         if recreate:
             self._writer.connect()
             self.dropped = self._writer.drop()
+        elif fresh:
+            self._writer.connect()
+            self.dropped = self._writer.drop(only_empty=True)
         plan = self._writer.setup()
         return list(plan.notes)
 
-    def discover(self, base: str) -> None:
+    def discover(self, base: str) -> list[str]:
         from operators.stores.milvus.reader import MilvusReader
 
         self._files = self._storage()
         self._reader = MilvusReader(self.conn, base)
         self._reader.connect()
         self._reader.discover()
+        return list(self._reader.notes)
 
     def drop_layouts(self, names: list[str]) -> list[str]:
         """A layout's own collection goes; a field of the page collection cannot be dropped from a

@@ -210,12 +210,16 @@ class MilvusWriter(MilvusClientBase, StoreWriter):
             self.rows_written.setdefault(c, 0)
         return self.plan
 
-    def drop(self) -> list[str]:
-        """Drop every collection of this logical index (``milvus-load --recreate``)."""
+    def drop(self, only_empty: bool = False) -> list[str]:
+        """Drop every collection of this logical index (``milvus-load --recreate``); with
+        ``only_empty``, those of them that hold no row, when none does (a run that never
+        committed left them, maybe for another model)."""
         prefix = f"{self.collection}_"
         gone = [c for c in self._guard("list", self.client.list_collections) if c.startswith(prefix)
                 and (c in (self.pages_collection, f"{prefix}text") or c.startswith(f"{prefix}patches")
                      or c.startswith(f"{prefix}sv_"))]
+        if only_empty and any(self.count(c) for c in gone):
+            return []
         for c in gone:
             self._guard("drop", self.client.drop_collection, c)
         return gone
