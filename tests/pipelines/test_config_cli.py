@@ -58,7 +58,12 @@ def test_cli_missing_source_fails_fast(tmp_path):
 def test_cli_unreachable_milvus_fails_fast_without_secret(tmp_path):
     import os
 
+    import pymupdf
+
     (tmp_path / "src").mkdir()
+    doc = pymupdf.open()
+    doc.new_page()
+    doc.save(tmp_path / "src" / "one.pdf")
     env = dict(os.environ, MILVUS_TOKEN="root:s3cr3t-t0ken")
     r = _run("ingest", str(tmp_path / "src"), "--out", str(tmp_path / "o"), "--executor", "local",
              "--milvus", "http://127.0.0.1:9", env=env)

@@ -169,6 +169,7 @@ def _status(out: Path, *extra) -> str:
     return r.stdout
 
 
+@pytest.mark.slow
 def test_status_of_a_healthy_and_a_crashed_out(src, tmp_path):
     out = tmp_path / "out"
     ingest(src, out)

@@ -71,6 +71,7 @@ def test_a_rerank_keeps_the_stage1_winner_unless_it_puts_it_in_its_bottom_half()
 # -- 2. a run that commits nothing claims nothing ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_run_that_commits_nothing_does_not_claim_the_out(pdfs, tmp_path):
     out = tmp_path / "out"
     # a refused option: nothing is created at all
@@ -164,6 +165,7 @@ def small_out(pdfs, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_raw_errors_are_one_line(small_out, pdfs, tmp_path):
     r = run("report", str(small_out), "--pages", "1M,250k", "--json")
     assert r.returncode == 0 and list(json.loads(r.stdout)["layouts"][0]["projections"]) == ["1000000", "250000"]
@@ -192,6 +194,7 @@ def test_one_pdf_as_the_source_is_indexed(pdfs, tmp_path):
     assert set(read_pages(out)["source_uri"].to_pylist()) == {one.resolve().as_uri()}
 
 
+@pytest.mark.slow
 def test_a_read_only_out_is_read(small_out):
     before = sorted(p.relative_to(small_out).as_posix() for p in small_out.rglob("*"))
     for cmd in (["status", str(small_out)], ["search", "a table", "--out", str(small_out), "-k", "2"],
