@@ -144,11 +144,12 @@ class AugmentShards(Stage):
         if self._sv is not None:
             buf_metadata["sv_model"] = self.sv[0]
         ParquetSink(self.store, metadata=buf_metadata).write(new_key, table)
-        sent = self.vectors.write(self.job, table)["rows"] if self.vectors is not None else {}
+        stored = self.vectors.write(self.job, table) if self.vectors is not None else {"rows": {}}
+        sent = stored["rows"]
         self.stats["files"] += 1
         self.stats["pages"] += table.num_rows
         self.stats["store_rows"] += sum(sent.values())
-        return new_key, table.num_rows, {"columns": missing, "store_rows": sent,
+        return new_key, table.num_rows, {"columns": missing, "store_rows": sent, "store": stored,
                                          "docs": sorted(set(table[S.SOURCE_URI].to_pylist()))}
 
     def _text_columns(self, table: pa.Table) -> tuple[pa.Array, pa.Array]:

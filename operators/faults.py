@@ -4,9 +4,11 @@
 ``PAGEMILL_KILL_ONCE=<file>`` as well, only the first process across the cluster that gets there
 dies (it creates the file exclusively), so that a restarted worker goes on. Points: ``listing``
 (per listed document), ``rendered``, ``embedded`` (per unit, local executor), ``embed_call`` (per
-batch in an embedding worker), ``milvus_upsert`` (per upsert request), ``shard_written`` and
-``milvus_written`` (per write batch), ``committed`` (per unit commit). Unset (always, outside
-tests) it costs one dict lookup.
+batch in an embedding worker), ``milvus_upsert`` (per upsert request), ``lance_fragments`` (per
+table a LanceDB writer wrote), ``shard_written`` and ``vectors_written`` (per write batch: its
+shard, then its vector-store writes), ``rewritten``, ``store_committed`` (the store's commit of a
+unit, before its ledger record) and ``committed`` (per unit commit). Unset (always, outside tests)
+it costs one dict lookup.
 
 A crash in native code is the other fault: ``PAGEMILL_RENDER_SEGFAULT=<marker>`` makes the
 renderer's child die of SIGSEGV on a document whose bytes contain the marker (``<marker>:once``:

@@ -116,7 +116,7 @@ class PagesWriter(Stage):
                     res["delete_calls"] = self.vectors.delete_other_versions(versions)
                     self.stats["delete_calls"] += res["delete_calls"]
         self.stats[f"{self.vectors_name}_s"] += time.perf_counter() - tm
-        checkpoint("milvus_written")
+        checkpoint("vectors_written")
         self.stats["busy_s"] += time.perf_counter() - t0
         self.stats["batches"] += 1
         reports = [json.loads(x) for x in batch[S.STAGE_STATS].to_pylist() if x] if S.STAGE_STATS in batch.column_names else []

@@ -39,27 +39,27 @@ def _ingest_parser(sub) -> argparse.ArgumentParser:
 
 
 def _vectors(args, store, *, must_exist: bool = True, skip_missing: bool = False, discover: bool = True):
-    """The index's vector store, as the command's options name it (default: OUT's own), its
-    tables discovered (``discover``); None when ``must_exist`` is false and OUT has none of its
-    own (with ``skip_missing``, nor a file that the options name)."""
+    """The index's vector store, as the command's options name it (default: the one the index
+    records, else OUT's own), its tables discovered (``discover``); None when ``must_exist`` is
+    false and OUT has none of its own (with ``skip_missing``, nor a file that the options name)."""
     from operators.io.s3 import S3Options
-    from operators.stores import local_file, open_vectors, vectors_uri
+    from operators.stores import given_uri, local_file, open_vectors, vectors_uri
     from pipelines.options import store_options
-    from pipelines.out.identity import index_base
+    from pipelines.out.identity import index_base, recorded_store
 
     options = store_options(args)
-    uri = vectors_uri(options, args.out)
+    given = given_uri(options)
+    uri = vectors_uri(options, args.out, recorded_store(store))
     if not uri:
         if not must_exist:
             return None
-        raise UsageError("--milvus is required when OUT is not a local folder")
-    given = options.get("milvus")
+        raise UsageError("--vectors is required when OUT is not a local folder")
     local = local_file(uri)
     if not must_exist and (skip_missing or not given) and local and not os.path.exists(local):
         return None
     if options.get("milvus_ca_file") and not os.path.isfile(options["milvus_ca_file"]):
         raise UsageError(f"--milvus-ca-file: no such file {options['milvus_ca_file']!r}")
-    vectors = open_vectors(uri, options, S3Options(endpoint_url=getattr(args, "s3_endpoint_url", None)))
+    vectors = open_vectors(uri, options, S3Options(endpoint_url=getattr(args, "s3_endpoint_url", None)), out=args.out)
     if discover:
         for note in vectors.discover(index_base(store, args.collection)):
             args.console.write(f"pagemill: note: {note}\n")
@@ -82,7 +82,7 @@ def _fidelity_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=50, help="pseudo-queries to sample (50)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
     p.add_argument("--max-pages", type=int, default=5000, help="rank at most this many sampled pages (5000)")
-    add_options(p, "fidelity", "--model", "--weights", "--milvus", "--collection", *STORE_CONNECTION,
+    add_options(p, "fidelity", "--model", "--weights", "--vectors", "--milvus", "--collection", *STORE_CONNECTION,
                 "--s3-endpoint-url", "--json")
     return p
 
@@ -138,7 +138,7 @@ def _report_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--pages", type=page_counts, default=(1_000_000, 100_000_000),
                    help="corpus sizes to project to, comma-separated: 1000000, 1e6, 1M, 250k (1M,100M)")
     p.add_argument("--threshold", type=float, default=0.9, help="fidelity (recall@10) a recommended layout needs")
-    add_options(p, "report", "--milvus", "--milvus-storage", "--collection", *STORE_CONNECTION)
+    add_options(p, "report", "--vectors", "--milvus", "--milvus-storage", "--collection", *STORE_CONNECTION)
     p.add_argument("--html", help="write an HTML report (with PNG charts beside it)")
     add_options(p, "report", "--s3-endpoint-url")
     _common_cost_flags(p)
@@ -223,7 +223,7 @@ def _search_parser(sub) -> argparse.ArgumentParser:
                  description="Cascade search over a pagemill index.", epilog=SEARCH_EXAMPLE)
     p.add_argument("query", help="the query text")
     p.add_argument("--out", required=True, help="output root of a run (its shards and, by default, its Milvus)")
-    add_options(p, "search", "--milvus", "--collection")
+    add_options(p, "search", "--vectors", "--milvus", "--collection")
     p.add_argument("-k", type=int, default=10, help="results (10)")
     p.add_argument("--candidates", type=int, default=100, help="pages from stage 1 (100)")
     p.add_argument("--stage1", default="sv-mean",
@@ -241,8 +241,8 @@ def _search_parser(sub) -> argparse.ArgumentParser:
                    help="the rerank's order replaces stage 1's, or is fused with it by reciprocal rank, the stage-1 "
                         "winner kept first unless the rerank puts it in the bottom half (auto: fuse after --stage1 "
                         "text, replace after a visual stage 1)")
-    p.add_argument("--vectors-from", default="parquet", choices=["parquet", "milvus"],
-                   help="where stage 2 reads vectors (parquet)")
+    p.add_argument("--vectors-from", default="parquet", choices=["parquet", "store", "milvus"],
+                   help="where stage 2 reads vectors: the archive, or the vector store (milvus: the same) (parquet)")
     add_options(p, "search", "--corpus", *STORE_CONNECTION, "--s3-endpoint-url", "--json")
     return p
 
@@ -261,19 +261,19 @@ def _load_parser(sub) -> argparse.ArgumentParser:
     p = _command(sub, "milvus-load", help="(re)build the Milvus side of an index from its Parquet shards",
                  description="Load OUT/pages into Milvus.", epilog=LOAD_EXAMPLE)
     p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
-    add_options(p, "milvus-load", "--milvus", "--collection")
+    add_options(p, "milvus-load", "--vectors", "--milvus", "--collection")
     p.add_argument("--recreate", action="store_true", help="drop this index's collections first")
     p.add_argument("--bulk-dir", help="use Milvus' bulk import: stage row files here, where the server can read them "
                    "(its local storage, or s3://bucket/prefix in the bucket Milvus uses); needs empty collections")
     p.add_argument("--batch-pages", type=int, default=256, help="pages per upsert batch: the memory bound (256)")
     add_options(p, "milvus-load", "--milvus-index", "--milvus-mv-mode", "--milvus-layouts", "--milvus-partition-key",
-                "--corpus", *STORE_CONNECTION, "--s3-endpoint-url", "--json")
+                "--lancedb-index", "--lancedb-keep-days", "--corpus", *STORE_CONNECTION, "--s3-endpoint-url", "--json")
     return p
 
 
 def _load(args) -> int:
     from operators.io.s3 import S3Options
-    from pipelines.index.rebuild import rebuild
+    from pipelines.index.rebuild import rebuild, remember_store
     from pipelines.out.identity import index_base
     from pipelines.out.open import open_output
 
@@ -283,6 +283,9 @@ def _load(args) -> int:
     vectors = _vectors(args, store, discover=False)
     summary = rebuild(store, vectors, index_base(store, args.collection), recreate=args.recreate,
                       batch_pages=args.batch_pages, corpus=args.corpus, bulk_dir=args.bulk_dir)
+    moved = remember_store(store, vectors, args.out)
+    if moved:
+        args.console.write(f"pagemill: note: {moved}\n")
     if summary.get("text_layer_note"):
         args.console.write(f"pagemill: note: {summary['text_layer_note']}\n")
     if args.json:
@@ -342,7 +345,7 @@ def _status_parser(sub) -> argparse.ArgumentParser:
     p = _command(sub, "status", help="what an OUT holds: its index, documents, shards, Milvus rows, runs, quarantine",
                  description="Look inside an OUT (read-only).", epilog=STATUS_EXAMPLE)
     p.add_argument("out", help="output root of a run (folder, file:// or s3://)")
-    add_options(p, "status", "--milvus", "--collection", *STORE_CONNECTION, "--s3-endpoint-url", "--json")
+    add_options(p, "status", "--vectors", "--milvus", "--collection", *STORE_CONNECTION, "--s3-endpoint-url", "--json")
     return p
 
 
@@ -351,14 +354,15 @@ def _status(args) -> int:
     from operators.stores import open_vectors, vectors_uri
     from pipelines.index.status import format_status, index_status
     from pipelines.options import store_options
+    from pipelines.out.identity import recorded_store
     from pipelines.out.keys import LEDGER
     from pipelines.out.open import open_output
 
     store = open_output(args.out, S3Options(endpoint_url=args.s3_endpoint_url), first_run=True)
     vectors = _vectors(args, store, must_exist=False, skip_missing=True) if store.list(LEDGER) else None
     discovered = vectors is not None
-    if vectors is None and (uri := vectors_uri(store_options(args), args.out)):
-        vectors = open_vectors(uri, store_options(args))  # not opened: what it still has to do, from the ledger
+    if vectors is None and (uri := vectors_uri(store_options(args), args.out, recorded_store(store))):
+        vectors = open_vectors(uri, store_options(args), out=args.out)  # not opened: what it still has to do
     try:
         status = index_status(store, vectors, discovered=discovered)
     finally:
@@ -406,7 +410,7 @@ def _relayout_parser(sub) -> argparse.ArgumentParser:
                  description="Compute added storage layouts from the full multi-vectors in the shards.",
                  epilog="example:\n  pagemill relayout demo-out --layouts mv-pool3,mv-bin --executor local")
     p.add_argument("out", help="output root of an index (folder, file:// or s3://)")
-    add_options(p, "relayout", "--layouts", "--drop-layouts", "--milvus", "--executor", "--ray-address", *STORE_CONNECTION,
+    add_options(p, "relayout", "--layouts", "--drop-layouts", "--vectors", "--milvus", "--executor", "--ray-address", *STORE_CONNECTION,
                 "--s3-endpoint-url", "--summary", "--quiet")
     return p
 

@@ -31,6 +31,8 @@ MILVUS_ELSEWHERE = {
     "status": dict(help="Milvus URI (default OUT/milvus.db when it exists)" + TOKEN_NOTE),
     "relayout": dict(help="Milvus URI (default OUT/milvus.db)"),
 }
+VECTORS_ELSEWHERE = {command: dict(help="the vector store (default: the one OUT/_index.json records, else OUT/milvus.db): a Milvus Lite file, a server URI or lancedb:PATH")
+                     for command in ("fidelity", "report", "search", "milvus-load", "status", "relayout")}
 INDEX_COLLECTION = dict(help="collection prefix (default: the index's, OUT/_index.json; else pagemill)")
 COLLECTION_ELSEWHERE = {"fidelity": INDEX_COLLECTION, "report": INDEX_COLLECTION, "search": INDEX_COLLECTION,
                         "milvus-load": INDEX_COLLECTION, "status": dict(help="collection prefix (default: the index's)")}
@@ -99,7 +101,10 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option('SOURCE', 'folder, file:// or s3://bucket/prefix/ of PDFs (recursive, *.pdf)', doc='folder, `file://` URI or `s3://bucket/prefix/` of PDFs, recursive, `*.pdf` in any case'),
     Option('--out', 'output root: a folder, file:// or s3://bucket/prefix/', doc='output root (required): a folder, `file://` or `s3://bucket/prefix/` (then `--milvus` is required: Milvus Lite needs a local file)'),
-    Option('--milvus', 'Milvus URI: a Milvus Lite file path (default OUT/milvus.db) or http://host:port', doc='Milvus Lite file path (default `OUT/milvus.db`) or `http://host:port`; the token comes from `$MILVUS_TOKEN`, never from a flag or file', commands=("ingest", "fidelity", "report", "search", "milvus-load", "status", "relayout"), elsewhere=MILVUS_ELSEWHERE, group=STORE),
+    Option('--vectors', 'the vector store: a Milvus Lite file (default OUT/milvus.db), a Milvus server URI (http://host:port), or lancedb:PATH (a folder or s3://bucket/prefix; lancedb: alone is OUT/lancedb); default: the one the index records', doc='where the vectors go: a Milvus Lite file (default `OUT/milvus.db`), a Milvus server (`http://host:port`), or `lancedb:PATH`, a LanceDB folder or `lancedb:s3://bucket/prefix` (`lancedb:` alone: `OUT/lancedb`). The index records it in `_index.json`: later runs and every reader need no `--vectors`. See [LanceDB](#lancedb)', commands=("ingest", "fidelity", "report", "search", "milvus-load", "status", "relayout"), elsewhere=VECTORS_ELSEWHERE, group=STORE),
+    Option('--lancedb-index', "LanceDB: a layout's vector index, LAYOUT=TYPE[:key=value,...] (repeatable; IVF_PQ, IVF_HNSW_SQ, IVF_HNSW_PQ, IVF_FLAT; e.g. mv=IVF_PQ:num_partitions=64,num_sub_vectors=16); default: none (exact search)", kind='list', doc="LanceDB: a layout's vector index, `LAYOUT=TYPE[:key=value,...]`, repeatable: `IVF_PQ` (`num_partitions`, `num_sub_vectors`, `num_bits`), `IVF_HNSW_SQ`, `IVF_HNSW_PQ` (`m`, `ef_construction`), `IVF_FLAT`; default none: exact (brute-force) search. Built at the end of the run, and trained again when a table has doubled since", commands=("ingest", "milvus-load"), elsewhere={"milvus-load": dict(default=[], help="as for ingest: LAYOUT=TYPE[:key=value,...]")}, group=STORE, default=()),
+    Option('--lancedb-keep-days', 'LanceDB: days of table versions kept (7); older ones are pruned, and small fragments compacted, at the end of every run', kind='float', doc='LanceDB: days of table versions kept for time travel and readers of an older version (7); older versions are pruned and small fragments compacted at the end of every run', check="non_negative", commands=("ingest", "milvus-load"), group=STORE, default=7.0),
+    Option('--milvus', 'Milvus URI: a Milvus Lite file path (default OUT/milvus.db) or http://host:port', doc='the same as `--vectors`, for Milvus: a Milvus Lite file or `http://host:port` (kept for the scripts that use it); a token comes from `$MILVUS_TOKEN`, never from a flag or file', commands=("ingest", "fidelity", "report", "search", "milvus-load", "status", "relayout"), elsewhere=MILVUS_ELSEWHERE, group=STORE),
     Option('--collection', "collection name prefix (default: the index's, else pagemill)", doc='collection name prefix (`pagemill` → `pagemill_pages`, `pagemill_patches`)', commands=("ingest", "fidelity", "report", "search", "milvus-load", "status"), elsewhere=COLLECTION_ELSEWHERE),
     Option('--milvus-timeout', 'seconds per Milvus call (60); past it the run stops with one line, the unit uncommitted', kind='float', key='milvus_timeout_s', doc='seconds per Milvus call (60); a Milvus that stops answering fails the run with one line, and the unit in flight stays uncommitted for the next run', check="positive", group=STORE, default=60.0),
     Option('--milvus-retries', 'extra attempts for transient Milvus failures, with backoff (3)', kind='int', doc='extra attempts for a transient Milvus failure (unavailable, reset, deadline), with exponential backoff (3); writes are idempotent upserts and deletes', check="non_negative", group=STORE, default=3),
@@ -194,6 +199,18 @@ def config_problem(values) -> str | None:
         problem = o.problem(values.store.get(o.dest) if o.group == STORE else getattr(values, o.dest))
         if problem:
             return problem
+    return None
+
+
+def foreign_store_option(options: dict, kind: str) -> str | None:
+    """An option of another kind of store than ``kind`` (``milvus_*`` for LanceDB, ``lancedb_*``
+    for Milvus) given a value of its own: it would do nothing, so it is refused, naming its key."""
+    from operators.stores import KINDS
+
+    for o in STORE_OPTIONS:
+        other = o.dest.split("_", 1)[0]
+        if o.cli and other in KINDS and other != kind and options.get(o.dest) not in (None, o.default, [], ()):
+            return f"{o.dest}: an option of {KINDS[other]}, and the vectors go to {KINDS[kind]}"
     return None
 
 

@@ -221,13 +221,22 @@ def index_store(out: Path, uri: str | None = None, base: str = "pagemill", **opt
     from operators.stores import open_vectors
     from pipelines.options import store_options
 
-    store = open_vectors(uri or str(out / "milvus.db"), store_options(options))
+    store = open_vectors(uri or str(out / "milvus.db"), store_options(options), out=str(out))
     store.discover(base)
     return store
 
 
 def pagemill_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipelines.cli", *args]
+
+
+def read_only(folder: Path, *cmd: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``pagemill CMD`` with ``folder`` mounted read-only (a private mount namespace: a read-only
+    bind mount refuses writes to root too)."""
+    inner = " ".join(f"'{c}'" for c in (sys.executable, "-m", "pipelines.cli", *cmd))
+    script = f"mount --bind '{folder}' '{folder}' && mount -o remount,bind,ro '{folder}' '{folder}' && exec {inner}"
+    return subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 # ------------------------------------------------------------------------------------------

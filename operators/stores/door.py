@@ -122,13 +122,21 @@ class VectorStore:
 
     ``name`` keys what the store reports (the summary's section, the write stage's counters);
     ``single_process``: what the store is (``"Milvus Lite"``) when its writes must happen in one
-    process (a database file), so the writers run in the driver, else None; ``suspects_record``:
-    the ledger record of its suspects (None when its writes become visible only at ``commit``)."""
+    process (a database file), so the writers run in the driver, else None; ``local``: its files
+    are on the driver's machine (a folder), so writers run on the driver's node; ``suspects_record``:
+    the ledger record of its suspects: the documents of a unit that died after its writes became
+    visible and before its ledger record."""
 
     name: str  # "milvus"
     title: str  # "Milvus": the store in a sentence
     single_process: str | None = None
     suspects_record: str | None = None
+    local: bool = False  # its files are on the driver's machine: the writers run there
+
+    @property
+    def label(self) -> str:
+        """The store and where it is, in words (no secret): ``LanceDB at /data/idx``."""
+        return self.title
 
     # -- the index's tables --------------------------------------------------------------------
 
@@ -172,16 +180,25 @@ class VectorStore:
         in this process it shares this handle's connection; sent to a worker it opens its own."""
         raise NotImplementedError
 
-    def commit(self, unit_id: str, results: list[dict]) -> None:
-        """Make a unit's writes part of the index (just before its ledger record)."""
+    def commit(self, unit_id: str, results: list[dict], replaces: dict[str, str | None] | None = None) -> None:
+        """Make a unit's writes (its writers' ``results``) part of the index, just before its
+        ledger record. ``replaces``: the documents (``doc_id`` -> the unit's version, None when
+        it has no page left) whose rows the store may hold from before: a store whose writes are
+        visible only when committed deletes them here, in the same step as it adds the unit's."""
 
     def delete_other_versions(self, versions: dict[str, str | None]) -> int:
         """As ``StoreWriter.delete_other_versions``, from the driver."""
         raise NotImplementedError
 
-    def finish(self) -> dict | None:
-        """After the last unit: what the run must still do (a bulk import); its report."""
+    def finish(self, recorded: dict | None = None) -> dict | None:
+        """After the last unit: what the run must still do (a bulk import, indexes, compaction);
+        its report. ``recorded``: what the index recorded of the store (``record``, last run)."""
         return None
+
+    def record(self) -> dict:
+        """What ``OUT/_index.json`` keeps of the store beyond its URI (the indexes built, their
+        parameters)."""
+        return {}
 
     def flush(self) -> None:
         """Once per run, after the last write."""
@@ -252,7 +269,9 @@ class VectorStore:
 
     def measure(self, page_ids: list[str]) -> dict:
         """What the store holds, measured: per layout its raw bytes per page read back (of
-        ``page_ids``), per table its rows and the store's own bytes."""
+        ``page_ids``), per table its rows and the store's own bytes; the sections of ``pagemill
+        report``'s measurements (Milvus': its own keys, which the cost model reads; another
+        store's: ``store``, with ``kind``, which ``operators.stores.storage_lines`` formats)."""
         raise NotImplementedError
 
     def archive_columns(self, available: list[str]) -> list[str]:

@@ -21,6 +21,7 @@ from operators.errors import UsageError
 from operators.io.store import OutputStore
 from operators.layouts.fde import FdeParams
 from operators.layouts.layout import BM25_LAYOUT, TEXT_LAYOUT, parse_layout, parse_layouts
+from operators.stores import storage_lines
 from operators.stores.parquet import read_table
 from operators.stores.run_metadata import RunMetadata
 from pipelines.analysis.costs import (
@@ -100,8 +101,7 @@ def measure_run(store: OutputStore, max_shards: int = 200, vectors=None) -> dict
     if S.TEXT_CHUNKS in first.schema_arrow.names:
         measured["text_layer"] = measure_text_layer(blobs, column_bytes, rows, first.schema_arrow)
     if vectors is not None:
-        held = vectors.measure(sample[S.PAGE_ID].to_pylist()[:200])
-        measured.update({"milvus": held["rows"], "milvus_collections": held["storage"], "milvus_lite": held["lite"]})
+        measured.update(vectors.measure(sample[S.PAGE_ID].to_pylist()[:200]))
     return measured
 
 
@@ -184,6 +184,8 @@ def build_report(measured: dict, pages: tuple[int, ...] = DEFAULT_PAGES, prices:
         report["parquet_other_columns"] = {"bytes_per_page": other, "total_bytes_per_page": sum(other.values())}
     if storage:
         report["milvus"] = {k: v for k, v in storage.items() if k != "fields"}
+    if measured.get("store"):
+        report["store"] = measured["store"]  # another store's own section (operators.stores.storage_lines)
     if measured.get("text_layer"):
         report["text_layer"] = text_layer_report(measured, storage, index)
     report["notes"] = []
@@ -291,6 +293,7 @@ def format_report(report: dict) -> str:
                      + ", ".join(f"{c} {human_bytes(b)}" for c, b in big[:6])
                      + (", ..." if len(big) > 6 else "") + ")")
     lines += format_store_storage(report.get("milvus"))
+    lines += storage_lines(report.get("store"))
     lines += format_text_layer(report.get("text_layer"))
     rec = report["recommendation"]
     if rec.get("cheapest_above_threshold"):

@@ -142,12 +142,13 @@ class Executor:
 
     def map_items(self, op, keys: list[str]):
         """Run a per-item stage (``AugmentShards``: one shard key per call) over ``keys``; yield
-        (key, new key, pages) per item as results come. This process' version: in order."""
+        (key, new key, pages, result JSON) per item as results come. This process' version: in order."""
         op.setup()
         try:
             for key in keys:
                 out = op(pa.table({"key": [key]}))
-                yield from zip(out["key"].to_pylist(), out["new_key"].to_pylist(), out["pages"].to_pylist())
+                yield from zip(out["key"].to_pylist(), out["new_key"].to_pylist(), out["pages"].to_pylist(),
+                              out["result"].to_pylist())
         finally:
             op.close()
 

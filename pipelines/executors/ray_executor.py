@@ -415,7 +415,8 @@ class RayExecutor(Executor):
                             compute=ActorPoolStrategy(size=n), **args)
         try:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                yield from zip(batch["key"].to_pylist(), batch["new_key"].to_pylist(), batch["pages"].to_pylist())
+                yield from zip(batch["key"].to_pylist(), batch["new_key"].to_pylist(), batch["pages"].to_pylist(),
+                              batch["result"].to_pylist())
         except ray.exceptions.RayError as e:
             raise worker_error(e) from None
 

@@ -68,3 +68,21 @@ def rebuild(store: OutputStore, vectors: VectorStore, base: str, *, recreate: bo
         return vectors.load(batches(), len(shards), bulk_dir=bulk_dir, log=log)
     finally:
         vectors.close()
+
+
+def remember_store(store: OutputStore, vectors: VectorStore, out: str) -> str | None:
+    """After a load into another store than the one the index records: ``_index.json`` records
+    this one (later runs and readers use it); a note for the user, or None."""
+    from operators.stores import record
+    from pipelines.out.identity import load_state, save_state
+
+    state = load_state(store)
+    if state is None or state.active is None:
+        return None
+    now = {**record(vectors.uri, out), **vectors.record()}
+    was = state.store or {"kind": "milvus", "uri": None}
+    if (was.get("kind"), was.get("uri")) == (now["kind"], now["uri"]):
+        return None
+    state.store = now
+    save_state(store, state)
+    return f"the index's vectors are in {vectors.label} from now on (OUT/_index.json); runs and readers use it"

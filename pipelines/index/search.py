@@ -194,7 +194,7 @@ def search(query_text: str, store: OutputStore, vectors: VectorStore, *, k: int 
             held = ", ".join(n for n in meta.layouts if parse_layout(n).is_multi_vector)
             raise UsageError(f"--rerank {rerank}: not a layout of this index (its multi-vector layouts: {held}): "
                              f"add it with pagemill relayout OUT --layouts {rerank}, or rerank with one of those")
-        if vectors_from == "milvus":
+        if vectors_from in ("store", "milvus"):
             docs = vectors.fetch(layout.name, ids)
             scored = [(pid, float((query @ docs[pid].T).max(axis=1).sum())) for pid in ids if pid in docs]
         else:

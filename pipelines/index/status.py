@@ -114,6 +114,7 @@ def index_status(store: OutputStore, vectors: VectorStore | None = None, discove
         counts = vectors_in(store, page_files, vectors.count_columns())
         expected = vectors.expected_rows(pages - _quarantined_pages(ledger), counts)
         out[vectors.name] = {}
+        out["store"] = {"kind": vectors.name, "title": vectors.title, "at": vectors.label}
         for c, have in vectors.counts().items():
             want = expected.get(c)
             out[vectors.name][c] = {"rows": have, "expected": want}
@@ -165,16 +166,18 @@ def format_status(s: dict) -> str:
         return f"{s['out']}: {s['problems'][0]}"
     d = s["documents"]
     lines = [f"{s['out']}: {s['describe']}",
-             f"  layouts: {', '.join(s['index']['layouts'])}; Milvus collections {s['index']['milvus_base']}_*",
+             f"  layouts: {', '.join(s['index']['layouts'])}; vectors in "
+             f"{s['store']['at'] if s.get('store') else 'the vector store'}: {s['index']['milvus_base']}_*",
              f"  documents: {d['total']:,} ({d['indexed']:,} indexed, {d['partial']:,} partial, {d['quarantined']:,} "
              f"quarantined); pages {s['pages']:,}",
              f"  shards: {s['shards']['pages']:,} page, {s['shards']['quarantine']:,} quarantine; {s['shards']['bytes']:,} bytes"]
     if "reindex" in s:
         r = s["reindex"]
         lines.append(f"  reindex to {r['to']}: {r['documents_done']:,} of {r['of']:,} documents done")
-    for c, m in s.get("milvus", {}).items():
+    kind = s.get("store", {}).get("kind")
+    for c, m in (s.get(kind, {}) if kind else {}).items():
         mark = "" if m["expected"] is None or m["expected"] == m["rows"] else f"  (expected {m['expected']:,})"
-        lines.append(f"  milvus {c}: {m['rows']:,} rows{mark}")
+        lines.append(f"  {kind} {c}: {m['rows']:,} rows{mark}")
     for reason, g in s["quarantine"].items():
         ex = g["examples"][0]
         lines.append(f"  quarantine {reason}: {g['documents']} documents, {g['pages']} pages (e.g. {ex['source_uri']}"

@@ -4,6 +4,8 @@ the vector store filled), exactly-once per shard like any commit."""
 
 from __future__ import annotations
 
+import json
+
 from operators.augment import AugmentShards, augment_job_id
 from operators.layouts.layout import parse_layout
 from pipelines.ingest.run import ResolvedRun
@@ -25,8 +27,8 @@ def add_from_archive(run: ResolvedRun, added: list[str], out, source, ledger, ex
     if keys:
         say(f"index: adding {', '.join(added)} to {len(keys)} shards from the archive")
     pages = 0
-    for key, new_key, n in executor.map_items(op, keys):
+    for key, new_key, n, result in executor.map_items(op, keys):
         if new_key:
-            committer.commit_rewrite(job, key, new_key)
+            committer.commit_rewrite(job, key, new_key, json.loads(result).get("store"))
             pages += n
     return pages

@@ -53,20 +53,21 @@ def rewrite_without(store: OutputStore, keys: list[str], uris: list[str], unit_i
     return rewrites
 
 
-def resync_pages(store: OutputStore, writer: StoreWriter, keys: list[str], uris: list[str]) -> int:
+def resync_pages(store: OutputStore, writer: StoreWriter, keys: list[str], uris: list[str]) -> tuple[int, list[dict]]:
     """Write again the committed pages of ``uris`` from their shards (``writer``: the vector
-    store's). Runs where the data lives; returns pages written."""
+    store's). Runs where the data lives; returns the pages written and the writer's results (for
+    the store's commit)."""
     writer.open()
     try:
         keep = pa.array(sorted(uris))
-        written = 0
+        written, results = 0, []
         parquet = ParquetSink(store)
         for key in keys:
             table = parquet.read(key)
             table = table.filter(pc.is_in(table[S.SOURCE_URI], value_set=keep))
-            writer.write("resync", table)
+            results.append(writer.write("resync", table))
             written += table.num_rows
-        return written
+        return written, results
     finally:
         writer.close()
 
@@ -121,11 +122,14 @@ class UnitCommitter:
             self.store.delete(key)
         self._retired = []
 
-    def commit_rewrite(self, job: str, old: str, new: str) -> None:
-        """A shard rewritten with more columns (an added layout or model): one record."""
+    def commit_rewrite(self, job: str, old: str, new: str, stored: dict | None = None) -> None:
+        """A shard rewritten with more columns (an added layout or model), and what its writer
+        sent to the vector store (``stored``): one record."""
         import hashlib
 
         unit_id = f"{job}-{hashlib.blake2b(old.encode(), digest_size=6).hexdigest()}"
+        if self.vectors is not None and stored:
+            self.vectors.commit(unit_id, [stored])
         self.ledger.commit({"unit_id": unit_id, "run_id": self.run_id, "docs": [], "files": [],
                             "rewrites": [{"old": old, "new": new}], "superseded": []})
         self._retired.append(old)
@@ -147,7 +151,10 @@ class UnitCommitter:
         rewrites = self._run(rewrite_without, self.store, holding, superseded, unit_id) if holding else []
         checkpoint("rewritten")
         if self.vectors is not None:
-            self.vectors.commit(unit_id, [p["store"] for p in parts if p.get("store")])
+            replaces = {d["doc_id"]: (d["version"] if d["n_pages"] else None) for d in info["docs"]
+                        if d.get("may_hold", True)}
+            self.vectors.commit(unit_id, [p["store"] for p in parts if p.get("store")], replaces)
+            checkpoint("store_committed")
         self.ledger.commit({
             "unit_id": unit_id,
             "run_id": self.run_id,
@@ -177,9 +184,10 @@ class UnitCommitter:
         if self.vectors is None or not docs:
             return 0
         keys = [k for k in self.ledger.state.files_holding(set(docs)) if k.startswith(PAGES_PREFIX + "/")]
-        written = self._run(resync_pages, self.store, self.vectors.writer(), keys, sorted(docs))
-        self.delete_calls += self.vectors.delete_other_versions(
-            {S.doc_id_for(u): (d.version if d.n_pages else None) for u, d in docs.items()})
+        written, results = self._run(resync_pages, self.store, self.vectors.writer(), keys, sorted(docs))
+        versions = {S.doc_id_for(u): (d.version if d.n_pages else None) for u, d in docs.items()}
+        self.vectors.commit("resync", results, versions)
+        self.delete_calls += self.vectors.delete_other_versions(versions)
         return written
 
     def delete_missing(self, planned) -> tuple[int, int]:

@@ -119,9 +119,12 @@ class IngestConfig:
             raise ConfigError(f"corpus: must be 1 to 128 characters, got {cfg.corpus!r}")
         if cfg.passwords and not Path(cfg.passwords).is_file():
             raise ConfigError(f"passwords: no such file {cfg.passwords!r}")
-        from operators.stores import check_store_options
+        from operators.stores import check_store_options, store_of_uri
+        from pipelines.options import foreign_store_option
 
         problem = check_store_options(cfg.store, cfg.out)
+        if problem is None:
+            problem = foreign_store_option(cfg.store, store_of_uri(cfg.store, cfg.out))
         if problem:
             raise ConfigError(problem)
         return cfg

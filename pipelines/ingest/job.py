@@ -14,7 +14,7 @@ import time
 
 from operators.io.sources import NoSource
 from operators.io.uris import open_source, open_store
-from operators.stores import open_vectors, vectors_uri
+from operators.stores import open_vectors
 from pipelines.analysis.layout_stats import LayoutStats
 from pipelines.executors import executor_for
 from pipelines.executors.base import UnitTracker
@@ -74,8 +74,8 @@ class IngestJob:
                 save_state(self.out, self.decision.state)
             self.recovery = recover(self.out, self.run_.generation, self.decision.state, self.vectors)
             self.open_sinks()
-            self.executor = executor_for(cfg, self.out.local_path("") is not None, self.vectors.single_process,
-                                         self.log)
+            self.executor = executor_for(cfg, self.out.local_path("") is not None or self.vectors.local,
+                                         self.vectors.single_process, self.log)
             try:
                 self.execute()
                 self.complete_layouts()
@@ -106,7 +106,7 @@ class IngestJob:
             from pipelines.executors.ray_executor import check_address
 
             check_address(cfg.ray_address)
-        self.vectors = open_vectors(vectors_uri(cfg.store, cfg.out), cfg.store, cfg.s3_options())
+        self.vectors = open_vectors(run.vectors, cfg.store, cfg.s3_options(), out=cfg.out)
         problem = self.vectors.check_layouts(run.shape.layout_names())
         if problem:
             raise ConfigError(problem)
@@ -209,8 +209,13 @@ class IngestJob:
         # Suspects left that the ledger knows were not committed again (unchanged since their
         # last commit): the store may hold the dead commit's version of them, so resync them.
         t.resynced = self.committer.resync(rec.suspects.uris)
-        t.imported = self.vectors.finish()
+        state = self.decision.state
+        t.imported = self.vectors.finish(state.store)
         self.vectors.flush()
+        kept = self.vectors.record()
+        if kept and state.store is not None and any(state.store.get(k) != v for k, v in kept.items()):
+            state.store.update(kept)
+            save_state(self.out, state)
         self.committer.publish(force=True)
         t.store_delete_calls = self.committer.delete_calls
         if self.had_suspects:

@@ -15,12 +15,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from operators.errors import UsageError
 from operators.layouts.fde import FdeParams
 from operators.layouts.layout import Layout, parse_layouts
 from operators.models import ModelSpec, adapter_for, decide_budget, split_model_specs, sv_model_spec
 from operators.models.family import budget_side, family
 from operators.models.spec import checkpoint_id
 from operators.render import PixelBudget
+from operators.stores import check_recorded, given_uri, record, vectors_uri
 from operators.stores.door import IndexShape
 from pipelines.ingest.config import IngestConfig, check_model
 from pipelines.ingest.decision import Decision, decide
@@ -70,6 +72,7 @@ class ResolvedRun:
     collection: str  # the name the user knows the index by
     base: str  # this generation's tables' prefix in the store
     index: str  # what the index is, in words
+    vectors: str | None = None  # the vector store's URI (operators.stores)
     added: tuple[str, ...] = ()  # layouts (or text, sv-vlm) the run adds to an index
     dropped: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
@@ -107,6 +110,9 @@ def _filled(cfg: IngestConfig, state: IndexState | None) -> IngestConfig:
             values["model"] = DEFAULT_MODEL
     values["weights"] = values.get("weights") or cfg.weights or "random"
     values["collection"] = cfg.collection or (active.collection if active else "pagemill")
+    recorded = state.store if state else None
+    if not given_uri(cfg.store) and recorded and recorded.get("uri"):
+        values["store"] = {**cfg.store, "vectors": recorded["uri"]}
     return dataclasses.replace(cfg, **values)
 
 
@@ -135,6 +141,10 @@ def resolve_run(cfg: IngestConfig, state: IndexState | None, out: str, run_id: s
     ``state`` is what ``_index.json`` becomes (the job saves it)."""
     cfg = _filled(cfg, state)
     check_model(cfg.model, cfg.weights, cfg.extract_text)
+    vectors = vectors_uri(cfg.store, cfg.out)
+    problem = check_recorded(vectors, state.store if state else None, out) if vectors else None
+    if problem:
+        raise UsageError(problem)
     visual, _ = split_model_specs(cfg.model)
     spec = decide_budget(ModelSpec(name=visual, weights=cfg.weights, device=cfg.device, dtype=cfg.dtype,
                                    attn_implementation=cfg.attn_implementation, max_pixels=cfg.max_pixels,
@@ -151,7 +161,8 @@ def resolve_run(cfg: IngestConfig, state: IndexState | None, out: str, run_id: s
     models = RunModels(spec=spec, budget=adapter.pixel_budget(), dim=adapter.dim,
                        text=text["name"] if text else None, text_dim=text["dim"] if text else None,
                        sv=sv["name"] if sv else None, sv_dim=sv["dim"] if sv else None)
-    run = ResolvedRun(run_id=run_id or new_run_id(), options=cfg, mode=decision.mode, models=models,
+    decision.state.store = {**(decision.state.store or {}), **record(vectors, cfg.out)} if vectors else None
+    run = ResolvedRun(run_id=run_id or new_run_id(), options=cfg, mode=decision.mode, models=models, vectors=vectors,
                       layouts=tuple(parse_layouts(names)), fde=fde, generation=target.generation,
                       collection=target.collection, base=target.base, index=target.describe(),
                       added=tuple(decision.added), dropped=tuple(decision.dropped), notes=tuple(decision.notes),

@@ -32,7 +32,7 @@ class RunTotals:
     deleted_pages: int = 0
     relayouted: int = 0  # pages given added layouts from the archive
     resynced: int = 0  # pages written to the store again from the archive
-    imported: dict | None = None  # what the store imported at the end (a first load by bulk import)
+    imported: dict | None = None  # what the store did at the end (a first load's bulk import, indexes, compaction)
     swapped: bool = False  # a reindex swapped in
     store_counts: dict = field(default_factory=dict)
     store_delete_calls: int = 0  # the driver's deletes (documents gone, resyncs)
@@ -98,9 +98,9 @@ def build(run, totals: RunTotals, stage_stats, stages: dict, diagnosis: str | No
             "rows_written": stage_stats.store_rows(),
             "delete_calls": stage_stats.delete_calls() + totals.store_delete_calls,
             "pages_resynced": totals.resynced,
-            "bulk_imported": totals.imported,
             "upsert_path": stage_stats.upsert_path or "columns",
             "row_counts": totals.store_counts,
+            **(totals.imported or {}),
             **store,
         },
         "outputs": {

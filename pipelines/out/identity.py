@@ -83,19 +83,21 @@ class IndexState:
     pending: IndexIdentity | None = None  # a --reindex in progress
     retired: IndexIdentity | None = None  # swapped out, its files and tables not yet removed
     history: list[dict] = field(default_factory=list)
+    store: dict | None = None  # the vector store: {"kind", "uri" (None: OUT's own default), "indexes"}
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "active": self.active.to_json() if self.active else None,
                 "pending": self.pending.to_json() if self.pending else None,
                 "retired": self.retired.to_json() if self.retired else None, "history": self.history,
-                "updated_at": time.time()}
+                "store": self.store, "updated_at": time.time()}
 
     @classmethod
     def from_json(cls, d: dict) -> IndexState:
         load = IndexIdentity.from_json
         return cls(active=load(d["active"]) if d.get("active") else None,
                    pending=load(d["pending"]) if d.get("pending") else None,
-                   retired=load(d["retired"]) if d.get("retired") else None, history=d.get("history", []))
+                   retired=load(d["retired"]) if d.get("retired") else None, history=d.get("history", []),
+                   store=d.get("store"))
 
 
 def load_state(store: OutputStore) -> IndexState | None:
@@ -105,6 +107,13 @@ def load_state(store: OutputStore) -> IndexState | None:
         return IndexState.from_json(json.loads(store.read_bytes(INDEX_KEY)))
     inferred = infer_from_shards(store)
     return IndexState(active=inferred) if inferred else None
+
+
+def recorded_store(store: OutputStore) -> dict | None:
+    """The vector store the index records (``{"kind", "uri", ...}``), or None (an index from
+    before the record: OUT's own Milvus Lite file, or the one the options name)."""
+    state = load_state(store) if store.exists(INDEX_KEY) else None
+    return state.store if state is not None else None
 
 
 def has_commits(store: OutputStore, generation: int) -> bool:

@@ -71,7 +71,7 @@ def two_nodes(milvus_server, tmp_path_factory):
 
     marker = tmp_path_factory.mktemp("faults") / "writer-killed"
     env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "MILVUS_PASSWORD": ROOT_PASSWORD,
-           "PAGEMILL_KILL_AT": "milvus_written:1", "PAGEMILL_KILL_ONCE": str(marker)}
+           "PAGEMILL_KILL_AT": "vectors_written:1", "PAGEMILL_KILL_ONCE": str(marker)}
 
     def with_pod_env(fn, *args, **kwargs):
         """Start Ray processes with what a pod has in its environment (its Secrets)."""

@@ -183,7 +183,7 @@ def test_status_of_a_healthy_and_a_crashed_out(src, tmp_path):
     # a crash between a unit's files and its ledger record: files no commit accounts for
     crashed = tmp_path / "crashed"
     r = subprocess.run(pagemill_cmd("ingest", str(src), "--out", str(crashed), *BASE), cwd=REPO,
-                       env=dict(os.environ, PAGEMILL_KILL_AT="milvus_written:3"), capture_output=True)
+                       env=dict(os.environ, PAGEMILL_KILL_AT="vectors_written:3"), capture_output=True)
     assert r.returncode == -signal.SIGKILL
     s = json.loads(_status(crashed))
     assert not s["healthy"] and s["uncommitted_files"] and "interrupted run" in s["problems"][0]

@@ -242,7 +242,7 @@ def test_a_refused_index_fails_before_anything_is_written(server, small_corpus, 
     rc = main(["ingest", str(small_corpus.root), "--out", str(tmp_path / "a"), "--executor", "local", "--quiet",
                "--collection", "refused", "--milvus-index", "sv-mean=HNSW_SQ", *conn_args(server)])
     err = capsys.readouterr().err
-    assert rc == 1 and "sv-mean" in err and "HNSW_SQ" in err and "it accepts: AUTOINDEX, FLAT" in err
+    assert rc == 2 and "sv-mean" in err and "HNSW_SQ" in err and "it accepts: AUTOINDEX, FLAT" in err
     assert err.count("pagemill: error") == 1
     # Refused by the server itself (a parameter out of range): one line, no half-made collection.
     rc = main(["ingest", str(small_corpus.root), "--out", str(tmp_path / "b"), "--executor", "local", "--quiet",
@@ -272,7 +272,7 @@ def test_partition_key_keeps_tenants_apart(server, small_corpus, tmp_path, capsy
     upserts into a partition-key collection lose rows (seen: 1 of 5 rows left)."""
     rc = main(["ingest", str(small_corpus.root), "--out", str(tmp_path / "refused"), "--executor", "local", "--quiet",
                "--collection", "tenants", "--milvus-partition-key", *conn_args(server)])
-    assert rc == 1 and "milvus_partition_key" in capsys.readouterr().err
+    assert rc == 2 and "milvus_partition_key" in capsys.readouterr().err
     files = sorted(p for p in small_corpus.root.rglob("*.pdf") if p.resolve().as_uri() in small_corpus.ok_pages)
     half = len(files) // 2
     lite = str(tmp_path / "tenants.db")

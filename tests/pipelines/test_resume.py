@@ -57,7 +57,7 @@ def test_sigkill_midway_then_rerun(small_corpus, clean_run, tmp_path):
     ("embedded", 3, 2),         # after it was embedded, before any write
     ("milvus_upsert", 5, 2),    # in the middle of Milvus upserts
     ("shard_written", 3, 2),    # shard on disk, not committed
-    ("milvus_written", 3, 2),   # shard and Milvus rows written, ledger record not
+    ("vectors_written", 3, 2),   # shard and Milvus rows written, ledger record not
 ])
 def test_sigkill_at_each_point_then_rerun(small_corpus, clean_run, tmp_path, point, n, committed):
     """SIGKILL of the driver at several points, then a re-run: the same pages and Milvus rows as
@@ -77,7 +77,7 @@ def test_sigkill_at_each_point_then_rerun(small_corpus, clean_run, tmp_path, poi
     assert rerun.returncode == 0
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["documents"]["skipped_unchanged"] == 2 * done  # committed units are not redone
-    if point in ("shard_written", "milvus_written"):
+    if point in ("shard_written", "vectors_written"):
         assert summary["units"]["orphan_files_removed"] >= 1
     _same_index(out, clean_run)
 
@@ -126,7 +126,7 @@ def test_a_document_changed_after_a_crash_between_milvus_and_the_ledger_leaves_n
     shutil.copytree(small_corpus.root, src)
     out = tmp_path / "out"
     args = ["ingest", str(src), "--out", str(out), *ARGS]
-    killed = subprocess.run(pagemill_cmd(*args), cwd=REPO, env=dict(os.environ, PAGEMILL_KILL_AT="milvus_written:2"),
+    killed = subprocess.run(pagemill_cmd(*args), cwd=REPO, env=dict(os.environ, PAGEMILL_KILL_AT="vectors_written:2"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert killed.returncode == -signal.SIGKILL and _ledger_records(out) == 1
     live = {f["key"] for p in (out / "_ledger" / "units").glob("*.json") for f in json.loads(p.read_text())["files"]}
@@ -188,7 +188,7 @@ def test_a_document_back_at_its_committed_version_after_such_a_crash_is_resynced
     original, stat = path.read_bytes(), path.stat()
     donor = next(p for p in sorted(src.rglob("*.pdf")) if p != path and p.as_uri() in pages_of and pages_of[p.as_uri()] >= 2)
     shutil.copyfile(donor, path)
-    killed = subprocess.run(pagemill_cmd(*args), cwd=REPO, env=dict(os.environ, PAGEMILL_KILL_AT="milvus_written:1"),
+    killed = subprocess.run(pagemill_cmd(*args), cwd=REPO, env=dict(os.environ, PAGEMILL_KILL_AT="vectors_written:1"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert killed.returncode == -signal.SIGKILL
     path.write_bytes(original)

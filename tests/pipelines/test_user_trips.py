@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, read_only
 from test_first_hour import one_line, run
 
 from pipelines.cli import main
@@ -24,15 +22,6 @@ def pdfs(small_corpus, tmp_path_factory):
         path = Path(uri.replace("file://", "").replace("%2B", "+"))
         shutil.copy(path, src / path.name)
     return src
-
-
-def read_only(folder: Path, *cmd: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """``pagemill CMD`` with ``folder`` mounted read-only (a private mount namespace: a read-only
-    bind mount refuses writes to root too)."""
-    inner = " ".join(f"'{c}'" for c in (sys.executable, "-m", "pipelines.cli", *cmd))
-    script = f"mount --bind '{folder}' '{folder}' && mount -o remount,bind,ro '{folder}' '{folder}' && exec {inner}"
-    return subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 # -- 1. --stage1 text is not undone by a rerank of random weights ----------------------------------

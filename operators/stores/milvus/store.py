@@ -49,7 +49,7 @@ class MilvusStore(VectorStore):
         self._first_load = None
 
     @classmethod
-    def from_options(cls, uri: str, options: dict, s3_options=None) -> MilvusStore:
+    def from_options(cls, uri: str, options: dict, s3_options=None, out: str | None = None) -> MilvusStore:
         """The store that the store's options describe (pipelines/options.py, group ``store``:
         every key present, defaults filled in)."""
         layouts = options.get("milvus_layouts") or []
@@ -72,9 +72,9 @@ class MilvusStore(VectorStore):
             parse_index_specs(list(options.get("milvus_index") or []))
         except MilvusError as e:
             return str(e)
-        if not (options.get("milvus") or default_uri(out)):
-            return ("milvus: required when out is an object store (Milvus Lite needs a local file): pass --milvus "
-                    "PATH.db or a server URI")
+        if not (options.get("vectors") or options.get("milvus") or default_uri(out)):
+            return ("vectors: required when out is an object store (Milvus Lite needs a local file): pass --vectors "
+                    "PATH.db, a server URI or lancedb:s3://bucket/prefix")
         return None
 
     def check(self, shape: IndexShape) -> None:
@@ -108,6 +108,10 @@ class MilvusStore(VectorStore):
     @property
     def single_process(self) -> str | None:
         return "Milvus Lite" if self.conn.lite else None  # one process' database file
+
+    @property
+    def local(self) -> bool:
+        return self.conn.lite
 
     @property
     def uri(self) -> str:
@@ -202,10 +206,10 @@ class MilvusStore(VectorStore):
     def delete_other_versions(self, versions: dict[str, str | None]) -> int:
         return self._writer.delete_other_versions(versions)
 
-    def finish(self) -> dict | None:
+    def finish(self, recorded: dict | None = None) -> dict | None:
         if self._first_load is None:
-            return None
-        return self._first_load.finish(self.collections)
+            return {"bulk_imported": None}
+        return {"bulk_imported": self._first_load.finish(self.collections)}
 
     def flush(self) -> None:
         self._writer.flush()  # once per run: seals the run's segments (commits do not flush)
@@ -332,8 +336,8 @@ class MilvusStore(VectorStore):
     def measure(self, page_ids: list[str]) -> dict:
         from operators.stores.milvus.storage import measure_rows, measure_storage
 
-        return {"rows": measure_rows(self._client, page_ids), "storage": measure_storage(self._client, self._files),
-                "lite": self.conn.lite}
+        return {"milvus": measure_rows(self._client, page_ids),
+                "milvus_collections": measure_storage(self._client, self._files), "milvus_lite": self.conn.lite}
 
 
 __all__ = ["MilvusError", "MilvusStore", "default_uri", "is_lite_uri"]
