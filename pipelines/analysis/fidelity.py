@@ -8,8 +8,8 @@ nDCG@10 with graded relevance from the reference order (rank r in the reference 
 
 The same sentences query the text layer (an index with ``text:<model>``): its recall is whether
 the page a sentence came from comes back first, in the top 3, in the top 10 (``text_layer``): for
-the fusion, BM25 and dense per chunk, searched in the index's Milvus over every page; without
-Milvus, dense per chunk and per page only, exactly over the sampled pages.
+the fusion, BM25 and dense per chunk, searched in the index's vector store over every page;
+without it, dense per chunk and per page only, exactly over the sampled pages.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def _hits(ranks: list[int | None]) -> dict:
 
 
 def text_layer_recall(picked: list[tuple[int, str]], table: pa.Table, text_model: str, text_search=None) -> dict:
-    """Recall of the text layer against the page each sentence came from: through Milvus
+    """Recall of the text layer against the page each sentence came from: through the vector store
     (``text_search``, a ``pipelines.index.text_search.TextSearch``: the fusion and each of its lists),
     else exactly over ``table``'s chunk and page vectors."""
     from operators.models.text import TextEmbedder
@@ -137,7 +137,7 @@ def text_layer_recall(picked: list[tuple[int, str]], table: pa.Table, text_model
             rank("text", [p for p, _ in found.ranked], ids[i])
             for name, ranked in found.lists.items():
                 rank(name, [p for p, _ in ranked], ids[i])
-        out = {"searched": "milvus"}
+        out = {"searched": text_search.vectors.title}
     else:
         chunks = table[S.TEXT_CHUNKS].to_pylist()
         owner = np.array([j for j, c in enumerate(chunks) if c for _ in c], np.int64)
@@ -149,8 +149,8 @@ def text_layer_recall(picked: list[tuple[int, str]], table: pa.Table, text_model
             np.maximum.at(best, owner, flat @ v)
             rank("text-dense", [ids[j] for j in np.argsort(-best, kind="stable")[:max(TEXT_KS)]], ids[i])
             rank("text-page-mean", [ids[j] for j in np.argsort(-(pages @ v), kind="stable")[:max(TEXT_KS)]], ids[i])
-        out = {"searched": "parquet", "note": "BM25 and the fusion are searched in Milvus: run pagemill fidelity "
-               "with the index's Milvus (OUT/milvus.db, or --milvus)"}
+        out = {"searched": "parquet", "note": "BM25 and the fusion are searched in the vector store: run pagemill "
+               "fidelity with the index's store (the one OUT/_index.json records, OUT/milvus.db, or --vectors)"}
     return {**out, "queries": len(picked), "lists": {name: _hits(r) for name, r in ranks.items()}}
 
 

@@ -187,6 +187,46 @@ def test_writes_happen_on_both_nodes_and_equal_a_single_node_run(two_nodes, sing
     assert _counts(milvus_server, "fleet_multi") == _expected_counts(got, "fleet_multi")
 
 
+def test_lancedb_fragments_written_on_both_nodes_with_a_writer_killed(two_nodes, single_node, s3_endpoint,
+                                                                     fleet_source):
+    """LanceDB in the bucket: the writers on both nodes write fragments, the driver commits them;
+    a writer killed after its fragments, before its result reached the driver, is retried, and
+    the fragments of the killed attempt (never committed) are removed at the end of the run."""
+    import lance
+
+    from operators.stores.lancedb.store import storage_options
+
+    cluster, _, marker = two_nodes
+    _two_live_nodes(cluster)
+    marker.unlink(missing_ok=True)  # the fault again: the first writer past its vector writes dies
+    summary_path = REPO / ".pagemill-local/fleet-lance.json"
+    env = dict(os.environ)
+    env.pop("PAGEMILL_KILL_AT", None)
+    r = subprocess.run(pagemill_cmd("ingest", "s3://fleet/docs/", "--out", "s3://fleet/lance/", "--s3-endpoint-url",
+                                    s3_endpoint, "--vectors", "lancedb:", "--model", SIM, "--max-pixels", MAX_PIXELS,
+                                    "--layouts", "mv-pool3", "--unit-max-docs", "2", "--quiet", "--ray-address",
+                                    cluster.address, "--write-actors", "2", "--encode-actors", "2", "--render-actors",
+                                    "2", "--embed-actors", "2", "--write-batch-pages", "8", "--summary",
+                                    str(summary_path)),
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert marker.exists() and summary["executor_stats"]["write_placement"] == "workers"
+    assert len({w["node_id"] for w in summary["stages"]["write"]["per_worker"]}) == 2
+    _, ref = single_node
+    got = _pages(fleet_source, "lance")
+    assert got.equals(ref)  # page for page, vectors included
+    root = "s3://fleet/lance/lancedb/pagemill_pages.lance"
+    options = {**storage_options(root), "aws_endpoint": s3_endpoint, "allow_http": "true", "aws_region": "us-east-1"}
+    ds = lance.dataset(root, storage_options=options)
+    rows = ds.to_table(columns=["page_id", "mv_pool3"])
+    assert sorted(rows["page_id"].to_pylist()) == sorted(got["page_id"].to_pylist())  # each page once
+    named = {f.path for v in ds.versions() for frag in lance.dataset(root, version=v["version"], storage_options=options
+                                                                     ).get_fragments() for f in frag.data_files()}
+    listed = fleet_source.list_objects_v2(Bucket="fleet", Prefix="lance/lancedb/pagemill_pages.lance/data/")
+    assert {o["Key"].rsplit("/", 1)[1] for o in listed.get("Contents", [])} == named  # the killed attempt's gone
+
+
 def test_a_worker_node_lost_mid_run_still_ends_with_the_same_pages(two_nodes, single_node, s3_endpoint, milvus_server,
                                                                    fleet_source):
     cluster, _, _ = two_nodes

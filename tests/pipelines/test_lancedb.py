@@ -195,6 +195,81 @@ def test_lancedb_duckdb_and_polars_read_what_pagemill_wrote(clean):
     assert frame.select(pl.len()).collect().item() == chunks_of(archive(clean))
 
 
+def synthetic_pages(n: int, start: int = 0, dim: int = 16, seed: int = 0) -> pa.Table:
+    """``n`` pages of ``OUT/pages`` (3 to 6 unit vectors each, their normalised mean), one document each."""
+    from operators import schema as S
+
+    rng = np.random.default_rng(seed + start)
+    mv, sv = [], []
+    for _ in range(n):
+        v = rng.standard_normal((int(rng.integers(3, 7)), dim)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        mv.append(v.astype(np.float16))
+        m = v.mean(axis=0)
+        sv.append(m / np.linalg.norm(m))
+    ids = [f"d{start + i:05d}" for i in range(n)]
+    return pa.table({S.PAGE_ID: [f"{d}-p000000" for d in ids], S.DOC_ID: ids,
+                     S.SOURCE_URI: [f"file:///x/{d}.pdf" for d in ids], S.DOC_VERSION: ["v1"] * n,
+                     S.PAGE_NUMBER: pa.array([0] * n, pa.int32()),
+                     S.MV: pa.array([list(x) for x in mv], pa.list_(pa.list_(pa.float16(), dim))),
+                     S.SV_MEAN: pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(sv)), dim)})
+
+
+def test_indexes_are_built_kept_retrained_when_the_table_doubles_and_dropped(tmp_path):
+    from operators.layouts.layout import parse_layouts
+    from operators.stores import IndexShape, open_vectors
+    from pipelines.options import store_options
+
+    def store(*specs):
+        s = open_vectors(f"lancedb:{tmp_path / 'idx'}", store_options({"lancedb_index": list(specs)}))
+        s.prepare(IndexShape(base="syn", dim=16, layouts=tuple(parse_layouts(["mv", "sv-mean"]))))
+        return s
+
+    def add(s, pages, unit):
+        s.commit(unit, [s.writer().write(unit, pages)])
+
+    s = store("sv-mean=IVF_PQ:num_sub_vectors=4", "mv=IVF_HNSW_SQ")
+    add(s, synthetic_pages(100), "u1")
+    report = s.finish({})
+    assert "not yet" in report["maintenance"]["indexes"]["sv-mean"]  # 100 rows: too few to train on
+    recorded = s.record()["indexes"]
+    add(s, synthetic_pages(200, start=100), "u2")
+    report = s.finish(s.record())  # what _index.json recorded of the store
+    recorded = s.record()["indexes"]
+    assert recorded["sv-mean"] == {"type": "IVF_PQ", "params": {"num_sub_vectors": 4}, "metric": "dot",
+                                   "trained_rows": 300}
+    assert recorded["mv"]["metric"] == "cosine" and recorded["mv"]["trained_rows"] == 300
+    table = s._connect().open_table("syn_pages")
+    assert {i.name for i in table.list_indices()} >= {"sv_mean_idx", "mv_idx", "doc_id_idx"}
+    q = synthetic_pages(100)  # page d00007's own vectors find it, through the indexes
+    mv = np.asarray(q["mv"][7].values.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(-1, 16)
+    assert s.search("mv", mv, 5)[0].page_id == "d00007-p000000"
+    add(s, synthetic_pages(200, start=300), "u3")  # 500 rows: less than twice 300, the index is kept
+    report = s.finish({"indexes": recorded})
+    assert "sv-mean" not in report["maintenance"]["indexes"] and s.record()["indexes"]["sv-mean"]["trained_rows"] == 300
+    assert table.index_stats("sv_mean_idx").num_unindexed_rows == 0  # the new rows folded into it
+    add(s, synthetic_pages(150, start=500), "u4")  # 650 rows: more than twice 300, trained again
+    report = s.finish(s.record())
+    assert s.record()["indexes"]["sv-mean"]["trained_rows"] == 650
+    recorded = s.record()
+    s = store("mv=NONE")  # a nightly run without --lancedb-index keeps what was recorded; NONE drops it
+    report = s.finish(recorded)
+    assert report["maintenance"]["indexes"]["mv"] == "index dropped: exact search"
+    assert "mv_idx" not in {i.name for i in s._connect().open_table("syn_pages").list_indices()}
+    assert s.counts() == {"syn_pages": 650}
+
+
+def test_a_layout_lancedb_cannot_hold_is_said_in_one_line_not_widened():
+    from operators.layouts.layout import parse_layouts
+    from operators.stores.door import IndexShape
+    from operators.stores.lancedb.tables import plan_tables
+
+    plan = plan_tables(IndexShape(base="x", dim=128, layouts=tuple(parse_layouts(["mv", "sv-mean", "mv-bf16",
+                                                                                   "mv-pool3-bin"]))))
+    assert [c.layout for c in plan.columns] == ["mv", "sv-mean"]
+    assert len(plan.notes) == 2 and all("stays in the Parquet archive" in n for n in plan.notes)
+
+
 # -- crashes, changes, generations (subprocesses: slow) ---------------------------------------------
 
 

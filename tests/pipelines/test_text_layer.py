@@ -131,7 +131,7 @@ def test_fidelity_reports_the_text_layers_recall_of_the_source_page(text_indexed
 
     assert main(["fidelity", str(text_indexed), "--queries", "8", "--json"]) == 0
     t = json.loads(capsys.readouterr().out)["text_layer"]
-    assert t["searched"] == "milvus" and t["queries"] == 8
+    assert t["searched"] == "Milvus" and t["queries"] == 8
     assert set(t["lists"]) == {"text", "text-bm25", "text-dense"}
     assert t["lists"]["text-bm25"]["recall_at_1"] >= 0.75 and t["lists"]["text"]["recall_at_10"] >= 0.75
     # without Milvus: dense only, exactly over the pages, and said

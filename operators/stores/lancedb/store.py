@@ -44,6 +44,11 @@ from operators.stores.lancedb.tables import (
     plan_tables,
 )
 
+# Lance's engine logs warnings (a k-means with few rows, deprecations) to stderr from Rust: errors
+# only, unless the user asks for more (set before lance is imported in this process).
+os.environ.setdefault("LANCE_LOG", "error")
+os.environ.setdefault("LANCEDB_LOG", "error")
+
 PREFIX = "lancedb:"
 DEFAULT_FOLDER = "lancedb"  # lancedb: with no path: OUT/lancedb
 KEEP_DAYS = 7.0
@@ -530,7 +535,7 @@ class LanceStore(VectorStore):
             raise UsageError(f"--stage1 {shown!r}: not in LanceDB (this index holds {held}; or use text)")
         q = np.asarray(query, np.float32)
         search = self._connect().open_table(self.plan.table(PAGES)).search(q, vector_column_name=c.name)
-        search = search.distance_type("cosine" if c.multi else "dot").limit(candidates).select([S.PAGE_ID])
+        search = search.distance_type("cosine" if c.multi else "dot").limit(candidates).select([S.PAGE_ID, "_distance"])
         if corpus:
             search = search.where(self._where(corpus))
         n_q = len(q) if c.multi else 1
@@ -544,11 +549,11 @@ class LanceStore(VectorStore):
     def search_text(self, kind: str, query, limit: int, corpus: str | None = None) -> list[Hit]:
         table = self._connect().open_table(self.plan.table(TEXT))
         if kind == "bm25":
-            search = table.search(query, query_type="fts").limit(limit).select([S.PAGE_ID])
+            search = table.search(query, query_type="fts").limit(limit).select([S.PAGE_ID, "_score"])
             score, key = (lambda r: float(r["_score"])), "_score"
         else:
             search = table.search(np.asarray(query, np.float32), vector_column_name=VECTOR).distance_type("dot")
-            search = search.limit(limit).select([S.PAGE_ID])
+            search = search.limit(limit).select([S.PAGE_ID, "_distance"])
             score, key = (lambda r: 1.0 - float(r["_distance"])), "_distance"
         if corpus:
             search = search.where(self._where(corpus))
