@@ -161,6 +161,10 @@ def _plan_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--deadline", type=float, help="hours to finish in (needs --calibration)")
     p.add_argument("--report", help="a pagemill report --json of a run with measured Milvus server bytes: Milvus "
                    "disk from the overhead measured there")
+    p.add_argument("--store", choices=["milvus", "lancedb"], default="milvus",
+                   help="the vector store to cost: milvus (memory and disk of a server, --index one of Milvus') or "
+                        "lancedb (disk: data and index; memory: the index; --index NONE (exact, the default), IVF_PQ, "
+                        "IVF_HNSW_SQ, IVF_HNSW_PQ, IVF_FLAT)")
     _common_cost_flags(p)
     return p
 
@@ -507,8 +511,9 @@ def _plan(args) -> int:
             raise UsageError(f"--report {args.report}: not the output of pagemill report OUT --json")
     result = plan(preset=model, vectors_per_page=args.vectors_per_page, dim=args.dim, dtype=args.dtype,
                   pages=args.pages, layouts=[x for x in (args.layouts or "").split(",") if x.strip()],
-                  calibration=calibration, deadline_hours=args.deadline, index=args.index or "AUTOINDEX",
-                  replicas=args.replicas, prices=load_prices(args.prices), measured=measured)
+                  calibration=calibration, deadline_hours=args.deadline,
+                  index=args.index or ("NONE" if args.store == "lancedb" else "AUTOINDEX"),
+                  replicas=args.replicas, prices=load_prices(args.prices), measured=measured, store=args.store)
     _print(args, json.dumps(result, indent=2, sort_keys=True) if args.json else format_plan(result))
     return 0
 

@@ -23,6 +23,8 @@ from pipelines.analysis.costs import (
     TEXT_DIM,
     Prices,
     human_bytes,
+    lance_layout_cost,
+    lance_text_cost,
     layout_cost,
     lite_memory_bytes,
     lite_memory_warning,
@@ -66,10 +68,13 @@ MODEL_PRESETS: dict[str, dict] = plan_shapes()  # operators/models/presets.py: o
 def plan(*, preset: str | None = None, vectors_per_page: float | None = None, dim: int | None = None,
          dtype: str | None = None, pages: int = 1_000_000, layouts: list[str] | None = None,
          calibration: dict | None = None, deadline_hours: float | None = None, index: str = "HNSW",
-         replicas: int = 1, prices: Prices = DEFAULT_PRICES, lite: bool = False, measured: dict | None = None) -> dict:
+         replicas: int = 1, prices: Prices = DEFAULT_PRICES, lite: bool = False, measured: dict | None = None,
+         store: str = "milvus") -> dict:
     """``measured``: a ``pagemill report --json`` whose Milvus server bytes were measured; each
     layout's Milvus disk is then its raw bytes times the overhead measured there (server bytes
-    over raw bytes of the collection that held the layout, or of one of the same kind)."""
+    over raw bytes of the collection that held the layout, or of one of the same kind).
+    ``store``: ``lancedb`` costs LanceDB's disk (data and index) and memory (its indexes) instead,
+    ``index`` one of LanceDB's (``NONE``: exact search)."""
     if preset:
         preset = plan_name(preset)
         if preset not in MODEL_PRESETS:
@@ -95,14 +100,15 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
     if single:
         names = [n for n in names if (n.startswith("sv-") and n != "sv-fde") or n == TEXT_LAYOUT]
     rows = []
+    m_index = index if store != "lancedb" else "HNSW"  # LanceDB's index is costed by lance_row
     for name in names:
         if name == TEXT_LAYOUT:  # the text layer: a row per chunk, dense and BM25
-            cost = text_layer_cost(index=index)
+            cost = text_layer_cost(index=m_index)
             vpp = cost.vectors_per_page
         else:
             lay = parse_layout("sv-mean" if name == "sv-vlm" else name)
             vpp = pooled_vectors(vectors_per_page, lay, special)
-            cost = layout_cost(lay, vpp, dim, index=index, lite=lite)
+            cost = layout_cost(lay, vpp, dim, index=m_index, lite=lite)
         cost.layout = name
         overhead = measured_overhead(measured, name) if measured and name != TEXT_LAYOUT else None
         if overhead:
@@ -115,9 +121,15 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
                      "monthly_cost_usd": round(cost.monthly_cost(pages, prices, replicas), 2)})
         if overhead:
             rows[-1]["milvus_disk_measured_overhead"] = overhead
+        if store == "lancedb":
+            rows[-1] = lance_row(rows[-1], name, base, vpp, dim, index, pages, prices)
     out = {"pages": pages, "model": preset, "vectors_per_page": vectors_per_page, "dim": dim, "dtype": dtype,
            "index": index.upper(), "replicas": replicas, "layouts": rows, "prices": asdict(prices)}
     out["notes"] = []
+    if store == "lancedb":
+        out["store"] = "lancedb"
+        out["notes"] += lance_notes(rows, base, index, pages)
+        return with_compute(out, calibration, deadline_hours, pages, prices)
     lite_raw = sum(text_layer_cost().milvus_raw_bytes_per_page if r["layout"] == TEXT_LAYOUT else
                    layout_cost(parse_layout("sv-mean" if r["layout"] == "sv-vlm" else r["layout"]),
                                r["vectors_per_page"], dim, lite=True).milvus_raw_bytes_per_page for r in rows)
@@ -142,6 +154,43 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
     elif measured is not None:
         out["notes"].append("the report given has no measured Milvus server bytes (report with --milvus and, for a "
                             "server, --milvus-storage): Milvus disk is the cost model's")
+    return with_compute(out, calibration, deadline_hours, pages, prices)
+
+
+def lance_row(row: dict, name: str, base: str, vpp: float, dim: int, index: str, pages: int, prices: Prices) -> dict:
+    """A plan row costed for LanceDB: its disk (data and index) and memory (the index)."""
+    if name == TEXT_LAYOUT:
+        lc = lance_text_cost(index=index)
+    else:
+        # the base layout is pagemill's mv column: float16 whatever the model computes in
+        lay = "mv" if name == base and name.startswith("mv-") else ("sv-mean" if name == "sv-vlm" else name)
+        lc = lance_layout_cost(lay, vpp, dim, index=index)
+    out = {k: v for k, v in row.items() if not k.startswith("milvus_")}
+    gb = 1e9
+    out.update(lancedb_held=lc.held, lancedb_memory_bytes=lc.memory_bytes_per_page * pages,
+               lancedb_disk_bytes=lc.disk_bytes_per_page * pages,
+               monthly_cost_usd=round((row["parquet_bytes_total"] * prices.object_storage_gb_month
+                                       + lc.memory_bytes_per_page * pages * prices.ram_gb_month
+                                       + lc.disk_bytes_per_page * pages * prices.disk_gb_month) / gb, 2))
+    return out
+
+
+def lance_notes(rows: list[dict], base: str, index: str, pages: int) -> list[str]:
+    notes = [f"LanceDB: a row per page, each layout a column ({base} as pagemill's mv column, float16); its memory "
+             f"is its indexes (read into the index cache when searched), its disk the data and the indexes"]
+    if any(not r["lancedb_held"] for r in rows):
+        notes.append("LanceDB holds float16/32 multi-vectors only: " + ", ".join(
+            r["layout"] for r in rows if not r["lancedb_held"]) + " stay in the Parquet archive (0 in LanceDB)")
+    if index.upper() == "NONE":
+        scan = sum(r["lancedb_disk_bytes"] for r in rows if r["layout"] == base)
+        notes.append(f"index NONE (pagemill's default: exact search) reads the searched column whole for every query: "
+                     f"{human_bytes(scan)} at {short_count(pages)} pages; --index IVF_PQ (or --lancedb-index at "
+                     f"ingest) for a bounded search")
+    return notes
+
+
+def with_compute(out: dict, calibration: dict | None, deadline_hours: float | None, pages: int, prices: Prices) -> dict:
+    """The plan's compute section from a calibration (GPU-hours, GPUs for a deadline, CPU cores per GPU)."""
     if calibration:
         gpu_rate = float(calibration["pages_per_s"])
         render_rate = calibration.get("render_pages_per_s_per_core")
@@ -203,14 +252,16 @@ def check_calibration(calibration: dict, preset: str | None) -> str | None:
 def format_plan(p: dict) -> str:
     shape = (f"1 x {p['dim']} (computed in {p['dtype']}, stored float32)" if p["vectors_per_page"] == 1
              else f"{p['vectors_per_page']} x {p['dim']} {p['dtype']}")
+    store = "LanceDB" if p.get("store") == "lancedb" else "Milvus"
+    key = store.lower()
     lines = [f"{short_count(p['pages'])} pages, {p['model'] or 'custom'}: {shape}; "
-             f"Milvus index {p['index']}, {p['replicas']} replica(s)",
-             f"{'layout':<15}{'vec/page':>10}{'bytes/page':>12}{'total raw':>12}{'Parquet':>12}{'Milvus RAM':>12}"
-             f"{'Milvus disk':>13}{'$/month':>12}"]
+             f"{store} index {p['index']}" + (f", {p['replicas']} replica(s)" if store == "Milvus" else ""),
+             f"{'layout':<15}{'vec/page':>10}{'bytes/page':>12}{'total raw':>12}{'Parquet':>12}{store + ' RAM':>13}"
+             f"{store + ' disk':>14}{'$/month':>12}"]
     for r in p["layouts"]:
         lines.append(f"{r['layout']:<15}{r['vectors_per_page']:>10.1f}{human_bytes(r['raw_bytes_per_page']):>12}"
                      f"{human_bytes(r['raw_bytes_total']):>12}{human_bytes(r['parquet_bytes_total']):>12}"
-                     f"{human_bytes(r['milvus_memory_bytes']):>12}{human_bytes(r['milvus_disk_bytes']):>13}"
+                     f"{human_bytes(r[key + '_memory_bytes']):>13}{human_bytes(r[key + '_disk_bytes']):>14}"
                      f"{r['monthly_cost_usd']:>12,.0f}")
     if "compute" in p:
         c = p["compute"]

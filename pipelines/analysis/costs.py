@@ -215,6 +215,68 @@ def text_layer_cost(chunks_per_page: float = TEXT_CHUNKS_PER_PAGE, dim: int = TE
     )
 
 
+# LanceDB (operators/stores/lancedb/): one row per page, each layout a column of it (a
+# multi-vector as a list of vectors: no keys repeated per vector); its indexes are files beside
+# the data, read into the index cache when searched, so its memory is its indexes. Bytes per
+# indexed vector, measured on 50,000 128-d vectors (fp16) with lancedb 0.40 (per-index fixed
+# costs, a PQ codebook of 256 x D values, are left out): IVF_PQ its sub-vector codes and ~2
+# bytes of row address; IVF_FLAT the vector as stored and ~1; the HNSW variants their codes (SQ:
+# a byte a dimension) and a graph of 2M neighbours (4 bytes each, M=20) and ~40 bytes.
+LANCE_INDEX_TYPES = ("NONE", "IVF_FLAT", "IVF_PQ", "IVF_HNSW_SQ", "IVF_HNSW_PQ")
+LANCE_HNSW_M = 20
+
+
+def lance_index_bytes(index: str, dim: int, vector_bytes: float, num_sub_vectors: int | None = None,
+                      m: int = LANCE_HNSW_M) -> float:
+    """Bytes per vector of a LanceDB vector index (``num_sub_vectors``: PQ's, default D/16)."""
+    index = index.upper()
+    codes = num_sub_vectors or max(1, dim // 16)
+    graph = 2 * m * 4 + 40
+    per = {"NONE": 0.0, "IVF_FLAT": vector_bytes + 1, "IVF_PQ": codes + 2.0, "IVF_HNSW_SQ": dim + graph,
+           "IVF_HNSW_PQ": codes + graph}
+    if index not in per:
+        raise UsageError(f"--index {index}: LanceDB's are {', '.join(LANCE_INDEX_TYPES)}")
+    return per[index]
+
+
+@dataclass
+class LanceCost:
+    layout: str
+    held: bool  # LanceDB holds float16/32 multi-vectors and float32 vectors only
+    data_bytes_per_page: float
+    index_bytes_per_page: float
+
+    @property
+    def memory_bytes_per_page(self) -> float:
+        return self.index_bytes_per_page
+
+    @property
+    def disk_bytes_per_page(self) -> float:
+        return self.data_bytes_per_page + self.index_bytes_per_page
+
+
+def lance_layout_cost(layout: Layout | str, vectors_per_page: float, dim: int, index: str = "NONE",
+                      fde: FdeParams | None = None) -> LanceCost:
+    """A layout's column and index in LanceDB, per page."""
+    layout = parse_layout(layout) if isinstance(layout, str) else layout
+    d = layout.dim(dim, (fde or FdeParams()).dim)
+    if layout.is_multi_vector and layout.encoding not in ("fp16", "fp32"):
+        return LanceCost(layout.name, False, 0.0, 0.0)
+    per_dim = layout.codec.bytes_per_dim if layout.is_multi_vector else 4.0
+    n = vectors_per_page if layout.is_multi_vector else 1.0
+    return LanceCost(layout.name, True, n * d * per_dim, n * lance_index_bytes(index, d, d * per_dim))
+
+
+def lance_text_cost(chunks_per_page: float = TEXT_CHUNKS_PER_PAGE, dim: int = TEXT_DIM, index: str = "NONE",
+                    chunk_bytes: float = TEXT_CHUNK_BYTES, terms_per_chunk: float = BM25_TERMS_PER_CHUNK) -> LanceCost:
+    """The text layer in LanceDB: a row per chunk (its vector, its text, its keys) and the
+    full-text index (an entry a distinct term of a chunk)."""
+    keys = 2 * PAGE_ID_LEN + DOC_ID_LEN + 26.0
+    data = chunks_per_page * (dim * 4.0 + chunk_bytes + keys)
+    idx = chunks_per_page * (lance_index_bytes(index, dim, dim * 4.0) + terms_per_chunk * SPARSE_ENTRY_BYTES)
+    return LanceCost("text", True, data, idx)
+
+
 def pooled_vectors(vectors_per_page: float, layout: Layout, special: float = 0.0,
                    grid: tuple[float, float] | None = None) -> float:
     """Vectors per page of a pooled layout from the full count (``special``: non-patch vectors)."""

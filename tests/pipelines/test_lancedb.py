@@ -270,6 +270,44 @@ def test_a_layout_lancedb_cannot_hold_is_said_in_one_line_not_widened():
     assert len(plan.notes) == 2 and all("stays in the Parquet archive" in n for n in plan.notes)
 
 
+def test_plans_cost_of_lancedb_indexes_is_what_lancedb_builds(tmp_path):
+    """``pagemill plan --store lancedb``'s bytes per indexed vector against the index files LanceDB
+    writes for 4,500 128-d float16 vectors (a PQ's codebook, a fixed 256 x D of them, aside)."""
+    import lancedb
+    from lancedb.index import IvfFlat, IvfHnswSq, IvfPq
+
+    from pipelines.analysis.costs import lance_index_bytes
+
+    pages = synthetic_pages(1000, dim=128)
+    vectors = int(sum(len(v) for v in pages["mv"].to_pylist()))
+    table = lancedb.connect(str(tmp_path)).create_table("t", pages.select(["page_id", "mv"]))
+    for name, config, fixed in (("IVF_FLAT", IvfFlat(distance_type="cosine"), 0),
+                                ("IVF_HNSW_SQ", IvfHnswSq(distance_type="cosine"), 0),
+                                ("IVF_PQ", IvfPq(distance_type="cosine"), 256 * 128 * 2)):
+        table.create_index("mv", config=config, replace=True, name="mv_idx")
+        built = next(i for i in table.list_indices() if i.name == "mv_idx").size_bytes - fixed
+        model = vectors * lance_index_bytes(name, 128, 256.0)
+        assert built > 0 and abs(model - built) / built < 0.1, (name, model, built)
+
+
+def test_plan_costs_lancedb_beside_milvus():
+    from pipelines.analysis.capacity import format_plan, plan
+
+    lance = plan(preset="colqwen2", pages=1_000_000, layouts=["mv-pool3", "mv-bin", "sv-mean"], index="IVF_PQ",
+                 store="lancedb")
+    milvus = plan(preset="colqwen2", pages=1_000_000, layouts=["mv-pool3", "mv-bin", "sv-mean"], index="IVF_PQ")
+    rows = {r["layout"]: r for r in lance["layouts"]}
+    # one row a page: the multi-vector's float16 values and its PQ codes, no keys repeated per vector
+    assert rows["mv-bf16"]["lancedb_disk_bytes"] == 750 * (128 * 2 + 8 + 2) * 1_000_000
+    assert rows["mv-bf16"]["lancedb_memory_bytes"] == 750 * (8 + 2) * 1_000_000
+    assert rows["mv-bin"]["lancedb_held"] is False and rows["mv-bin"]["lancedb_disk_bytes"] == 0
+    assert rows["sv-mean"]["lancedb_disk_bytes"] == (512 + 10) * 1_000_000
+    m = {r["layout"]: r for r in milvus["layouts"]}
+    assert rows["mv-bf16"]["lancedb_disk_bytes"] < m["mv-bf16"]["milvus_disk_bytes"]
+    text = format_plan(lance)
+    assert "LanceDB RAM" in text and "mv-bin stay in the Parquet archive" in text
+
+
 # -- crashes, changes, generations (subprocesses: slow) ---------------------------------------------
 
 
