@@ -550,8 +550,13 @@ def _fidelity(args) -> int:
             vectors.close()
     if result.get("note"):
         args.console.write(f"pagemill: note: {result['note']}\n")
-    saved = save_fidelity(store, result, spec.name)
-    args.console.write(f"pagemill: saved to {args.out.rstrip('/')}/{saved} (pagemill report shows it)\n")
+    from operators.io.store import StoreError
+
+    try:
+        saved = save_fidelity(store, result, spec.name)
+        args.console.write(f"pagemill: saved to {args.out.rstrip('/')}/{saved} (pagemill report shows it)\n")
+    except StoreError as e:  # a read-only OUT is measured all the same
+        args.console.write(f"pagemill: note: not saved ({e}): pagemill report will not show it\n")
     if args.json:
         _print(args, json.dumps(result, indent=2, sort_keys=True))
         return 0

@@ -253,15 +253,15 @@ def format_plan(p: dict) -> str:
     shape = (f"1 x {p['dim']} (computed in {p['dtype']}, stored float32)" if p["vectors_per_page"] == 1
              else f"{p['vectors_per_page']} x {p['dim']} {p['dtype']}")
     store = "LanceDB" if p.get("store") == "lancedb" else "Milvus"
-    key = store.lower()
+    key, ram_w, disk_w = store.lower(), len(store) + 6, len(store) + 7
     lines = [f"{short_count(p['pages'])} pages, {p['model'] or 'custom'}: {shape}; "
              f"{store} index {p['index']}" + (f", {p['replicas']} replica(s)" if store == "Milvus" else ""),
-             f"{'layout':<15}{'vec/page':>10}{'bytes/page':>12}{'total raw':>12}{'Parquet':>12}{store + ' RAM':>13}"
-             f"{store + ' disk':>14}{'$/month':>12}"]
+             f"{'layout':<15}{'vec/page':>10}{'bytes/page':>12}{'total raw':>12}{'Parquet':>12}{store + ' RAM':>{ram_w}}"
+             f"{store + ' disk':>{disk_w}}{'$/month':>12}"]
     for r in p["layouts"]:
         lines.append(f"{r['layout']:<15}{r['vectors_per_page']:>10.1f}{human_bytes(r['raw_bytes_per_page']):>12}"
                      f"{human_bytes(r['raw_bytes_total']):>12}{human_bytes(r['parquet_bytes_total']):>12}"
-                     f"{human_bytes(r[key + '_memory_bytes']):>13}{human_bytes(r[key + '_disk_bytes']):>14}"
+                     f"{human_bytes(r[key + '_memory_bytes']):>{ram_w}}{human_bytes(r[key + '_disk_bytes']):>{disk_w}}"
                      f"{r['monthly_cost_usd']:>12,.0f}")
     if "compute" in p:
         c = p["compute"]

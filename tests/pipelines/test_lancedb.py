@@ -141,6 +141,9 @@ def test_search_status_report_and_a_read_only_out(clean):
     r = read_only(clean, "report", str(clean))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "LanceDB storage at" in r.stdout and "pagemill_pages" in r.stdout
+    r = read_only(clean, "fidelity", str(clean), "--queries", "3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "searched in LanceDB" in r.stdout
     assert sorted(p.relative_to(clean).as_posix() for p in clean.rglob("*")) == before
 
 
@@ -175,24 +178,22 @@ def test_text_search_finds_a_copied_sentence(clean):
 
 
 def test_lancedb_duckdb_and_polars_read_what_pagemill_wrote(clean):
-    """The README's readers, run: LanceDB's own search, DuckDB over the Lance dataset, Polars."""
-    import duckdb
-    import lance
-    import lancedb
-    import polars as pl
+    """README's readers block, run on a real OUT; then what it read is checked."""
+    import re
 
-    db = lancedb.connect(str(clean / "lancedb"))
-    pages = db.open_table("pagemill_pages")
-    first = pages.to_arrow().slice(0, 1)
+    block = re.search(r"<!-- lancedb-readers -->\n```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    scope: dict = {}
+    exec(block.replace('"demo-out/', f'"{clean}/'), scope)  # noqa: S102 - the README's own code
+    pages = archive(clean)
+    assert len(scope["best"]) == 5 and {r["page_id"] for r in scope["best"]} <= set(pages["page_id"].to_pylist())
+    assert sum(n for _, n in scope["per_doc"]) == pages.num_rows
+    assert scope["chunks"].item() == chunks_of(pages)
+    # and LanceDB's MaxSim finds a page from its own vectors
+    table = scope["pages"]
+    first = table.to_arrow().slice(0, 1)
     query = np.asarray(first["mv"][0].values.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(-1, 128)
-    best = pages.search(query[:4], vector_column_name="mv").distance_type("cosine").limit(1).to_list()
-    assert best[0]["page_id"] == first["page_id"][0].as_py()  # MaxSim of a page's own vectors
-    # DuckDB reads a scan of the columns it needs (it has no float16 type: not the mv columns)
-    keys = lance.dataset(str(clean / "lancedb" / "pagemill_pages.lance")).scanner(columns=["doc_id", "sv_mean"])  # noqa: F841
-    per_doc = duckdb.sql("SELECT doc_id, count(*) AS pages FROM keys GROUP BY doc_id").fetchall()
-    assert sum(n for _, n in per_doc) == archive(clean).num_rows
-    frame = pl.scan_pyarrow_dataset(lance.dataset(str(clean / "lancedb" / "pagemill_text.lance")))
-    assert frame.select(pl.len()).collect().item() == chunks_of(archive(clean))
+    best = table.search(query[:4], vector_column_name="mv").distance_type("cosine").limit(1).to_list()
+    assert best[0]["page_id"] == first["page_id"][0].as_py()
 
 
 def synthetic_pages(n: int, start: int = 0, dim: int = 16, seed: int = 0) -> pa.Table:
@@ -257,6 +258,15 @@ def test_indexes_are_built_kept_retrained_when_the_table_doubles_and_dropped(tmp
     assert report["maintenance"]["indexes"]["mv"] == "index dropped: exact search"
     assert "mv_idx" not in {i.name for i in s._connect().open_table("syn_pages").list_indices()}
     assert s.counts() == {"syn_pages": 650}
+    import lance
+
+    path = str(tmp_path / "idx" / "syn_pages.lance")
+    assert len(lance.dataset(path).versions()) > 5  # a version per commit, index and compaction, kept 7 days
+    pruned = open_vectors(f"lancedb:{tmp_path / 'idx'}", store_options({"lancedb_keep_days": 0}))
+    pruned.prepare(IndexShape(base="syn", dim=16, layouts=tuple(parse_layouts(["mv", "sv-mean"]))))
+    report = pruned.finish(recorded)
+    assert report["maintenance"]["versions_pruned"] > 0 and len(lance.dataset(path).versions()) <= 2
+    assert pruned.counts() == {"syn_pages": 650}
 
 
 def test_a_layout_lancedb_cannot_hold_is_said_in_one_line_not_widened():

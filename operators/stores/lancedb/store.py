@@ -344,19 +344,15 @@ class LanceStore(VectorStore):
     def start(self, ledger) -> list[str]:
         """Files of fragments no version names (a unit written and never committed: a run that
         died) go now; this run holds OUT's lock, so no writer is in flight."""
-        removed = self.remove_uncommitted()
+        removed = sum(self._cleanup(table).data_files_removed for table in self.plan.tables)
         return [f"{removed} data files of uncommitted fragments removed"] if removed else []
 
-    def remove_uncommitted(self) -> int:
-        """Data files no version names (fragments of a unit that was never committed, or of a
-        write batch retried elsewhere), and versions older than ``keep_days``; only while no
-        writer is in flight (the run's start and end). Returns the data files removed."""
-        removed = 0
-        for table in self.plan.tables:
-            stats = self._dataset(table).cleanup_old_versions(older_than=timedelta(days=self.keep_days),
-                                                             delete_unverified=True)
-            removed += int(getattr(stats, "data_files_removed", 0) or 0)
-        return removed
+    def _cleanup(self, table: str):
+        """Versions older than ``keep_days`` and the files no kept version names (fragments of a
+        unit never committed, or of a write batch retried elsewhere): only while no writer is in
+        flight (the run's start and end)."""
+        return self._dataset(table).cleanup_old_versions(older_than=timedelta(days=self.keep_days),
+                                                         delete_unverified=True)
 
     def writer(self, layouts: list[str] | None = None) -> StoreWriter:
         return LanceWriter(self.plan, self.root, self.options, self.schemas(), self.corpus, layouts)
@@ -417,29 +413,27 @@ class LanceStore(VectorStore):
         """The run's end (no writer in flight): the indexes (``index_plan``), the text layer's
         full-text index and a scalar index on ``doc_id`` (the commits' deletes) made where
         missing; then ``optimize``: small fragments compacted, new rows folded into every index,
-        versions older than ``keep_days`` pruned."""
+        versions older than ``keep_days`` and files no version names removed."""
         built = self.build_indexes((recorded or {}).get("indexes") or {})
-        removed = self.remove_uncommitted()
-        return {"maintenance": {"indexes": built, **self.optimize(), "uncommitted_files_removed": removed}}
+        return {"maintenance": {"indexes": built, **self.optimize()}}
 
     def record(self) -> dict:
         return {"indexes": self._indexes} if self._indexes is not None else {}
 
     def optimize(self) -> dict:
         """Each table's small fragments compacted into larger files, its new rows folded into its
-        indexes, its versions older than ``keep_days`` pruned."""
-        compacted = pruned = freed = 0
+        indexes, its old versions and unnamed files removed (``_cleanup``)."""
+        compacted = pruned = freed = removed = 0
         for table in self.plan.tables:
-            ds = self._dataset(table)
-            metrics = ds.optimize.compact_files()
+            metrics = self._dataset(table).optimize.compact_files()
             compacted += int(metrics.fragments_removed) - int(metrics.fragments_added)
-            ds = self._dataset(table)
-            ds.optimize.optimize_indices()
-            stats = self._dataset(table).cleanup_old_versions(older_than=timedelta(days=self.keep_days))
+            self._dataset(table).optimize.optimize_indices()
+            stats = self._cleanup(table)
             pruned += int(stats.old_versions)
             freed += int(stats.bytes_removed)
+            removed += int(stats.data_files_removed)
         return {"fragments_compacted": compacted, "versions_pruned": pruned, "bytes_freed": freed,
-                "versions_kept_days": self.keep_days}
+                "data_files_removed": removed, "versions_kept_days": self.keep_days}
 
     def index_plan(self, recorded: dict) -> dict[str, tuple[str, dict]]:
         """The vector indexes the index keeps: ``--lancedb-index`` where given (``NONE``: none for
