@@ -55,11 +55,14 @@ class EmbedPages(Stage):
 
     name = "embed"
     accelerator = True
-    extra_counters = {"forward_s": 0.0}
+    extra_counters = {"forward_s": 0.0, "deduplicated": 0}
 
     def __init__(self, spec: ModelSpec, batch_size: int = 8, max_batch_tokens: int | None = None,
-                 keep_pixels: bool = False):
+                 keep_pixels: bool = False, dedup_pages: bool = False):
+        """``dedup_pages`` (``--dedup pages``): pages of a batch with the same perceptual hash and
+        size are embedded once, the others given its vectors."""
         self.spec = spec
+        self.dedup_pages = dedup_pages
         self.batch_size = max(1, batch_size)
         self.max_batch_tokens = max_batch_tokens  # default: batch_size pages at the full pixel budget
         self.keep_pixels = keep_pixels
@@ -87,6 +90,8 @@ class EmbedPages(Stage):
         page_rows = [i for i, k in enumerate(kinds) if k == S.KIND_PAGE]
         widths, heights = batch[S.WIDTH].to_pylist(), batch[S.HEIGHT].to_pylist()
         page_ids = batch[S.PAGE_ID].to_pylist()
+        same = self._near_duplicates(batch, page_rows, widths, heights) if self.dedup_pages else {}
+        page_rows = [i for i in page_rows if i not in same]
         tokens = [self.adapter.visual_tokens(widths[i], heights[i]) for i in page_rows]
         budget = self.max_batch_tokens or self.batch_size * self.adapter.visual_tokens(
             *budget_side(self.adapter.pixel_budget().max_pixels))
@@ -102,11 +107,31 @@ class EmbedPages(Stage):
                 results[i] = emb
             self.stats["batches"] += 1
             self.stats["max_batch_pages"] = max(self.stats.get("max_batch_pages", 0), len(rows))
-        self.stats["pages"] += len(page_rows)
+        for i, j in same.items():
+            results[i] = results.get(j)
+        self.stats["deduplicated"] += len(same)
+        self.stats["pages"] += len(page_rows) + len(same)
         self.stats["forward_s"] = round(self.adapter.forward_s, 4)
         out = self._assemble(batch, kinds, results, dim)
         self.stats["busy_s"] += time.perf_counter() - t0
         return S.stamp(out, self.name, self.counters.snapshot(), self.adapter.effective_settings())
+
+    @staticmethod
+    def _near_duplicates(batch: pa.Table, page_rows: list[int], widths, heights) -> dict[int, int]:
+        """Rows whose page has the perceptual hash and size of an earlier page of the batch, each
+        to that page's row."""
+        if S.PAGE_HASH not in batch.column_names:
+            return {}
+        hashes = batch[S.PAGE_HASH].to_pylist()
+        first: dict[tuple, int] = {}
+        same = {}
+        for i in page_rows:
+            key = (hashes[i], widths[i], heights[i])
+            if hashes[i] is not None and key in first:
+                same[i] = first[key]
+            else:
+                first[key] = i
+        return same
 
     def _assemble(self, batch: pa.Table, kinds: list, results: dict, dim: int) -> pa.Table:
         n = batch.num_rows

@@ -53,7 +53,7 @@ def layout_fields(layouts: list[Layout], dim: int, fde: FdeParams) -> list[pa.Fi
 def flow_schema(dim: int, extra: list[pa.Field] | tuple = ()) -> pa.Schema:
     """Encoded pages on their way to the writers: page columns plus the unit bookkeeping."""
     fields = [pa.field(S.UNIT_ID, pa.string()), pa.field(S.KIND, pa.string()), pa.field(S.UNIT_INFO, pa.string()),
-              pa.field(S.STAGE_STATS, pa.string())]
+              pa.field(S.STAGE_STATS, pa.string()), pa.field(S.PAGE_IMAGE, pa.large_binary())]
     fields += [f.with_nullable(True) for f in S.pages_schema(dim, extra)]
     return pa.schema(fields)
 
@@ -142,6 +142,9 @@ class EncodePages(Stage):
         cols = {c: batch[c] for c in (S.UNIT_ID, S.KIND, S.UNIT_INFO, S.STAGE_STATS, S.PAGE_ID, S.DOC_ID, S.SOURCE_URI, S.DOC_VERSION,
                                       S.PAGE_NUMBER, S.WIDTH, S.HEIGHT, S.MODEL, S.N_VECTORS, S.PATCH_OFFSET,
                                       S.N_PATCHES, S.PATCH_GRID_H, S.PATCH_GRID_W, S.TEXT)}
+        for c, t in ((S.TEXT_SOURCE, pa.string()), (S.PAGE_HASH, pa.int64()), (S.PAGE_IMAGE, pa.large_binary())):
+            cols[c] = batch[c] if c in batch.column_names else pa.nulls(n, t)
+        cols[S.IMAGE_URI] = pa.nulls(n, pa.string())  # the writer's, where it writes the image
         cols[S.MV] = multivector_array([e.vectors if e is not None else empty for e in archived], self.dim, nulls)
         cols[S.SV_MEAN] = pa.FixedSizeListArray.from_arrays(pa.array(sv.ravel(), pa.float32()), self.dim,
                                                             mask=pa.array(nulls, pa.bool_()))

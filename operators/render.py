@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from urllib.parse import unquote
 
 import pyarrow as pa
 
@@ -36,6 +37,12 @@ FETCH_ERROR = "fetch_error"
 RENDER_ERROR = "render_error"
 RENDER_TIMEOUT = "render_timeout"
 RENDER_CRASH = "render_crash"
+OCR_ERROR = "ocr_error"  # (a page: its text stays what the page had, said in the quarantine)
+
+# Where a page's text came from (``text_source``)
+NATIVE, OCR, NO_TEXT = "native", "ocr", "none"
+THIN_CHARS_PER_SQ_IN = 1.0  # under this, a page's own text is too thin for its area: --ocr auto reads it
+OCR_MAX_PIXELS = 40_000_000  # the most pixels OCR reads a page at (a 300 dpi A3 page is 17.4 M)
 
 
 @dataclass(frozen=True)
@@ -81,14 +88,63 @@ class RenderLimits:
     passwords: tuple[str, ...] = field(default_factory=tuple)  # tried on every encrypted document
     password_map: tuple[tuple[str, str], ...] = ()  # (glob on the URI or file name, password), from --passwords
     extract_text: bool = True  # the page's text layer (about 4 ms a page), for text search and fidelity
+    ocr: str = "never"  # never | auto (pages whose text is empty or too thin) | always
+    ocr_languages: str = "eng"  # Tesseract's, joined by + (eng+deu)
+    ocr_dpi: int = 300
+    tessdata: str | None = None  # Tesseract's language files (operators.ocr.find_tessdata)
+    office_timeout_s: float = 120.0  # LibreOffice's deadline for one Office file
+    office_command: str = "soffice"
+    page_images: tuple[str, int] | None = None  # (webp | jpeg | png, longest edge): an image a page for answers
 
 
 # --------------------------------------------------------------------------------------------
 # The child process: owns MuPDF. Protocol over a Pipe:
-#   parent: ("doc", budget, limits...) then send_bytes(pdf)
+#   parent: ("doc", budget, options) then send_bytes(document)
 #   child:  ("doc_error", reason, detail) | ("meta", page_count)
-#           then per page ("page", i, w, h) + send_bytes(rgb) | ("page_error", i, reason, detail)
+#           then per page ("page", i, w, h, text, text_source, ocr_s) + send_bytes(rgb)
+#                       | ("page_error", i, reason, detail)
 #           then ("end",)
+
+
+def thin_text(text: str | None, width_pt: float, height_pt: float) -> bool:
+    """A page's own text too thin for its area (fewer than 1 character a square inch: a scan, a
+    photographed page, a page of images): what ``--ocr auto`` reads with OCR.
+
+    >>> thin_text("", 612, 792), thin_text("x" * 200, 612, 792)
+    (True, False)
+    """
+    chars = sum(1 for c in (text or "") if not c.isspace())
+    return chars < THIN_CHARS_PER_SQ_IN * (width_pt / 72) * (height_pt / 72)
+
+
+def _page_text(page, want_text: bool, ocr: dict, rect) -> tuple[str | None, str, float]:
+    """(text, where it came from, OCR seconds) of a page: its own text layer, or Tesseract's
+    reading of it where ``ocr`` asks (the whole page when it has no text; only its images when
+    it has some)."""
+    if not want_text:
+        return None, NO_TEXT, 0.0
+    text = page.get_text()
+    mode = ocr.get("mode", "never")
+    if mode == "never" or (mode == "auto" and not thin_text(text, rect.width, rect.height)):
+        return text, NATIVE if text.strip() else NO_TEXT, 0.0
+    full = mode == "always" or not text.strip()
+    if not full and not page.get_images():
+        return text, NATIVE, 0.0  # a short text and no image on the page: nothing for OCR to read
+    t = time.perf_counter()
+    # at most OCR_MAX_PIXELS: a page that declares itself huge is read at a lower resolution
+    square_in = max(1e-6, (rect.width / 72) * (rect.height / 72))
+    dpi = max(1, min(ocr["dpi"], int((OCR_MAX_PIXELS / square_in) ** 0.5)))
+    try:
+        tp = page.get_textpage_ocr(language=ocr["languages"], dpi=dpi, full=full, tessdata=ocr["tessdata"])
+        read = page.get_text(textpage=tp)
+    except Exception:  # Tesseract refused the page: it keeps its own text, the page is still indexed
+        read = ""
+    took = time.perf_counter() - t
+    if not full and len(read.split()) <= len(text.split()):
+        read = ""  # (its images held no more words than its own text layer)
+    if read.strip():
+        return read, OCR, took
+    return text, NATIVE if text.strip() else NO_TEXT, took
 
 
 def _render_child(conn) -> None:  # pragma: no cover - runs in the child process
@@ -102,16 +158,21 @@ def _render_child(conn) -> None:  # pragma: no cover - runs in the child process
             msg = conn.recv()
         except EOFError:
             return
-        _, budget, max_pages, passwords, want_text = msg
+        _, budget, opts = msg
+        max_pages, passwords, want_text, ocr = opts["max_pages"], opts["passwords"], opts["text"], opts["ocr"]
+        filetype = opts["filetype"]
         data = conn.recv_bytes()
         faults.segfault_if_marked(data)
+        if not data:
+            conn.send(("doc_error", OPEN_ERROR, "empty file"))
+            continue
         try:
-            doc = pymupdf.open(stream=data, filetype="pdf")
+            doc = pymupdf.open(stream=data, filetype=filetype)
         except Exception as e:  # MuPDF raises several types for unreadable files
             conn.send(("doc_error", OPEN_ERROR, _short(e)))
             continue
         try:
-            if not doc.is_pdf:  # MuPDF sniffs content: images and e-books open too
+            if filetype == "pdf" and not doc.is_pdf:  # MuPDF sniffs content: images and e-books open too
                 conn.send(("doc_error", OPEN_ERROR, f"not a PDF (content looks like {doc.metadata.get('format') or 'another format'})"))
                 continue
             if doc.needs_pass and not any(doc.authenticate(p) for p in passwords):
@@ -147,8 +208,8 @@ def _render_child(conn) -> None:  # pragma: no cover - runs in the child process
                         hh, ww = min(h, pix.height), min(w, pix.width)
                         out[:hh, :ww] = arr[:hh, :ww]
                         rgb = out.tobytes()
-                    text = page.get_text() if want_text else None
-                    conn.send(("page", i, w, h, text))
+                    text, source, ocr_s = _page_text(page, want_text, ocr, rect)
+                    conn.send(("page", i, w, h, text, source, ocr_s))
                     conn.send_bytes(rgb)
                 except Exception as e:
                     conn.send(("page_error", i, RENDER_ERROR, _short(e)))
@@ -232,14 +293,19 @@ class MuPdfWorker:
             self.stop()
             raise _ChildGone(RENDER_CRASH, "renderer died while sending pixels") from None
 
-    def render(self, data: bytes, budget: PixelBudget, limits: RenderLimits, passwords: tuple[str, ...] = ()):
-        """Yield ("meta", n) / ("page", i, w, h, text, rgb) / ("page_error", i, reason, detail) /
-        ("doc_error", reason, detail). Raises _ChildGone on timeout or crash."""
+    def render(self, data: bytes, budget: PixelBudget, limits: RenderLimits, passwords: tuple[str, ...] = (),
+               filetype: str = "pdf"):
+        """Yield ("meta", n) / ("page", i, w, h, text, text_source, ocr_s, rgb) / ("page_error", i,
+        reason, detail) / ("doc_error", reason, detail). Raises _ChildGone on timeout or crash."""
         if not self.alive():
             self.stop()
             self.start()
+        ocr = {"mode": limits.ocr if limits.tessdata else "never", "languages": limits.ocr_languages,
+               "dpi": limits.ocr_dpi, "tessdata": limits.tessdata}
+        opts = {"max_pages": limits.max_pages, "passwords": tuple(passwords), "text": limits.extract_text, "ocr": ocr,
+                "filetype": filetype}
         try:
-            self._conn.send(("doc", budget, limits.max_pages, tuple(passwords), limits.extract_text))
+            self._conn.send(("doc", budget, opts))
             self._conn.send_bytes(data)
         except (ConnectionError, OSError):
             self.stop()
@@ -315,12 +381,18 @@ class RenderPages(Stage):
     """
 
     name = "render"
-    extra_counters = {"documents": 0}
+    extra_counters = {"documents": 0, "ocr_pages": 0, "ocr_read": 0, "ocr_s": 0.0, "converted": 0, "convert_s": 0.0,
+                      "duplicates": 0, "images": 0, "image_bytes": 0, "images_s": 0.0, "hash_s": 0.0}
 
-    def __init__(self, source: Source, budget: PixelBudget, limits: RenderLimits | None = None):
+    def __init__(self, source: Source, budget: PixelBudget, limits: RenderLimits | None = None,
+                 known_hashes=None):
+        """``known_hashes``: the content hashes of the documents the index holds (a sorted uint64
+        array of their first 8 bytes, ``LedgerState.content_keys``): a document whose bytes are one of
+        them is not rendered again, but indexed as a duplicate when its unit is committed."""
         self.source = source
         self.budget = budget
         self.limits = limits or RenderLimits()
+        self.known_hashes = known_hashes
         self._worker: MuPdfWorker | None = None
         super().__init__()
 
@@ -352,8 +424,9 @@ class RenderPages(Stage):
         cols: dict[str, list] = {f.name: [] for f in S.RENDERED_SCHEMA}
         for unit_id, docs_json in zip(batch[S.UNIT_ID].to_pylist(), batch["docs"].to_pylist()):
             info = {"docs": [], "quarantine": [], "n_pages": 0}
+            seen: dict[str, str] = {}
             for ref, may_hold in read_unit_docs(docs_json):
-                n_ok = self._render_document(unit_id, ref, cols, info)
+                n_ok = self._render_document(unit_id, ref, cols, info, seen)
                 info["docs"][-1]["may_hold"] = may_hold
                 info["n_pages"] += n_ok
             self.stats["busy_s"] = self.stats["busy_s"] + (time.perf_counter() - t0)
@@ -363,7 +436,11 @@ class RenderPages(Stage):
         return S.stamp(pa.table(cols, schema=S.RENDERED_SCHEMA), self.name, self.stage_stats())
 
     @staticmethod
-    def _append(cols, unit_id, kind, ref, page_number, w, h, pixels, unit_info=None, text=None):
+    def _append(cols, unit_id, kind, ref, page_number, w, h, pixels, unit_info=None, text=None, text_source=None,
+                page_hash=None, image=None):
+        cols[S.TEXT_SOURCE].append(text_source)
+        cols[S.PAGE_HASH].append(page_hash)
+        cols[S.PAGE_IMAGE].append(image)
         cols[S.UNIT_ID].append(unit_id)
         cols[S.KIND].append(kind)
         cols[S.PAGE_ID].append(S.page_id_for(ref.uri, page_number) if ref and page_number is not None else None)
@@ -377,10 +454,15 @@ class RenderPages(Stage):
         cols[S.TEXT].append(text)
         cols[S.UNIT_INFO].append(unit_info)
 
-    def _render_document(self, unit_id: str, ref: DocumentRef, cols: dict, info: dict) -> int:
-        """Render one document into ``cols``; record its outcome in ``info``. Returns pages added."""
+    def _render_document(self, unit_id: str, ref: DocumentRef, cols: dict, info: dict, seen: dict) -> int:
+        """Render one document into ``cols``; record its outcome in ``info`` (``seen``: the content
+        hashes of the unit's documents so far). Returns pages added."""
+        from operators.io.formats import ConvertError, convert_office, format_of, is_office, via_pillow
+
         self.stats["documents"] += 1
-        doc = {"uri": ref.uri, "version": ref.version, "size": ref.size, "doc_id": S.doc_id_for(ref.uri)}
+        fmt = format_of(unquote(ref.uri)) or "pdf"
+        doc = {"uri": ref.uri, "version": ref.version, "size": ref.size, "doc_id": S.doc_id_for(ref.uri),
+               "format": fmt}
         info["docs"].append(doc)
 
         def quarantine(stage, reason, detail, page=None):
@@ -399,19 +481,44 @@ class RenderPages(Stage):
             doc.update(status="quarantined", n_pages=0)
             quarantine("fetch", FETCH_ERROR, _short(e))
             return 0
+        content = content_hash(data)
+        doc["content_hash"] = content
+        if data and (content in seen or is_known(self.known_hashes, content)):
+            # the same bytes as a document the index holds, or as one before it in this unit: its
+            # pages are that document's, given to this one when the unit is committed
+            doc.update(status="duplicate", n_pages=0, duplicate_of=seen.get(content))
+            self.stats["duplicates"] += 1
+            return 0
+        filetype = "pdf" if is_office(fmt) else fmt
+        try:
+            if is_office(fmt):
+                t = time.perf_counter()
+                data = convert_office(data, fmt, self.limits.office_timeout_s, self.limits.office_command)
+                self.stats["converted"] += 1
+                self.stats["convert_s"] += time.perf_counter() - t
+            elif fmt in ("webp",) and data:
+                data, filetype = via_pillow(data)
+        except ConvertError as e:
+            doc.update(status="quarantined", n_pages=0)
+            quarantine("convert", e.reason, e.detail)
+            return 0
+        except Exception as e:  # Pillow on a broken image
+            doc.update(status="quarantined", n_pages=0)
+            quarantine("render", OPEN_ERROR, _short(e))
+            return 0
 
-        pages: list[tuple[int, int, int, str | None, bytes]] = []
+        pages: list[tuple] = []
         page_errors: list[tuple[int, str, str]] = []
         failure: tuple[str, str] | None = None
         for attempt in range(2):  # a crashed child gets one retry with a fresh process
             pages, page_errors, failure = [], [], None
             try:
-                for msg in self._worker.render(data, self.budget, self.limits, passwords_for(ref.uri, self.limits)):
+                for msg in self._worker.render(data, self.budget, self.limits, passwords_for(ref.uri, self.limits),
+                                               filetype=filetype):
                     if msg[0] == "doc_error":
                         failure = (msg[1], msg[2])
                     elif msg[0] == "page":
-                        _, i, w, h, text, rgb = msg
-                        pages.append((i, w, h, text, rgb))
+                        pages.append(msg[1:])
                     elif msg[0] == "page_error":
                         page_errors.append((msg[1], msg[2], msg[3]))
                 break
@@ -428,8 +535,93 @@ class RenderPages(Stage):
         if not pages:
             doc.update(status="quarantined", n_pages=0)
             return 0
+        seen[content] = ref.uri
         doc.update(status="partial" if page_errors else "indexed", n_pages=len(pages))
-        for i, w, h, text, rgb in pages:
-            self._append(cols, unit_id, S.KIND_PAGE, ref, i, w, h, rgb, text=text)
+        for i, w, h, text, source, ocr_s, rgb in pages:
+            if ocr_s:
+                self.stats["ocr_read"] += 1
+                self.stats["ocr_s"] += ocr_s
+                self.stats["ocr_pages"] += source == OCR
+            t = time.perf_counter()
+            page_hash = image_hash(rgb, w, h)
+            self.stats["hash_s"] += time.perf_counter() - t
+            image = None
+            if self.limits.page_images:
+                t = time.perf_counter()
+                image = page_image(rgb, w, h, *self.limits.page_images)
+                self.stats["images"] += 1
+                self.stats["image_bytes"] += len(image)
+                self.stats["images_s"] += time.perf_counter() - t
+            self._append(cols, unit_id, S.KIND_PAGE, ref, i, w, h, rgb, text=text, text_source=source,
+                         page_hash=page_hash, image=image)
         self.stats["pages"] += len(pages)
         return len(pages)
+
+
+def content_hash(data: bytes) -> str:
+    """A document's content key: BLAKE2b-128 of its bytes, hex."""
+    import hashlib
+
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def is_known(keys, content: str) -> bool:
+    if keys is None or not len(keys):
+        return False
+    import numpy as np
+
+    k = np.uint64(int(content[:16], 16))
+    i = int(np.searchsorted(keys, k))
+    return i < len(keys) and keys[i] == k
+
+
+def image_hash(rgb, w: int, h: int) -> int:
+    """A 64-bit difference hash of a rendered page (its 9 x 8 greyscale thumbnail, each pixel
+    against its right neighbour): equal for a page and its re-rendering, a re-scan or a resave
+    most of the time (near-duplicate pages), as a signed 64-bit integer."""
+    import numpy as np
+    from PIL import Image
+
+    thumb = Image.frombuffer("RGB", (w, h), bytes(rgb), "raw", "RGB", 0, 1).convert("L").resize((9, 8), Image.BILINEAR)
+    a = np.asarray(thumb, dtype=np.int16)
+    bits = (a[:, 1:] > a[:, :-1]).ravel()
+    value = int("".join("1" if b else "0" for b in bits), 2)
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+IMAGE_FORMATS = {"webp": ("WEBP", {"quality": 80, "method": 4}), "jpeg": ("JPEG", {"quality": 85}),
+                 "jpg": ("JPEG", {"quality": 85}), "png": ("PNG", {"optimize": False})}
+
+
+def parse_page_images(spec: str | None) -> tuple[str, int] | None:
+    """``webp:1024`` -> ("webp", 1024); None for none."""
+    if not spec or spec == "none":
+        return None
+    fmt, _, edge = spec.partition(":")
+    fmt = fmt.strip().lower()
+    if fmt not in IMAGE_FORMATS:
+        raise ValueError(f"{spec!r}: the format is one of {', '.join(sorted(IMAGE_FORMATS))} (e.g. webp:1024)")
+    try:
+        side = int(edge) if edge else 1024
+    except ValueError:
+        raise ValueError(f"{spec!r}: the longest edge is a number of pixels (e.g. webp:1024)") from None
+    if not 16 <= side <= 8192:
+        raise ValueError(f"{spec!r}: the longest edge is 16 to 8192 pixels")
+    return fmt, side
+
+
+def page_image(rgb, w: int, h: int, fmt: str, edge: int) -> bytes:
+    """The rendered page as an image file of at most ``edge`` pixels on its longest side (the
+    rendered pixels, downscaled once where larger; never enlarged)."""
+    import io
+
+    from PIL import Image
+
+    img = Image.frombuffer("RGB", (w, h), bytes(rgb), "raw", "RGB", 0, 1)
+    if max(w, h) > edge:
+        scale = edge / max(w, h)
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS)
+    out = io.BytesIO()
+    name, opts = IMAGE_FORMATS[fmt]
+    img.save(out, name, **opts)
+    return out.getvalue()

@@ -22,7 +22,11 @@ PAGE_NUMBER = "page_number"
 WIDTH = "width"
 HEIGHT = "height"
 PIXELS = "pixels"  # raw RGB bytes, row-major, height * width * 3
-TEXT = "text"  # the page's own text layer (PyMuPDF), null when not extracted
+TEXT = "text"  # the page's own text layer (PyMuPDF), or OCR's reading of it; null when not extracted
+TEXT_SOURCE = "text_source"  # where ``text`` came from: native | ocr | none
+PAGE_HASH = "page_hash"  # a 64-bit difference hash of the rendered page (near-duplicate pages)
+PAGE_IMAGE = "page_image"  # the page as an image file's bytes (--page-images), between stages only
+IMAGE_URI = "image_uri"  # where that image was written (OUT/images/...), null without --page-images
 
 # Embedding outputs.
 MODEL = "model"
@@ -82,6 +86,9 @@ RENDERED_SCHEMA = pa.schema(
         pa.field(PIXELS, pa.large_binary()),
         pa.field(TEXT, pa.large_string()),
         pa.field(UNIT_INFO, pa.string()),
+        pa.field(TEXT_SOURCE, pa.string()),
+        pa.field(PAGE_HASH, pa.int64()),
+        pa.field(PAGE_IMAGE, pa.large_binary()),
     ]
 )
 
@@ -105,6 +112,9 @@ def pages_schema(dim: int, extra: list[pa.Field] | tuple = ()) -> pa.Schema:
             pa.field(PATCH_GRID_H, pa.int32()),
             pa.field(PATCH_GRID_W, pa.int32()),
             pa.field(TEXT, pa.large_string()),
+            pa.field(TEXT_SOURCE, pa.string()),
+            pa.field(PAGE_HASH, pa.int64()),
+            pa.field(IMAGE_URI, pa.string()),
             pa.field(MV, pa.list_(pa.list_(pa.float16(), dim))),
             pa.field(SV_MEAN, pa.list_(pa.float32(), dim)),
             *extra,

@@ -27,7 +27,13 @@ from operators import schema as S
 from operators.counters import Stage
 from operators.faults import checkpoint
 from operators.io.store import OutputStore
-from operators.stores.parquet import PAGES_PREFIX, QUARANTINE_PREFIX, ParquetSink, quarantine_table
+from operators.stores.parquet import (
+    IMAGES_PREFIX,
+    PAGES_PREFIX,
+    QUARANTINE_PREFIX,
+    ParquetSink,
+    quarantine_table,
+)
 
 PART = "part"  # a write result for a part of a unit
 UNIT = "unit"  # the write result that carries the unit's marker
@@ -42,6 +48,20 @@ def part_key(prefix: str, unit_id: str, ids: list[str]) -> str:
     replaces its own file), different parts of a unit different keys."""
     h = hashlib.blake2b("\n".join(sorted(ids)).encode(), digest_size=4).hexdigest()
     return f"{prefix}/{unit_id}-{h}.parquet"
+
+
+def image_folder(unit_id: str, page_ids: list[str]) -> str:
+    """``images/<unit>-<8 hex>/``: a part's images, named like its shard (``part_key``)."""
+    return part_key(IMAGES_PREFIX, unit_id, page_ids)[: -len(".parquet")] + "/"
+
+
+def image_extension(data: bytes) -> str:
+    """The image file's extension, from its first bytes."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    return "png"
 
 
 def to_pages_table(flow: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -70,7 +90,7 @@ class PagesWriter(Stage):
         self.vectors = vectors
         self.vectors_name = vectors_name
         self.extra_counters = {"parquet_s": 0.0, f"{vectors_name}_s": 0.0, "files": 0, "bytes": 0,
-                               f"{vectors_name}_rows": 0, "delete_calls": 0}
+                               f"{vectors_name}_rows": 0, "delete_calls": 0, "images": 0}
         self.parquet: ParquetSink | None = None
         # Multi-vector columns, whose vectors per page each result counts (for the summary).
         self._ragged = [f.name for f in pages_schema if pa.types.is_list(f.type) and not f.name.endswith("_scale")]
@@ -129,6 +149,34 @@ class PagesWriter(Stage):
             rows["result"].append(json.dumps(res))
         return pa.table(rows, schema=RESULT_SCHEMA)
 
+    def _write_images(self, unit_id: str, part: pa.Table, res: dict) -> pa.Table:
+        """The pages' images (``--page-images``), one file a page under ``images/<part>/``, named
+        by page id (a retried batch writes the same keys); the part's ``image_uri`` column says
+        where. The folder is the unit's like its shard: live once the unit is committed, an
+        orphan removed by the next run otherwise."""
+        if S.PAGE_IMAGE not in part.column_names or not part[S.PAGE_IMAGE].null_count < part.num_rows:
+            return part
+        kinds, ids = part[S.KIND].to_pylist(), part[S.PAGE_ID].to_pylist()
+        images, uris = part[S.PAGE_IMAGE].to_pylist(), part[S.SOURCE_URI].to_pylist()
+        page_ids = [i for k, i in zip(kinds, ids) if k == S.KIND_PAGE]
+        folder = image_folder(unit_id, page_ids)
+        out, total, docs = [], 0, set()
+        for kind, pid, image, uri in zip(kinds, ids, images, uris):
+            if kind != S.KIND_PAGE or image is None:
+                out.append(None)
+                continue
+            key = f"{folder}{pid}.{image_extension(image)}"
+            self.store.write_bytes(key, image)
+            out.append(f"{self.store.uri.rstrip('/')}/{key}")
+            total += len(image)
+            docs.add(uri)
+        written = sum(1 for u in out if u)
+        res["files"].append({"key": folder, "docs": sorted(docs), "rows": written, "bytes": total, "kind": "images"})
+        self.stats["images"] += written
+        i = part.schema.get_field_index(S.IMAGE_URI)
+        col = pa.array(out, pa.string())
+        return part.set_column(i, S.IMAGE_URI, col) if i >= 0 else part.append_column(S.IMAGE_URI, col)
+
     def _write_files(self, unit_id: str, part: pa.Table, results: list) -> tuple[str, pa.Table, dict | None]:
         kinds = part[S.KIND].to_pylist()
         infos = part[S.UNIT_INFO].to_pylist()
@@ -140,10 +188,13 @@ class PagesWriter(Stage):
                 why = json.loads(info)
                 failed.append({"source_uri": uri, "doc_version": version, "page_number": number, "stage": "embed",
                                "reason": why["reason"], "detail": why.get("detail")})
-        pages = to_pages_table(part, self.pages_schema)
         res: dict = {"files": [], "docs": {}, "failed": failed, "worker": self.counters.snapshot()["worker"],
                      **{k: v for k, v in self.counters.labels.items()}}
         tp = time.perf_counter()
+        part = self._write_images(unit_id, part, res)
+        pages = to_pages_table(part, self.pages_schema)
+        if S.PAGE_HASH in pages.column_names:  # the driver counts near-duplicate pages across the run
+            res["hashes"] = [h for h in pages[S.PAGE_HASH].to_pylist() if h is not None]
         if pages.num_rows:
             uris = pages[S.SOURCE_URI].to_pylist()
             key = part_key(PAGES_PREFIX, unit_id, pages[S.PAGE_ID].to_pylist())

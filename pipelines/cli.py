@@ -165,6 +165,11 @@ def _plan_parser(sub) -> argparse.ArgumentParser:
                    help="the vector store to cost: milvus (memory and disk of a server, --index one of Milvus') or "
                         "lancedb (disk: data and index; memory: the index; --index NONE (exact, the default), IVF_PQ, "
                         "IVF_HNSW_SQ, IVF_HNSW_PQ, IVF_FLAT)")
+    p.add_argument("--ocr-fraction", type=float, help="share of pages without a text layer (0-1): OCR's CPU is "
+                   "added for them (default: the calibration's measured share, else 0)")
+    p.add_argument("--duplicate-fraction", type=float, default=0.0, help="share of pages that are duplicates of "
+                   "indexed documents (0-1): copied, not rendered or embedded (0)")
+    p.add_argument("--page-images", help="cost the page images of ingest --page-images SPEC (webp:1024, ...)")
     _common_cost_flags(p)
     return p
 
@@ -513,7 +518,9 @@ def _plan(args) -> int:
                   pages=args.pages, layouts=[x for x in (args.layouts or "").split(",") if x.strip()],
                   calibration=calibration, deadline_hours=args.deadline,
                   index=args.index or ("NONE" if args.store == "lancedb" else "AUTOINDEX"),
-                  replicas=args.replicas, prices=load_prices(args.prices), measured=measured, store=args.store)
+                  replicas=args.replicas, prices=load_prices(args.prices), measured=measured, store=args.store,
+                  ocr_fraction=args.ocr_fraction, duplicate_fraction=args.duplicate_fraction,
+                  page_images=args.page_images)
     _print(args, json.dumps(result, indent=2, sort_keys=True) if args.json else format_plan(result))
     return 0
 

@@ -230,6 +230,15 @@ def pagemill_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipelines.cli", *args]
 
 
+def run_pagemill(*args: str, env: dict | None = None, check: bool = True, timeout: float = 600):
+    """``pagemill ARGS`` in a process of its own (SIGKILL tests need one), its output captured."""
+    r = subprocess.run(pagemill_cmd(*args), cwd=REPO, env=dict(os.environ, **(env or {})), capture_output=True,
+                       text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
 def read_only(folder: Path, *cmd: str, timeout: float = 180) -> subprocess.CompletedProcess:
     """``pagemill CMD`` with ``folder`` mounted read-only (a private mount namespace: a read-only
     bind mount refuses writes to root too)."""

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from operators.io.sources import DocumentRef, Source, SourceError, selected
+from operators.io.formats import Listing
+from operators.io.sources import DocumentRef, Source, SourceError, classify
 from operators.io.store import OutputStore, StoredObject, StoreError
 
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
@@ -105,20 +106,23 @@ class _S3Base:
 
 
 class S3Source(_S3Base, Source):
-    """PDFs under ``s3://bucket/prefix/``; version = ETag plus size."""
+    """Documents under ``s3://bucket/prefix/``; version = ETag plus size."""
 
     def __init__(self, uri: str, opts: S3Options | None = None, include: tuple[str, ...] = (),
                  exclude: tuple[str, ...] = ()):
         super().__init__(uri, opts or S3Options())
         self.include = include
         self.exclude = exclude
+        self.listing = Listing()
 
     def list_documents(self) -> Iterator[DocumentRef]:
+        self.listing = Listing()
         try:
             for page in self._pages(self.prefix):
                 for obj in page.get("Contents", []):
                     key = obj["Key"]
-                    if key.endswith("/") or not selected(key[len(self.prefix):], self.include, self.exclude):
+                    if key.endswith("/") or classify(key[len(self.prefix):], self.include, self.exclude,
+                                                     self.listing) is None:
                         continue
                     etag = obj.get("ETag", "").strip('"')
                     yield DocumentRef(uri=f"s3://{self.bucket}/{key}", version=f"{etag}-{obj['Size']}",

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from operators.io.formats import Listing, extension, format_of
+
 
 class SourceError(Exception):
     """The source cannot be listed at all (missing folder, bad URI): the job cannot start."""
@@ -54,29 +56,39 @@ class Source:
     def read(self, ref: DocumentRef) -> bytes:
         raise NotImplementedError
 
+    listing: Listing  # what the last listing saw (by format) and skipped (by reason)
+
     def check(self) -> None:
         """Fail (SourceError) if the source cannot be listed at all, or lists nothing to index,
         before anything is written."""
+        self.listing = Listing()
         if next(iter(self.list_documents()), None) is None:
-            raise SourceError(f"no PDFs found under {self.uri}: nothing to index (check the path, and --include / "
-                              f"--exclude)")
+            skipped = ", ".join(f"{n} {why}" for why, n in self.listing.skipped.most_common(4))
+            raise SourceError(f"no documents found under {self.uri}: nothing to index (PDF, XPS, EPUB, images, Office "
+                              f"files...; check the path, and --include / --exclude)"
+                              + (f"; skipped: {skipped}" if skipped else ""))
 
 
-def is_pdf_name(name: str) -> bool:
-    return name.lower().endswith(".pdf")
-
-
-def selected(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
-    """A PDF (by name, any case) whose path relative to the source root passes the globs."""
-    if not is_pdf_name(rel):
-        return False
+def classify(rel: str, include: tuple[str, ...], exclude: tuple[str, ...], listing: Listing) -> str | None:
+    """The document format of a file (its path relative to the source root) that passes the
+    globs, counted in ``listing`` by format; None for a file skipped, counted by reason."""
+    fmt = format_of(rel)
     if include and not any(fnmatch.fnmatch(rel, g) for g in include):
-        return False
-    return not any(fnmatch.fnmatch(rel, g) for g in exclude)
+        listing.skipped["not matched by --include"] += 1
+        return None
+    if any(fnmatch.fnmatch(rel, g) for g in exclude):
+        listing.skipped["matched by --exclude"] += 1
+        return None
+    if fmt is None:
+        ext = extension(rel)
+        listing.skipped[f"not a document (.{ext})" if ext else "not a document (no extension)"] += 1
+        return None
+    listing.by_format[fmt] += 1
+    return fmt
 
 
 class LocalSource(Source):
-    """PDFs under a local folder, recursively, in a stable (sorted) order (or one PDF file).
+    """Documents under a local folder, recursively, in a stable (sorted) order (or one file).
 
     The version tag is ``<size>-<mtime_ns>``: cheap to compute for millions of files and it
     changes whenever a file is rewritten.
@@ -87,11 +99,15 @@ class LocalSource(Source):
         self.uri = self.root.as_uri()
         self.include = include
         self.exclude = exclude
+        self.listing = Listing()
 
     def list_documents(self) -> Iterator[DocumentRef]:
+        self.listing = Listing()
         if self.root.is_file():  # one document given as the source
-            if not is_pdf_name(self.root.name):
-                raise SourceError(f"{self.root} is not a PDF: give a PDF or a folder of them")
+            if format_of(self.root.name) is None:
+                raise SourceError(f"{self.root} is not a document pagemill reads (PDF, XPS, EPUB, images, Office "
+                                  f"files...): give one, or a folder of them")
+            self.listing.by_format[format_of(self.root.name)] += 1
             st = self.root.stat()
             yield DocumentRef(uri=self.root.as_uri(), version=f"{st.st_size}-{st.st_mtime_ns}", size=st.st_size)
             return
@@ -103,7 +119,7 @@ class LocalSource(Source):
             for name in sorted(filenames):
                 path = Path(dirpath, name)
                 rel = path.relative_to(self.root).as_posix()
-                if not selected(rel, self.include, self.exclude):
+                if classify(rel, self.include, self.exclude, self.listing) is None:
                     continue
                 try:
                     st = path.stat()
@@ -119,6 +135,7 @@ class NoSource(Source):
     """No listing at all (``pagemill relayout``: the index's own documents, nothing new)."""
 
     uri = "(the index's documents)"
+    listing = Listing()
 
     def check(self) -> None:
         pass

@@ -14,6 +14,7 @@ from operators.stores.run_metadata import RunMetadata
 
 PAGES_PREFIX = "pages"
 QUARANTINE_PREFIX = "quarantine"
+IMAGES_PREFIX = "images"  # page images (--page-images), a folder per part: images/<unit>-<part>/<page id>.<ext>
 
 
 def read_table(source, columns: list[str] | None = None) -> pa.Table:

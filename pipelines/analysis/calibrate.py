@@ -122,6 +122,7 @@ def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: s
                 docs += 1
                 if sum(tb["kind"].to_pylist().count("page") for tb in tables) >= max(n_pages, RENDER_SAMPLE_PAGES):
                     break
+            pages_cost = page_costs(src, refs[:docs], say)
         finally:
             stage.close()
     import pyarrow as pa
@@ -175,7 +176,67 @@ def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: s
         "render_pages_per_s_per_core": round(n_rendered / render_s, 2),
         "render_sample": {"source": "synthetic" if synthetic else source, "documents": docs, "pages": n_rendered,
                           "documents_quarantined": _quarantined(rendered)},
+        **pages_cost,
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
                  "gpu": torch.cuda.get_device_name(0) if cuda else None},
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+OCR_SAMPLE_PAGES = 4  # pages Tesseract reads to time it
+PAGE_COST_SAMPLE = 32  # pages looked at for the OCR fraction and the page images
+
+
+def page_costs(src, refs, say) -> dict:
+    """What a page of the sample costs beyond rendering: the share of pages ``--ocr auto`` would
+    read (empty or thin text), Tesseract's milliseconds per page on them (on full pages of the
+    sample when none needs it: the cost the plan adds for the fraction it is given), and a page
+    image's bytes and milliseconds at ``webp:1024``."""
+    import pymupdf
+
+    from operators.io.formats import format_of
+    from operators.ocr import resolve
+    from operators.render import page_image, thin_text
+
+    engine = resolve("auto")
+    seen, thin, ocr_ms, image_bytes, image_ms = 0, 0, [], [], []
+    for ref in refs:
+        if seen >= PAGE_COST_SAMPLE:
+            break
+        try:
+            doc = pymupdf.open(stream=src.read(ref), filetype=format_of(ref.uri) or "pdf")
+        except Exception:
+            continue
+        with doc:
+            if doc.needs_pass:
+                continue
+            for page in doc:
+                if seen >= PAGE_COST_SAMPLE:
+                    break
+                seen += 1
+                rect = page.rect
+                try:
+                    is_thin = thin_text(page.get_text(), rect.width, rect.height)
+                except Exception:  # a page MuPDF cannot read: the render stage quarantines it
+                    continue
+                thin += is_thin
+                if engine.on and len(ocr_ms) < OCR_SAMPLE_PAGES and (is_thin or seen > PAGE_COST_SAMPLE // 2):
+                    t = time.perf_counter()
+                    try:
+                        page.get_textpage_ocr(language="eng", dpi=300, full=True, tessdata=engine.tessdata)
+                        ocr_ms.append(1000 * (time.perf_counter() - t))
+                    except Exception:
+                        pass
+                if len(image_bytes) < 8 and max(rect.width, rect.height) < 5000:
+                    pix = page.get_pixmap(dpi=100, alpha=False)
+                    t = time.perf_counter()
+                    image_bytes.append(len(page_image(pix.samples, pix.width, pix.height, "webp", 1024)))
+                    image_ms.append(1000 * (time.perf_counter() - t))
+    if engine.on and ocr_ms:
+        say(f"calibrate: OCR {np.mean(ocr_ms):.0f} ms a page ({len(ocr_ms)} pages), {thin} of {seen} pages would need it")
+    return {"ocr_fraction": round(thin / seen, 3) if seen else None,
+            "ocr_ms_per_page": round(float(np.mean(ocr_ms)), 1) if ocr_ms else None,
+            "ocr_engine": engine.note,
+            "page_image_bytes": int(np.mean(image_bytes)) if image_bytes else None,
+            "page_image_ms": round(float(np.mean(image_ms)), 1) if image_ms else None,
+            "page_image_spec": "webp:1024"}

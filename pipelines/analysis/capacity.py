@@ -69,12 +69,20 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
          dtype: str | None = None, pages: int = 1_000_000, layouts: list[str] | None = None,
          calibration: dict | None = None, deadline_hours: float | None = None, index: str = "HNSW",
          replicas: int = 1, prices: Prices = DEFAULT_PRICES, lite: bool = False, measured: dict | None = None,
-         store: str = "milvus") -> dict:
+         store: str = "milvus", ocr_fraction: float | None = None, duplicate_fraction: float = 0.0,
+         page_images: str | None = None) -> dict:
     """``measured``: a ``pagemill report --json`` whose Milvus server bytes were measured; each
     layout's Milvus disk is then its raw bytes times the overhead measured there (server bytes
     over raw bytes of the collection that held the layout, or of one of the same kind).
     ``store``: ``lancedb`` costs LanceDB's disk (data and index) and memory (its indexes) instead,
-    ``index`` one of LanceDB's (``NONE``: exact search)."""
+    ``index`` one of LanceDB's (``NONE``: exact search). ``ocr_fraction``: the share of pages that
+    need OCR (default: the calibration's, else none); ``duplicate_fraction``: the share of pages
+    that are duplicates (copied, not embedded); ``page_images``: ``--page-images``' spec, whose
+    bytes the plan adds."""
+    for name, value in (("--ocr-fraction", ocr_fraction), ("--duplicate-fraction", duplicate_fraction)):
+        if value is not None and not 0 <= value <= 1:
+            raise UsageError(f"{name}: a share of the pages, 0 to 1, got {value:g}")
+    extras = {"ocr_fraction": ocr_fraction, "duplicate_fraction": duplicate_fraction, "page_images": page_images}
     if preset:
         preset = plan_name(preset)
         if preset not in MODEL_PRESETS:
@@ -129,7 +137,7 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
     if store == "lancedb":
         out["store"] = "lancedb"
         out["notes"] += lance_notes(rows, base, index, pages)
-        return with_compute(out, calibration, deadline_hours, pages, prices)
+        return with_compute(out, calibration, deadline_hours, pages, prices, **extras)
     lite_raw = sum(text_layer_cost().milvus_raw_bytes_per_page if r["layout"] == TEXT_LAYOUT else
                    layout_cost(parse_layout("sv-mean" if r["layout"] == "sv-vlm" else r["layout"]),
                                r["vectors_per_page"], dim, lite=True).milvus_raw_bytes_per_page for r in rows)
@@ -154,7 +162,7 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
     elif measured is not None:
         out["notes"].append("the report given has no measured Milvus server bytes (report with --milvus and, for a "
                             "server, --milvus-storage): Milvus disk is the cost model's")
-    return with_compute(out, calibration, deadline_hours, pages, prices)
+    return with_compute(out, calibration, deadline_hours, pages, prices, **extras)
 
 
 def lance_row(row: dict, name: str, base: str, vpp: float, dim: int, index: str, pages: int, prices: Prices) -> dict:
@@ -189,8 +197,45 @@ def lance_notes(rows: list[dict], base: str, index: str, pages: int) -> list[str
     return notes
 
 
-def with_compute(out: dict, calibration: dict | None, deadline_hours: float | None, pages: int, prices: Prices) -> dict:
-    """The plan's compute section from a calibration (GPU-hours, GPUs for a deadline, CPU cores per GPU)."""
+DEFAULT_OCR_MS = 900.0  # Tesseract (eng, 300 dpi) on a page of the dev corpus, one core (pagemill calibrate)
+DEFAULT_IMAGE_BYTES = 44_000  # a dev-corpus page as webp:1024 (pagemill calibrate: page_image_bytes)
+IMAGE_FORMAT_RATIO = {"webp": 1.0, "jpeg": 1.6, "jpg": 1.6, "png": 4.0}  # bytes against WebP's, document pages
+
+
+def page_image_bytes(spec: str, calibration: dict | None) -> tuple[float, str]:
+    """Bytes of one page image for ``--page-images spec``: the calibration's measured webp:1024
+    bytes (else the dev corpus'), scaled by the area and the format; and where that came from."""
+    from operators.render import parse_page_images
+
+    try:
+        fmt, edge = parse_page_images(spec) or ("webp", 0)
+    except ValueError as e:
+        raise UsageError(f"--page-images {e}") from None
+    measured = (calibration or {}).get("page_image_bytes")
+    base = float(measured or DEFAULT_IMAGE_BYTES)
+    where = "measured by pagemill calibrate" if measured else "the dev corpus' (calibrate measures yours)"
+    return base * (edge / 1024) ** 2 * IMAGE_FORMAT_RATIO[fmt], where
+
+
+def with_compute(out: dict, calibration: dict | None, deadline_hours: float | None, pages: int, prices: Prices,
+                 ocr_fraction: float | None = None, duplicate_fraction: float = 0.0,
+                 page_images: str | None = None) -> dict:
+    """The plan's compute section from a calibration (GPU-hours, GPUs for a deadline, CPU cores
+    per GPU: rendering and OCR for the share of pages that need it), fewer GPU-hours for the
+    duplicates, and the page images' bytes."""
+    if page_images and page_images != "none":
+        per_page, where = page_image_bytes(page_images, calibration)
+        out["page_images"] = {"spec": page_images, "bytes_per_page": round(per_page),
+                              "bytes_total": round(per_page * pages),
+                              "monthly_cost_usd": round(per_page * pages / 1e9 * prices.object_storage_gb_month, 2)}
+        out["notes"].append(f"page images ({page_images}): {human_bytes(per_page)} a page, from webp:1024 bytes "
+                            f"{where}, scaled by area and format")
+    embedded = pages * (1 - (duplicate_fraction or 0.0))
+    if duplicate_fraction:
+        out["duplicate_fraction"] = duplicate_fraction
+        out["notes"].append(f"duplicates: {duplicate_fraction:.0%} of the pages copied from the archive, not "
+                            f"rendered or embedded ({short_count(round(pages - embedded))} pages); their rows are "
+                            f"stored like the others'")
     if calibration:
         gpu_rate = float(calibration["pages_per_s"])
         render_rate = calibration.get("render_pages_per_s_per_core")
@@ -205,10 +250,20 @@ def with_compute(out: dict, calibration: dict | None, deadline_hours: float | No
         if calibration.get("device") and not str(calibration["device"]).startswith("cuda"):
             out["notes"].append(f"the calibration ran on {calibration['device']}, not a GPU: its GPU-hours are that "
                                 f"device's hours")
-        gpu_hours = pages / gpu_rate / 3600
+        gpu_hours = embedded / gpu_rate / 3600
+        fraction = ocr_fraction if ocr_fraction is not None else float(calibration.get("ocr_fraction") or 0.0)
+        ocr_ms = float(calibration.get("ocr_ms_per_page") or DEFAULT_OCR_MS)
+        core_s = {"render": 1 / render_rate, "ocr": fraction * ocr_ms / 1000}
         compute = {"gpu_pages_per_s": gpu_rate, "gpu_hours": round(gpu_hours, 2),
-                   "cpu_cores_per_gpu": math.ceil(gpu_rate / render_rate),
+                   "cpu_cores_per_gpu": math.ceil(gpu_rate * sum(core_s.values())),
+                   "cpu_core_s_per_page": {k: round(v, 4) for k, v in core_s.items()},
+                   "ocr_fraction": fraction, "ocr_ms_per_page": ocr_ms,
                    "gpu_cost_usd": round(gpu_hours * prices.gpu_hour, 2)}
+        if fraction:
+            out["notes"].append(f"OCR: {fraction:.1%} of the pages at {ocr_ms:.0f} ms a page on one core ("
+                                + ("measured by pagemill calibrate" if calibration.get("ocr_ms_per_page") else
+                                   "the dev corpus'; calibrate measures yours") + f"): {core_s['ocr'] * 1000:.1f} ms "
+                                f"of CPU a page on average, beside rendering's {core_s['render'] * 1000:.1f} ms")
         if deadline_hours:
             compute["deadline_hours"] = deadline_hours
             compute["gpus_for_deadline"] = math.ceil(gpu_hours / deadline_hours)
@@ -266,9 +321,14 @@ def format_plan(p: dict) -> str:
     if "compute" in p:
         c = p["compute"]
         line = (f"compute: {c['gpu_pages_per_s']:.1f} pages/s per GPU -> {c['gpu_hours']:,.1f} GPU-hours "
-                f"(${c['gpu_cost_usd']:,.0f}); {c['cpu_cores_per_gpu']} CPU cores per GPU keep rendering ahead")
+                f"(${c['gpu_cost_usd']:,.0f}); {c['cpu_cores_per_gpu']} CPU cores per GPU keep rendering"
+                + (" and OCR" if c.get("ocr_fraction") else "") + " ahead")
         if "gpus_for_deadline" in c:
             line += f"; {c['gpus_for_deadline']} GPUs to finish in {c['deadline_hours']:g} h"
         lines.append(line)
+    if "page_images" in p:
+        im = p["page_images"]
+        lines.append(f"page images {im['spec']}: {human_bytes(im['bytes_per_page'])} a page, "
+                     f"{human_bytes(im['bytes_total'])} in all (${im['monthly_cost_usd']:,.0f}/month in object storage)")
     lines += [f"note: {n}" for n in p.get("notes", [])]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ own files) and sets the cost model's prediction from parameters beside each meas
 from __future__ import annotations
 
 import io
+from collections import Counter
 from dataclasses import asdict
 
 import numpy as np
@@ -22,7 +23,7 @@ from operators.io.store import OutputStore
 from operators.layouts.fde import FdeParams
 from operators.layouts.layout import BM25_LAYOUT, TEXT_LAYOUT, parse_layout, parse_layouts
 from operators.stores import storage_lines
-from operators.stores.parquet import read_table
+from operators.stores.parquet import IMAGES_PREFIX, read_table
 from operators.stores.run_metadata import RunMetadata
 from pipelines.analysis.costs import (
     DEFAULT_PRICES,
@@ -98,6 +99,13 @@ def measure_run(store: OutputStore, max_shards: int = 200, vectors=None) -> dict
         "layouts": per_layout,
         "fidelity": latest_fidelity(store, recorded.model),
     }
+    if S.TEXT_SOURCE in first.schema_arrow.names:  # where the pages' text came from (OCR's share)
+        sources = pa.concat_tables([read_table(b, columns=[S.TEXT_SOURCE]) for b in blobs.values()])[S.TEXT_SOURCE]
+        counts = Counter(v or "none" for v in sources.to_pylist())
+        measured["text_sources"] = {k: counts[k] for k in sorted(counts)}
+    images = [o.size for o in store.list(IMAGES_PREFIX + "/")]
+    if images:  # the page images' files, listed
+        measured["page_images"] = {"files": len(images), "bytes": sum(images), "bytes_per_page": sum(images) / rows}
     if S.TEXT_CHUNKS in first.schema_arrow.names:
         measured["text_layer"] = measure_text_layer(blobs, column_bytes, rows, first.schema_arrow)
     if vectors is not None:
@@ -188,6 +196,9 @@ def build_report(measured: dict, pages: tuple[int, ...] = DEFAULT_PAGES, prices:
         report["store"] = measured["store"]  # another store's own section (operators.stores.storage_lines)
     if measured.get("text_layer"):
         report["text_layer"] = text_layer_report(measured, storage, index)
+    for key in ("text_sources", "page_images"):
+        if measured.get(key):
+            report[key] = measured[key]
     report["notes"] = []
     if any(r["milvus"]["index"] == "AUTOINDEX" for r, _ in rows):
         report["notes"].append("AUTOINDEX is projected as HNSW (M=16), what a Milvus server builds for it")
@@ -295,6 +306,13 @@ def format_report(report: dict) -> str:
     lines += format_store_storage(report.get("milvus"))
     lines += storage_lines(report.get("store"))
     lines += format_text_layer(report.get("text_layer"))
+    if report.get("page_images"):
+        im = report["page_images"]
+        lines.append(f"page images: {im['files']:,} files, {human_bytes(im['bytes'])} "
+                     f"({human_bytes(im['bytes_per_page'])}/page)")
+    if report.get("text_sources"):
+        lines.append("page text: " + ", ".join(f"{n} {k}" for k, n in report["text_sources"].items())
+                     + " (sampled shards)")
     rec = report["recommendation"]
     if rec.get("cheapest_above_threshold"):
         c = rec["cheapest_above_threshold"]

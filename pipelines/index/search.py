@@ -46,23 +46,31 @@ def recorded_metadata(store: OutputStore) -> RunMetadata:
     return out
 
 
-def read_pages_subset(store: OutputStore, page_ids: list[str] | None, columns: list[str]) -> pa.Table:
-    """Rows of OUT/pages (all, or those in ``page_ids``), only ``columns``."""
+def read_pages_subset(store: OutputStore, page_ids: list[str] | None, columns: list[str],
+                      optional: dict[str, pa.DataType] | None = None) -> pa.Table:
+    """Rows of OUT/pages (all, or those in ``page_ids``), only ``columns``; ``optional``: columns
+    that shards of an earlier pagemill lack (nulls there)."""
     from pipelines.out.manifest import live_page_files
 
+    optional = optional or {}
     wanted = pa.array(page_ids, pa.string()) if page_ids is not None else None
     parts = []
     for key in live_page_files(store):
         pf = pq.ParquetFile(store.open_input(key))
         ids = pf.read(columns=[S.PAGE_ID])[S.PAGE_ID]
+        mask = None
         if wanted is not None:
             mask = pc.is_in(ids, value_set=wanted)
             if not pc.any(mask).as_py():
                 continue
-            parts.append(pf.read(columns=columns).filter(mask))
-        else:
-            parts.append(pf.read(columns=columns))
-    return pa.concat_tables(parts) if parts else pa.table({c: [] for c in columns})
+        held = set(pf.schema_arrow.names)
+        table = pf.read(columns=columns + [c for c in optional if c in held])
+        for c, t in optional.items():
+            if c not in held:
+                table = table.append_column(pa.field(c, t), pa.nulls(table.num_rows, t))
+        parts.append(table.filter(mask) if mask is not None else table)
+    names = columns + list(optional)
+    return pa.concat_tables(parts) if parts else pa.table({c: [] for c in names})
 
 
 RRF_K = 60
@@ -207,8 +215,11 @@ def search(query_text: str, store: OutputStore, vectors: VectorStore, *, k: int 
         if rerank_order == "fuse":
             scored = fuse_orders(found, scored)
     top = scored[:k]
-    info = read_pages_subset(store, [pid for pid, _ in top], [S.PAGE_ID, S.SOURCE_URI, S.PAGE_NUMBER])
+    info = read_pages_subset(store, [pid for pid, _ in top], [S.PAGE_ID, S.SOURCE_URI, S.PAGE_NUMBER],
+                             optional={S.IMAGE_URI: pa.string()})
     where = {r[S.PAGE_ID]: r for r in info.to_pylist()}
+    # the page image (--page-images) where the index keeps them: what an answer shows a VLM
     return [{"rank": i + 1, "score": round(s, 6), "page_id": pid, "source_uri": where.get(pid, {}).get(S.SOURCE_URI),
-             "page_number": where.get(pid, {}).get(S.PAGE_NUMBER), "lists": lists.get(pid, [])}
+             "page_number": where.get(pid, {}).get(S.PAGE_NUMBER), "lists": lists.get(pid, []),
+             **({"image_uri": where[pid][S.IMAGE_URI]} if where.get(pid, {}).get(S.IMAGE_URI) else {})}
             for i, (pid, s) in enumerate(top)]

@@ -15,11 +15,12 @@ from collections import Counter
 import numpy as np
 import pyarrow.parquet as pq
 
+from operators import schema as S
 from operators.io.store import OutputStore
 from operators.stores.door import VectorStore
 from operators.stores.parquet import read_table
 from pipelines.out.identity import load_state
-from pipelines.out.keys import PAGES_PREFIX, QUARANTINE_PREFIX, RUNS_PREFIX
+from pipelines.out.keys import IMAGES_PREFIX, PAGES_PREFIX, QUARANTINE_PREFIX, RUNS_PREFIX
 from pipelines.out.ledger import STATUSES, Ledger
 
 RECENT_RUNS = 5
@@ -69,6 +70,26 @@ def vectors_in(store: OutputStore, keys: list[str], columns: list[str]) -> dict[
     return dict(out)
 
 
+def page_detail(store: OutputStore, keys: list[str]) -> dict:
+    """Near-duplicate pages (a perceptual hash an earlier page has) and where the pages' text came
+    from, over the shards' ``page_hash`` and ``text_source`` columns (shards of an earlier pagemill
+    have neither)."""
+    hashes: Counter = Counter()
+    sources: Counter = Counter()
+    for key in keys:
+        pf = pq.ParquetFile(store.open_input(key))
+        have = [c for c in (S.PAGE_HASH, S.TEXT_SOURCE) if c in pf.schema_arrow.names]
+        if not have:
+            continue
+        table = pf.read(columns=have)
+        if S.PAGE_HASH in have:
+            hashes.update(h for h in table[S.PAGE_HASH].to_pylist() if h is not None)
+        if S.TEXT_SOURCE in have:
+            sources.update(v or "none" for v in table[S.TEXT_SOURCE].to_pylist())
+    return {"near_duplicate_pages": sum(n - 1 for n in hashes.values()),
+            "text_sources": {k: sources[k] for k in sorted(sources)}}
+
+
 def index_status(store: OutputStore, vectors: VectorStore | None = None, discovered: bool = False,
                  recent: int = RECENT_RUNS) -> dict:
     """``vectors``: the index's store (``discovered``: its tables opened, to count their rows)."""
@@ -88,14 +109,23 @@ def index_status(store: OutputStore, vectors: VectorStore | None = None, discove
         if other is not None:
             other_live |= _ledger(store, other.generation).state.live_files()
     live = ledger.state.live_files()
-    listed = {o.key: o.size for prefix in (PAGES_PREFIX, QUARANTINE_PREFIX) for o in store.list(prefix)}
-    orphans = sorted(k for k in listed if k not in live and k not in other_live and not k.rsplit("/", 1)[-1].startswith("_"))
+    listed = {o.key: o.size for prefix in (PAGES_PREFIX, QUARANTINE_PREFIX, IMAGES_PREFIX) for o in store.list(prefix)}
+
+    def is_live(k: str) -> bool:  # (a part's folder of page images is live as a whole)
+        folder = k.rsplit("/", 1)[0] + "/"
+        return k in live or k in other_live or folder in live or folder in other_live
+
+    orphans = sorted(k for k in listed if not is_live(k) and not k.rsplit("/", 1)[-1].startswith("_"))
+    images = [size for k, size in listed.items() if k.startswith(IMAGES_PREFIX + "/") and is_live(k)]
     page_files = sorted(k for k in live if k.startswith(PAGES_PREFIX + "/"))
     out = {"out": store.uri, "index": active.to_json(), "describe": active.describe(),
            "documents": {**docs, "total": sum(docs.values())}, "pages": pages,
            "shards": {"pages": len(page_files), "quarantine": sum(1 for k in live if k.startswith(QUARANTINE_PREFIX + "/")),
                       "bytes": sum(listed.get(k, 0) for k in live)},
-           "uncommitted_files": orphans, "ledger_records": ledger.state.records}
+           "uncommitted_files": orphans, "ledger_records": ledger.state.records,
+           **page_detail(store, page_files)}
+    if images:
+        out["page_images"] = {"files": len(images), "bytes": sum(images)}
     if orphans:
         problems.append(f"{len(orphans)} files no commit accounts for (an interrupted run): the next ingest removes them")
     if state.pending is not None:
@@ -171,6 +201,11 @@ def format_status(s: dict) -> str:
              f"  documents: {d['total']:,} ({d['indexed']:,} indexed, {d['partial']:,} partial, {d['quarantined']:,} "
              f"quarantined); pages {s['pages']:,}",
              f"  shards: {s['shards']['pages']:,} page, {s['shards']['quarantine']:,} quarantine; {s['shards']['bytes']:,} bytes"]
+    if s.get("page_images"):
+        lines.append(f"  page images: {s['page_images']['files']:,} files, {s['page_images']['bytes']:,} bytes")
+    if s.get("near_duplicate_pages") or s.get("text_sources", {}).get("ocr"):
+        lines.append(f"  near-duplicate pages: {s.get('near_duplicate_pages', 0):,}; page text: "
+                     + ", ".join(f"{n:,} {k}" for k, n in s.get("text_sources", {}).items()))
     if "reindex" in s:
         r = s["reindex"]
         lines.append(f"  reindex to {r['to']}: {r['documents_done']:,} of {r['of']:,} documents done")

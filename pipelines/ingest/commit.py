@@ -39,17 +39,25 @@ def rewrite_without(store: OutputStore, keys: list[str], uris: list[str], unit_i
     drop = pa.array(uris)
     rewrites = []
     for old in keys:
+        if not old.endswith(".parquet"):
+            continue  # a part's folder of page images: its dropped pages' images go with the rewrite below
         data = store.read_bytes(old)
         inside = read_table(data, columns=[S.SOURCE_URI])[S.SOURCE_URI]
         if not pc.any(pc.is_in(inside, value_set=drop)).as_py():
             continue  # another part of the unit: nothing of these documents in it
         table = read_table(data)
-        keep = table.filter(pc.invert(pc.is_in(table[S.SOURCE_URI], value_set=drop)))
+        dropped = pc.is_in(table[S.SOURCE_URI], value_set=drop)
+        keep = table.filter(pc.invert(dropped))
+        images = []
+        if S.IMAGE_URI in table.column_names:
+            base = store.uri.rstrip("/") + "/"
+            images = [u[len(base):] for u in table.filter(dropped)[S.IMAGE_URI].to_pylist()
+                      if u and u.startswith(base)]
         new = None
         if keep.num_rows:
             new = _rewritten_key(old, unit_id)
             parquet.write(new, keep)
-        rewrites.append({"old": old, "new": new})
+        rewrites.append({"old": old, "new": new, **({"images": images} if images else {})})
     return rewrites
 
 
@@ -70,6 +78,71 @@ def resync_pages(store: OutputStore, writer: StoreWriter, keys: list[str], uris:
         return written, results
     finally:
         writer.close()
+
+
+def copy_duplicates(store: OutputStore, writer: StoreWriter | None, keys: list[str], copies: dict[str, list],
+                    unit_id: str) -> dict:
+    """The pages of duplicates, copied from their canonical documents' shards without a model run:
+    ``copies`` maps a canonical URI to the (URI, version) of each document with the same bytes.
+    Each copy's rows get its own page ids, document id, URI and version (and its own copy of the
+    page images); one new part file holds them, and the store's writer writes them. Runs where the
+    data lives; returns the part's file entry, the store's write result and the pages per copy."""
+    from operators.stores.parquet import IMAGES_PREFIX
+    from operators.writer import image_folder, part_key
+
+    parquet = ParquetSink(store)
+    want = pa.array(sorted(copies))
+    pieces, per_copy = [], {}
+    for key in keys:
+        table = parquet.read(key)
+        table = table.filter(pc.is_in(table[S.SOURCE_URI], value_set=want))
+        for canonical in sorted(set(table[S.SOURCE_URI].to_pylist())):
+            rows = table.filter(pc.equal(table[S.SOURCE_URI], canonical))
+            for uri, version in copies[canonical]:
+                if per_copy.get(uri):
+                    continue  # (its canonical's pages in two parts: the first one read is whole)
+                numbers = rows[S.PAGE_NUMBER].to_pylist()
+                copy = rows
+                for name, values in ((S.PAGE_ID, [S.page_id_for(uri, n) for n in numbers]),
+                                     (S.DOC_ID, [S.doc_id_for(uri)] * rows.num_rows),
+                                     (S.SOURCE_URI, [uri] * rows.num_rows), (S.DOC_VERSION, [version] * rows.num_rows)):
+                    i = copy.schema.get_field_index(name)
+                    copy = copy.set_column(i, copy.schema.field(i), pa.array(values, copy.schema.field(i).type))
+                pieces.append(copy)
+                per_copy[uri] = rows.num_rows
+    if not pieces:
+        return {"files": [], "store": None, "pages": {}}
+    table = pa.concat_tables(pieces).sort_by(S.PAGE_ID)
+    ids = table[S.PAGE_ID].to_pylist()
+    files = []
+    if S.IMAGE_URI in table.column_names and table[S.IMAGE_URI].null_count < table.num_rows:
+        base = store.uri.rstrip("/") + "/"
+        folder = image_folder(f"{unit_id}-dup", ids)
+        uris, total = [], 0
+        for pid, old in zip(ids, table[S.IMAGE_URI].to_pylist()):
+            if old is None or not old.startswith(base + IMAGES_PREFIX + "/"):
+                uris.append(old)
+                continue
+            data = store.read_bytes(old[len(base):])
+            key = f"{folder}{pid}.{old.rsplit('.', 1)[-1]}"
+            store.write_bytes(key, data)
+            uris.append(base + key)
+            total += len(data)
+        i = table.schema.get_field_index(S.IMAGE_URI)
+        table = table.set_column(i, S.IMAGE_URI, pa.array(uris, pa.string()))
+        files.append({"key": folder, "docs": sorted(per_copy), "rows": sum(1 for u in uris if u), "bytes": total,
+                      "kind": "images"})
+    key = part_key(PAGES_PREFIX, f"{unit_id}-dup", ids)
+    size = parquet.write(key, table)
+    files.append({"key": key, "docs": sorted(per_copy), "rows": table.num_rows, "bytes": size})
+    result = None
+    if writer is not None:
+        writer.open()
+        try:
+            result = writer.write(unit_id, table)
+        finally:
+            writer.close()
+    return {"files": files, "store": result, "pages": per_copy}
 
 
 def fold_failed(info: dict, parts: list[dict]) -> list[dict]:
@@ -143,6 +216,7 @@ class UnitCommitter:
         state = self.ledger.state
         quarantine = fold_failed(info, parts)
         files = [f for p in parts for f in p["files"]]
+        duplicates = self._copy_duplicates(unit_id, info, files)
         uris = {d["uri"] for d in info["docs"]}
         superseded = sorted(u for u in uris if u in state)
         # Older files that still hold a superseded version: rewrite them without it. The old
@@ -153,25 +227,65 @@ class UnitCommitter:
         if self.vectors is not None:
             replaces = {d["doc_id"]: (d["version"] if d["n_pages"] else None) for d in info["docs"]
                         if d.get("may_hold", True)}
-            self.vectors.commit(unit_id, [p["store"] for p in parts if p.get("store")], replaces)
+            self.vectors.commit(unit_id, [p["store"] for p in parts if p.get("store")]
+                                + ([duplicates["store"]] if duplicates.get("store") else []), replaces)
             checkpoint("store_committed")
         self.ledger.commit({
             "unit_id": unit_id,
             "run_id": self.run_id,
             "docs": [{"uri": d["uri"], "doc_id": d["doc_id"], "version": d["version"], "status": d["status"],
-                      "n_pages": d["n_pages"]} for d in info["docs"]],
+                      "n_pages": d["n_pages"], **{k: d[k] for k in ("content_hash", "duplicate_of") if d.get(k)}}
+                     for d in info["docs"]],
             "files": [{"key": f["key"], "docs": f["docs"]} for f in files],
             "rewrites": rewrites,
             "superseded": superseded,
         })
         checkpoint("committed")
         self.suspects.uris -= uris  # their writer deleted other versions; the ledger knows them now
-        self._retired += [rw["old"] for rw in rewrites]
+        self._retired += [k for rw in rewrites for k in (rw["old"], *rw.get("images", ()))]
         self.publish()
         pages_key = PAGES_PREFIX + "/"
         return {"pages": sum(f["rows"] for f in files if f["key"].startswith(pages_key)),
                 "bytes": sum(f["bytes"] for f in files if f["key"].startswith(pages_key)),
-                "quarantine": quarantine, "superseded": len(superseded), "files": files}
+                "quarantine": quarantine, "superseded": len(superseded), "files": files,
+                "duplicates": duplicates["pages"], "deferred": duplicates["deferred"],
+                "hashes": [h for p in parts for h in p.get("hashes", ())]}
+
+    def _copy_duplicates(self, unit_id: str, info: dict, files: list[dict]) -> dict:
+        """Index the unit's duplicates (documents the render stage found with the same bytes as a
+        committed one, or as one before them in the unit): their pages copied from the canonical
+        document's shards (``copy_duplicates``), their files added to ``files``. A duplicate whose
+        canonical has gone meanwhile is left out of the record: the next run renders it."""
+        dups = [d for d in info["docs"] if d["status"] == "duplicate"]
+        if not dups:
+            return {"pages": {}, "deferred": 0}
+        from pipelines.out.ledger import content_key
+
+        state = self.ledger.state
+        copies: dict[str, list] = {}
+        for d in dups:
+            canonical = d.get("duplicate_of") or state.holder_of(content_key(d["content_hash"]))
+            d["duplicate_of"] = canonical
+            if canonical:
+                copies.setdefault(canonical, []).append((d["uri"], d["version"]))
+        pages_key = PAGES_PREFIX + "/"
+        keys = sorted({f["key"] for f in files if f["key"].startswith(pages_key) and set(f["docs"]) & set(copies)}
+                      | {k for k in state.files_holding(set(copies)) if k.startswith(pages_key)})
+        writer = self.vectors.writer() if self.vectors is not None else None
+        done = self._run(copy_duplicates, self.store, writer, keys, copies, unit_id) if copies else {
+            "files": [], "store": None, "pages": {}}
+        files += done["files"]
+        deferred = 0
+        for d in dups:
+            n = done["pages"].get(d["uri"], 0)
+            if n:
+                d.update(status="indexed", n_pages=n)
+                info["n_pages"] += n
+            else:
+                info["docs"].remove(d)
+                deferred += 1
+        checkpoint("duplicates_copied")
+        return {**done, "deferred": deferred}
 
     def resync(self, uris: set[str]) -> int:
         """Make the store hold exactly the committed version of documents the ledger knows but
@@ -217,6 +331,6 @@ class UnitCommitter:
             self.delete_calls += self.vectors.delete_other_versions({S.doc_id_for(u): None for u in uris})
         self.ledger.commit({"unit_id": unit_id, "run_id": self.run_id, "docs": [], "files": [], "rewrites": rewrites,
                             "superseded": uris, "deleted": uris})
-        self._retired += [rw["old"] for rw in rewrites]
+        self._retired += [k for rw in rewrites for k in (rw["old"], *rw.get("images", ()))]
         self.publish()
         return removed

@@ -82,6 +82,12 @@ class IngestConfig:
     fde_proj_dim: int = 16
     fde_seed: int = 42
     extract_text: bool = True
+    ocr: str = "auto"  # auto | always | never (operators/ocr.py)
+    ocr_languages: str = "eng"
+    ocr_dpi: int = 300
+    page_images: str | None = None  # FORMAT:LONGEST_EDGE (webp:1024); none: stop (the index records it)
+    dedup: str = "none"  # none | pages (near-duplicate pages embedded once per batch)
+    office_timeout_s: float = 120.0
     fidelity_queries: int = 0  # > 0: after the run, measure each layout's fidelity with this many queries
     fidelity_seed: int = 0
 
@@ -117,6 +123,16 @@ class IngestConfig:
             raise ConfigError(f"collection: {cfg.collection!r} must be letters, digits and _ (not starting with a digit)")
         if not cfg.corpus or len(cfg.corpus) > 128:
             raise ConfigError(f"corpus: must be 1 to 128 characters, got {cfg.corpus!r}")
+        from operators.ocr import LANGUAGES
+        from operators.render import parse_page_images
+
+        if not LANGUAGES.match(cfg.ocr_languages or ""):
+            raise ConfigError(f"ocr_languages: {cfg.ocr_languages!r} is Tesseract's language codes joined by + "
+                              f"(e.g. eng+deu)")
+        try:
+            parse_page_images(cfg.page_images)
+        except ValueError as e:
+            raise ConfigError(f"page_images: {e}") from None
         if cfg.passwords and not Path(cfg.passwords).is_file():
             raise ConfigError(f"passwords: no such file {cfg.passwords!r}")
         from operators.stores import check_store_options, store_of_uri

@@ -30,7 +30,7 @@ from pipelines.ingest.stage_stats import StageStats, bottleneck
 from pipelines.ingest.stages import build_pipeline
 from pipelines.ingest.summary import RunTotals, build, save
 from pipelines.out.identity import load_committed_state, save_state
-from pipelines.out.keys import PAGES_PREFIX, QUARANTINE_PREFIX, run_log_key
+from pipelines.out.keys import IMAGES_PREFIX, PAGES_PREFIX, QUARANTINE_PREFIX, run_log_key
 from pipelines.out.lock import RunLock
 
 
@@ -127,7 +127,8 @@ class IngestJob:
         self.had_suspects = bool(rec.suspects)  # commits take theirs off the list
         for note in notes:
             self.say(f"{v.name}: {note}")
-        self.pipeline = build_pipeline(run, self.source, self.out, v.writer(), v.name)
+        self.pipeline = build_pipeline(run, self.source, self.out, v.writer(), v.name,
+                                       known_hashes=rec.ledger.state.content_keys())
         self.layout_stats = LayoutStats(list(run.layouts), run.models.dim, run.fde)
 
     def execute(self) -> None:
@@ -162,8 +163,13 @@ class IngestJob:
     def _listed(self, n_units: int) -> None:
         self.progress.total_units = self.totals.units_planned = n_units
         c, m = self.totals.planned, self.run_.models
-        self.say(f"listing done: {c.seen} documents seen, {c.skipped_unchanged} unchanged, {c.pending} to process "
-                 f"in {n_units} units")
+        listing = self.totals.listing = self.source.listing.to_json()
+        formats = ", ".join(f"{k} {v}" for k, v in listing["by_format"].items())
+        skipped = sum(listing["skipped"].values())
+        self.say(f"listing done: {c.seen} documents seen" + (f" ({formats})" if len(listing["by_format"]) > 1 else "")
+                 + f", {c.skipped_unchanged} unchanged, {c.pending} to process in {n_units} units"
+                 + (f"; {skipped} files skipped (" + ", ".join(f"{n} {why}" for why, n in listing["skipped"].items())
+                    + ")" if skipped else ""))
         pages, projected = c.projected_pages(self.recovery.ledger.state)
         warning = self.vectors.memory_warning(projected, pages, m.vectors_per_page(), m.dim)
         if warning:
@@ -198,7 +204,7 @@ class IngestJob:
         cfg, rec, t = self.cfg, self.recovery, self.totals
         # Every unit committed, no writer in flight: a file no record names is a part that a
         # retried write batch left under another key (a lost node's), never read by anyone.
-        swept = rec.ledger.orphans((PAGES_PREFIX, QUARANTINE_PREFIX), rec.other_live)
+        swept = rec.ledger.orphans((PAGES_PREFIX, QUARANTINE_PREFIX, IMAGES_PREFIX), rec.other_live)
         for key in swept:
             self.out.delete(key)
         t.parts_swept = len(swept)

@@ -12,7 +12,7 @@ from operators.io.store import OutputStore
 from operators.stores.door import Suspects, VectorStore
 from operators.stores.parquet import read_table
 from pipelines.out.identity import IndexState
-from pipelines.out.keys import PAGES_PREFIX, QUARANTINE_PREFIX, RUNS_PREFIX
+from pipelines.out.keys import IMAGES_PREFIX, PAGES_PREFIX, QUARANTINE_PREFIX, RUNS_PREFIX
 from pipelines.out.ledger import Ledger
 
 
@@ -71,7 +71,7 @@ def recover(out: OutputStore, generation: int, state: IndexState, vectors: Vecto
     # Files of units that never committed (the previous run died): not part of the index. Their
     # documents may have rows in the store that the ledger does not know: recorded before the
     # files go.
-    rec.orphans = ledger.orphans((PAGES_PREFIX, QUARANTINE_PREFIX), rec.other_live)
+    rec.orphans = ledger.orphans((PAGES_PREFIX, QUARANTINE_PREFIX, IMAGES_PREFIX), rec.other_live)
     if vectors.suspects_record:
         rec.suspects = Suspects.from_json(ledger.load_record(vectors.suspects_record))
         if rec.orphans:

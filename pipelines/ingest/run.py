@@ -21,6 +21,8 @@ from operators.layouts.layout import Layout, parse_layouts
 from operators.models import ModelSpec, adapter_for, decide_budget, split_model_specs, sv_model_spec
 from operators.models.family import budget_side, family
 from operators.models.spec import checkpoint_id
+from operators.ocr import OcrEngine, OcrMissing
+from operators.ocr import resolve as resolve_ocr
 from operators.render import PixelBudget
 from operators.stores import check_recorded, given_uri, record, vectors_uri
 from operators.stores.door import IndexShape
@@ -77,6 +79,7 @@ class ResolvedRun:
     dropped: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     writes_active: bool = True  # the run commits to the index readers read (not a reindex's generation)
+    ocr: OcrEngine = OcrEngine("never")  # --ocr on this machine: Tesseract's data, or why it is off
 
     @property
     def shape(self) -> IndexShape:
@@ -110,6 +113,8 @@ def _filled(cfg: IngestConfig, state: IndexState | None) -> IngestConfig:
             values["model"] = DEFAULT_MODEL
     values["weights"] = values.get("weights") or cfg.weights or "random"
     values["collection"] = cfg.collection or (active.collection if active else "pagemill")
+    if cfg.page_images is None and state is not None and state.pages.get("page_images"):
+        values["page_images"] = state.pages["page_images"]  # a nightly run keeps what the index keeps
     recorded = state.store if state else None
     if not given_uri(cfg.store) and recorded and recorded.get("uri"):
         values["store"] = {**cfg.store, "vectors": recorded["uri"]}
@@ -161,10 +166,16 @@ def resolve_run(cfg: IngestConfig, state: IndexState | None, out: str, run_id: s
     models = RunModels(spec=spec, budget=adapter.pixel_budget(), dim=adapter.dim,
                        text=text["name"] if text else None, text_dim=text["dim"] if text else None,
                        sv=sv["name"] if sv else None, sv_dim=sv["dim"] if sv else None)
+    try:
+        ocr = resolve_ocr(cfg.ocr if cfg.extract_text and not cfg.relayout_only else "never", cfg.ocr_languages)
+    except OcrMissing as e:
+        raise UsageError(str(e)) from None
+    if cfg.page_images:
+        decision.state.pages = {**decision.state.pages, "page_images": cfg.page_images}
     decision.state.store = {**(decision.state.store or {}), **record(vectors, cfg.out)} if vectors else None
     run = ResolvedRun(run_id=run_id or new_run_id(), options=cfg, mode=decision.mode, models=models, vectors=vectors,
                       layouts=tuple(parse_layouts(names)), fde=fde, generation=target.generation,
                       collection=target.collection, base=target.base, index=target.describe(),
                       added=tuple(decision.added), dropped=tuple(decision.dropped), notes=tuple(decision.notes),
-                      writes_active=target is decision.state.active)
+                      writes_active=target is decision.state.active, ocr=ocr)
     return run, decision

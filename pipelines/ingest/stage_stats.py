@@ -141,10 +141,16 @@ class StageStats:
                     w["forward_share"] = round(w.get("forward_s", 0.0) / w["wall_s"], 3) if w.get("wall_s") else None
             if stage == "encode":
                 s["layouts_s"] = round(sum(w.get("layouts_s", 0.0) for w in workers.values()), 3)
+            if stage == "render":  # OCR, Office conversions, duplicates, page images, hashes
+                for key in ("documents", "ocr_pages", "ocr_read", "ocr_s", "converted", "convert_s", "duplicates", "images",
+                            "image_bytes", "images_s", "hash_s"):
+                    s[key] = round(sum(w.get(key, 0) for w in workers.values()), 3)
+            if stage == "embed":
+                s["deduplicated"] = sum(w.get("deduplicated", 0) for w in workers.values())
             if stage == "write":
                 # the Parquet and vector-store counters (``<store>_s``, ``<store>_rows``), files, bytes
                 keys = {k for w in workers.values() for k in w
-                        if k.endswith(("_s", "_rows")) and k not in ("busy_s", "wall_s")} | {"files", "bytes"}
+                        if k.endswith(("_s", "_rows")) and k not in ("busy_s", "wall_s")} | {"files", "bytes", "images"}
                 for key in sorted(keys):
                     s[key] = round(sum(w.get(key, 0) for w in workers.values()), 3)
             out[stage] = s

@@ -8,17 +8,20 @@ import pyarrow as pa
 from operators import schema as S
 from operators.embed import EmbedPages, EmbedSinglePages, EmbedText
 from operators.encode import EncodePages
-from operators.render import RenderLimits, RenderPages, load_password_map
+from operators.render import RenderLimits, RenderPages, load_password_map, parse_page_images
 from operators.writer import PagesWriter
 from pipelines.executors.base import Pipeline
 from pipelines.ingest.run import ResolvedRun
 
 
 def render_limits(run: ResolvedRun, extract_text: bool | None = None) -> RenderLimits:
-    cfg = run.options
+    cfg, ocr = run.options, run.ocr
     return RenderLimits(page_timeout_s=cfg.page_timeout_s, max_pages=cfg.max_pages, max_bytes=cfg.max_doc_bytes,
                         extract_text=cfg.extract_text if extract_text is None else extract_text,
-                        password_map=load_password_map(cfg.passwords) if cfg.passwords else ())
+                        password_map=load_password_map(cfg.passwords) if cfg.passwords else (),
+                        ocr=ocr.mode if ocr.on else "never", ocr_languages=ocr.languages, ocr_dpi=cfg.ocr_dpi,
+                        tessdata=ocr.tessdata, office_timeout_s=cfg.office_timeout_s,
+                        page_images=parse_page_images(cfg.page_images))
 
 
 def pages_schema(run: ResolvedRun) -> pa.Schema:
@@ -31,12 +34,14 @@ def encoder(run: ResolvedRun) -> EncodePages:
     return EncodePages(m.dim, list(run.layouts), run.fde, text_dim=m.text_dim, sv_dim=m.sv_dim)
 
 
-def build_pipeline(run: ResolvedRun, source, out, vectors=None, vectors_name: str = "vectors") -> Pipeline:
-    """``vectors``: the vector store's writer (``VectorStore.writer``), named ``vectors_name``."""
+def build_pipeline(run: ResolvedRun, source, out, vectors=None, vectors_name: str = "vectors",
+                   known_hashes=None) -> Pipeline:
+    """``vectors``: the vector store's writer (``VectorStore.writer``), named ``vectors_name``;
+    ``known_hashes``: the indexed documents' content keys (``LedgerState.content_keys``)."""
     cfg, m = run.options, run.models
-    stages = [RenderPages(source, m.budget, render_limits(run)),
+    stages = [RenderPages(source, m.budget, render_limits(run), known_hashes=known_hashes),
               EmbedPages(m.spec, batch_size=cfg.batch_size, max_batch_tokens=cfg.max_batch_tokens,
-                         keep_pixels=bool(m.sv))]
+                         keep_pixels=bool(m.sv), dedup_pages=cfg.dedup == "pages")]
     if m.sv:
         stages.append(EmbedSinglePages(m.sv, m.spec, batch_size=cfg.batch_size))
     if m.text:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from pipelines.ingest.planning import PlanCounts
-from pipelines.out.keys import PAGES_PREFIX, QUARANTINE_PREFIX, run_summary_key
+from pipelines.out.keys import IMAGES_PREFIX, PAGES_PREFIX, QUARANTINE_PREFIX, run_summary_key
 
 
 @dataclass
@@ -38,6 +38,12 @@ class RunTotals:
     store_delete_calls: int = 0  # the driver's deletes (documents gone, resyncs)
     exec_stats: dict = field(default_factory=dict)
     run_s: float = 0.0
+    listing: dict = field(default_factory=dict)  # documents listed by format, files skipped by reason
+    duplicate_docs: int = 0  # documents with the same bytes as an indexed one: pages copied, no model run
+    duplicate_pages: int = 0
+    duplicate_deferred: int = 0  # duplicates whose canonical went meanwhile: rendered by the next run
+    page_hashes: set = field(default_factory=set)  # the run's pages' perceptual hashes
+    near_duplicates: int = 0  # pages whose perceptual hash an earlier page of the run had
 
     def add(self, info: dict, added: dict) -> None:
         for d in info["docs"]:
@@ -46,6 +52,14 @@ class RunTotals:
             self.quarantine.append({"source_uri": q["source_uri"], "reason": q["reason"], "page_number": q["page_number"]})
             self.page_quarantine += q["page_number"] is not None
         self.pages += added["pages"]
+        self.duplicate_docs += len(added.get("duplicates", {}))
+        self.duplicate_pages += sum(added.get("duplicates", {}).values())
+        self.duplicate_deferred += added.get("deferred", 0)
+        for h in added.get("hashes", ()):
+            if h in self.page_hashes:
+                self.near_duplicates += 1
+            else:
+                self.page_hashes.add(h)
         self.superseded += added["superseded"]
         self.units_committed += 1
         for stage, s in info.get("settings", {}).items():
@@ -82,6 +96,8 @@ def build(run, totals: RunTotals, stage_stats, stages: dict, diagnosis: str | No
             "retried": counts.retried,
             "deleted": totals.deleted_docs,
             "deferred": counts.deferred,
+            "by_format": totals.listing.get("by_format", {}),
+            "skipped": totals.listing.get("skipped", {}),
         },
         "pages": {
             "indexed": totals.pages,
@@ -90,6 +106,10 @@ def build(run, totals: RunTotals, stage_stats, stages: dict, diagnosis: str | No
             "deleted": totals.deleted_pages,
             "relayouted": totals.relayouted,
         },
+        "duplicates": duplicates(run, totals, stages),
+        "ocr": ocr(run, stages.get("render", {})),
+        "page_images": {"spec": run.options.page_images, "written": int(stages.get("write", {}).get("images", 0)),
+                        "bytes": stage_stats.written_bytes(IMAGES_PREFIX)},
         "units": {"planned": totals.units_planned, "committed": totals.units_committed,
                   "orphan_files_removed": totals.orphans_removed, "retried_parts_removed": totals.parts_swept},
         "quarantine": totals.quarantine,
@@ -124,6 +144,27 @@ def build(run, totals: RunTotals, stage_stats, stages: dict, diagnosis: str | No
     if "embed_text" in totals.settings:
         summary["model"].update(totals.settings["embed_text"])
     return summary
+
+
+def ocr(run, render: dict) -> dict:
+    """What ``--ocr`` did: the engine (or why it was off), the pages it read (empty or thin text)
+    and those whose text came from it, its seconds and milliseconds per page read."""
+    read, took = int(render.get("ocr_read", 0)), float(render.get("ocr_s", 0.0))
+    return {"mode": run.ocr.mode, "engine": run.ocr.note, "read": read, "pages": int(render.get("ocr_pages", 0)),
+            "s": round(took, 3), "ms_per_page": round(1000 * took / read, 1) if read else None}
+
+
+def duplicates(run, totals: RunTotals, stages: dict) -> dict:
+    """What duplicates saved: documents with an indexed document's bytes (pages copied, neither
+    rendered nor embedded) and near-duplicate pages (embedded once with ``--dedup pages``), in
+    pages and in model-seconds (the run's own embedding time per page)."""
+    embed = stages.get("embed", {})
+    per_page = float(embed.get("busy_s", 0.0)) / max(1, int(embed.get("items", 0)))
+    once = int(embed.get("deduplicated", 0))
+    return {"documents": totals.duplicate_docs, "pages": totals.duplicate_pages,
+            "deferred": totals.duplicate_deferred, "near_duplicate_pages": totals.near_duplicates,
+            "pages_embedded_once": once, "policy": run.options.dedup,
+            "model_s_saved": round(per_page * (totals.duplicate_pages + once), 3)}
 
 
 def save(summary: dict, out, path: str | None = None) -> None:

@@ -84,12 +84,13 @@ class IndexState:
     retired: IndexIdentity | None = None  # swapped out, its files and tables not yet removed
     history: list[dict] = field(default_factory=list)
     store: dict | None = None  # the vector store: {"kind", "uri" (None: OUT's own default), "indexes"}
+    pages: dict = field(default_factory=dict)  # what every run keeps of a page: {"page_images": "webp:1024"}
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "active": self.active.to_json() if self.active else None,
                 "pending": self.pending.to_json() if self.pending else None,
                 "retired": self.retired.to_json() if self.retired else None, "history": self.history,
-                "store": self.store, "updated_at": time.time()}
+                "store": self.store, **({"pages": self.pages} if self.pages else {}), "updated_at": time.time()}
 
     @classmethod
     def from_json(cls, d: dict) -> IndexState:
@@ -97,7 +98,7 @@ class IndexState:
         return cls(active=load(d["active"]) if d.get("active") else None,
                    pending=load(d["pending"]) if d.get("pending") else None,
                    retired=load(d["retired"]) if d.get("retired") else None, history=d.get("history", []),
-                   store=d.get("store"))
+                   store=d.get("store"), pages=d.get("pages") or {})
 
 
 def load_state(store: OutputStore) -> IndexState | None:

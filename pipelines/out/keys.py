@@ -5,6 +5,7 @@
     OUT/pages/<unit>-<part>.parquet       committed page shards (the archive; ``~<job>`` rewrites)
     OUT/pages/_manifest.json              the active index's committed shards, for readers
     OUT/quarantine/<unit>-<part>.parquet  what could not be indexed, with reasons
+    OUT/images/<unit>-<part>/<page>.webp  page images (--page-images), a folder per part, committed with it
     OUT/_ledger/units/*.json              one record per committed unit (the commit point)
     OUT/_ledger/snapshots/<ns>/           the records folded into columns
     OUT/_ledger/g<N>/...                  the ledger of generation N (a --reindex beside the active one)
@@ -18,7 +19,7 @@
 import uuid
 from datetime import datetime, timezone
 
-from operators.stores.parquet import PAGES_PREFIX, QUARANTINE_PREFIX
+from operators.stores.parquet import IMAGES_PREFIX, PAGES_PREFIX, QUARANTINE_PREFIX
 
 LEDGER = "_ledger"
 INDEX_KEY = "_index.json"
@@ -56,5 +57,5 @@ def is_archive_file(key: str) -> bool:
     return key.startswith((PAGES_PREFIX + "/", QUARANTINE_PREFIX + "/")) and not key.rsplit("/", 1)[-1].startswith("_")
 
 
-__all__ = ["FIDELITY_PREFIX", "INDEX_KEY", "LEDGER", "LOCK_KEY", "MANIFEST_KEY", "PAGES_PREFIX", "QUARANTINE_PREFIX",
+__all__ = ["FIDELITY_PREFIX", "INDEX_KEY", "LEDGER", "IMAGES_PREFIX", "LOCK_KEY", "MANIFEST_KEY", "PAGES_PREFIX", "QUARANTINE_PREFIX",
            "RUNS_PREFIX", "is_archive_file", "ledger_prefix", "new_run_id", "plan_prefix", "run_log_key", "run_summary_key"]

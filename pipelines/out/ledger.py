@@ -17,7 +17,7 @@ version strings stay on disk until a rare path needs them.
 A record::
 
     {"unit_id": ..., "run_id": ..., "committed_at": ...,
-     "docs": [{"uri", "doc_id", "version", "status", "n_pages"}],
+     "docs": [{"uri", "doc_id", "version", "status", "n_pages", "content_hash", "duplicate_of"}],
      "files": [{"key": "pages/<unit>-<part>.parquet", "docs": [uri, ...]}, ...],
      "rewrites": [{"old": key, "new": key | null}],  # older files rewritten without superseded docs
      "superseded": [uri, ...],                          # docs whose older version this replaces
@@ -71,11 +71,17 @@ class DocState:
     unit_id: str
     uri: str | None = None
     vhash: int = 0
+    chash: int = 0  # the first 8 bytes of its content hash (0: unknown, an earlier pagemill's record)
+
+
+def content_key(content_hash: str | None) -> int:
+    """A ``content_hash`` (hex) as the 64-bit key the ledger keeps (0 for none)."""
+    return int(content_hash[:16], 16) if content_hash else 0
 
 
 DOCS_SCHEMA = pa.schema([pa.field("key", pa.uint64()), pa.field("uri", pa.string()), pa.field("version", pa.string()),
                          pa.field("vhash", pa.uint64()), pa.field("status", pa.int8()), pa.field("n_pages", pa.int32()),
-                         pa.field("unit_id", pa.string())])
+                         pa.field("unit_id", pa.string()), pa.field("chash", pa.uint64())])
 FILES_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("unit_id", pa.string())])
 
 
@@ -89,6 +95,7 @@ class LedgerState:
     base_status: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     base_pages: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     base_unit: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    base_chash: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
     units: list[str] = field(default_factory=list)
     unit_index: dict[str, int] = field(default_factory=dict)
     overlay: dict[int, DocState | None] = field(default_factory=dict)
@@ -112,7 +119,7 @@ class LedgerState:
             return None
         version = self._base_strings([i])["version"][0] if with_version else None
         return DocState(version, STATUSES[self.base_status[i]], int(self.base_pages[i]), self.units[self.base_unit[i]],
-                        uri, int(self.base_vhash[i]))
+                        uri, int(self.base_vhash[i]), int(self.base_chash[i]))
 
     def __contains__(self, uri: str) -> bool:
         return self.get(uri) is not None
@@ -129,6 +136,27 @@ class LedgerState:
             i = self._base_row(k)
             pages += (d.n_pages if d is not None else 0) - (int(self.base_pages[i]) if i is not None else 0)
         return pages
+
+    def content_keys(self) -> np.ndarray:
+        """The content keys of the documents the index holds pages of (indexed or partial), sorted
+        and unique: what the render stage checks a document's bytes against (duplicates)."""
+        held = np.isin(self.base_status, [_CODE["indexed"], _CODE["partial"]]) & (self.base_chash != 0)
+        keys = self.base_chash[held & ~np.isin(self.base_keys, np.array(list(self.overlay), np.uint64))]
+        extra = [d.chash for d in self.overlay.values()
+                 if d is not None and d.chash and d.status in ("indexed", "partial") and d.n_pages]
+        return np.unique(np.concatenate([keys, np.array(extra, np.uint64)]))
+
+    def holder_of(self, chash: int, besides: str | None = None) -> str | None:
+        """A committed document (its URI) with pages whose content key is ``chash``: the
+        canonical copy of a duplicate (``besides``: not this one)."""
+        for d in self.overlay.values():
+            if d is not None and d.chash == chash and d.n_pages and d.uri != besides and d.status != "quarantined":
+                return d.uri
+        rows = [int(r) for r in np.flatnonzero(self.base_chash == np.uint64(chash))
+                if int(self.base_keys[r]) not in self.overlay and self.base_pages[r] > 0
+                and self.base_status[r] != _CODE["quarantined"]]
+        uris = [u for u in self._base_strings(rows)["uri"] if u != besides] if rows else []
+        return uris[0] if uris else None
 
     def is_current(self, uri: str, version: str) -> bool:
         d = self.get(uri)
@@ -179,10 +207,12 @@ class LedgerState:
             key = f"{self.snapshot}/docs.parquet"
             pf = pq.ParquetFile(self.store.local_path(key) or io.BytesIO(self.store.read_bytes(key)))
             for batch in pf.iter_batches(batch_size=65536):
-                for key, uri, version, vh, st, n, unit in zip(*(batch.column(i).to_pylist() for i in range(7))):
+                cols = [batch.column(i).to_pylist() for i in range(7)]
+                chash = batch.column("chash").to_pylist() if "chash" in batch.schema.names else [0] * batch.num_rows
+                for key, uri, version, vh, st, n, unit, ch in zip(*cols, chash):
                     if key in self.overlay:
                         continue
-                    yield uri, DocState(version, STATUSES[st], n, unit, uri, vh)
+                    yield uri, DocState(version, STATUSES[st], n, unit, uri, vh, ch or 0)
         for d in self.overlay.values():
             if d is not None:
                 yield d.uri, d
@@ -233,7 +263,8 @@ class LedgerState:
             self.files[f["key"]] = unit
         for d in rec["docs"]:
             self.overlay[doc_key(d["uri"])] = DocState(d["version"], d["status"], d.get("n_pages", 0), rec["unit_id"],
-                                                       d["uri"], version_hash(d["version"]))
+                                                       d["uri"], version_hash(d["version"]),
+                                                       content_key(d.get("content_hash")))
         for uri in rec.get("deleted", []):
             self.overlay[doc_key(uri)] = None
         self.records += 1
@@ -288,12 +319,16 @@ class Ledger:
         n = pf.metadata.num_rows
         state = LedgerState(base_keys=np.empty(n, np.uint64), base_vhash=np.empty(n, np.uint64),
                             base_status=np.empty(n, np.int8), base_pages=np.empty(n, np.int32),
-                            base_unit=np.empty(n, np.int32), records=int(meta["records"]), snapshot=folder,
-                            store=self.store)
+                            base_unit=np.empty(n, np.int32), base_chash=np.zeros(n, np.uint64),
+                            records=int(meta["records"]), snapshot=folder, store=self.store)
         pos = 0
+        with_chash = "chash" in pf.schema_arrow.names  # (a snapshot of an earlier pagemill has none)
         for rg in range(pf.metadata.num_row_groups):
-            t = pf.read_row_group(rg, columns=["key", "vhash", "status", "n_pages", "unit_id"])
+            t = pf.read_row_group(rg, columns=["key", "vhash", "status", "n_pages", "unit_id"]
+                                  + (["chash"] if with_chash else []))
             m = t.num_rows
+            if with_chash:
+                state.base_chash[pos:pos + m] = t["chash"].fill_null(0).to_numpy()
             state.base_keys[pos:pos + m] = t["key"].to_numpy()
             state.base_vhash[pos:pos + m] = t["vhash"].to_numpy()
             state.base_status[pos:pos + m] = t["status"].to_numpy()
@@ -378,8 +413,11 @@ class Ledger:
         live = self.state.files
         out = []
         for prefix in prefixes:
-            out += [o.key for o in self.store.list(prefix) if o.key not in live and o.key not in also_live
-                    and not o.key.rsplit("/", 1)[-1].startswith("_")]
+            for o in self.store.list(prefix):
+                folder = o.key.rsplit("/", 1)[0] + "/"  # a part's folder of images is live as a whole
+                if (o.key not in live and o.key not in also_live and folder not in live and folder not in also_live
+                        and not o.key.rsplit("/", 1)[-1].startswith("_")):
+                    out.append(o.key)
         return out
 
 
@@ -388,7 +426,8 @@ def _overlay_table(state: LedgerState, keys: list[int]) -> pa.Table:
     return pa.table({"key": pa.array(keys, pa.uint64()), "uri": [d.uri for d in docs],
                      "version": [d.version for d in docs], "vhash": pa.array([d.vhash for d in docs], pa.uint64()),
                      "status": pa.array([_CODE[d.status] for d in docs], pa.int8()),
-                     "n_pages": pa.array([d.n_pages for d in docs], pa.int32()), "unit_id": [d.unit_id for d in docs]},
+                     "n_pages": pa.array([d.n_pages for d in docs], pa.int32()), "unit_id": [d.unit_id for d in docs],
+                     "chash": pa.array([d.chash for d in docs], pa.uint64())},
                     schema=DOCS_SCHEMA)
 
 
@@ -404,7 +443,10 @@ def _merged_docs(state: LedgerState) -> bytes:
         key = f"{state.snapshot}/docs.parquet"
         pf = pq.ParquetFile(state.store.local_path(key) or io.BytesIO(state.store.read_bytes(key)))
         for batch in pf.iter_batches(batch_size=262144):
-            table = pa.Table.from_batches([batch]).cast(DOCS_SCHEMA)
+            table = pa.Table.from_batches([batch])
+            if "chash" not in table.column_names:  # an earlier pagemill's snapshot
+                table = table.append_column("chash", pa.array(np.zeros(table.num_rows, np.uint64)))
+            table = table.cast(DOCS_SCHEMA)
             keys = table["key"].to_numpy()
             top = int(keys[-1]) if len(keys) else 0
             table = table.filter(pa.array(~np.isin(keys, changed)))

@@ -80,6 +80,7 @@ def test_embed_stage_turns_an_unfittable_page_into_a_quarantined_page(monkeypatc
                      (S.PIXELS, rng.integers(0, 255, h * w * 3, dtype=np.uint8).tobytes()), (S.TEXT, None),
                      (S.UNIT_INFO, None)):
             rows[k].append(v)
+    rows = {k: v or [None] * len(sizes) for k, v in rows.items()}  # (text_source, page_hash, page_image)
     out = stage(pa.table(rows, schema=S.RENDERED_SCHEMA))
     assert out[S.KIND].to_pylist() == [S.KIND_PAGE, S.KIND_PAGE_FAILED, S.KIND_PAGE]
     assert json.loads(out[S.UNIT_INFO][1].as_py())["reason"] == "oom"

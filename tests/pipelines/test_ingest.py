@@ -138,7 +138,7 @@ def test_changed_document_replaces_its_pages(small_corpus, tmp_path):
     donor_uri, n_donor = next((u, n) for u, n in docs if n >= 2)
     target = Path(target_uri.replace("file://", "").replace("%2B", "+"))
     donor = Path(donor_uri.replace("file://", "").replace("%2B", "+"))
-    shutil.copyfile(donor, target)
+    target.write_bytes(donor.read_bytes() + b"\n% changed\n")  # (not the donor's bytes: that is a duplicate)
     summary_path = tmp_path / "s.json"
     assert main(args + ["--summary", str(summary_path)]) == 0
     summary = json.loads(summary_path.read_text())

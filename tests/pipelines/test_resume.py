@@ -187,7 +187,7 @@ def test_a_document_back_at_its_committed_version_after_such_a_crash_is_resynced
     path = _pdf_path(target)
     original, stat = path.read_bytes(), path.stat()
     donor = next(p for p in sorted(src.rglob("*.pdf")) if p != path and p.as_uri() in pages_of and pages_of[p.as_uri()] >= 2)
-    shutil.copyfile(donor, path)
+    path.write_bytes(donor.read_bytes() + b"\n% changed\n")  # another version (not a duplicate of the donor)
     killed = subprocess.run(pagemill_cmd(*args), cwd=REPO, env=dict(os.environ, PAGEMILL_KILL_AT="vectors_written:1"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert killed.returncode == -signal.SIGKILL

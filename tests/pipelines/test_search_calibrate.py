@@ -71,6 +71,9 @@ def test_calibrate_profile_feeds_the_planner(small_corpus, tmp_path, capsys):
     sample = profile["render_sample"]
     assert sample["source"] == str(small_corpus.root) and sample["pages"] >= 4 and sample["documents"] >= 2
     assert 96 < profile["vectors_per_page"] < 140  # 96 visual tokens at most, plus the prompt
+    # what a page costs beyond rendering: Tesseract on sample pages, a page image at webp:1024
+    assert profile["ocr_ms_per_page"] > 0 and 0 <= profile["ocr_fraction"] <= 1
+    assert profile["page_image_bytes"] > 1000 and profile["page_image_spec"] == "webp:1024"
     assert main(["plan", "--model", "colqwen2-tiny", "--pages", "1M", "--calibration", str(profile_path),
                  "--deadline", "24", "--json"]) == 0  # every preset --model takes is one plan knows
     assert json.loads(capsys.readouterr().out)["compute"]["gpus_for_deadline"] >= 1

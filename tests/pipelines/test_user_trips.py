@@ -70,7 +70,7 @@ def test_a_run_that_commits_nothing_does_not_claim_the_out(pdfs, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     r = run("ingest", str(empty), "--out", str(out), "--executor", "local")
-    assert r.returncode == 2 and "no PDFs found under" in one_line(r) and not out.exists()
+    assert r.returncode == 2 and "no documents found under" in one_line(r) and not out.exists()
     # killed before its first commit, with a page vector of 32 dims: no identity recorded
     r = run("ingest", str(pdfs), "--out", str(out), "--executor", "local", "--model",
             "colqwen2-tiny,sv:qwen3-vl-embedding-tiny@32", env={"PAGEMILL_KILL_AT": "embedded:1"}, timeout=300)

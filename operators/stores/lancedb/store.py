@@ -581,7 +581,7 @@ class LanceStore(VectorStore):
     # -- the rebuild ---------------------------------------------------------------------------------------
 
     def archive_columns(self, available: list[str]) -> list[str]:
-        keys = [S.PAGE_ID, S.DOC_ID, S.SOURCE_URI, S.DOC_VERSION, S.PAGE_NUMBER]
+        keys = [S.PAGE_ID, S.DOC_ID, S.SOURCE_URI, S.DOC_VERSION, S.PAGE_NUMBER, S.IMAGE_URI]
         wanted = keys + [c.name for c in self.plan.columns] + ([S.TEXT, S.TEXT_CHUNKS] if self.plan.text_dim else [])
         return [c for c in dict.fromkeys(wanted) if c in available]
 

@@ -33,7 +33,8 @@ CHUNK_ID, CHUNK_TEXT, VECTOR = "chunk_id", "text", "vector"
 MULTI_ENCODINGS = {"fp16": pa.float16(), "fp32": pa.float32()}
 KEY_FIELDS = (pa.field(S.PAGE_ID, pa.string(), nullable=False), pa.field(S.DOC_ID, pa.string()),
               pa.field(S.DOC_VERSION, pa.string()), pa.field(S.SOURCE_URI, pa.string()),
-              pa.field(S.PAGE_NUMBER, pa.int32()), pa.field(CORPUS, pa.string()))
+              pa.field(S.PAGE_NUMBER, pa.int32()), pa.field(CORPUS, pa.string()),
+              pa.field(S.IMAGE_URI, pa.string()))  # the page image (--page-images), null without
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,8 @@ def plan_tables(shape: IndexShape) -> Plan:
 def page_rows(pages: pa.Table, plan: Plan, corpus: str, schema: pa.Schema) -> pa.Table:
     """The pages table's rows for these pages (the ``OUT/pages`` columns, as they are)."""
     n = pages.num_rows
-    cols = {f.name: pages[f.name] for f in KEY_FIELDS if f.name != CORPUS}
+    cols = {f.name: pages[f.name] if f.name in pages.column_names else pa.nulls(n, f.type)
+            for f in KEY_FIELDS if f.name != CORPUS and f.name in schema.names}
     cols[CORPUS] = pa.array([corpus] * n, pa.string())
     for c in plan.columns:
         if c.name in pages.column_names and c.name in schema.names:
