@@ -589,7 +589,7 @@ def image_hash(rgb, w: int, h: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-IMAGE_FORMATS = {"webp": ("WEBP", {"quality": 80, "method": 4}), "jpeg": ("JPEG", {"quality": 85}),
+IMAGE_FORMATS = {"webp": ("WEBP", {"quality": 80, "method": 2}), "jpeg": ("JPEG", {"quality": 85}),
                  "jpg": ("JPEG", {"quality": 85}), "png": ("PNG", {"optimize": False})}
 
 

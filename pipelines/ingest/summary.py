@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from pipelines.ingest.planning import PlanCounts
-from pipelines.out.keys import IMAGES_PREFIX, PAGES_PREFIX, QUARANTINE_PREFIX, run_summary_key
+from pipelines.out.keys import PAGES_PREFIX, QUARANTINE_PREFIX, run_summary_key
 
 
 @dataclass
@@ -44,6 +44,8 @@ class RunTotals:
     duplicate_deferred: int = 0  # duplicates whose canonical went meanwhile: rendered by the next run
     page_hashes: set = field(default_factory=set)  # the run's pages' perceptual hashes
     near_duplicates: int = 0  # pages whose perceptual hash an earlier page of the run had
+    images: int = 0  # page images committed (the writers' and the duplicates' copies)
+    image_bytes: int = 0
 
     def add(self, info: dict, added: dict) -> None:
         for d in info["docs"]:
@@ -55,6 +57,10 @@ class RunTotals:
         self.duplicate_docs += len(added.get("duplicates", {}))
         self.duplicate_pages += sum(added.get("duplicates", {}).values())
         self.duplicate_deferred += added.get("deferred", 0)
+        for f in added.get("files", ()):
+            if f.get("kind") == "images":
+                self.images += f["rows"]
+                self.image_bytes += f["bytes"]
         for h in added.get("hashes", ()):
             if h in self.page_hashes:
                 self.near_duplicates += 1
@@ -108,8 +114,7 @@ def build(run, totals: RunTotals, stage_stats, stages: dict, diagnosis: str | No
         },
         "duplicates": duplicates(run, totals, stages),
         "ocr": ocr(run, stages.get("render", {})),
-        "page_images": {"spec": run.options.page_images, "written": int(stages.get("write", {}).get("images", 0)),
-                        "bytes": stage_stats.written_bytes(IMAGES_PREFIX)},
+        "page_images": {"spec": run.options.page_images, "written": totals.images, "bytes": totals.image_bytes},
         "units": {"planned": totals.units_planned, "committed": totals.units_committed,
                   "orphan_files_removed": totals.orphans_removed, "retried_parts_removed": totals.parts_swept},
         "quarantine": totals.quarantine,

@@ -80,6 +80,18 @@ def test_render_benchmark_has_pdf2image_at_the_output_size(capsys):
     assert "Render: 3 documents" in table and "median of 1 interleaved runs" in table
 
 
+def test_archives_benchmark_sets_ocr_and_page_images_beside_rendering(capsys):
+    from benchmarks import archives
+
+    table = archives.main(["--corpus", str(CORPUS), "--docs", "1", "--repeat", "1", "--tokens", "96"])
+    lines = [line for line in table.splitlines() if line.startswith("| scanned")]
+    assert len(lines) == 3
+    alone, ocr, images = ([c.strip() for c in line.strip("|").split("|")] for line in lines)
+    assert alone[3] == "1.00×" and alone[5] == "0"
+    assert int(ocr[5]) >= 1 and float(ocr[4]) > 0  # the scan was read by Tesseract
+    assert float(images[6]) > 0 and float(images[7]) > 0
+
+
 def test_pipeline_benchmark_measures_steady_state_between_first_and_last_commit(ray_address, capsys):
     from benchmarks import pipeline
 
