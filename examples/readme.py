@@ -179,7 +179,8 @@ def benchmark(module: str, *argv: str):
 BENCHMARKS = {"bench-render": benchmark("render"), "bench-pool": benchmark("pool"),
               "bench-pipeline": benchmark("pipeline", "--docs", "170"), "bench-memory": benchmark("memory", "--docs", "100"),
               "bench-fleet": benchmark("fleet"), "bench-ledger": benchmark("ledger"), "bench-text": benchmark("text"),
-              "bench-stores": benchmark("stores"), "bench-archives": benchmark("archives")}
+              "bench-stores": benchmark("stores"),
+              "bench-archives": benchmark("archives")}
 
 GENERATORS = {**DETERMINISTIC, **RUNS, **BENCHMARKS}
 

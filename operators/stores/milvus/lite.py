@@ -31,5 +31,5 @@ def lite_memory_warning(pages: float, lite_raw_bytes_per_page: float, memory_byt
     if need <= memory_bytes:
         return None
     return (f"Milvus Lite (the default: the index in this process's memory) would hold about {human_bytes(need)} for "
-            f"{pages:,.0f} pages, more than this machine's {human_bytes(memory_bytes)} of memory: use a Milvus server "
-            f"(--milvus http://HOST:19530; README, \"Milvus\")")
+            f"{pages:,.0f} pages, more than this machine's {human_bytes(memory_bytes)} of memory: use LanceDB, embedded "
+            f"on disk (--vectors lancedb:; README, \"LanceDB\"), or a Milvus server (--vectors http://HOST:19530)")
