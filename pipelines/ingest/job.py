@@ -28,9 +28,9 @@ from pipelines.ingest.recover import recover
 from pipelines.ingest.run import resolve_run
 from pipelines.ingest.stage_stats import StageStats, bottleneck
 from pipelines.ingest.stages import build_pipeline
-from pipelines.ingest.summary import RunTotals, build, save
+from pipelines.ingest.summary import RunTotals, build, listing_line, save, with_fidelity
 from pipelines.out.identity import load_committed_state, save_state
-from pipelines.out.keys import IMAGES_PREFIX, PAGES_PREFIX, QUARANTINE_PREFIX, run_log_key
+from pipelines.out.keys import run_log_key
 from pipelines.out.lock import RunLock
 
 
@@ -163,18 +163,12 @@ class IngestJob:
     def _listed(self, n_units: int) -> None:
         self.progress.total_units = self.totals.units_planned = n_units
         c, m = self.totals.planned, self.run_.models
-        listing = self.totals.listing = self.source.listing.to_json()
-        formats = ", ".join(f"{k} {v}" for k, v in listing["by_format"].items())
-        skipped = sum(listing["skipped"].values())
-        self.say(f"listing done: {c.seen} documents seen" + (f" ({formats})" if len(listing["by_format"]) > 1 else "")
-                 + f", {c.skipped_unchanged} unchanged, {c.pending} to process in {n_units} units"
-                 + (f"; {skipped} files skipped (" + ", ".join(f"{n} {why}" for why, n in listing["skipped"].items())
-                    + ")" if skipped else ""))
+        self.totals.listing = self.source.listing.to_json()
+        self.say(listing_line(c, n_units, self.totals.listing))
         pages, projected = c.projected_pages(self.recovery.ledger.state)
         warning = self.vectors.memory_warning(projected, pages, m.vectors_per_page(), m.dim)
         if warning:
             self.say(f"warning: {warning}")
-
 
     def on_unit(self, unit_id: str, info: dict, parts: list[dict]) -> None:
         self.lock.check()
@@ -202,12 +196,7 @@ class IngestJob:
 
     def finish(self) -> None:
         cfg, rec, t = self.cfg, self.recovery, self.totals
-        # Every unit committed, no writer in flight: a file no record names is a part that a
-        # retried write batch left under another key (a lost node's), never read by anyone.
-        swept = rec.ledger.orphans((PAGES_PREFIX, QUARANTINE_PREFIX, IMAGES_PREFIX), rec.other_live)
-        for key in swept:
-            self.out.delete(key)
-        t.parts_swept = len(swept)
+        t.parts_swept = rec.sweep(self.out)
         if cfg.delete_missing:
             t.deleted_docs, t.deleted_pages = self.committer.delete_missing(t.planned)
         if rec.ledger.state.records and len(rec.ledger.pending_records) >= cfg.ledger_compact_every:
@@ -218,9 +207,7 @@ class IngestJob:
         state = self.decision.state
         t.imported = self.vectors.finish(state.store)
         self.vectors.flush()
-        kept = self.vectors.record()
-        if kept and state.store is not None and any(state.store.get(k) != v for k, v in kept.items()):
-            state.store.update(kept)
+        if state.keep_store_record(self.vectors.record()):
             save_state(self.out, state)
         self.committer.publish(force=True)
         t.store_delete_calls = self.committer.delete_calls
@@ -244,14 +231,7 @@ class IngestJob:
         diagnosis = bottleneck(stages, accelerator=run.models.simulated or t.on_accelerator())
         if diagnosis:
             self.say(diagnosis)
-        layouts = self.layout_stats.summary()
-        if self.cfg.fidelity_queries:
-            from pipelines.analysis.fidelity import measure_fidelity
-
-            fid = measure_fidelity(self.out, run.models.spec, list(run.layouts), run.fde, self.cfg.fidelity_queries,
-                                   seed=self.cfg.fidelity_seed)
-            for name, res in fid["layouts"].items():
-                layouts.setdefault(name, {})["fidelity"] = res
+        layouts = with_fidelity(self.layout_stats.summary(), run, self.out)
         summary = build(run, t, self.stage_stats, stages, diagnosis, layouts, started=self.t_start,
                         source=self.source.uri, out=self.out, store=self.vectors.summary(), store_name=self.vectors.name,
                         ledger_records=self.recovery.ledger.state.records)

@@ -23,6 +23,15 @@ class Recovery:
     orphans: list[str] = field(default_factory=list)  # files of units that never committed: removed
     suspects: Suspects = field(default_factory=Suspects)
 
+    def sweep(self, out: OutputStore) -> int:
+        """At a run's end (every unit committed, no writer in flight): a file no record names is
+        a part that a retried write batch left under another key (a lost node's), never read by
+        anyone. Removed; returns how many."""
+        swept = self.ledger.orphans(ARCHIVE_PREFIXES, self.other_live)
+        for key in swept:
+            out.delete(key)
+        return len(swept)
+
     def save_suspects(self, record: str | None) -> None:
         if record:
             self.ledger.save_record(record, self.suspects.to_json())
@@ -57,6 +66,9 @@ def suspect_orphans(store: OutputStore, keys: list[str], suspects: Suspects) -> 
         suspects.uris.update(uris)
 
 
+ARCHIVE_PREFIXES = (PAGES_PREFIX, QUARANTINE_PREFIX, IMAGES_PREFIX)  # the files units commit
+
+
 def recover(out: OutputStore, generation: int, state: IndexState, vectors: VectorStore) -> Recovery:
     ledger = Ledger(out, generation)
     ledger.load()
@@ -71,7 +83,7 @@ def recover(out: OutputStore, generation: int, state: IndexState, vectors: Vecto
     # Files of units that never committed (the previous run died): not part of the index. Their
     # documents may have rows in the store that the ledger does not know: recorded before the
     # files go.
-    rec.orphans = ledger.orphans((PAGES_PREFIX, QUARANTINE_PREFIX, IMAGES_PREFIX), rec.other_live)
+    rec.orphans = ledger.orphans(ARCHIVE_PREFIXES, rec.other_live)
     if vectors.suspects_record:
         rec.suspects = Suspects.from_json(ledger.load_record(vectors.suspects_record))
         if rec.orphans:

@@ -151,6 +151,30 @@ def build(run, totals: RunTotals, stage_stats, stages: dict, diagnosis: str | No
     return summary
 
 
+def listing_line(counts: PlanCounts, n_units: int, listing: dict) -> str:
+    """``listing done: ...``: documents seen (by format where several), unchanged, to process, and
+    the files skipped by reason."""
+    formats = ", ".join(f"{k} {v}" for k, v in listing["by_format"].items())
+    skipped = sum(listing["skipped"].values())
+    return (f"listing done: {counts.seen} documents seen" + (f" ({formats})" if len(listing["by_format"]) > 1 else "")
+            + f", {counts.skipped_unchanged} unchanged, {counts.pending} to process in {n_units} units"
+            + (f"; {skipped} files skipped (" + ", ".join(f"{n} {why}" for why, n in listing["skipped"].items())
+               + ")" if skipped else ""))
+
+
+def with_fidelity(layouts: dict, run, out) -> dict:
+    """``--fidelity-queries N``: each layout's fidelity measured on the index just written."""
+    cfg = run.options
+    if cfg.fidelity_queries:
+        from pipelines.analysis.fidelity import measure_fidelity
+
+        fid = measure_fidelity(out, run.models.spec, list(run.layouts), run.fde, cfg.fidelity_queries,
+                               seed=cfg.fidelity_seed)
+        for name, res in fid["layouts"].items():
+            layouts.setdefault(name, {})["fidelity"] = res
+    return layouts
+
+
 def ocr(run, render: dict) -> dict:
     """What ``--ocr`` did: the engine (or why it was off), the pages it read (empty or thin text)
     and those whose text came from it, its seconds and milliseconds per page read."""

@@ -86,6 +86,13 @@ class IndexState:
     store: dict | None = None  # the vector store: {"kind", "uri" (None: OUT's own default), "indexes"}
     pages: dict = field(default_factory=dict)  # what every run keeps of a page: {"page_images": "webp:1024"}
 
+    def keep_store_record(self, kept: dict | None) -> bool:
+        """What the store asks the index to remember (its indexes, ...): True when it changed."""
+        if not kept or self.store is None or all(self.store.get(k) == v for k, v in kept.items()):
+            return False
+        self.store.update(kept)
+        return True
+
     def to_json(self) -> dict:
         return {"format": FORMAT, "active": self.active.to_json() if self.active else None,
                 "pending": self.pending.to_json() if self.pending else None,
