@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections import Counter
@@ -99,14 +100,21 @@ def convert_office(data: bytes, fmt: str, timeout_s: float, command: str = OFFIC
             f.write(data)
         cmd = [exe, f"-env:UserInstallation=file://{tmp}/profile", "--headless", "--norestore", "--convert-to", "pdf",
                "--outdir", tmp, src]
+        # its own session: past the deadline the whole group goes (soffice starts soffice.bin)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
         try:
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s,
-                                  start_new_session=True)
+            stdout, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate()
             raise ConvertError("convert_timeout", f"LibreOffice took longer than {timeout_s:g}s") from None
         out = os.path.join(tmp, "document.pdf")
         if proc.returncode != 0 or not os.path.exists(out):
-            why = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
+            why = (stderr or stdout).decode(errors="replace").strip().splitlines()
             raise ConvertError("convert_error", f"LibreOffice could not convert it (exit {proc.returncode}"
                                                 + (f": {why[-1][:200]}" if why else "") + ")")
         with open(out, "rb") as f:

@@ -165,3 +165,38 @@ def test_a_renderer_crash_is_retried_once(tmp_path, monkeypatch):
     pages, info = _render(tmp_path, ["flaky.pdf"])
     assert pages.num_rows == 1 and not info["quarantine"]
     assert (tmp_path / "pagemill-segv-FLAKY").exists()
+
+
+def _converter(tmp_path, body: str) -> str:
+    """A stand-in for ``soffice`` on the PATH: a real executable that takes LibreOffice's arguments."""
+    exe = tmp_path / "bin" / "soffice-stand-in"
+    exe.parent.mkdir(exist_ok=True)
+    exe.write_text("#!/bin/sh\n" + body)
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_office_files_converted_in_a_process_with_a_deadline(tmp_path):
+    """LibreOffice's command line as pagemill runs it (``--convert-to pdf --outdir DIR FILE``): a
+    converter that writes the PDF gives its pages; one that hangs (and its children) is killed at
+    the deadline and the file quarantined; a missing one names the Debian package."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "letter.docx").write_bytes(b"PK\x03\x04 a word file")
+    (docs / "deck.pptx").write_bytes(b"PK\x03\x04 slides")
+    pdf = CORPUS / "tables/camelot-dev+camelot__us-005.pdf"
+    # $7 is --outdir's folder, $8 the file: "convert" by copying a real PDF there
+    writes = _converter(tmp_path, f'cp "{pdf}" "$7/document.pdf"\n')
+    pages, info = _render(docs, ["letter.docx"], RenderLimits(page_timeout_s=30, office_command=writes))
+    assert pages.num_rows == pymupdf.open(pdf).page_count and info["docs"][0]["status"] == "indexed"
+    hangs = _converter(tmp_path, "sleep 60 & sleep 60\n")
+    import time
+
+    t = time.monotonic()
+    _, info = _render(docs, ["letter.docx"], RenderLimits(page_timeout_s=30, office_command=hangs,
+                                                          office_timeout_s=1.0))
+    assert time.monotonic() - t < 20
+    assert [q["reason"] for q in info["quarantine"]] == ["convert_timeout"]
+    _, info = _render(docs, ["deck.pptx"], RenderLimits(page_timeout_s=30, office_command="no-such-soffice"))
+    (q,) = info["quarantine"]
+    assert q["reason"] == "needs_converter" and "libreoffice-impress" in q["detail"]
