@@ -94,6 +94,8 @@ def recover(out: OutputStore, generation: int, state: IndexState, vectors: Vecto
             rec.save_suspects(vectors.suspects_record)
     for key in rec.orphans:
         out.delete(key)
+    for key in ledger.state.retired_images:  # a run that died between a commit and its deletes
+        out.delete(key)
     for key in [o.key for o in out.list(RUNS_PREFIX) if "/plan/" in o.key]:
         out.delete(key)  # plan files of runs that died
     return rec

@@ -99,6 +99,7 @@ class LedgerState:
     units: list[str] = field(default_factory=list)
     unit_index: dict[str, int] = field(default_factory=dict)
     overlay: dict[int, DocState | None] = field(default_factory=dict)
+    retired_images: list[str] = field(default_factory=list)  # page images of rewritten rows, in the records
     files: dict[str, int] = field(default_factory=dict)  # live file key -> index of the unit it belongs to
     records: int = 0
     snapshot: str | None = None  # the snapshot folder the base came from (for its strings)
@@ -256,6 +257,7 @@ class LedgerState:
     def apply(self, rec: dict) -> None:
         unit = self._unit(rec["unit_id"])
         for rw in rec.get("rewrites", []):
+            self.retired_images += rw.get("images", ())  # (deleted after the commit; again at a start)
             owner = self.files.pop(rw["old"], unit)
             if rw.get("new"):
                 self.files[rw["new"]] = owner
