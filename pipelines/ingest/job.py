@@ -182,7 +182,8 @@ class IngestJob:
             self.stage_stats.wrote(p)
         self.layout_stats.add_counts(info, parts)
         self.totals.add(info, added)
-        self.progress.update(added["pages"], sum(1 for d in info["docs"] if d["status"] == "quarantined"))
+        self.progress.update(added["pages"], sum(1 for d in info["docs"] if d["status"] == "quarantined"),
+                             sum(added["duplicates"].values()))
 
     def complete_layouts(self) -> None:
         target = self.decision.target

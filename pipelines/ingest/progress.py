@@ -30,6 +30,7 @@ class Progress:
         self.start = time.monotonic()
         self.units = 0
         self.pages = 0
+        self.copied = 0  # duplicates' pages among them
         self.quarantined = 0
         self._first_commit: float | None = None
         self._stop = threading.Event()
@@ -65,11 +66,12 @@ class Progress:
                 self.stream.flush()
             self.lines += 1
 
-    def update(self, pages: int, quarantined: int) -> None:
-        """A unit committed."""
+    def update(self, pages: int, quarantined: int, copied: int = 0) -> None:
+        """A unit committed (``copied``: its duplicates' pages, neither rendered nor embedded)."""
         with self._lock:
             self.units += 1
             self.pages += pages
+            self.copied += copied
             self.quarantined += quarantined
             if self._first_commit is None:
                 self._first_commit = time.monotonic()
@@ -92,7 +94,7 @@ class Progress:
         if counters:
             # The workers report every second and the commits come later still, so a counter can
             # lag the one after it: a page committed was embedded, a page embedded was rendered.
-            embedded = max(counters.get("embed", 0), self.pages)
+            embedded = max(counters.get("embed", 0), self.pages - self.copied)
             shown = {"render": max(counters.get("render", 0), embedded), "embed": embedded}
             flow = "".join(f" · {label} {shown[stage]}" for stage, label in
                            (("render", "rendered"), ("embed", "embedded")) if stage in counters)
