@@ -91,7 +91,9 @@ def wait_for_files(server, prefix: str, timeout_s: float = 120.0) -> None:
             for field in client.list_indexes(name):
                 while True:
                     d = client.describe_index(name, field)
-                    if int(d.get("indexed_rows", 0)) >= int(d.get("total_rows", 0)) and not d.get("pending_index_rows"):
+                    # (2.3.5 can leave pending_index_rows at the total once the build has finished)
+                    if int(d.get("indexed_rows", 0)) >= int(d.get("total_rows", 0)) and (
+                            not d.get("pending_index_rows") or d.get("state") == "Finished"):
                         break
                     if time.monotonic() > deadline:
                         raise SystemExit(f"{name}.{field} not indexed in {timeout_s} s: {d}")
