@@ -269,6 +269,7 @@ def test_a_rerun_embeds_nothing_and_a_new_copy_is_copied_not_embedded(archive_sr
     assert {"photo-again.png", "born-copy.pdf"} <= left and not {"photo.png", "born.pdf"} & left
 
 
+@pytest.mark.slow
 def test_near_duplicate_pages_counted_and_embedded_once_with_dedup_pages(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

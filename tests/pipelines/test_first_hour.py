@@ -134,6 +134,7 @@ def test_a_clean_run_prints_pagemills_lines_only_and_keeps_the_rest_in_a_log(pdf
     assert log.strip()  # what Ray and the libraries printed is kept with the run
 
 
+@pytest.mark.slow
 def test_small_cli_flaws(indexed, tmp_path):
     r = run("ingest", "x", "--out", "y", "--executor", "spark")
     assert r.returncode == 2 and "invalid choice: 'spark'" in one_line(r) and "usage:" not in r.stderr

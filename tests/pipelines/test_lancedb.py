@@ -119,6 +119,7 @@ def test_an_index_recorded_in_lancedb_refuses_milvus(clean, src, capsys):
     assert not (clean / "x.db").exists()
 
 
+@pytest.mark.slow
 def test_search_status_report_and_a_read_only_out(clean):
     before = sorted(p.relative_to(clean).as_posix() for p in clean.rglob("*"))
     r = read_only(clean, "search", "a table of figures", "--out", str(clean), "-k", "3", "--json")

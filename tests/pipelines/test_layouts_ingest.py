@@ -50,6 +50,7 @@ def test_pooled_vector_counts_for_every_page(layout_run):
     assert (pc.list_value_length(pages["mv_int8"]).to_numpy() == n).all()
 
 
+@pytest.mark.slow
 def test_fidelity_in_summary_and_from_the_command(layout_run):
     out, summary = layout_run
     lay = summary["layouts"]
