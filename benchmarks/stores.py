@@ -84,28 +84,16 @@ def write_runs(one: Path, four: Path, tmp: Path, server, address: str, env: dict
 def wait_for_files(server, prefix: str, timeout_s: float = 120.0) -> None:
     """Until the server has written its binlogs and built every index of the collections (it
     flushes and builds after the run, in the background)."""
-    client = server.client()
+    deadline = time.monotonic() + timeout_s
     try:
-        deadline = time.monotonic() + timeout_s
-        for name in (c for c in client.list_collections() if c.startswith(prefix + "_")):
-            for field in client.list_indexes(name):
-                while True:
-                    d = client.describe_index(name, field)
-                    # (2.3.5 can leave pending_index_rows at the total once the build has finished)
-                    if int(d.get("indexed_rows", 0)) >= int(d.get("total_rows", 0)) and (
-                            not d.get("pending_index_rows") or d.get("state") == "Finished"):
-                        break
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"{name}.{field} not indexed in {timeout_s} s: {d}")
-                    time.sleep(0.5)
-        names = [c for c in client.list_collections() if c.startswith(prefix + "_")]
-        while not (Path(server.storage) / "insert_log").is_dir():
-            if time.monotonic() > deadline:
-                listed = sorted(str(p) for p in Path(server.storage).iterdir()) if Path(server.storage).is_dir() else []
-                raise SystemExit(f"no binlogs under {server.storage} after {timeout_s} s (collections {names}; {listed})")
-            time.sleep(0.5)
-    finally:
-        client.close()
+        server.wait_for_indexes(prefix, timeout_s)
+    except TimeoutError as e:
+        raise SystemExit(str(e)) from None
+    while not (Path(server.storage) / "insert_log").is_dir():
+        if time.monotonic() > deadline:
+            listed = sorted(str(p) for p in Path(server.storage).iterdir()) if Path(server.storage).is_dir() else []
+            raise SystemExit(f"no binlogs under {server.storage} after {timeout_s} s ({listed})")
+        time.sleep(0.5)
 
 
 def disk_bytes(run: dict, name: str, server, env: dict) -> dict[str, float]:

@@ -34,6 +34,26 @@ class MilvusServer:
         return MilvusClient(uri=self.uri, user=ROOT_USER, password=password, secure=True,
                             server_pem_path=self.ca_file, server_name="localhost", timeout=30, **kw)
 
+    def wait_for_indexes(self, prefix: str, timeout_s: float = 120.0, **client_kw) -> None:
+        """Until the server has indexed every row of the collections named ``prefix_*`` (it builds
+        after the flush, in the background); TimeoutError past ``timeout_s``."""
+        client = self.client(**client_kw)
+        try:
+            deadline = time.monotonic() + timeout_s
+            for name in (c for c in client.list_collections() if c.startswith(prefix + "_")):
+                for field in client.list_indexes(name):
+                    while True:
+                        d = client.describe_index(name, field)
+                        # (2.3.5 can leave pending_index_rows at the total once the build has finished)
+                        if int(d.get("indexed_rows", 0)) >= int(d.get("total_rows", 0)) and (
+                                not d.get("pending_index_rows") or d.get("state") == "Finished"):
+                            break
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"{name}.{field} not indexed in {timeout_s} s: {d}")
+                        time.sleep(0.5)
+        finally:
+            client.close()
+
     def stop(self) -> None:
         """Stop the wrapper and its milvus child (which runs in a session of its own)."""
         import psutil

@@ -357,25 +357,6 @@ def test_ingest_first_load_by_bulk_import(server, direct, tmp_path, capsys):
     assert main(args) == 1 and "already hold rows" in capsys.readouterr().err
 
 
-def wait_for_indexes(server, prefix: str, timeout_s: float = 120.0) -> None:
-    """Until the server has indexed every row of the collections (it builds after the flush)."""
-    import time
-
-    client = server.client(db_name=DB)
-    try:
-        deadline = time.monotonic() + timeout_s
-        for name in (c for c in client.list_collections() if c.startswith(prefix + "_")):
-            for field in client.list_indexes(name):
-                while True:
-                    d = client.describe_index(name, field)
-                    if int(d.get("indexed_rows", 0)) >= int(d.get("total_rows", 0)) and not d.get("pending_index_rows"):
-                        break
-                    assert time.monotonic() < deadline, f"{name}.{field} not indexed in {timeout_s} s: {d}"
-                    time.sleep(0.5)
-    finally:
-        client.close()
-
-
 def tree_bytes(root) -> int:
     from pathlib import Path
 
@@ -386,7 +367,7 @@ def test_report_measures_the_servers_files(server, direct, tmp_path, capsys):
     """report --milvus-storage: each collection's rows, raw bytes and the bytes of the server's own
     binlogs and index files; plan --report uses the overhead measured there."""
     _, out, _ = direct
-    wait_for_indexes(server, "direct")
+    server.wait_for_indexes("direct", db_name=DB)
     assert main(["report", str(out), "--collection", "direct", "--milvus-storage", server.storage, "--json",
                  *conn_args(server)]) == 0
     report = json.loads(capsys.readouterr().out)
