@@ -92,24 +92,21 @@ def copy_duplicates(store: OutputStore, writer: StoreWriter | None, keys: list[s
 
     parquet = ParquetSink(store)
     want = pa.array(sorted(copies))
+    found = [t.filter(pc.is_in(t[S.SOURCE_URI], value_set=want)) for t in (parquet.read(key) for key in keys)]
+    held = pa.concat_tables(found, promote_options="default") if found else None
     pieces, per_copy = [], {}
-    for key in keys:
-        table = parquet.read(key)
-        table = table.filter(pc.is_in(table[S.SOURCE_URI], value_set=want))
-        for canonical in sorted(set(table[S.SOURCE_URI].to_pylist())):
-            rows = table.filter(pc.equal(table[S.SOURCE_URI], canonical))
-            for uri, version in copies[canonical]:
-                if per_copy.get(uri):
-                    continue  # (its canonical's pages in two parts: the first one read is whole)
-                numbers = rows[S.PAGE_NUMBER].to_pylist()
-                copy = rows
-                for name, values in ((S.PAGE_ID, [S.page_id_for(uri, n) for n in numbers]),
-                                     (S.DOC_ID, [S.doc_id_for(uri)] * rows.num_rows),
-                                     (S.SOURCE_URI, [uri] * rows.num_rows), (S.DOC_VERSION, [version] * rows.num_rows)):
-                    i = copy.schema.get_field_index(name)
-                    copy = copy.set_column(i, copy.schema.field(i), pa.array(values, copy.schema.field(i).type))
-                pieces.append(copy)
-                per_copy[uri] = rows.num_rows
+    for canonical in sorted(set(held[S.SOURCE_URI].to_pylist())) if held is not None else ():
+        rows = held.filter(pc.equal(held[S.SOURCE_URI], canonical))  # its pages, whichever parts hold them
+        numbers = rows[S.PAGE_NUMBER].to_pylist()
+        for uri, version in copies[canonical]:
+            copy = rows
+            for name, values in ((S.PAGE_ID, [S.page_id_for(uri, n) for n in numbers]),
+                                 (S.DOC_ID, [S.doc_id_for(uri)] * rows.num_rows),
+                                 (S.SOURCE_URI, [uri] * rows.num_rows), (S.DOC_VERSION, [version] * rows.num_rows)):
+                i = copy.schema.get_field_index(name)
+                copy = copy.set_column(i, copy.schema.field(i), pa.array(values, copy.schema.field(i).type))
+            pieces.append(copy)
+            per_copy[uri] = rows.num_rows
     if not pieces:
         return {"files": [], "store": None, "pages": {}}
     table = pa.concat_tables(pieces).sort_by(S.PAGE_ID)
