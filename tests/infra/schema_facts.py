@@ -84,7 +84,9 @@ K8S_TYPES: dict[str, dict] = {
     "ResourceRequirements": {"requests": "quantities", "limits": "quantities"},
     "ContainerPort": {"containerPort": "int", "name": "str", "protocol": "str", "hostPort": "int"},
     "VolumeMount": {"name": "str", "mountPath": "str", "readOnly": "bool", "subPath": "str"},
-    "Volume": {"name": "str", "configMap": "ConfigMapVolume", "secret": "any", "emptyDir": "any"},
+    "Volume": {"name": "str", "configMap": "ConfigMapVolume", "secret": "any", "emptyDir": "any",
+               "persistentVolumeClaim": "PVCVolumeSource"},
+    "PVCVolumeSource": {"claimName": "str", "readOnly": "bool"},
     "ConfigMapVolume": {"name": "str", "items": "any", "defaultMode": "int", "optional": "bool"},
     "Toleration": {"key": "str", "operator": "str", "value": "str", "effect": "str", "tolerationSeconds": "int"},
     "ServiceAccount": {"apiVersion": "str", "kind": "str", "metadata": "ObjectMeta"},
@@ -103,9 +105,59 @@ K8S_TYPES: dict[str, dict] = {
     "JobSpec": {"backoffLimit": "int", "activeDeadlineSeconds": "int", "ttlSecondsAfterFinished": "int",
                 "completions": "int", "parallelism": "int", "template": "PodTemplateSpec"},
 }
+# kubernetes/api core/v1/types.go (read at 10b39a3, 2026-07): the claim, its spec and the volume
+# source that mounts it.
+K8S_TYPES.update({
+    "PersistentVolumeClaim": {"apiVersion": "str", "kind": "str", "metadata": "ObjectMeta",
+                              "spec": "PersistentVolumeClaimSpec"},
+    "PersistentVolumeClaimSpec": {"accessModes": ["str"], "selector": "any", "resources": "VolumeResourceRequirements",
+                                  "volumeName": "str", "storageClassName": "str", "volumeMode": "str",
+                                  "dataSource": "any", "dataSourceRef": "any", "volumeAttributesClassName": "str"},
+    "VolumeResourceRequirements": {"limits": "quantities", "requests": "quantities", "claims": "any"},
+})
+ACCESS_MODES = {"ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"}
+
+# --- prometheus-operator ---------------------------------------------------------------------
+# prometheus-operator/prometheus-operator example/prometheus-operator-crd/
+# monitoring.coreos.com_podmonitors.yaml and _prometheusrules.yaml (v1, read at v0.93.0): the
+# openAPIV3Schema's properties of the objects infra/ writes (every field of these types listed;
+# authorization, TLS and the like as "any").
+PROMETHEUS_OPERATOR_TYPES: dict[str, dict] = {
+    "PodMonitor": {"apiVersion": "str", "kind": "str", "metadata": "ObjectMeta", "spec": "PodMonitorSpec"},
+    "PodMonitorSpec": {
+        "attachMetadata": "any", "bodySizeLimit": "str", "convertClassicHistogramsToNHCB": "bool",
+        "fallbackScrapeProtocol": "str", "jobLabel": "str", "keepDroppedTargets": "int", "labelLimit": "int",
+        "labelNameLengthLimit": "int", "labelValueLengthLimit": "int", "namespaceSelector": "NamespaceSelector",
+        "nativeHistogramBucketLimit": "int", "nativeHistogramMinBucketFactor": "any",
+        "podMetricsEndpoints": ["PodMetricsEndpoint"], "podTargetLabels": ["str"], "sampleLimit": "int",
+        "scrapeClass": "str", "scrapeClassicHistograms": "bool", "scrapeNativeHistograms": "bool",
+        "scrapeProtocols": ["str"], "selector": "LabelSelector", "selectorMechanism": "str", "targetLimit": "int",
+    },
+    "PodMetricsEndpoint": {
+        "authorization": "any", "basicAuth": "any", "bearerTokenSecret": "any", "enableHttp2": "bool",
+        "filterRunning": "bool", "followRedirects": "bool", "honorLabels": "bool", "honorTimestamps": "bool",
+        "interval": "str", "metricRelabelings": ["RelabelConfig"], "noProxy": "str", "oauth2": "any",
+        "params": "any", "path": "str", "port": "str", "portNumber": "int", "proxyConnectHeader": "any",
+        "proxyFromEnvironment": "bool", "proxyUrl": "str", "relabelings": ["RelabelConfig"], "scheme": "str",
+        "scrapeTimeout": "str", "targetPort": "any", "tlsConfig": "any", "trackTimestampsStaleness": "bool",
+    },
+    "RelabelConfig": {"action": "str", "modulus": "int", "regex": "str", "replacement": "str", "separator": "str",
+                      "sourceLabels": ["str"], "targetLabel": "str"},
+    "LabelSelector": {"matchLabels": "map", "matchExpressions": "any"},
+    "NamespaceSelector": {"any": "bool", "matchNames": ["str"]},
+    "PrometheusRule": {"apiVersion": "str", "kind": "str", "metadata": "ObjectMeta", "spec": "PrometheusRuleSpec"},
+    "PrometheusRuleSpec": {"groups": ["RuleGroup"]},
+    "RuleGroup": {"interval": "str", "labels": "map", "limit": "int", "name": "str",
+                  "partial_response_strategy": "str", "query_offset": "str", "rules": ["Rule"]},
+    "Rule": {"alert": "str", "annotations": "map", "expr": "str", "for": "str", "keep_firing_for": "str",
+             "labels": "map", "record": "str"},
+}
+PROMETHEUS_OPERATOR_REQUIRED = {"PodMonitorSpec": {"selector"}, "RuleGroup": {"name"}, "Rule": {"expr"}}
+
 K8S_API_VERSIONS = {"ServiceAccount": "v1", "ConfigMap": "v1", "Role": "rbac.authorization.k8s.io/v1",
                     "RoleBinding": "rbac.authorization.k8s.io/v1", "CronJob": "batch/v1",
-                    "RayCluster": "ray.io/v1", "RayJob": "ray.io/v1"}
+                    "RayCluster": "ray.io/v1", "RayJob": "ray.io/v1", "PersistentVolumeClaim": "v1",
+                    "PodMonitor": "monitoring.coreos.com/v1", "PrometheusRule": "monitoring.coreos.com/v1"}
 ENUMS = {("CronJobSpec", "concurrencyPolicy"): {"Allow", "Forbid", "Replace"},
          ("PodSpec", "restartPolicy"): {"Always", "OnFailure", "Never"},
          ("Toleration", "operator"): {"Exists", "Equal"},

@@ -33,6 +33,8 @@ from schema_facts import (
     MILVUS_STANDALONE_QUEUES,
     PROBE_COMMAND,
     PROBE_PATHS,
+    PROMETHEUS_OPERATOR_REQUIRED,
+    PROMETHEUS_OPERATOR_TYPES,
     RAY_AWS_EC2_CALLS,
     RAY_DEFAULT_AMI_NAME,
     SUBMISSION_MODES,
@@ -45,7 +47,8 @@ K8S = INFRA / "k8s"
 RUNBOOK = (REPO / "docs" / "backfill.md").read_text()
 PYPROJECT_TEXT = (REPO / "pyproject.toml").read_text()
 PROJECT_VERSION = re.search(r'^version = "([^"]+)"', PYPROJECT_TEXT, re.M).group(1)
-TYPES = {**K8S_TYPES, **KUBERAY_TYPES}
+TYPES = {**K8S_TYPES, **KUBERAY_TYPES, **PROMETHEUS_OPERATOR_TYPES}
+REQUIRED = {**KUBERAY_REQUIRED, **PROMETHEUS_OPERATOR_REQUIRED}
 
 
 def k8s_docs() -> list[tuple[Path, dict]]:
@@ -83,7 +86,7 @@ def check(value, typ, where: str, used: list) -> list[str]:
     fields = TYPES[typ]
     if not isinstance(value, dict):
         return [f"{where}: an object ({typ}) expected"]
-    errors = [f"{where}: {typ} requires {k}" for k in KUBERAY_REQUIRED.get(typ, ()) if k not in value]
+    errors = [f"{where}: {typ} requires {k}" for k in REQUIRED.get(typ, ()) if k not in value]
     for key, v in value.items():
         if key not in fields:
             errors.append(f"{where}.{key}: not a field of {typ}")
@@ -263,8 +266,8 @@ def test_entrypoint_settings_come_from_the_configmap_and_the_cli_accepts_them():
     assert argv[0] == "pagemill"
     args = build_parser().parse_args(argv[1:])
     data = INGEST["data"]
-    assert (args.source, args.out, args.milvus, args.collection) == (
-        data["PAGEMILL_SOURCE"], data["PAGEMILL_OUT"], data["PAGEMILL_MILVUS_URI"], data["PAGEMILL_COLLECTION"])
+    assert (args.source, args.out, args.vectors, args.collection) == (
+        data["PAGEMILL_SOURCE"], data["PAGEMILL_OUT"], data["PAGEMILL_VECTORS"], data["PAGEMILL_COLLECTION"])
     assert args.ray_address == "auto" and args.model == "colqwen2" and args.weights == "hub"
     for doc in of_kind("RayJob") + of_kind("RayCluster"):
         spec = doc["spec"].get("rayClusterSpec", doc["spec"])
@@ -280,7 +283,7 @@ def test_milvus_uri_names_the_service_the_documented_install_creates():
         namespace = re.search(r"-n (\S+)", rest).group(1)
         assert re.search(r"--version '?~?5\.0\.", rest), "the chart version is pinned to the 5.0.x line"
         host = f"{milvus_service_name(release)}.{namespace}.svc"
-        assert INGEST["data"]["PAGEMILL_MILVUS_URI"] == f"http://{host}:19530"
+        assert INGEST["data"]["PAGEMILL_VECTORS"] == f"http://{host}:19530"
     values = [v for _, d in k8s_docs() for v in _strings(d)]
     assert not [v for v in values if "milvus-proxy" in v]  # the chart has no such Service
 

@@ -5,7 +5,7 @@ a local S3 server (moto) and the test Milvus server, and read back through the J
 What stands for the cluster: a head node started with the manifest's head rayStartParams (no CPUs:
 the driver only) and one CPU worker node, both with the environment the pods get (the
 pagemill-ingest ConfigMap, the pagemill-s3 and pagemill-milvus Secrets). Only the endpoints differ:
-AWS_ENDPOINT_URL points boto3 at moto, PAGEMILL_MILVUS_URI at the local Milvus (TLS: its
+AWS_ENDPOINT_URL points boto3 at moto, PAGEMILL_VECTORS at the local Milvus (TLS: its
 certificate through GRPC_DEFAULT_SSL_ROOTS_FILE_PATH), and `--model colqwen2 --weights hub` finds
 vidore/colqwen2-v1.0-hf in an offline Hugging Face cache holding the tiny random ColQwen2.
 """
@@ -164,7 +164,7 @@ def ray_job_cluster(tmp_path_factory, moto_s3, milvus_server):
     base = tmp_path_factory.mktemp("rayjob")
     hf_home = base / "hf"
     hub_cache = start_hub_cache(hf_home)
-    config = dict(INGEST_CONFIG["data"], PAGEMILL_MILVUS_URI=milvus_server.uri)  # the local server
+    config = dict(INGEST_CONFIG["data"], PAGEMILL_VECTORS=milvus_server.uri)  # the local server
     secrets = dict(S3_TEST_ENV, MILVUS_TOKEN=f"{ROOT_USER}:{ROOT_PASSWORD}")
     pod_env = dict(os.environ, **config, **secrets, AWS_ENDPOINT_URL=moto_s3, HF_HOME=str(hf_home),
                    HF_HUB_OFFLINE="1", GRPC_DEFAULT_SSL_ROOTS_FILE_PATH=milvus_server.ca_file,
@@ -174,13 +174,15 @@ def ray_job_cluster(tmp_path_factory, moto_s3, milvus_server):
         pod_env.pop(var, None)
 
     head = RAYJOB["spec"]["rayClusterSpec"]["headGroupSpec"]
-    params = dict(head["rayStartParams"], **{"dashboard-host": "127.0.0.1"})  # loopback here, not 0.0.0.0
     gcs, dashboard, client = free_port(), free_port(), free_port()
     # A short folder: the dashboard's modules listen on AF_UNIX sockets under
     # <temp-dir>/session_<time>_<pid>/sockets/, and a socket path over 107 bytes fails their start
     # (a pytest folder like /tmp/pytest-of-root/pytest-119/rayjob0/ray is long enough to).
     ray_tmp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))
     head_ports, head_port_args = node_ports()
+    # Loopback here, not 0.0.0.0; the metrics on a free port, not the pods' 8080 (a shared machine).
+    params = dict(head["rayStartParams"], **{"dashboard-host": "127.0.0.1",
+                                             "metrics-export-port": str(head_ports["metrics-export-port"])})
     head_cmd = [RAY_BIN, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                 f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}", "--num-gpus=0",
                 f"--temp-dir={ray_tmp}", "--object-store-memory=200000000", "--disable-usage-stats",
@@ -301,9 +303,9 @@ def test_missing_site_setting_stops_the_entrypoint_with_its_name(ray_job_cluster
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     env = yaml.safe_load(RAYJOB["spec"]["runtimeEnvYAML"])
-    env["env_vars"]["PAGEMILL_MILVUS_URI"] = ""  # as an empty ConfigMap value would leave it
+    env["env_vars"]["PAGEMILL_VECTORS"] = ""  # as an empty ConfigMap value would leave it
     client = JobSubmissionClient(ray_job_cluster["address"])
     submission_id = client.submit_job(entrypoint=RAYJOB["spec"]["entrypoint"].strip(), runtime_env=env)
     assert wait_terminal(client, submission_id) == JobStatus.FAILED
     logs = client.get_job_logs(submission_id)
-    assert "PAGEMILL_MILVUS_URI: parameter" in logs and "[pagemill]" not in logs  # sh: "parameter not set or null"
+    assert "PAGEMILL_VECTORS: parameter" in logs and "[pagemill]" not in logs  # sh: "parameter not set or null"
