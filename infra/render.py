@@ -21,7 +21,11 @@ from pathlib import Path
 
 INFRA = Path(__file__).resolve().parent
 REPO = INFRA.parent
-sys.path[:0] = [str(INFRA), str(REPO)]  # deploy/, and pagemill of this checkout
+# deploy/ beside this file, and the pagemill of this checkout (its options, its model presets)
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+if str(INFRA) not in sys.path:
+    sys.path.append(str(INFRA))
 
 from deploy import manifests, values  # noqa: E402
 from deploy.template import TemplateError  # noqa: E402

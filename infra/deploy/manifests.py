@@ -66,7 +66,10 @@ def _fetch_container(values: dict, image: str, repos: list[str]) -> Block:
         return block("")
     script = "\n".join("        " + line if line else "" for line in weights.fetch_script().splitlines())
     mount = values["weights_cache"]["mount"]
-    return block(f"""# Fills the model cache with what it lacks before the head starts (infra/deploy/fetch_weights.py);
+    return block(f"""# The image runs as uid 1000: fsGroup lets it write the model cache (where the storage applies
+# it; on EFS, an access point with uid and gid 1000).
+securityContext: {{fsGroup: 1000}}
+# Fills the model cache with what it lacks before the head starts (infra/deploy/fetch_weights.py);
 # a checkpoint fetched once is skipped. The workers' raylets wait for the head.
 initContainers:
   - name: fetch-weights

@@ -112,6 +112,11 @@ def checked(values: dict) -> dict:
             raise ValuesError(f"{key}: must be > 0, got {get(values, key)}")
     if values["schedule"]["retries"] < 0:
         raise ValuesError(f"schedule.retries: must be >= 0, got {values['schedule']['retries']}")
+    for key, value in [*((f"ingest.{k}", v) for k, v in values["ingest"].items()),
+                       ("monitoring.pushgateway", values["monitoring"]["pushgateway"])]:
+        words = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) else [value]
+        if any("'" in str(w) for w in words):
+            raise ValuesError(f"{key}: a single quote cannot pass through the RayJob's entrypoint (sh -c '...')")
     for i, repo in enumerate(values["weights_cache"]["repos"]):
         if not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", repo):
             raise ValuesError(f"weights_cache.repos[{i}]: a hub id expected (owner/name or owner/name@revision), "
