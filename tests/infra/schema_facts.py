@@ -56,6 +56,11 @@ JOB_DEPLOYMENT_TERMINAL = {"Complete", "Failed"}
 # exposes exactly the head container's listed ports (common/service.go, getServicePorts).
 KUBERAY_PORTS = {"dashboard": 8265, "client": 10001, "gcs-server": 6379, "metrics": 8080}
 DASHBOARD_AGENT_PORT = 52365
+# common/pod.go, labelPod (v1.1.0 and since): the labels KubeRay gives every Ray pod it creates, a
+# template's own label of the same name winning; the one with a fixed value (ray.io/cluster,
+# ray.io/node-type and ray.io/group vary). KubeRay also sets metrics-export-port (8080) and adds the
+# container port named metrics when a spec has none (since v1.1.0).
+KUBERAY_POD_LABELS = {"ray.io/is-ray-node": "yes"}
 # The probe command KubeRay injects before 1.6 (BaseWgetHealthCommand) and what it asks for.
 PROBE_COMMAND = "wget -T 2 -q -O- http://localhost:%d/%s | grep success"
 PROBE_PATHS = {"api/local_raylet_healthz": DASHBOARD_AGENT_PORT, "api/gcs_healthz": 8265}

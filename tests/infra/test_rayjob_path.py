@@ -201,7 +201,8 @@ def ray_job_cluster(tmp_path_factory, moto_s3, milvus_server):
         wait_ready([f"http://127.0.0.1:{worker_ports['dashboard-agent-listen-port']}/api/local_raylet_healthz"], procs)
         _, err = hub_cache.communicate(timeout=180)
         assert hub_cache.returncode == 0, err.decode()[-2000:]
-        yield {"address": f"http://127.0.0.1:{dashboard}", "base": base}
+        yield {"address": f"http://127.0.0.1:{dashboard}", "base": base,
+               "metrics": [head_ports["metrics-export-port"], worker_ports["metrics-export-port"]]}
     finally:
         stop_family(procs)
         log.close()
@@ -289,6 +290,12 @@ def test_rayjob_entrypoint_runs_through_the_kuberay_submitter(ray_job_cluster, m
             if name.startswith(config["PAGEMILL_COLLECTION"] + "_"):
                 milvus.drop_collection(name)
         milvus.close()
+
+    # Ray's own metrics, on each node's metrics-export-port (what the manifests' PodMonitor scrapes
+    # as the container port named metrics).
+    for port in ray_job_cluster["metrics"]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20) as r:
+            assert re.search(r"^ray_\w+", r.read().decode(), re.M), port
 
     # A retried submitter pod finds the job and follows it instead of submitting it again.
     again = run_submitter(address, submission_id)
