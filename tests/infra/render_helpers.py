@@ -25,11 +25,12 @@ def _load_render():
 render = _load_render()
 import deploy.entrypoint  # noqa: E402
 import deploy.manifests  # noqa: E402
+import deploy.template  # noqa: E402
 import deploy.values  # noqa: E402
 import deploy.weights  # noqa: E402
 
 deploy = types.SimpleNamespace(entrypoint=deploy.entrypoint, manifests=deploy.manifests, values=deploy.values,
-                               weights=deploy.weights)
+                               weights=deploy.weights, template_module=deploy.template)
 
 
 def render_docs(values_path: Path | None, where: str = "deploy") -> dict[str, list[dict]]:

@@ -240,3 +240,11 @@ def _containers(node):
     elif isinstance(node, list):
         for v in node:
             yield from _containers(v)
+
+
+def test_the_renderers_docstring_examples_hold():
+    import doctest
+
+    for module in (deploy.template_module, deploy.values, deploy.entrypoint):
+        result = doctest.testmod(module)
+        assert result.attempted >= 1 and result.failed == 0, module.__name__
