@@ -605,11 +605,17 @@ def _fidelity(args) -> int:
 def _ingest(args) -> int:
     from pipelines.ingest.config import build_config, load_config_file
     from pipelines.ingest.job import run_ingest
+    from pipelines.ingest.metrics import RunMetrics
 
-    file_values = load_config_file(args.config) if args.config else {}
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet", "verbose", "console")}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    # The metrics exist before any other option is checked (main pushes the exit status at the
+    # end): from the command line first, in case the config file cannot be read.
+    args.metrics = RunMetrics.for_options(given, warn=args.console.write)
+    file_values = load_config_file(args.config) if args.config else {}
+    args.metrics = RunMetrics.for_options({**file_values, **given}, warn=args.console.write)
     cfg = build_config(file_values, overrides)
-    summary = run_ingest(cfg, log=args.console)
+    summary = run_ingest(cfg, log=args.console, metrics=args.metrics)
     if not args.quiet:
         _print(args, json.dumps(summary, indent=2, sort_keys=True))
     return 0
@@ -645,17 +651,30 @@ def fork_safe_grpc() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     fork_safe_grpc()
+    from pipelines.console import Console
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.console = Console(verbose=getattr(args, "verbose", False))
+    code = EXIT_FAILED  # (an exception PAGEMILL_DEBUG lets through)
+    try:
+        code = _run(args)
+        return code
+    finally:
+        if getattr(args, "metrics", None) is not None:  # ingest --pushgateway / --metrics-textfile
+            args.metrics.end(code)
+
+
+def _run(args) -> int:
+    """The command, its errors as one line and an exit status."""
     from operators.io.sources import SourceError
     from operators.io.store import StoreError
     from operators.models import ModelError
     from operators.stores.door import VectorStoreError
-    from pipelines.console import Console
     from pipelines.ingest.config import ConfigError
     from pipelines.out.lock import LockError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    console = args.console = Console(verbose=getattr(args, "verbose", False))
+    console = args.console
     where = ""
     try:
         with console.capture():
