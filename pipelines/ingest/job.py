@@ -16,7 +16,7 @@ from operators.io.sources import NoSource
 from operators.io.uris import open_source, open_store
 from operators.stores import open_vectors
 from pipelines.analysis.layout_stats import LayoutStats
-from pipelines.executors import executor_for
+from pipelines.executors import executor_for, holder_checks
 from pipelines.executors.base import UnitTracker
 from pipelines.ingest.added import add_from_archive
 from pipelines.ingest.commit import UnitCommitter
@@ -67,7 +67,8 @@ class IngestJob:
         self.run_, self.decision = resolve_run(cfg, state, self.out.uri)
         self.preflight()
         self.out.check()  # creates a local OUT: the inputs are known good
-        self.lock = RunLock(self.out, self.run_.run_id, lease_s=cfg.lock_lease_s)
+        self.lock = RunLock(self.out, self.run_.run_id, lease_s=cfg.lock_lease_s, checks=holder_checks(),
+                            say=self.say, about=self.ray_submission())
         self.lock.acquire()
         try:
             for line in self.run_.notes:
@@ -97,6 +98,14 @@ class IngestJob:
             if hasattr(self.log, "log_text") and self.log.log_path:
                 # What Ray and the libraries printed (not on the terminal): kept with the run.
                 self.out.write_bytes(run_log_key(self.run_.run_id), self.log.log_text())
+
+    def ray_submission(self) -> dict:
+        """The Ray job submission this run is the entrypoint of, for the lock to record."""
+        if self.cfg.executor != "ray":
+            return {}
+        from pipelines.executors.ray_executor import submitted_job
+
+        return {"ray": submitted_job()}
 
     def preflight(self) -> None:
         """Every model resolves, the cluster answers and the store's options fit the run, before
@@ -156,6 +165,8 @@ class IngestJob:
         try:
             units, plan_file = self.executor.feed(units, self.out, run.run_id, self._listed, self.say,
                                                   models=run.models.describe())
+            if ray_job := self.executor.holder_identity():
+                self.lock.record(ray=ray_job)  # a retry can now tell when this driver's job has finished
             t = time.time()
             self.stage_stats.begin()
             self.totals.exec_stats = self.executor.run(units, self.pipeline, tracker, plan=plan_file)
