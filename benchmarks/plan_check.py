@@ -3,7 +3,7 @@
     python -m benchmarks.plan_check [--corpus DIR] [--pages 160] [--rates 4,1000]
 
 For each simulated accelerator rate (``sim:colqwen2@RATE``: the preset's exact shapes, a GPU of
-RATE pages/s), the CPU stages are calibrated on the sample (pipelines/analysis/stage_costs.py,
+RATE pages/s), the CPU stages are calibrated on the sample (pipelines/ingest/stage_costs.py,
 what ``pagemill calibrate`` runs), ``plan`` sizes this machine (its cores, one such GPU) with
 layouts mv + mv-pool3 + sv-mean and predicts its pages/s, the resource that binds and the
 bottleneck stage; then the same documents are ingested on a local Ray cluster (the fleet's
@@ -28,10 +28,10 @@ LAYOUTS = ["mv-pool3"]
 def predicted(src: Path, rate: float, workdir: Path) -> dict:
     from operators.io.sources import LocalSource
     from pipelines.analysis.capacity import plan
-    from pipelines.analysis.stage_costs import stage_costs
+    from pipelines.ingest.stage_costs import stage_costs
 
     source = LocalSource(str(src))
-    cal = stage_costs(source, list(source.list_documents()), "colqwen2", layouts=LAYOUTS,
+    cal = stage_costs(source, list(source.list_documents()), model="colqwen2", layouts=LAYOUTS,
                       workdir=str(workdir))
     cal.update(model="colqwen2", pages_per_s=rate)
     return plan(preset="colqwen2", layouts=LAYOUTS, calibration=cal,

@@ -6,6 +6,7 @@ Domain errors print one line and exit non-zero; set PAGEMILL_DEBUG=1 for traceba
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -212,6 +213,7 @@ def _calibrate(args) -> int:
     from operators.models import ModelSpec
     from operators.models.spec import split_model_specs
     from pipelines.analysis.calibrate import calibrate
+    from pipelines.ingest.stage_costs import stage_costs
 
     if bool(args.source) == bool(args.synthetic):
         raise UsageError("calibrate needs a sample of your PDFs (pagemill calibrate SOURCE: a folder or s3:// prefix), "
@@ -221,8 +223,9 @@ def _calibrate(args) -> int:
     spec = ModelSpec(name=visual, weights=args.weights, device=args.device, dtype=args.dtype,
                      max_pixels=args.max_pixels)
     profile = calibrate(spec, n_pages=args.pages, batch_size=args.batch_size, source=args.source,
-                        s3_options=S3Options(endpoint_url=args.s3_endpoint_url), models=args.model,
-                        layouts=[x for x in (args.layouts or "").split(",") if x.strip()], vectors=args.vectors,
+                        s3_options=S3Options(endpoint_url=args.s3_endpoint_url),
+                        stage_pass=functools.partial(stage_costs, model=args.model, vectors=args.vectors,
+                                                     layouts=[x for x in (args.layouts or "").split(",") if x.strip()]),
                         say=lambda line: args.console.write(f"[pagemill] {line}\n"))
     text = json.dumps(profile, indent=2, sort_keys=True)
     if args.out:

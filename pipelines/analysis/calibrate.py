@@ -71,20 +71,18 @@ def parameters(spec: ModelSpec) -> int | None:
 
 
 def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: str | None = None,
-              workdir: str | None = None, s3_options=None, say=None, models: str | None = None,
-              layouts: list[str] | None = None, vectors: str | None = None) -> dict:
+              workdir: str | None = None, s3_options=None, say=None, stage_pass=None) -> dict:
     """``source``: a folder or s3:// prefix of the user's PDFs; None: a generated document.
     ``say``: where the progress lines go (what starts, then each batch with its estimate). On a
     CPU, a model of more than a billion parameters embeds ``CPU_BIG_PAGES`` pages one at a time,
-    and says so: a forward pass of a 2B model takes tens of seconds there. ``models`` (the whole
-    ``--model``, text: and sv: parts included), ``layouts`` and ``vectors``: what the CPU stages'
-    pass measures (pipelines/analysis/stage_costs.py)."""
+    and says so: a forward pass of a 2B model takes tens of seconds there. ``stage_pass(source,
+    refs, say)``: what a page costs in every CPU stage, measured on the sample's documents
+    (pipelines/ingest/stage_costs.py, given by the command: it runs an ingest's stages)."""
     import tempfile
 
     from operators.io.sources import SourceError
     from operators.io.uris import open_source
     from operators.models import resolve_device
-    from pipelines.analysis.stage_costs import stage_costs
 
     say = say or (lambda line: None)
     spec = decide_budget(spec)  # the checkpoint's own budget, decided as an ingest decides it
@@ -127,8 +125,7 @@ def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: s
                 if sum(tb["kind"].to_pylist().count("page") for tb in tables) >= max(n_pages, RENDER_SAMPLE_PAGES):
                     break
             pages_cost = page_costs(src, refs[:docs], say)
-            cpu = stage_costs(src, refs[:docs], models or spec.name, layouts=layouts, vectors=vectors,
-                              workdir=workdir, say=say)
+            cpu = stage_pass(src, refs[:docs], say) if stage_pass else {"cpu_ms_per_page": {}}
         finally:
             stage.close()
     import pyarrow as pa
@@ -166,7 +163,7 @@ def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: s
     if cuda:
         torch.cuda.synchronize()
     embed_s, embed_cpu_s = time.perf_counter() - t, time.process_time() - cpu0
-    if cuda:  # the model stage's host CPU (the processor, the batches): a GPU's own core(s)
+    if cuda and stage_pass:  # the model stage's host CPU (the processor, the batches): a GPU's own core(s)
         cpu["cpu_ms_per_page"]["embed"] = round(1000 * embed_cpu_s / len(images), 2)
     peak = torch.cuda.max_memory_allocated() if cuda else max(0, process.memory_info().rss - rss0)
     n_rendered = sum(1 for k in kinds if k == "page")

@@ -1,4 +1,5 @@
-"""What a page costs on the CPUs, stage by stage: the part of ``pagemill calibrate`` that plans cores.
+"""What a page costs on the CPUs, stage by stage: the part of ``pagemill calibrate`` that plans cores
+(an ingest's own stages, so it lives with them; the command hands it to calibrate).
 
 The sample's documents go through the ingest's own stages, as a run on one machine runs them
 (the local executor: one process, the stages in turn, so each stage's CPU clock is its own) into a
@@ -42,8 +43,8 @@ def stage_model(model: str) -> str:
     return ",".join([f"sim:{name}@{SIM_RATE}", *rest])
 
 
-def stage_costs(src, refs, model: str, *, layouts: list[str] | None = None, vectors: str | None = None,
-                store_options: dict | None = None, workdir: str | None = None, say=None) -> dict:
+def stage_costs(src, refs, say=None, *, model: str, layouts: list[str] | None = None, vectors: str | None = None,
+                store_options: dict | None = None, workdir: str | None = None) -> dict:
     """Milliseconds of CPU per page by stage, measured on ``refs`` of ``src``; see the module's
     docstring. ``vectors``: the store to write to (default: Milvus Lite in the scratch root)."""
     from pipelines.ingest.config import build_config
