@@ -16,7 +16,7 @@ class StageCounters:
 
     def __init__(self, stage: str):
         self.stage = stage
-        self.stats: dict = {"pages": 0, "batches": 0, "busy_s": 0.0}
+        self.stats: dict = {"pages": 0, "batches": 0, "busy_s": 0.0, "cpu_s": 0.0}
         self.started: float | None = None
         self.started_at: float | None = None  # the same moment on the wall clock (the driver's window ends at its own)
         self.labels: dict = {}  # set by the executor (e.g. the Ray node id)
@@ -25,6 +25,21 @@ class StageCounters:
         if self.started is None:
             self.started = time.perf_counter()
             self.started_at = time.time()
+
+    def cpu_time(self) -> float:
+        """CPU seconds this worker has used: its process, every thread (a stage is a process of its
+        own on Ray; in the local loop the stages take turns). Stages with a child add its time."""
+        return time.process_time()
+
+    def mark(self) -> tuple[float, float]:
+        """The wall and CPU clocks now, for ``busy``."""
+        return time.perf_counter(), self.cpu_time()
+
+    def busy(self, since: tuple[float, float]) -> None:
+        """Work since ``mark()``: wall seconds (``busy_s``, waiting on a store included) and CPU
+        seconds (``cpu_s``, what planning counts cores by)."""
+        self.stats["busy_s"] += time.perf_counter() - since[0]
+        self.stats["cpu_s"] += self.cpu_time() - since[1]
 
     def snapshot(self) -> dict:
         wall = time.perf_counter() - self.started if self.started else 0.0
@@ -39,7 +54,8 @@ class Stage:
 
     def __init__(self):
         self.counters = StageCounters(self.name)
-        self.counters.stats.update(self.extra_counters)
+        # (a counter may be a dict, by layout: each worker its own)
+        self.counters.stats.update({k: dict(v) if isinstance(v, dict) else v for k, v in self.extra_counters.items()})
 
     @property
     def stats(self) -> dict:

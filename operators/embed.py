@@ -84,7 +84,7 @@ class EmbedPages(Stage):
         S.require_columns("EmbedPages", batch, [S.UNIT_ID, S.KIND, S.PAGE_ID, S.PIXELS, S.WIDTH, S.HEIGHT, S.UNIT_INFO])
         self.setup()
         self.counters.start()  # wall time counts from the first batch: set-up is start-up, not work
-        t0 = time.perf_counter()
+        t0 = self.counters.mark()
         dim = self.adapter.dim
         kinds = batch[S.KIND].to_pylist()
         page_rows = [i for i, k in enumerate(kinds) if k == S.KIND_PAGE]
@@ -113,7 +113,7 @@ class EmbedPages(Stage):
         self.stats["pages"] += len(page_rows) + len(same)
         self.stats["forward_s"] = round(self.adapter.forward_s, 4)
         out = self._assemble(batch, kinds, results, dim)
-        self.stats["busy_s"] += time.perf_counter() - t0
+        self.counters.busy(t0)
         return S.stamp(out, self.name, self.counters.snapshot(), self.adapter.effective_settings())
 
     @staticmethod
@@ -189,7 +189,7 @@ class EmbedSinglePages(Stage):
         S.require_columns("EmbedSinglePages", batch, [S.KIND, S.PIXELS, S.WIDTH, S.HEIGHT])
         self.setup()
         self.counters.start()  # wall time counts from the first batch: set-up is start-up, not work
-        t0 = time.perf_counter()
+        t0 = self.counters.mark()
         kinds = batch[S.KIND].to_pylist()
         rows = [i for i, k in enumerate(kinds) if k == S.KIND_PAGE]
         d = self.model.dim
@@ -204,7 +204,7 @@ class EmbedSinglePages(Stage):
         out = batch.drop_columns([S.PIXELS]).append_column(
             pa.field(S.SV_VLM, pa.list_(pa.float32(), d)),
             fixed_vectors(vectors, d, [i not in present for i in range(batch.num_rows)]))
-        self.stats["busy_s"] += time.perf_counter() - t0
+        self.counters.busy(t0)
         return S.stamp(out, self.name, self.counters.snapshot(), {"sv_model": self.model.effective_settings()})
 
 
@@ -258,7 +258,7 @@ class EmbedText(Stage):
         S.require_columns("EmbedText", batch, [S.KIND, S.TEXT])
         self.setup()
         self.counters.start()  # wall time counts from the first batch: set-up is start-up, not work
-        t0 = time.perf_counter()
+        t0 = self.counters.mark()
         kinds, texts = batch[S.KIND].to_pylist(), batch[S.TEXT].to_pylist()
         rows = [i for i, (k, t) in enumerate(zip(kinds, texts)) if k == S.KIND_PAGE and has_text(t)]
         tf = time.perf_counter()
@@ -270,5 +270,5 @@ class EmbedText(Stage):
         d = self.model.dim
         out = batch.append_column(pa.field(S.SV_TEXT, pa.list_(pa.float32(), d)), page_col)
         out = out.append_column(pa.field(S.TEXT_CHUNKS, chunks_col.type), chunks_col)
-        self.stats["busy_s"] += time.perf_counter() - t0
+        self.counters.busy(t0)
         return S.stamp(out, self.name, self.counters.snapshot(), self.model.effective_settings())

@@ -94,7 +94,7 @@ class EncodePages(Stage):
     """Embedded pages in, the pages' storage columns out (the flow schema)."""
 
     name = "encode"
-    extra_counters = {"layouts_s": 0.0}
+    extra_counters = {"layouts_s": 0.0, "layout_cpu_s": {}}
 
     def __init__(self, dim: int, layouts: list[Layout] | None = None, fde: FdeParams | None = None,
                  text_dim: int | None = None, sv_dim: int | None = None):
@@ -119,21 +119,30 @@ class EncodePages(Stage):
 
     def setup(self) -> None:
         if self._encoder is None:
+            from threadpoolctl import ThreadpoolController
+
             self._encoder = LayoutEncoder(self.layouts, self.dim, self.fde)
+            self._blas = ThreadpoolController()
+
+    def _one_blas_thread(self):
+        """BLAS on one thread while pooling: a page's products are small (740 x 128), and
+        OpenBLAS' threads cost twice the CPU there and are slower too (benchmarks/page_cpu.py)."""
+        return self._blas.limit(limits=1, user_api="blas")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         S.require_columns("EncodePages", batch, [S.UNIT_ID, S.KIND, S.UNIT_INFO, S.MV_RAW, S.PATCH_OFFSET])
         self.setup()
         self.counters.start()  # wall time counts from the first batch: set-up is start-up, not work
-        t0 = time.perf_counter()
+        t0 = self.counters.mark()
         out = self.encode(batch)
         self.stats["pages"] += sum(1 for k in batch[S.KIND].to_pylist() if k == S.KIND_PAGE)
         self.stats["batches"] += 1
-        self.stats["busy_s"] += time.perf_counter() - t0
+        self.counters.busy(t0)
         return S.stamp(out, self.name, self.counters.snapshot())
 
     def encode(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
+        c0 = time.process_time()
         archived, raw = page_embeddings(batch, self.dim)
         nulls = [e is None for e in archived]
         empty = np.zeros((0, self.dim), np.float32)
@@ -145,12 +154,21 @@ class EncodePages(Stage):
         for c, t in ((S.TEXT_SOURCE, pa.string()), (S.PAGE_HASH, pa.int64()), (S.PAGE_IMAGE, pa.large_binary())):
             cols[c] = batch[c] if c in batch.column_names else pa.nulls(n, t)
         cols[S.IMAGE_URI] = pa.nulls(n, pa.string())  # the writer's, where it writes the image
+        c1 = time.process_time()
         cols[S.MV] = multivector_array([e.vectors if e is not None else empty for e in archived], self.dim, nulls)
         cols[S.SV_MEAN] = pa.FixedSizeListArray.from_arrays(pa.array(sv.ravel(), pa.float32()), self.dim,
                                                             mask=pa.array(nulls, pa.bool_()))
+        c2 = time.process_time()
         t = time.perf_counter()
-        cols.update(self._encoder.columns(archived, raw))
+        with self._one_blas_thread():
+            cols.update(self._encoder.columns(archived, raw))
         self.stats["layouts_s"] += time.perf_counter() - t
+        # CPU by layout, for capacity planning: reading the model's vectors and the mean count
+        # as sv-mean's (the base), the full column as mv's, each extra layout as its own.
+        spent = self.stats["layout_cpu_s"]
+        for name, sec in (("sv-mean", c1 - c0), ("mv", c2 - c1), *self._encoder.cpu_s.items()):
+            spent[name] = spent.get(name, 0.0) + sec
+        self._encoder.cpu_s.clear()
         if self.text_dim:
             for f in text_fields(self.text_dim):
                 cols[f.name] = batch[f.name] if f.name in batch.column_names else pa.nulls(n, f.type)

@@ -89,7 +89,8 @@ class PagesWriter(Stage):
         self.run_id = run_id
         self.vectors = vectors
         self.vectors_name = vectors_name
-        self.extra_counters = {"parquet_s": 0.0, f"{vectors_name}_s": 0.0, "files": 0, "bytes": 0,
+        self.extra_counters = {"parquet_s": 0.0, "parquet_cpu_s": 0.0, f"{vectors_name}_s": 0.0,
+                               f"{vectors_name}_cpu_s": 0.0, "files": 0, "bytes": 0,
                                f"{vectors_name}_rows": 0, "delete_calls": 0, "images": 0}
         self.parquet: ParquetSink | None = None
         # Multi-vector columns, whose vectors per page each result counts (for the summary).
@@ -110,7 +111,7 @@ class PagesWriter(Stage):
         S.require_columns("PagesWriter", batch, [S.UNIT_ID, S.KIND, S.UNIT_INFO, S.PAGE_ID, S.SOURCE_URI])
         self.setup()
         self.counters.start()  # wall time counts from the first batch: set-up is start-up, not work
-        t0 = time.perf_counter()
+        t0 = self.counters.mark()
         units = batch[S.UNIT_ID].to_pylist()
         results: list[tuple[str, str, dict]] = []
         written: list[tuple[str, pa.Table, dict | None]] = []
@@ -118,7 +119,7 @@ class PagesWriter(Stage):
             part = batch.filter(pc.equal(batch[S.UNIT_ID], unit_id))
             written.append(self._write_files(unit_id, part, results))
         checkpoint("shard_written")
-        tm = time.perf_counter()
+        tm, cm = time.perf_counter(), self.counters.cpu_time()
         rows_key = f"{self.vectors_name}_rows"
         for unit_id, pages, info in written:
             if self.vectors is None:
@@ -136,8 +137,9 @@ class PagesWriter(Stage):
                     res["delete_calls"] = self.vectors.delete_other_versions(versions)
                     self.stats["delete_calls"] += res["delete_calls"]
         self.stats[f"{self.vectors_name}_s"] += time.perf_counter() - tm
+        self.stats[f"{self.vectors_name}_cpu_s"] += self.counters.cpu_time() - cm
         checkpoint("vectors_written")
-        self.stats["busy_s"] += time.perf_counter() - t0
+        self.counters.busy(t0)
         self.stats["batches"] += 1
         reports = [json.loads(x) for x in batch[S.STAGE_STATS].to_pylist() if x] if S.STAGE_STATS in batch.column_names else []
         reports.append({self.name: self.counters.snapshot()})
@@ -190,7 +192,7 @@ class PagesWriter(Stage):
                                "reason": why["reason"], "detail": why.get("detail")})
         res: dict = {"files": [], "docs": {}, "failed": failed, "worker": self.counters.snapshot()["worker"],
                      **{k: v for k, v in self.counters.labels.items()}}
-        tp = time.perf_counter()
+        tp, cp = time.perf_counter(), self.counters.cpu_time()
         part = self._write_images(unit_id, part, res)
         pages = to_pages_table(part, self.pages_schema)
         if S.PAGE_HASH in pages.column_names:  # the driver counts near-duplicate pages across the run
@@ -212,6 +214,7 @@ class PagesWriter(Stage):
             res["files"].append({"key": key, "docs": sorted({e["source_uri"] for e in entries}), "rows": len(entries),
                                  "bytes": nbytes})
         self.stats["parquet_s"] += time.perf_counter() - tp
+        self.stats["parquet_cpu_s"] += self.counters.cpu_time() - cp
         self.stats["files"] += len(res["files"])
         self.stats["bytes"] += sum(f["bytes"] for f in res["files"])
         self.stats["pages"] += pages.num_rows

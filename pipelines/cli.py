@@ -6,6 +6,7 @@ Domain errors print one line and exit non-zero; set PAGEMILL_DEBUG=1 for traceba
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -170,6 +171,15 @@ def _plan_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--duplicate-fraction", type=float, default=0.0, help="share of pages that are duplicates of "
                    "indexed documents (0-1): copied, not rendered or embedded (0)")
     p.add_argument("--page-images", help="cost the page images of ingest --page-images SPEC (webp:1024, ...)")
+    p.add_argument("--gpus", type=int, help="GPUs of the fleet (default: those for --deadline, else 1); with a "
+                   "calibration that measured every CPU stage, the plan sizes the rest for them")
+    p.add_argument("--cpus", type=float, help="CPU cores the fleet has in all: a limit on its pages/s (default: "
+                   "sized to keep the GPUs fed)")
+    p.add_argument("--store-nodes", type=int, help="Milvus data nodes (LanceDB: writers) the fleet has: a limit on "
+                   "its pages/s (default: sized to carry the GPUs)")
+    p.add_argument("--store-rows-per-s", type=float, help="rows/s one Milvus data node (LanceDB writer) takes "
+                   "(default: the calibration's, measured on a server given to calibrate --vectors, else an "
+                   "assumption the plan names)")
     _common_cost_flags(p)
     return p
 
@@ -193,7 +203,7 @@ def _calibrate_parser(sub) -> argparse.ArgumentParser:
                    "vectors per page are measured on them)")
     p.add_argument("--synthetic", action="store_true", help="no sample: a generated text-and-table page, repeated (its "
                    "render rate is far above real documents': not for planning)")
-    add_options(p, "calibrate", "--s3-endpoint-url")
+    add_options(p, "calibrate", "--layouts", "--vectors", "--s3-endpoint-url")
     p.add_argument("--out", help="also write the JSON profile here")
     return p
 
@@ -201,16 +211,21 @@ def _calibrate_parser(sub) -> argparse.ArgumentParser:
 def _calibrate(args) -> int:
     from operators.io.s3 import S3Options
     from operators.models import ModelSpec
+    from operators.models.spec import split_model_specs
     from pipelines.analysis.calibrate import calibrate
+    from pipelines.ingest.stage_costs import stage_costs
 
     if bool(args.source) == bool(args.synthetic):
         raise UsageError("calibrate needs a sample of your PDFs (pagemill calibrate SOURCE: a folder or s3:// prefix), "
                          "or --synthetic to try it on a generated page" if not args.source else
                          "calibrate: give SOURCE or --synthetic, not both")
-    spec = ModelSpec(name=args.model, weights=args.weights, device=args.device, dtype=args.dtype,
+    visual, _ = split_model_specs(args.model)
+    spec = ModelSpec(name=visual, weights=args.weights, device=args.device, dtype=args.dtype,
                      max_pixels=args.max_pixels)
     profile = calibrate(spec, n_pages=args.pages, batch_size=args.batch_size, source=args.source,
                         s3_options=S3Options(endpoint_url=args.s3_endpoint_url),
+                        stage_pass=functools.partial(stage_costs, model=args.model, vectors=args.vectors,
+                                                     layouts=[x for x in (args.layouts or "").split(",") if x.strip()]),
                         say=lambda line: args.console.write(f"[pagemill] {line}\n"))
     text = json.dumps(profile, indent=2, sort_keys=True)
     if args.out:
@@ -503,6 +518,10 @@ def _plan(args) -> int:
     from pipelines.analysis.costs import load_prices
 
     calibration, model = None, args.model
+    for flag, value in (("--gpus", args.gpus), ("--cpus", args.cpus), ("--store-nodes", args.store_nodes),
+                        ("--store-rows-per-s", args.store_rows_per_s)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag}: a positive number, got {value:g}")
     if args.calibration:
         calibration = _read_json(args.calibration, "--calibration", "")
         if not (args.vectors_per_page and args.dim):
@@ -520,7 +539,9 @@ def _plan(args) -> int:
                   index=args.index or ("NONE" if args.store == "lancedb" else "AUTOINDEX"),
                   replicas=args.replicas, prices=load_prices(args.prices), measured=measured, store=args.store,
                   ocr_fraction=args.ocr_fraction, duplicate_fraction=args.duplicate_fraction,
-                  page_images=args.page_images)
+                  page_images=args.page_images,
+                  fleet={k: v for k, v in (("gpus", args.gpus), ("cpus", args.cpus), ("store_nodes", args.store_nodes),
+                                           ("store_rows_per_s", args.store_rows_per_s)) if v is not None})
     _print(args, json.dumps(result, indent=2, sort_keys=True) if args.json else format_plan(result))
     return 0
 
@@ -587,11 +608,17 @@ def _fidelity(args) -> int:
 def _ingest(args) -> int:
     from pipelines.ingest.config import build_config, load_config_file
     from pipelines.ingest.job import run_ingest
+    from pipelines.ingest.metrics import RunMetrics
 
-    file_values = load_config_file(args.config) if args.config else {}
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet", "verbose", "console")}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    # The metrics exist before any other option is checked (main pushes the exit status at the
+    # end): from the command line first, in case the config file cannot be read.
+    args.metrics = RunMetrics.for_options(given, warn=args.console.write)
+    file_values = load_config_file(args.config) if args.config else {}
+    args.metrics = RunMetrics.for_options({**file_values, **given}, warn=args.console.write)
     cfg = build_config(file_values, overrides)
-    summary = run_ingest(cfg, log=args.console)
+    summary = run_ingest(cfg, log=args.console, metrics=args.metrics)
     if not args.quiet:
         _print(args, json.dumps(summary, indent=2, sort_keys=True))
     return 0
@@ -627,17 +654,30 @@ def fork_safe_grpc() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     fork_safe_grpc()
+    from pipelines.console import Console
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.console = Console(verbose=getattr(args, "verbose", False))
+    code = EXIT_FAILED  # (an exception PAGEMILL_DEBUG lets through)
+    try:
+        code = _run(args)
+        return code
+    finally:
+        if getattr(args, "metrics", None) is not None:  # ingest --pushgateway / --metrics-textfile
+            args.metrics.end(code)
+
+
+def _run(args) -> int:
+    """The command, its errors as one line and an exit status."""
     from operators.io.sources import SourceError
     from operators.io.store import StoreError
     from operators.models import ModelError
     from operators.stores.door import VectorStoreError
-    from pipelines.console import Console
     from pipelines.ingest.config import ConfigError
     from pipelines.out.lock import LockError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    console = args.console = Console(verbose=getattr(args, "verbose", False))
+    console = args.console
     where = ""
     try:
         with console.capture():

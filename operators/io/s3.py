@@ -22,6 +22,7 @@ SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 # Error codes that no retry will fix: fail fast with one line.
 FATAL_CODES = {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
                "InvalidBucketName", "PermanentRedirect", "AuthorizationHeaderMalformed", "ExpiredToken"}
+CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,41 @@ class S3Store(_S3Base, OutputStore):
             if _error_code(e) in ("NoSuchKey", "404"):
                 raise FileNotFoundError(f"s3://{self.bucket}/{self._key(key)}") from None
             raise StoreError(describe_error(e, f"cannot read s3://{self.bucket}/{self._key(key)}")) from None
+
+    # Conditional requests (If-None-Match, If-Match): S3 answers 412 when the condition fails, and
+    # 409 when a concurrent conditional write on the key won; both mean "not this one".
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return resp["Body"].read(), resp["ETag"]
+        except Exception as e:
+            if _error_code(e) in ("NoSuchKey", "404"):
+                raise FileNotFoundError(f"s3://{self.bucket}/{self._key(key)}") from None
+            raise StoreError(describe_error(e, f"cannot read s3://{self.bucket}/{self._key(key)}")) from None
+
+    def _put_if(self, key: str, data: bytes, **condition) -> str | None:
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)["ETag"]
+        except Exception as e:
+            if _error_code(e) in CONDITION_FAILED or (condition.get("IfMatch") and _error_code(e) in ("NoSuchKey", "404")):
+                return None
+            raise StoreError(describe_error(e, f"cannot write s3://{self.bucket}/{self._key(key)}")) from None
+
+    def create_exclusive(self, key: str, data: bytes) -> str | None:
+        return self._put_if(key, data, IfNoneMatch="*")
+
+    def replace_if(self, key: str, data: bytes, etag: str) -> str | None:
+        return self._put_if(key, data, IfMatch=etag)
+
+    def delete_if(self, key: str, etag: str) -> bool:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=etag)
+            return True
+        except Exception as e:
+            if _error_code(e) in (*CONDITION_FAILED, "NoSuchKey", "404"):
+                return False
+            raise StoreError(describe_error(e, f"cannot delete s3://{self.bucket}/{self._key(key)}")) from None
 
     def list(self, prefix: str) -> list[StoredObject]:
         full = self._key(prefix.rstrip("/") + "/")

@@ -8,8 +8,10 @@ atomic whole-object PUTs but no rename).
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,17 @@ def _read_only_mount(path: Path) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+def _etag(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()  # as S3's etag of a single PUT
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # (a read-only file system refuses even that)
 
 
 class StoreError(Exception):
@@ -52,6 +65,25 @@ class OutputStore:
         raise NotImplementedError
 
     def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    # Conditional writes: what a lock needs (one creator wins; a renewal or a takeover applies only
+    # to the version it read). An etag names one version of an object's bytes.
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object and its etag (FileNotFoundError when absent)."""
+        raise NotImplementedError
+
+    def create_exclusive(self, key: str, data: bytes) -> str | None:
+        """Create the object only if it does not exist: its etag, or None when it exists."""
+        raise NotImplementedError
+
+    def replace_if(self, key: str, data: bytes, etag: str) -> str | None:
+        """Replace the object only if it is still the version ``etag``: the new etag, else None."""
+        raise NotImplementedError
+
+    def delete_if(self, key: str, etag: str) -> bool:
+        """Delete the object only if it is still the version ``etag``."""
         raise NotImplementedError
 
     def local_path(self, key: str) -> str | None:
@@ -101,8 +133,8 @@ class LocalStore(OutputStore):
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*key.split("/"))
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
+    def _staged(self, path: Path, data: bytes) -> Path:
+        """``data`` in a hidden temporary file next to ``path``, on disk (listings skip it)."""
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,13 +142,86 @@ class LocalStore(OutputStore):
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+        except OSError:
+            _unlink_quietly(tmp)
+            raise
+        return tmp
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        try:
+            self._replace(path, data)
         except OSError as e:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass  # (a read-only file system refuses even that)
             raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
+
+    def _replace(self, path: Path, data: bytes) -> None:
+        tmp = self._staged(path, data)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            _unlink_quietly(tmp)
+            raise
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        data = self._path(key).read_bytes()
+        return data, _etag(data)
+
+    def create_exclusive(self, key: str, data: bytes) -> str | None:
+        # A hard link of a complete file: created only if absent (as O_CREAT|O_EXCL) and never
+        # seen half written.
+        path = self._path(key)
+        try:
+            tmp = self._staged(path, data)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return None
+            finally:
+                _unlink_quietly(tmp)
+        except OSError as e:
+            raise StoreError(f"cannot create {path}: {e.strerror or e}") from None
+        return _etag(data)
+
+    @contextmanager
+    def _guarded(self, path: Path):
+        """Compare-then-rename made atomic among processes: an exclusive flock on a hidden file
+        beside ``path`` (flock works on local disks and NFS)."""
+        import fcntl
+
+        fd = os.open(path.with_name(f".{path.name}.guard"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    def _is_version(self, path: Path, etag: str) -> bool:
+        try:
+            return _etag(path.read_bytes()) == etag
+        except FileNotFoundError:
+            return False
+
+    def replace_if(self, key: str, data: bytes, etag: str) -> str | None:
+        path = self._path(key)
+        try:
+            with self._guarded(path):
+                if not self._is_version(path, etag):
+                    return None
+                self._replace(path, data)
+        except OSError as e:
+            raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
+        return _etag(data)
+
+    def delete_if(self, key: str, etag: str) -> bool:
+        path = self._path(key)
+        try:
+            with self._guarded(path):
+                if not self._is_version(path, etag):
+                    return False
+                path.unlink()
+        except OSError as e:
+            raise StoreError(f"cannot delete {path}: {e.strerror or e}") from None
+        return True
 
     def read_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()

@@ -27,6 +27,7 @@ A layout holds its pooling (operators/layouts/pooling.py, ``Layout.pooler``) and
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -156,6 +157,7 @@ class LayoutEncoder:
         self.fde_params = fde or FdeParams()
         self._page_vector = {lay.name: lay.pooler.document_encoder(dim, self.fde_params)
                              for lay in self.layouts if not lay.is_multi_vector}
+        self.cpu_s: dict[str, float] = {}  # CPU seconds spent on each layout since it was last read
 
     def page_vectors(self, layout: Layout, emb, raw: np.ndarray | None = None) -> np.ndarray:
         """The (n, D) float32 vectors of one page in this layout, before encoding. ``emb`` holds
@@ -170,10 +172,12 @@ class LayoutEncoder:
         nulls = [e is None for e in embs]
         out: dict[str, pa.Array] = {}
         for layout in self.layouts:
+            c0 = time.process_time()
             if layout.is_multi_vector:
                 out.update(self._multi_vector_columns(layout, embs, raws, nulls))
             else:  # sv-fde (sv-mean is a base column)
                 out[layout.column] = self._single_vector_column(layout, embs, nulls)
+            self.cpu_s[layout.name] = self.cpu_s.get(layout.name, 0.0) + time.process_time() - c0
         return out
 
     def _single_vector_column(self, layout: Layout, embs: list, nulls: list[bool]) -> pa.Array:

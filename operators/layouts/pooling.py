@@ -19,6 +19,7 @@ page; single-vector ones (``mean``, ``fde``) one vector per page, for documents 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -35,12 +36,20 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.where(n > 0, n, 1)
 
 
+@functools.lru_cache(maxsize=16)
+def _upper_triangle(n: int) -> np.ndarray:
+    """Flat indices of an n x n matrix's upper triangle, row-major (pages of one budget share n;
+    building them costs as much as the product itself)."""
+    i, j = np.triu_indices(n, k=1)
+    return i * n + j
+
+
 def condensed_cosine_distances(vectors: np.ndarray) -> np.ndarray:
     """Condensed (upper-triangle, row-major) cosine distances of L2-normalised rows, as float64."""
     v = normalise(vectors.astype(np.float32))
     sim = v @ v.T
-    iu = np.triu_indices(len(v), k=1)
-    return np.clip(1.0 - sim[iu], 0.0, None).astype(np.float64)
+    d = 1.0 - sim.ravel().take(_upper_triangle(len(v)))  # in float32, as before: the same merges
+    return np.maximum(d, 0.0, out=d).astype(np.float64)
 
 
 def ward_clusters(vectors: np.ndarray, n_clusters: int) -> np.ndarray:

@@ -71,11 +71,13 @@ def parameters(spec: ModelSpec) -> int | None:
 
 
 def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: str | None = None,
-              workdir: str | None = None, s3_options=None, say=None) -> dict:
+              workdir: str | None = None, s3_options=None, say=None, stage_pass=None) -> dict:
     """``source``: a folder or s3:// prefix of the user's PDFs; None: a generated document.
     ``say``: where the progress lines go (what starts, then each batch with its estimate). On a
     CPU, a model of more than a billion parameters embeds ``CPU_BIG_PAGES`` pages one at a time,
-    and says so: a forward pass of a 2B model takes tens of seconds there."""
+    and says so: a forward pass of a 2B model takes tens of seconds there. ``stage_pass(source,
+    refs, say)``: what a page costs in every CPU stage, measured on the sample's documents
+    (pipelines/ingest/stage_costs.py, given by the command: it runs an ingest's stages)."""
     import tempfile
 
     from operators.io.sources import SourceError
@@ -123,6 +125,7 @@ def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: s
                 if sum(tb["kind"].to_pylist().count("page") for tb in tables) >= max(n_pages, RENDER_SAMPLE_PAGES):
                     break
             pages_cost = page_costs(src, refs[:docs], say)
+            cpu = stage_pass(src, refs[:docs], say) if stage_pass else {"cpu_ms_per_page": {}}
         finally:
             stage.close()
     import pyarrow as pa
@@ -150,16 +153,18 @@ def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: s
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    vectors = []
+    t, cpu0 = time.perf_counter(), time.process_time()
+    counts = []
     for start in range(0, len(images), batch_size):
-        vectors += [len(e.vectors) for e in adapter.embed_images(images[start:start + batch_size])]
-        done, spent = len(vectors), time.perf_counter() - t
+        counts += [len(e.vectors) for e in adapter.embed_images(images[start:start + batch_size])]
+        done, spent = len(counts), time.perf_counter() - t
         say(f"calibrate: embedded {done}/{len(images)} pages, {done / spent:.2f} pages/s, about "
             f"{(len(images) - done) * spent / done:.0f} s left")
     if cuda:
         torch.cuda.synchronize()
-    embed_s = time.perf_counter() - t
+    embed_s, embed_cpu_s = time.perf_counter() - t, time.process_time() - cpu0
+    if cuda and stage_pass:  # the model stage's host CPU (the processor, the batches): a GPU's own core(s)
+        cpu["cpu_ms_per_page"]["embed"] = round(1000 * embed_cpu_s / len(images), 2)
     peak = torch.cuda.max_memory_allocated() if cuda else max(0, process.memory_info().rss - rss0)
     n_rendered = sum(1 for k in kinds if k == "page")
     return {
@@ -170,13 +175,14 @@ def calibrate(spec: ModelSpec, n_pages: int = 16, batch_size: int = 8, source: s
         "batch_size": batch_size,
         "pages": len(images),
         "pages_per_s": round(len(images) / embed_s, 3),
-        "vectors_per_page": round(float(np.mean(vectors)), 2),
+        "vectors_per_page": round(float(np.mean(counts)), 2),
         "peak_device_memory_bytes": int(peak),
         "peak_memory_kind": "cuda max_memory_allocated" if cuda else "host RSS growth",
         "render_pages_per_s_per_core": round(n_rendered / render_s, 2),
         "render_sample": {"source": "synthetic" if synthetic else source, "documents": docs, "pages": n_rendered,
                           "documents_quarantined": _quarantined(rendered)},
         **pages_cost,
+        **cpu,
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
                  "gpu": torch.cuda.get_device_name(0) if cuda else None},
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

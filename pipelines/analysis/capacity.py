@@ -17,6 +17,7 @@ from operators.models.family import family, plan_name
 from operators.models.presets import PLAN_ONLY, PRESETS
 from operators.models.sv import SV_PRESETS
 from operators.render import target_size
+from pipelines.analysis import sizing
 from pipelines.analysis.costs import (
     DEFAULT_PRICES,
     TEXT_CHUNKS_PER_PAGE,
@@ -70,7 +71,7 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
          calibration: dict | None = None, deadline_hours: float | None = None, index: str = "HNSW",
          replicas: int = 1, prices: Prices = DEFAULT_PRICES, lite: bool = False, measured: dict | None = None,
          store: str = "milvus", ocr_fraction: float | None = None, duplicate_fraction: float = 0.0,
-         page_images: str | None = None) -> dict:
+         page_images: str | None = None, fleet: dict | None = None) -> dict:
     """``measured``: a ``pagemill report --json`` whose Milvus server bytes were measured; each
     layout's Milvus disk is then its raw bytes times the overhead measured there (server bytes
     over raw bytes of the collection that held the layout, or of one of the same kind).
@@ -78,11 +79,14 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
     ``index`` one of LanceDB's (``NONE``: exact search). ``ocr_fraction``: the share of pages that
     need OCR (default: the calibration's, else none); ``duplicate_fraction``: the share of pages
     that are duplicates (copied, not embedded); ``page_images``: ``--page-images``' spec, whose
-    bytes the plan adds."""
+    bytes the plan adds. ``fleet``: what the fleet has (``gpus``, ``cpus``, ``store_nodes``) and
+    the store's rows/s per node (``store_rows_per_s``), for the fleet section
+    (pipelines/analysis/sizing.py)."""
     for name, value in (("--ocr-fraction", ocr_fraction), ("--duplicate-fraction", duplicate_fraction)):
         if value is not None and not 0 <= value <= 1:
             raise UsageError(f"{name}: a share of the pages, 0 to 1, got {value:g}")
-    extras = {"ocr_fraction": ocr_fraction, "duplicate_fraction": duplicate_fraction, "page_images": page_images}
+    extras = {"ocr_fraction": ocr_fraction, "duplicate_fraction": duplicate_fraction, "page_images": page_images,
+              "fleet": fleet, "store": store}
     if preset:
         preset = plan_name(preset)
         if preset not in MODEL_PRESETS:
@@ -219,7 +223,7 @@ def page_image_bytes(spec: str, calibration: dict | None) -> tuple[float, str]:
 
 def with_compute(out: dict, calibration: dict | None, deadline_hours: float | None, pages: int, prices: Prices,
                  ocr_fraction: float | None = None, duplicate_fraction: float = 0.0,
-                 page_images: str | None = None) -> dict:
+                 page_images: str | None = None, fleet: dict | None = None, store: str = "milvus") -> dict:
     """The plan's compute section from a calibration (GPU-hours, GPUs for a deadline, CPU cores
     per GPU: rendering and OCR for the share of pages that need it), fewer GPU-hours for the
     duplicates, and the page images' bytes."""
@@ -267,6 +271,17 @@ def with_compute(out: dict, calibration: dict | None, deadline_hours: float | No
         if deadline_hours:
             compute["deadline_hours"] = deadline_hours
             compute["gpus_for_deadline"] = math.ceil(gpu_hours / deadline_hours)
+        if calibration.get("cpu_ms_per_page"):  # every CPU stage measured: the fleet's sizing
+            given = dict(fleet or {})
+            gpus = given.pop("gpus", None) or compute.get("gpus_for_deadline") or 1
+            image = out["page_images"]["bytes_per_page"] if "page_images" in out else 0.0
+            f = sizing.fleet(calibration, out["layouts"], store=store, gpus=gpus, ocr_fraction=ocr_fraction,
+                             ocr_ms=ocr_ms, image_bytes=image, **given)
+            compute["cpu_cores_per_gpu"] = f["cpu_cores_per_gpu"]
+            compute["cpu_core_s_per_page"] = {k: round(v / 1000, 4) for k, v in f["cpu_ms_per_page"].items()}
+            compute["stages"] = True
+            out["fleet"] = f
+            out["notes"] += f.pop("notes")
         if calibration.get("peak_device_memory_bytes"):
             compute["peak_device_memory_bytes"] = calibration["peak_device_memory_bytes"]
         out["compute"] = compute
@@ -320,12 +335,14 @@ def format_plan(p: dict) -> str:
                      f"{r['monthly_cost_usd']:>12,.0f}")
     if "compute" in p:
         c = p["compute"]
+        kept = "every CPU stage" if c.get("stages") else "rendering" + (" and OCR" if c.get("ocr_fraction") else "")
         line = (f"compute: {c['gpu_pages_per_s']:.1f} pages/s per GPU -> {c['gpu_hours']:,.1f} GPU-hours "
-                f"(${c['gpu_cost_usd']:,.0f}); {c['cpu_cores_per_gpu']} CPU cores per GPU keep rendering"
-                + (" and OCR" if c.get("ocr_fraction") else "") + " ahead")
+                f"(${c['gpu_cost_usd']:,.0f}); {c['cpu_cores_per_gpu']} CPU cores per GPU keep {kept} ahead")
         if "gpus_for_deadline" in c:
             line += f"; {c['gpus_for_deadline']} GPUs to finish in {c['deadline_hours']:g} h"
         lines.append(line)
+    if "fleet" in p:
+        lines += sizing.format_fleet(p["fleet"])
     if "page_images" in p:
         im = p["page_images"]
         lines.append(f"page images {im['spec']}: {human_bytes(im['bytes_per_page'])} a page, "

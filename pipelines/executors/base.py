@@ -134,6 +134,11 @@ class Executor:
         """Pages each stage's workers have handled so far (for the heartbeat)."""
         return {}
 
+    def holder_identity(self) -> dict:
+        """What the run lock records about where this driver runs, beyond host and pid (its Ray
+        job); {} here."""
+        return {}
+
     def run_task(self, fn, *args):
         """Run ``fn(*args)`` where the data lives (a worker for Ray; here for the local
         executor) and return its (small) result: rewrites of older shards and other maintenance

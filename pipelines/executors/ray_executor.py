@@ -15,6 +15,7 @@ local OUT on a multi-node cluster is reachable from the driver's node only (one 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -447,3 +448,75 @@ class RayExecutor(Executor):
         if self._started_here and ray.is_initialized():
             ray.shutdown()
             self._started_here = False
+
+    def holder_identity(self) -> dict:
+        """This driver's Ray job on a cluster it joined (a private cluster is on this host, where
+        the pid says enough), and its job submission."""
+        found = submitted_job()
+        if ray.is_initialized() and not self._started_here:
+            ctx = ray.get_runtime_context()
+            cluster = ray._private.worker.global_worker.gcs_client.cluster_id.hex()
+            found.update(gcs=ctx.gcs_address, cluster=cluster, job=ctx.get_job_id())
+        return found
+
+
+# -- The run lock's view of Ray: the job that holds OUT, and whether it has finished ---------------
+
+FINISHED_SUBMISSION = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def submitted_job() -> dict:
+    """The Ray job submission this process is the entrypoint of (``ray job submit``, a KubeRay
+    RayJob), from the environment its job supervisor sets; {} outside one."""
+    sid = os.environ.get("RAY_JOB_SUBMISSION_ID")
+    if not sid:  # Ray 2.x sets the submission id in the driver's job config
+        try:
+            sid = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")["metadata"]["job_submission_id"]
+        except (ValueError, KeyError, TypeError):
+            return {}
+    address = os.environ.get("RAY_ADDRESS", "")
+    return {"submission": sid, "gcs": address if ":" in address and "://" not in address else None}
+
+
+def ray_job_verdict(recorded: dict):
+    """Whether the Ray job a lock holder recorded has finished, asked of that cluster's GCS: a
+    job by its id (on the cluster of the recorded id: another cluster at the same address answers
+    WrongClusterID), a submission by its status. A cluster that does not answer proves nothing."""
+    from ray._raylet import GcsClient
+
+    from pipelines.out.lock import Verdict
+
+    job, sub, gcs = recorded.get("job"), recorded.get("submission"), recorded.get("gcs")
+    if not (job or sub):
+        return None
+    name = f"Ray job {job}" if job else f"Ray job submission {sub}"
+    if not gcs:
+        return Verdict(None, f"{name} not checked (no cluster address recorded)")
+    try:
+        check_address(gcs, timeout_s=2.0)
+    except UsageError:
+        return Verdict(None, f"{name} not checked: no Ray cluster answers at {gcs}")
+    try:
+        if job and recorded.get("cluster"):
+            client = GcsClient(address=gcs, cluster_id=recorded["cluster"])
+            found = client.get_all_job_info(job_or_submission_id=job, skip_submission_job_info_field=True,
+                                            skip_is_running_tasks_field=True, timeout=5)
+            entry = next((v for k, v in found.items() if k.hex() == job), None)
+            if entry is None:
+                return Verdict(None, f"{name} is unknown to the Ray cluster at {gcs}")
+            if entry.is_dead:
+                return Verdict(True, f"{name} has finished on the Ray cluster at {gcs}")
+            return Verdict(False, f"{name} is running on the Ray cluster at {gcs}")
+        if not sub:
+            return Verdict(None, f"{name} not checked (no cluster id recorded)")
+        client = GcsClient(address=gcs)
+        raw = client.internal_kv_get(f"_ray_internal_job_info_{sub}".encode(), namespace=b"job", timeout=5)
+        status = json.loads(raw).get("status") if raw else None
+    except Exception as e:
+        if "WrongClusterID" in str(e):
+            return Verdict(None, f"{name} not checked: the Ray cluster at {gcs} is another one now")
+        return Verdict(None, f"{name} not checked ({_first(e)})")
+    if status is None:
+        return Verdict(None, f"{name} is unknown to the Ray cluster at {gcs}")
+    # A running submission proves no more than that: its driver may have died under a wrapper.
+    return Verdict(True if status in FINISHED_SUBMISSION else None, f"{name} is {status} on the Ray cluster at {gcs}")

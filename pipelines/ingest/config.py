@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.out.lock import DEFAULT_LEASE_S
+
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names the key."""
@@ -68,7 +70,9 @@ class IngestConfig:
     exclude: list[str] = field(default_factory=list)
     summary: str | None = None
     progress_interval_s: float = 10.0
-    lock_lease_s: float = 300.0  # a dead run's lock on OUT expires after this
+    lock_lease_s: float = DEFAULT_LEASE_S  # a dead run's lock on OUT expires after this (renewed every lease/4)
+    pushgateway: str | None = None  # push the run's metrics here (pipelines/ingest/metrics.py)
+    metrics_textfile: str | None = None  # write them here (a .prom file) for node exporter
     # S3 and S3-compatible stores (credentials: boto3's standard chain, never here)
     s3_endpoint_url: str | None = None  # default $AWS_ENDPOINT_URL
     s3_region: str | None = None
@@ -133,6 +137,11 @@ class IngestConfig:
             parse_page_images(cfg.page_images)
         except ValueError as e:
             raise ConfigError(f"page_images: {e}") from None
+        from pipelines.ingest.metrics import metrics_problem
+
+        problem = metrics_problem(cfg.pushgateway, cfg.metrics_textfile)
+        if problem:
+            raise ConfigError(problem)
         if cfg.passwords and not Path(cfg.passwords).is_file():
             raise ConfigError(f"passwords: no such file {cfg.passwords!r}")
         from operators.stores import check_store_options, store_of_uri

@@ -16,12 +16,13 @@ from operators.io.sources import NoSource
 from operators.io.uris import open_source, open_store
 from operators.stores import open_vectors
 from pipelines.analysis.layout_stats import LayoutStats
-from pipelines.executors import executor_for
+from pipelines.executors import executor_for, holder_checks
 from pipelines.executors.base import UnitTracker
 from pipelines.ingest.added import add_from_archive
 from pipelines.ingest.commit import UnitCommitter
 from pipelines.ingest.config import ConfigError, IngestConfig
 from pipelines.ingest.generation import retire, swap_in
+from pipelines.ingest.metrics import RunCounts, RunMetrics
 from pipelines.ingest.planning import PlanCounts, plan_units, primed
 from pipelines.ingest.progress import Progress
 from pipelines.ingest.recover import recover
@@ -40,9 +41,10 @@ class IngestJob:
     ``execute`` (plan, stages, writers, commits), ``complete_layouts``, ``finish`` (deletes,
     compaction, resync, flush), ``complete_generation`` and ``summary``."""
 
-    def __init__(self, cfg: IngestConfig, log=None):
+    def __init__(self, cfg: IngestConfig, log=None, metrics: RunMetrics | None = None):
         self.cfg = cfg
         self.log = log or sys.stderr  # looked up now: a stream bound at import time may be closed since
+        self.metrics = metrics  # pushed at the heartbeat; the caller pushes the end with the exit status
         self.t_start = time.time()
         self.totals = RunTotals()
         self.stage_stats = StageStats()
@@ -65,7 +67,8 @@ class IngestJob:
         self.run_, self.decision = resolve_run(cfg, state, self.out.uri)
         self.preflight()
         self.out.check()  # creates a local OUT: the inputs are known good
-        self.lock = RunLock(self.out, self.run_.run_id, lease_s=cfg.lock_lease_s)
+        self.lock = RunLock(self.out, self.run_.run_id, lease_s=cfg.lock_lease_s, checks=holder_checks(),
+                            say=self.say, about=self.ray_submission())
         self.lock.acquire()
         try:
             for line in self.run_.notes:
@@ -87,6 +90,7 @@ class IngestJob:
                 raise
             self.executor.close()
             self.totals.store_counts = self.vectors.counts()
+            self.archive_rows = self.expected_rows() if self.metrics else {}
             self.vectors.close()
             return self.summary()
         finally:
@@ -94,6 +98,14 @@ class IngestJob:
             if hasattr(self.log, "log_text") and self.log.log_path:
                 # What Ray and the libraries printed (not on the terminal): kept with the run.
                 self.out.write_bytes(run_log_key(self.run_.run_id), self.log.log_text())
+
+    def ray_submission(self) -> dict:
+        """The Ray job submission this run is the entrypoint of, for the lock to record."""
+        if self.cfg.executor != "ray":
+            return {}
+        from pipelines.executors.ray_executor import submitted_job
+
+        return {"ray": submitted_job()}
 
     def preflight(self) -> None:
         """Every model resolves, the cluster answers and the store's options fit the run, before
@@ -135,7 +147,9 @@ class IngestJob:
         """Units stream from the listing (the driver never holds the whole source in memory), to
         a plan file the executor reads; each unit is committed when all of it is written."""
         cfg, run, rec = self.cfg, self.run_, self.recovery
-        self.progress = Progress(None, cfg.progress_interval_s, stream=self.log, live=self.executor.live_counters)
+        beat = (lambda: self.metrics.beat(self.live_counts)) if self.metrics else None
+        self.progress = Progress(None, cfg.progress_interval_s, stream=self.log, live=self.executor.live_counters,
+                                 on_beat=beat)
         self.say(f"run {run.run_id}: planning from {self.source.uri}"
                  + (f" ({len(rec.orphans)} files of an interrupted run removed)" if rec.orphans else ""))
         self.totals.orphans_removed = len(rec.orphans)
@@ -151,6 +165,8 @@ class IngestJob:
         try:
             units, plan_file = self.executor.feed(units, self.out, run.run_id, self._listed, self.say,
                                                   models=run.models.describe())
+            if ray_job := self.executor.holder_identity():
+                self.lock.record(ray=ray_job)  # a retry can now tell when this driver's job has finished
             t = time.time()
             self.stage_stats.begin()
             self.totals.exec_stats = self.executor.run(units, self.pipeline, tracker, plan=plan_file)
@@ -224,6 +240,16 @@ class IngestJob:
             for note in retire(self.out, state, self.recovery.ledger, self.vectors):
                 self.say(f"{self.vectors.name}: {note}")
 
+    def live_counts(self) -> RunCounts:
+        """The run so far, for the heartbeat's metrics."""
+        return RunCounts.live(self.totals, self.stage_stats.summary(), self.progress.rate())
+
+    def expected_rows(self) -> dict[str, int]:
+        """Rows the store's tables should hold by the ledger's committed pages (in memory: cheap);
+        the tables of a row per vector would need every shard read, and are left to status."""
+        pages = self.recovery.ledger.state.pages_held()
+        return {t: n for t, n in self.vectors.expected_rows(pages, {}).items() if n is not None}
+
     def summary(self) -> dict:
         """The run's summary (``summary.build``), said where it matters and written to
         ``OUT/_runs/<run id>.json`` (and ``--summary``)."""
@@ -237,12 +263,15 @@ class IngestJob:
                         source=self.source.uri, out=self.out, store=self.vectors.summary(), store_name=self.vectors.name,
                         ledger_records=self.recovery.ledger.state.records)
         save(summary, self.out, self.cfg.summary)
+        if self.metrics:
+            self.metrics.finished(RunCounts.of_summary(summary, self.vectors.name, self.archive_rows))
         return summary
 
 
-def run_ingest(cfg: IngestConfig, log=None) -> dict:
-    """Run the job to the end and return the run summary (also written to ``OUT/_runs/``)."""
-    return IngestJob(cfg, log).run()
+def run_ingest(cfg: IngestConfig, log=None, metrics: RunMetrics | None = None) -> dict:
+    """Run the job to the end and return the run summary (also written to ``OUT/_runs/``);
+    ``metrics``: the run's, pushed at the heartbeat and given the summary's counts."""
+    return IngestJob(cfg, log, metrics).run()
 
 
 __all__ = ["IngestJob", "run_ingest"]

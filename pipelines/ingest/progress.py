@@ -3,7 +3,8 @@
 A line comes every ``interval_s`` whether or not a unit committed (a run of one big unit is not
 silent for minutes): the workers' live counters (``live()``: the executor's, summed over its
 workers) for what is in flight, the commits for what is done. On a terminal the line replaces
-itself every second; in a log it is one line per interval.
+itself every second; in a log it is one line per interval. ``on_beat`` runs after each line (the
+run's metrics: pipelines/ingest/metrics.py).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ def _fmt_s(s: float) -> str:
 
 class Progress:
     def __init__(self, total_units: int | None, interval_s: float = 10.0, stream=None,
-                 live: Callable[[], dict] | None = None):
+                 live: Callable[[], dict] | None = None, on_beat: Callable[[], None] | None = None):
         import sys
 
         self.total_units = total_units
         self.interval_s = interval_s
         self.stream = stream or sys.stderr
         self.live = live  # () -> {"render": pages, "embed": pages, ...}: the workers' counters
+        self.on_beat = on_beat
         self.start = time.monotonic()
         self.units = 0
         self.pages = 0
@@ -51,6 +53,11 @@ class Progress:
         tick = 1.0 if tty else self.interval_s
         while not self._stop.wait(tick):
             self._emit(live=tty)
+            if self.on_beat is not None:
+                try:
+                    self.on_beat()
+                except Exception:  # metrics that fail must not stop the heartbeat
+                    pass
 
     def _emit(self, live: bool = False) -> None:
         try:
@@ -84,6 +91,10 @@ class Progress:
         if self.units:
             self._emit()
 
+    def rate(self, now: float | None = None) -> float:
+        """Pages committed per second since the start."""
+        return self.pages / max(1e-9, (now or time.monotonic()) - self.start)
+
     # -- the line -------------------------------------------------------------------------------
 
     def line(self, now: float | None = None, counters: dict | None = None) -> str:
@@ -98,7 +109,7 @@ class Progress:
             shown = {"render": max(counters.get("render", 0), embedded), "embed": embedded}
             flow = "".join(f" · {label} {shown[stage]}" for stage, label in
                            (("render", "rendered"), ("embed", "embedded")) if stage in counters)
-        rate = self.pages / elapsed
+        rate = self.rate(now)
         if self.units and self.total_units is not None and self._first_commit is not None:
             per_unit = (now - self.start) / self.units
             eta = _fmt_s(per_unit * max(0, self.total_units - self.units))

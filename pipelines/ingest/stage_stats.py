@@ -119,7 +119,9 @@ class StageStats:
             busy = sum(w["busy_s"] for w in workers.values())
             worker_wall = sum(w["wall_s"] for w in workers.values())
             pages = sum(w["pages"] for w in workers.values())
-            s = {"workers": len(workers), "items": pages, "busy_s": round(busy, 3),
+            cpu = sum(w.get("cpu_s", 0.0) for w in workers.values())
+            s = {"workers": len(workers), "items": pages, "busy_s": round(busy, 3), "cpu_s": round(cpu, 3),
+                 "cpu_ms_per_page": round(1000 * cpu / pages, 2) if pages else None,
                  "items_per_busy_s": round(pages / busy, 2) if busy else None,
                  "capacity_pages_per_s": round(pages / busy * len(workers), 2) if busy else None,
                  "utilisation": round(min(1.0, busy / worker_wall), 3) if worker_wall else None,
@@ -141,6 +143,11 @@ class StageStats:
                     w["forward_share"] = round(w.get("forward_s", 0.0) / w["wall_s"], 3) if w.get("wall_s") else None
             if stage == "encode":
                 s["layouts_s"] = round(sum(w.get("layouts_s", 0.0) for w in workers.values()), 3)
+                by_layout: dict[str, float] = {}
+                for w in workers.values():
+                    for name, sec in (w.get("layout_cpu_s") or {}).items():
+                        by_layout[name] = by_layout.get(name, 0.0) + sec
+                s["layout_cpu_ms_per_page"] = {k: round(1000 * v / pages, 2) for k, v in by_layout.items()} if pages else {}
             if stage == "render":  # OCR, Office conversions, duplicates, page images, hashes
                 for key in ("documents", "ocr_pages", "ocr_read", "ocr_s", "converted", "convert_s", "duplicates", "images",
                             "image_bytes", "images_s", "hash_s"):

@@ -113,3 +113,18 @@ def test_text_benchmark_ranks_the_same_queries_every_way(capsys):
     assert list(r) == list(text.METHODS) and all(len(v) == 4 and all(c.endswith("%") for c in v) for v in r.values())
     assert re.search(r"Text layer: 12 pages \(\d+ documents.*\d+ chunks; \d+ verbatim sentences", table)
     assert re.search(r"Target for the fusion \(verbatim top-3 >= 90%, top-1 >= 80%\): (met|NOT met)", table)
+
+
+def test_page_cpu_benchmark_sets_each_stage_and_a_plain_insert_side_by_side(capsys):
+    """Every CPU stage in ms a page with its share, pagemill's store write beside pymilvus'
+    insert of the same rows (the same count), and each change's before and after."""
+    from benchmarks import page_cpu
+
+    table = page_cpu.main(["--corpus", str(CORPUS), "--pages", "6"])
+    body = rows(table)
+    assert {"render", "encode", "write"} <= set(body)
+    assert all(float(body[s][0]) > 0 for s in ("render", "encode", "write"))
+    ours, plain = body["pagemill's store write"], body["pymilvus `MilvusClient.insert`"]
+    assert ours[0] == plain[0] and int(ours[0].replace(",", "")) > 6 * 770  # mv + mv-pool3 + a page row, a page
+    assert float(plain[3]) > 0
+    assert {"pixels column (pa.array -> one buffer)", "mv-pool3, BLAS threads (default -> 1)"} <= set(body)

@@ -76,7 +76,8 @@ def test_a_second_run_on_the_same_out_refuses(small_corpus, tmp_path, capsys):
     assert not (out / LOCK_KEY).exists()
     # a dead run's lock: expired lease, taken over
     stale = RunLock(LocalStore(out), "dead-run", lease_s=60)
-    stale._write()
+    stale.acquire()
+    stale._stop.set()  # its heartbeat stops, as a dead run's does
     lock = json.loads((out / LOCK_KEY).read_text())
     lock["expires_at"] = time.time() - 1
     (out / LOCK_KEY).write_text(json.dumps(lock))
