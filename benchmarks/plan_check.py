@@ -47,10 +47,9 @@ def measured(src: Path, rate: float, out: Path) -> dict:
                             "progress_interval_s": 3600.0})
     stages = run_ingest(cfg, log=io.StringIO())["stages"]
     busy = {s: v["utilisation"] for s, v in stages.items() if isinstance(v, dict) and v.get("utilisation") is not None}
-    # the run's steady rate: pages committed after the first unit over the time since (start-up
-    # and the end's flush are no page's cost); small writer batches, so that commits do not come
-    # in bursts of a few writes
-    return {"pages_per_s": stages.get("steady_pages_per_s"), "busiest": max(busy, key=busy.get), "utilisation": busy}
+    # the run's rate from its first batch to its last commit (start-up and the end's flush are no
+    # page's cost); small writer batches, so that commits do not come in bursts
+    return {"pages_per_s": stages.get("flowing_pages_per_s"), "busiest": max(busy, key=busy.get), "utilisation": busy}
 
 
 def main(argv=None) -> str:

@@ -180,7 +180,8 @@ BENCHMARKS = {"bench-render": benchmark("render"), "bench-pool": benchmark("pool
               "bench-pipeline": benchmark("pipeline", "--docs", "170"), "bench-memory": benchmark("memory", "--docs", "100"),
               "bench-fleet": benchmark("fleet"), "bench-ledger": benchmark("ledger"), "bench-text": benchmark("text", "--pages", "400", "--queries", "80"),
               "bench-stores": benchmark("stores"),
-              "bench-archives": benchmark("archives"), "bench-page-cpu": benchmark("page_cpu")}
+              "bench-archives": benchmark("archives"), "bench-page-cpu": benchmark("page_cpu"),
+              "bench-plan-check": benchmark("plan_check")}
 
 GENERATORS = {**DETERMINISTIC, **RUNS, **BENCHMARKS}
 

@@ -84,6 +84,17 @@ class StageStats:
         else:
             self._commits_after_first += 1
         self._last = (now, self.commit["pages"])
+        self._last_at = time.time()
+
+    def flowing_pages_per_s(self) -> float | None:
+        """Pages committed over the time from the first batch any stage took (its worker's set-up
+        done: model loads and actor starts are not in it) to the last commit: the pipeline's rate
+        with its filling, without start-up or the end's flush (what a plan's pages/s predicts;
+        ``steady_pages_per_s`` can overshoot on a short run whose first commit waited)."""
+        starts = [w["started_at"] for ws in self.workers.values() for w in ws.values() if w.get("started_at")]
+        if not starts or self._last is None or self._last_at - min(starts) < 0.2:
+            return None
+        return self._last[1] / (self._last_at - min(starts))
 
     def steady_pages_per_s(self) -> float | None:
         """Pages committed after the first unit, over the time since it: the rate once actors are
@@ -169,6 +180,8 @@ class StageStats:
                              "utilisation": round(min(1.0, c["busy_s"] / self._commit_window(wall)), 3)}
             steady = self.steady_pages_per_s()
             out["steady_pages_per_s"] = round(steady, 2) if steady else None
+            flowing = self.flowing_pages_per_s()
+            out["flowing_pages_per_s"] = round(flowing, 2) if flowing else None
             out["first_commit_s"] = round(self._first[0] - self.start, 3)
             out["steady_window_s"] = round(self._last[0] - self._first[0], 3)
             out["steady_pages"] = self._last[1] - self._first[1]  # committed in that window, after the first unit
