@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 # Parquet, as pagemill writes vector columns (plain, uncompressed; see parquet_sink): the vector
 # bytes plus repetition/definition levels: ~6 bytes per fixed-size-list vector, ~0.1 per
@@ -92,7 +93,8 @@ class Encoding:
     def arrow_type(self, dim: int) -> pa.DataType:
         raise NotImplementedError
 
-    def _inner_array(self, flat: np.ndarray, dim: int) -> pa.Array:
+    def _inner_array(self, flat: np.ndarray, dim: int, mask: pa.Array | None = None) -> pa.Array:
+        """(n, width) stored values -> ``arrow_type(dim)`` per row (``mask``: True where null)."""
         raise NotImplementedError
 
     def _stored_values(self, values: pa.Array, dim: int) -> np.ndarray:
@@ -114,6 +116,20 @@ class Encoding:
         offsets = arr.offsets.to_numpy()
         offsets = offsets - offsets[0]
         return offsets, self._stored_values(arr.flatten(), dim)  # flatten respects slicing, unlike .values
+
+    def fixed_array(self, values: np.ndarray, dim: int, null_mask: list[bool] | None = None) -> pa.Array:
+        """One encoded vector per row (a single-vector layout's column), ``arrow_type(dim)``."""
+        flat = np.ascontiguousarray(values.astype(self.numpy_dtype, copy=False))
+        mask = pa.array(null_mask, pa.bool_()) if null_mask is not None and any(null_mask) else None
+        return self._inner_array(flat, dim, mask)
+
+    def read_fixed(self, column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
+        """``arrow_type(dim)`` per row -> stored values (rows, width)."""
+        arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        if pa.types.is_fixed_size_list(arr.type):  # null rows keep their slots (flatten drops them)
+            values = arr.values.slice(arr.offset * dim, len(arr) * dim)
+            return values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        return self._stored_values(arr, dim)
 
     # Costs
 
@@ -143,8 +159,8 @@ class _FloatList(Encoding):
     def decode(self, values: np.ndarray, dim: int, scale: np.ndarray | None = None) -> np.ndarray:
         return values.astype(np.float32)
 
-    def _inner_array(self, flat: np.ndarray, dim: int) -> pa.Array:
-        return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), self.arrow_scalar), dim)
+    def _inner_array(self, flat: np.ndarray, dim: int, mask: pa.Array | None = None) -> pa.Array:
+        return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), self.arrow_scalar), dim, mask=mask)
 
     def _stored_values(self, values: pa.Array, dim: int) -> np.ndarray:
         return values.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
@@ -159,9 +175,10 @@ class _FixedBinary(Encoding):
     def arrow_type(self, dim: int) -> pa.DataType:
         return pa.binary(int(dim * self.bytes_per_dim))
 
-    def _inner_array(self, flat: np.ndarray, dim: int) -> pa.Array:
+    def _inner_array(self, flat: np.ndarray, dim: int, mask: pa.Array | None = None) -> pa.Array:
+        validity = pc.invert(mask).buffers()[1] if mask is not None else None
         return pa.FixedSizeBinaryArray.from_buffers(self.arrow_type(dim), flat.shape[0],
-                                                    [None, pa.py_buffer(flat.tobytes())])
+                                                    [validity, pa.py_buffer(flat.tobytes())])
 
     def _stored_values(self, values: pa.Array, dim: int) -> np.ndarray:
         width = int(dim * self.bytes_per_dim)

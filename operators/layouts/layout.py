@@ -10,6 +10,9 @@ Names (``--layouts``, comma-separated):
                    (``mv-int8``, ``mv-pool3-bin``); int8 stores a per-vector scale beside it
 ``sv-mean``        mean of the patch vectors, L2-normalised, float32 (always written)
 ``sv-fde``         MUVERA fixed-dimensional encoding of the multi-vector, float32
+``sv-...-{enc}``   encoding suffix for a single vector: fp16, bf16, int8, bin (``sv-mean-int8``,
+                   ``sv-fde-bf16``): an extra column from the same float32 vector; int8 stores
+                   its scale beside it (one float a row); ``sv-mean-fp32`` is ``sv-mean``
 =================  =========================================================================
 
 Column names replace ``-`` with ``_`` (``mv-pool3-int8`` -> ``mv_pool3_int8``). Every layout has
@@ -33,6 +36,7 @@ from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from operators.layouts.encodings import ENCODINGS, Encoding, encoding
 from operators.layouts.fde import FdeParams
@@ -44,6 +48,7 @@ BM25_LAYOUT = "text-bm25"  # the text layer's lexical side, where a store has BM
 SV_VLM_LAYOUT = "sv-vlm"  # a single-vector model's page vector
 _ENC = "|".join(ENCODINGS)
 _MV = re.compile(rf"^mv(?:-(pool(\d+)|rowcol))?(?:-({_ENC}))?$")
+_SV = re.compile(rf"^sv-(mean|fde)(?:-({_ENC}))?$")
 
 
 class LayoutError(ValueError):
@@ -76,7 +81,7 @@ class Layout:
 
     @property
     def scale_column(self) -> str | None:
-        return f"{self.column}_scale" if self.codec.scale_bytes and self.is_multi_vector else None
+        return f"{self.column}_scale" if self.codec.scale_bytes else None
 
     def params(self, fde: FdeParams | None = None) -> dict:
         p = {"kind": self.kind, "pooling": self.pooling, "factor": self.factor, "encoding": self.encoding}
@@ -90,8 +95,20 @@ class Layout:
     def arrow_fields(self, dim: int, fde_dim: int | None = None) -> list[pa.Field]:
         fields = [pa.field(self.column, self.pooler.arrow_type(self.codec, self.dim(dim, fde_dim)))]
         if self.scale_column:
-            fields.append(pa.field(self.scale_column, pa.list_(pa.float32())))
+            fields.append(pa.field(self.scale_column, self.pooler.scale_arrow_type()))
         return fields
+
+    def read_page_vectors(self, table: pa.Table) -> np.ndarray:
+        """A single-vector layout's (rows, D) float32 vectors from its column in ``table``, decoded
+        (binary to +-1), for scoring and for stores that hold float vectors. D comes from the
+        column's type (``fixed_size_list<_, D>`` or ``fixed_size_binary``)."""
+        t = table.schema.field(self.column).type
+        d = t.list_size if pa.types.is_fixed_size_list(t) else round(t.byte_width / self.codec.bytes_per_dim)
+        stored = self.codec.read_fixed(table[self.column], d)
+        scale = None
+        if self.scale_column:
+            scale = pc.fill_null(table[self.scale_column].combine_chunks(), 0.0).to_numpy(zero_copy_only=False)
+        return np.asarray(self.codec.decode(stored, d, scale), np.float32).reshape(table.num_rows, d)
 
     # Costs
 
@@ -116,15 +133,16 @@ class Layout:
 
 def parse_layout(name: str) -> Layout:
     name = name.strip()
-    if name == "sv-mean":
-        return Layout(name, "sv", "mean", encoding="fp32")
-    if name == "sv-fde":
-        return Layout(name, "sv", "fde", encoding="fp32")
+    sv = _SV.match(name)
+    if sv:  # float32 unless a suffix asks otherwise; sv-mean-fp32 is sv-mean
+        pooling, enc = sv.group(1), sv.group(2) or "fp32"
+        return Layout(f"sv-{pooling}" + ("" if enc == "fp32" else f"-{enc}"), "sv", pooling, encoding=enc)
     m = _MV.match(name)
     if not m:
+        suffixes = "/".join("-" + e for e in ENCODINGS)
         raise LayoutError(
-            f"unknown layout {name!r}: use mv, mv-pool<F>, mv-rowcol (each optionally "
-            f"{'/'.join('-' + e for e in ENCODINGS)}), sv-mean or sv-fde"
+            f"unknown layout {name!r}: use mv, mv-pool<F>, mv-rowcol (each optionally {suffixes}), "
+            f"sv-mean or sv-fde (each optionally {suffixes})"
         )
     pooled, factor, enc = m.group(1), m.group(2), m.group(3) or "fp16"
     if factor is not None and int(factor) < 1:
@@ -175,17 +193,21 @@ class LayoutEncoder:
             c0 = time.process_time()
             if layout.is_multi_vector:
                 out.update(self._multi_vector_columns(layout, embs, raws, nulls))
-            else:  # sv-fde (sv-mean is a base column)
-                out[layout.column] = self._single_vector_column(layout, embs, nulls)
+            else:  # sv-fde, encoded single vectors (sv-mean is a base column)
+                out.update(self._single_vector_columns(layout, embs, nulls))
             self.cpu_s[layout.name] = self.cpu_s.get(layout.name, 0.0) + time.process_time() - c0
         return out
 
-    def _single_vector_column(self, layout: Layout, embs: list, nulls: list[bool]) -> pa.Array:
+    def _single_vector_columns(self, layout: Layout, embs: list, nulls: list[bool]) -> dict[str, pa.Array]:
         dim = layout.dim(self.dim, self.fde_params.dim)
         encode = self._page_vector[layout.name]
         rows = np.stack([encode(e) if e is not None else np.zeros(dim, np.float32)
-                         for e in embs]) if embs else np.zeros((0, dim), np.float32)
-        return pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel(), pa.float32()), dim, mask=pa.array(nulls))
+                         for e in embs]).astype(np.float32) if embs else np.zeros((0, dim), np.float32)
+        values, scale = layout.codec.encode(rows)
+        out = {layout.column: layout.codec.fixed_array(values, dim, nulls)}
+        if layout.scale_column:
+            out[layout.scale_column] = pa.array(scale, pa.float32(), mask=np.asarray(nulls, bool))
+        return out
 
     def _multi_vector_columns(self, layout: Layout, embs: list, raws: list, nulls: list[bool]) -> dict[str, pa.Array]:
         codec = layout.codec
@@ -259,9 +281,8 @@ class DotScorer(LayoutScorer):
 
     def __init__(self, layout: Layout, table: pa.Table, dim: int, fde: FdeParams | None = None):
         super().__init__(layout, table, dim, fde)
-        col = table[layout.column]
-        self.matrix = np.asarray(col.combine_chunks().flatten().to_numpy(zero_copy_only=False),
-                                 np.float32).reshape(table.num_rows, -1)
+        # decoded (binary to +-1: the float query against the signs, as for multi-vectors)
+        self.matrix = layout.read_page_vectors(table)
         self._query = layout.pooler.query_encoder(dim, fde or FdeParams())
 
     def scores(self, query: np.ndarray) -> np.ndarray:

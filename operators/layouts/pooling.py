@@ -148,6 +148,10 @@ class Pooling:
     def parquet_bytes(self, codec: Encoding, vectors: float, dim: int) -> float:
         return codec.parquet_bytes(vectors, dim)
 
+    def scale_arrow_type(self) -> pa.DataType:
+        """A page's value in the scale column of a scaled encoding (int8): a scale per vector."""
+        return pa.list_(pa.float32())
+
     def vector_counts(self, column: pa.ChunkedArray | pa.Array, rows: int) -> np.ndarray:
         """Vectors of each row in the layout's column."""
         return pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -216,6 +220,9 @@ class SingleVector(Pooling):
 
     def parquet_bytes(self, codec, vectors, dim):
         return codec.bytes_per_vector(dim) + PARQUET_PAGE_BYTES
+
+    def scale_arrow_type(self):
+        return pa.float32()
 
     def vector_counts(self, column, rows):
         return np.ones(rows, np.int64)

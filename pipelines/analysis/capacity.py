@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 from operators.errors import UsageError
 from operators.layouts.encodings import ENCODINGS
-from operators.layouts.layout import TEXT_LAYOUT, parse_layout
+from operators.layouts.layout import SV_VLM_LAYOUT, TEXT_LAYOUT, Layout, parse_layout
 from operators.models import ModelSpec, decide_budget
 from operators.models.family import family, plan_name
 from operators.models.presets import PLAN_ONLY, PRESETS
@@ -85,6 +85,7 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
     for name, value in (("--ocr-fraction", ocr_fraction), ("--duplicate-fraction", duplicate_fraction)):
         if value is not None and not 0 <= value <= 1:
             raise UsageError(f"{name}: a share of the pages, 0 to 1, got {value:g}")
+    asked_dtype = dtype
     extras = {"ocr_fraction": ocr_fraction, "duplicate_fraction": duplicate_fraction, "page_images": page_images,
               "fleet": fleet, "store": store}
     if preset:
@@ -105,12 +106,15 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
         single = vectors_per_page == 1
     if dtype not in ENCODINGS:
         raise UsageError(f"dtype: {dtype!r} is not one of {', '.join(ENCODINGS)}")
-    # A single-vector model's page vector is the sv-vlm layout, stored as pagemill stores it:
-    # float32, in Parquet (sv_vlm) and in Milvus alike (the model's own dtype is not kept).
-    base = "sv-vlm" if single else f"mv-{dtype}"
+    # A single-vector model's page vector is the sv-vlm layout, in the encoding --dtype asks
+    # (sv-vlm-bf16, costed as sv-mean-bf16); without --dtype as pagemill stores it today, float32.
+    stored = (asked_dtype or "fp32") if single else dtype
+    if single:  # --dtype is how the page vector is stored; the model computes in its own (bf16 if unknown)
+        dtype = MODEL_PRESETS[preset]["dtype"] if preset else "bf16"
+    base = (SV_VLM_LAYOUT if stored == "fp32" else f"{SV_VLM_LAYOUT}-{stored}") if single else f"mv-{dtype}"
     names = [base] + [x for x in (layouts or []) if x != base]
-    if single:
-        names = [n for n in names if (n.startswith("sv-") and n != "sv-fde") or n == TEXT_LAYOUT]
+    if single:  # (no multi-vector to pool or to encode as FDE)
+        names = [n for n in names if (n.startswith("sv-") and not n.startswith("sv-fde")) or n == TEXT_LAYOUT]
     rows = []
     m_index = index if store != "lancedb" else "HNSW"  # LanceDB's index is costed by lance_row
     for name in names:
@@ -118,7 +122,7 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
             cost = text_layer_cost(index=m_index)
             vpp = cost.vectors_per_page
         else:
-            lay = parse_layout("sv-mean" if name == "sv-vlm" else name)
+            lay = costed_layout(name)
             vpp = pooled_vectors(vectors_per_page, lay, special)
             cost = layout_cost(lay, vpp, dim, index=m_index, lite=lite)
         cost.layout = name
@@ -136,15 +140,14 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
         if store == "lancedb":
             rows[-1] = lance_row(rows[-1], name, base, vpp, dim, index, pages, prices)
     out = {"pages": pages, "model": preset, "vectors_per_page": vectors_per_page, "dim": dim, "dtype": dtype,
-           "index": index.upper(), "replicas": replicas, "layouts": rows, "prices": asdict(prices)}
+           "stored_dtype": stored, "index": index.upper(), "replicas": replicas, "layouts": rows, "prices": asdict(prices)}
     out["notes"] = []
     if store == "lancedb":
         out["store"] = "lancedb"
         out["notes"] += lance_notes(rows, base, index, pages)
         return with_compute(out, calibration, deadline_hours, pages, prices, **extras)
     lite_raw = sum(text_layer_cost().milvus_raw_bytes_per_page if r["layout"] == TEXT_LAYOUT else
-                   layout_cost(parse_layout("sv-mean" if r["layout"] == "sv-vlm" else r["layout"]),
-                               r["vectors_per_page"], dim, lite=True).milvus_raw_bytes_per_page for r in rows)
+                   layout_cost(costed_layout(r["layout"]), r["vectors_per_page"], dim, lite=True).milvus_raw_bytes_per_page for r in rows)
     out["lite_memory_bytes"] = lite_memory_bytes(pages, lite_raw)
     warning = lite_memory_warning(pages, lite_raw)
     if warning:
@@ -169,13 +172,21 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
     return with_compute(out, calibration, deadline_hours, pages, prices, **extras)
 
 
+def costed_layout(name: str) -> Layout:
+    """The layout a plan row is costed as: a single-vector model's page vector (``sv-vlm``,
+    ``sv-vlm-bf16``, ...) as the mean vector in the same encoding."""
+    if name == SV_VLM_LAYOUT or name.startswith(SV_VLM_LAYOUT + "-"):
+        name = "sv-mean" + name[len(SV_VLM_LAYOUT):]
+    return parse_layout(name)
+
+
 def lance_row(row: dict, name: str, base: str, vpp: float, dim: int, index: str, pages: int, prices: Prices) -> dict:
     """A plan row costed for LanceDB: its disk (data and index) and memory (the index)."""
     if name == TEXT_LAYOUT:
         lc = lance_text_cost(index=index)
     else:
         # the base layout is pagemill's mv column: float16 whatever the model computes in
-        lay = "mv" if name == base and name.startswith("mv-") else ("sv-mean" if name == "sv-vlm" else name)
+        lay = parse_layout("mv") if name == base and name.startswith("mv-") else costed_layout(name)
         lc = lance_layout_cost(lay, vpp, dim, index=index)
     out = {k: v for k, v in row.items() if not k.startswith("milvus_")}
     gb = 1e9
@@ -188,7 +199,8 @@ def lance_row(row: dict, name: str, base: str, vpp: float, dim: int, index: str,
 
 
 def lance_notes(rows: list[dict], base: str, index: str, pages: int) -> list[str]:
-    notes = [f"LanceDB: a row per page, each layout a column ({base} as pagemill's mv column, float16); its memory "
+    held = f"{base} as pagemill's mv column, float16" if base.startswith("mv-") else f"{base} decoded to float32"
+    notes = [f"LanceDB: a row per page, each layout a column ({held}); its memory "
              f"is its indexes (read into the index cache when searched), its disk the data and the indexes"]
     if any(not r["lancedb_held"] for r in rows):
         notes.append("LanceDB holds float16/32 multi-vectors only: " + ", ".join(
@@ -320,7 +332,9 @@ def check_calibration(calibration: dict, preset: str | None) -> str | None:
 
 
 def format_plan(p: dict) -> str:
-    shape = (f"1 x {p['dim']} (computed in {p['dtype']}, stored float32)" if p["vectors_per_page"] == 1
+    stored = p.get("stored_dtype", "fp32")
+    shape = (f"1 x {p['dim']} (computed in {p['dtype']}, stored {'float32' if stored == 'fp32' else stored})"
+             if p["vectors_per_page"] == 1
              else f"{p['vectors_per_page']} x {p['dim']} {p['dtype']}")
     store = "LanceDB" if p.get("store") == "lancedb" else "Milvus"
     key, ram_w, disk_w = store.lower(), len(store) + 6, len(store) + 7

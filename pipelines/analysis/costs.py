@@ -114,16 +114,17 @@ def parquet_bytes_per_page(layout: Layout, vectors_per_page: float, dim: int, fd
 
 
 def milvus_vector_bytes(layout: Layout, dim: int, lite: bool, fde: FdeParams | None = None) -> float:
-    """Bytes of one vector in a Milvus field of its encoding's type (Milvus Lite: float vectors only)."""
+    """Bytes of one vector in a Milvus field of its encoding's type (Milvus Lite: float vectors only;
+    a single vector is a float32 field whatever its encoding in Parquet)."""
     d = layout.dim(dim, (fde or FdeParams()).dim)
-    return d * 4.0 if lite else d * layout.codec.bytes_per_dim
+    return d * 4.0 if lite or not layout.is_multi_vector else d * layout.codec.bytes_per_dim
 
 
 def milvus_index(layout: Layout, index: str) -> str:
     """The index type a Milvus field of the layout's encoding gets for ``index``: binary fields
     take the binary index types (HNSW and FLAT have BIN_ forms)."""
     upper = index.upper()
-    if layout.encoding == "bin" and upper in ("HNSW", "AUTOINDEX", "FLAT"):
+    if layout.encoding == "bin" and layout.is_multi_vector and upper in ("HNSW", "AUTOINDEX", "FLAT"):
         return "BIN_FLAT" if upper == "FLAT" else "BIN_IVF_FLAT"
     return index
 

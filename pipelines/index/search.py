@@ -95,7 +95,7 @@ def stage1(vectors: VectorStore, query: np.ndarray, candidates: int, mode: str, 
     layout = "mv" if mode == "patches" else mode
     if layout == "sv-vlm":
         q = sv_query
-    elif layout == "sv-fde":
+    elif layout.startswith("sv-fde"):  # sv-fde and its encodings (sv-fde-int8, ...)
         q = FdeEncoder(query.shape[1], fde or FdeParams()).encode_query(query).astype(np.float32)
     elif layout.startswith("sv-"):
         q = normalise(query.sum(axis=0)).astype(np.float32)

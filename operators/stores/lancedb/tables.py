@@ -7,7 +7,8 @@ One logical index (``--collection NAME``, a generation's ``base``) is two tables
   it: a multi-vector layout (``mv``, ``mv-pool3``, ...) as ``list<fixed_size_list<float16|float32,
   D>>``, which LanceDB searches with MaxSim (cosine: pagemill's vectors are unit length, so it is
   their inner product); a single vector (``sv-mean``, ``sv-fde``, ``sv-vlm``) as
-  ``fixed_size_list<float32, D>``, searched by inner product. Lance holds float16, float32 and
+  ``fixed_size_list<float32, D>``, searched by inner product (an encoded one, ``sv-mean-int8``,
+  ``sv-fde-bf16``, ..., decoded from the archive's encoding: binary as +-1). Lance holds float16, float32 and
   float64 multi-vectors only: a bf16, int8 or binary multi-vector layout stays in the archive, and
   ingest says so in one line (it is not widened behind the user's back).
 - ``NAME_text``: the text layer, one row per chunk of a page's text (``chunk_id`` =
@@ -24,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from operators import schema as S
-from operators.layouts.layout import SV_VLM_LAYOUT, TEXT_LAYOUT
+from operators.layouts.layout import SV_VLM_LAYOUT, TEXT_LAYOUT, Layout
 from operators.stores.door import IndexShape
 
 PAGES, TEXT = "pages", "text"
@@ -44,6 +45,7 @@ class Column:
     multi: bool  # a multi-vector (MaxSim), else one vector a page (inner product)
     dim: int
     field: pa.Field
+    decode: Layout | None = None  # an encoded single vector: its float32 values decoded from the archive's
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,8 @@ def plan_tables(shape: IndexShape) -> Plan:
                                   pa.field(lay.column, pa.list_(pa.list_(scalar, shape.dim)))))
         else:
             d = lay.dim(shape.dim, shape.fde_dim)
-            columns.append(Column(lay.name, lay.column, False, d, pa.field(lay.column, pa.list_(pa.float32(), d))))
+            columns.append(Column(lay.name, lay.column, False, d, pa.field(lay.column, pa.list_(pa.float32(), d)),
+                                  lay if lay.encoding != "fp32" else None))
     for name, d in shape.page_vectors:
         column = name.replace("-", "_")
         columns.append(Column(name, column, False, int(d), pa.field(column, pa.list_(pa.float32(), int(d)))))
@@ -112,11 +115,18 @@ def page_rows(pages: pa.Table, plan: Plan, corpus: str, schema: pa.Schema) -> pa
     cols[CORPUS] = pa.array([corpus] * n, pa.string())
     for c in plan.columns:
         if c.name in pages.column_names and c.name in schema.names:
-            cols[c.name] = pages[c.name]
+            cols[c.name] = pages[c.name] if c.decode is None else decoded(pages, c)
     missing = [f for f in schema if f.name not in cols]
     for f in missing:
         cols[f.name] = pa.nulls(n, f.type)
     return pa.table(cols).select(schema.names).cast(schema)
+
+
+def decoded(pages: pa.Table, c: Column) -> pa.Array:
+    """An encoded single vector's column as float32 vectors (null where the page has none)."""
+    valid = pages[c.name].is_valid().to_numpy(zero_copy_only=False)
+    flat = c.decode.read_page_vectors(pages).ravel()
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), c.dim, mask=pa.array(~valid))
 
 
 def chunk_rows(pages: pa.Table, plan: Plan, corpus: str) -> pa.Table | None:

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from operators.layouts import encodings as E
+from operators.layouts.layout import parse_layout
 from operators.stores.milvus.schema import (
     EXACT_VTYPE,
     FieldPlan,
@@ -339,6 +340,9 @@ def _row_values(kind: str, values) -> list:
 
 
 def sv_matrix(pages: pa.Table, fp: FieldPlan) -> np.ndarray:
+    """A page-level field's float32 vectors; an encoded single vector (sv-mean-int8, ...) decoded."""
+    if fp.encoding != "fp32":
+        return parse_layout(fp.layout).read_page_vectors(pages)
     col = pages[fp.column].combine_chunks()
     return np.asarray(col.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(col), fp.dim)
 

@@ -345,6 +345,7 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
     by_name = {lay.name: lay for lay in layouts}
     pages = f"{collection}_pages"
     widened: list[str] = []
+    decoded: list[str] = []  # encoded single vectors, held decoded
     fields: list[FieldPlan] = []
     def page_home(column: str) -> str:
         room = sum(1 for f in fields if f.collection == pages) < server.max_vector_fields
@@ -377,7 +378,10 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
                 # sv-mean keys the page collection; other single vectors join it while the server
                 # allows more vector fields per collection, else get a page-level collection each.
                 home = pages if name == "sv-mean" else page_home(lay.column)
-                fp = FieldPlan(name, home, lay.column, "float", int(d), "page", specs.get(name, default or IndexSpec()))
+                fp = FieldPlan(name, home, lay.column, "float", int(d), "page", specs.get(name, default or IndexSpec()),
+                               lay.encoding)
+                if lay.encoding != "fp32":  # Milvus gets the decoded vector; the archive keeps the encoding
+                    decoded.append(name)
             elif resolved_mode == "struct":
                 spec = specs.get(name) or (default if default and default.index_type == "HNSW" else IndexSpec("HNSW"))
                 fp = FieldPlan(name, pages, lay.column, "struct", dim, "struct", spec, lay.encoding)
@@ -394,6 +398,9 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
     if widened:
         notes.append(f"{', '.join(widened)}: stored as FLOAT_VECTOR ({server.label} has no vector type closer to the "
                      f"layout's encoding)")
+    if decoded:
+        notes.append(f"{', '.join(decoded)}: stored as FLOAT_VECTOR, decoded from the archive's encoding (single "
+                     f"vectors are float32 in Milvus; the Parquet column keeps the encoded bytes)")
     limit = server.max_vector_fields
     n_page_vectors = sum(1 for f in fields if f.collection == pages)
     if n_page_vectors > limit:
