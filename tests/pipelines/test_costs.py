@@ -27,9 +27,13 @@ def test_3b_model_3072_dims_is_about_10_tb_per_million_pages():
 
 
 def test_single_vector_binary_and_pooling_figures():
-    # a single-vector model's page vector is stored as float32 (sv_vlm in Parquet, in Milvus):
-    # its bytes per page agree with the column, whatever the model computes in
+    # a single-vector model's page vector is stored as --dtype asks (sv-vlm-bf16: 2 bytes a value),
+    # float32 without one (sv_vlm as pagemill writes it)
     p = plan(vectors_per_page=1, dim=2048, dtype="bf16", pages=1_000_000)
+    assert p["layouts"][0]["layout"] == "sv-vlm-bf16"
+    assert p["layouts"][0]["raw_bytes_per_page"] == 4096
+    assert p["layouts"][0]["parquet_bytes_total"] == pytest.approx(4.1e9, rel=0.01)
+    p = plan(vectors_per_page=1, dim=2048, pages=1_000_000)
     assert p["layouts"][0]["layout"] == "sv-vlm"
     assert p["layouts"][0]["raw_bytes_per_page"] == 8192
     assert p["layouts"][0]["parquet_bytes_total"] == pytest.approx(8.2e9, rel=0.01)
