@@ -72,13 +72,17 @@ class RunMetadata:
         """Layout name -> its parameters (``Layout.params``)."""
         return self.values.get("layouts", {})
 
+    def _fde(self) -> dict:
+        """The parameters of an FDE layout (sv-fde, sv-fde-int8, ...: one run, one FDE), or {}."""
+        return next((p for p in self.layouts.values() if "fde_reps" in p), {})
+
     def fde_params(self):
-        """The sv-fde layout's FdeParams, or None for a run without it."""
+        """The sv-fde layouts' FdeParams, or None for a run without one."""
         from operators.layouts.fde import FdeParams
 
-        p = self.layouts.get("sv-fde")
+        p = self._fde()
         return FdeParams(p["fde_reps"], p["fde_bits"], p["fde_proj_dim"], p["fde_seed"]) if p else None
 
     @property
     def fde_dim(self) -> int | None:
-        return int(self.layouts.get("sv-fde", {}).get("dim", 0)) or None
+        return int(self._fde().get("dim", 0)) or None

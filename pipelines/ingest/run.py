@@ -158,7 +158,7 @@ def resolve_run(cfg: IngestConfig, state: IndexState | None, out: str, run_id: s
                       drop_layouts=cfg.drop_layouts, out=out)
     target = decision.target
     names = [name for name in target.layouts if name not in BASE_LAYOUTS]
-    fde_params = target.layouts.get("sv-fde")
+    fde_params = next((p for p in target.layouts.values() if "fde_reps" in p), None)  # sv-fde, sv-fde-int8, ...
     fde = (FdeParams(fde_params["fde_reps"], fde_params["fde_bits"], fde_params["fde_proj_dim"], fde_params["fde_seed"])
            if fde_params else cfg.fde_params())
     adapter = adapter_for(spec)
