@@ -25,26 +25,28 @@ from benchmarks.fleet import DEFAULT_CORPUS, sample_pages
 LAYOUTS = ["mv-pool3"]
 
 
-def predicted(src: Path, rate: float, workdir: Path) -> dict:
+def predicted(src: Path, rate: float, workdir: Path, vectors: str | None) -> dict:
     from operators.io.sources import LocalSource
     from pipelines.analysis.capacity import plan
     from pipelines.ingest.stage_costs import stage_costs
 
     source = LocalSource(str(src))
     cal = stage_costs(source, list(source.list_documents()), model="colqwen2", layouts=LAYOUTS,
-                      workdir=str(workdir))
+                      vectors=vectors, workdir=str(workdir))
     cal.update(model="colqwen2", pages_per_s=rate)
-    return plan(preset="colqwen2", layouts=LAYOUTS, calibration=cal,
+    store = "lancedb" if (vectors or "").startswith("lancedb:") else "milvus"
+    return plan(preset="colqwen2", layouts=LAYOUTS, calibration=cal, store=store,
+                index="NONE" if store == "lancedb" else "AUTOINDEX",
                 fleet={"gpus": 1, "cpus": float(os.cpu_count() or 1)})["fleet"]
 
 
-def measured(src: Path, rate: float, out: Path) -> dict:
+def measured(src: Path, rate: float, out: Path, vectors: str | None) -> dict:
     from pipelines.ingest.config import build_config
     from pipelines.ingest.job import run_ingest
 
     cfg = build_config({}, {"source": str(src), "out": str(out), "model": f"sim:colqwen2@{rate}", "executor": "ray",
                             "layouts": LAYOUTS, "unit_max_docs": 4, "write_batch_pages": 8,
-                            "progress_interval_s": 3600.0})
+                            "progress_interval_s": 3600.0, **({"vectors": vectors} if vectors else {})})
     stages = run_ingest(cfg, log=io.StringIO())["stages"]
     busy = {s: v["utilisation"] for s, v in stages.items() if isinstance(v, dict) and v.get("utilisation") is not None}
     # the run's rate from its first batch to its last commit (start-up and the end's flush are no
@@ -57,16 +59,18 @@ def main(argv=None) -> str:
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     ap.add_argument("--pages", type=int, default=160)
     ap.add_argument("--rates", default="4,1000")
+    ap.add_argument("--vectors", help="the store (default Milvus Lite; lancedb: for LanceDB in OUT)")
     args = ap.parse_args(argv)
-    lines = [f"this machine: {os.cpu_count()} cores, one simulated GPU, layouts mv + mv-pool3 + sv-mean, Milvus Lite", "",
+    lines = [f"this machine: {os.cpu_count()} cores, one simulated GPU, layouts mv + mv-pool3 + sv-mean, "
+             f"{'LanceDB' if (args.vectors or '').startswith('lancedb:') else 'Milvus Lite'}", "",
              "| GPU rate | plan: binds | plan: pages/s | plan: bottleneck | run: pages/s | run: busiest stage | "
              "run / plan |", "|---:|---|---:|---|---:|---|---:|"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         src, _ = sample_pages(args.corpus, args.pages, tmp)
         for rate in (float(r) for r in args.rates.split(",")):
-            f = predicted(src, rate, tmp)
-            run = measured(src, rate, tmp / f"out-{rate:g}")
+            f = predicted(src, rate, tmp, args.vectors)
+            run = measured(src, rate, tmp / f"out-{rate:g}", args.vectors)
             ratio = run["pages_per_s"] / f["pages_per_s"] if run["pages_per_s"] else float("nan")
             lines.append(f"| {rate:g} | {f['binding']} | {f['pages_per_s']:.1f} | {f.get('bottleneck_stage', '-')} | "
                          f"{run['pages_per_s'] or float('nan'):.1f} | {run['busiest']} | {ratio:.2f} |")
