@@ -4,9 +4,9 @@
 
 For each simulated accelerator rate (``sim:colqwen2@RATE``: the preset's exact shapes, a GPU of
 RATE pages/s), the CPU stages are calibrated on the sample (pipelines/ingest/stage_costs.py,
-what ``pagemill calibrate`` runs), ``plan`` sizes this machine (its cores, one such GPU) with
-layouts mv + mv-pool3 + sv-mean and predicts its pages/s, the resource that binds and the
-bottleneck stage; then the same documents are ingested on a local Ray cluster (the fleet's
+what ``pagemill calibrate`` runs), ``plan`` sizes this machine (its cores, one such GPU, each stage's actors as the Ray executor
+starts them there) with layouts mv + mv-pool3 + sv-mean and predicts its pages/s, the resource
+that binds and the bottleneck stage; then the same documents are ingested on a local Ray cluster (the fleet's
 executor, writes on the workers, Milvus Lite) and its steady pages/s and busiest stage are read
 from the run's summary. A slow rate binds on the GPU, a fast one on the CPUs. The goal: the
 prediction within 25% of the run, and the same bottleneck.
@@ -33,7 +33,7 @@ def predicted(src: Path, rate: float, workdir: Path, vectors: str | None) -> dic
     source = LocalSource(str(src))
     cal = stage_costs(source, list(source.list_documents()), model="colqwen2", layouts=LAYOUTS,
                       vectors=vectors, workdir=str(workdir))
-    cal.update(model="colqwen2", pages_per_s=rate)
+    cal.update(model=f"sim:colqwen2@{rate:g}", pages_per_s=rate)
     store = "lancedb" if (vectors or "").startswith("lancedb:") else "milvus"
     return plan(preset="colqwen2", layouts=LAYOUTS, calibration=cal, store=store,
                 index="NONE" if store == "lancedb" else "AUTOINDEX",

@@ -18,7 +18,10 @@ of G GPUs at the calibrated pages/s each, the plan needs, per second:
   PUTs/s per prefix.
 
 What is given (``--gpus``, ``--cpus``, ``--store-nodes``) limits the fleet's pages/s; what is not
-given is sized to carry the GPUs. The resource with the lowest limit binds first.
+given is sized to carry the GPUs. The CPUs' limit is the lower of their sum over the stages and
+each stage's own: its actors, as pagemill's Ray executor starts them on those CPUs
+(``default_actors``), times what one actor does a second. The resource with the lowest limit
+binds first, and the stage with the lowest limit is the bottleneck.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import math
 
 from operators.layouts.layout import TEXT_LAYOUT
+from pipelines.executors.base import default_actors
 
 STORE_ROWS_PER_S = {"milvus": 20_000.0, "lancedb": 2_000.0}  # per data node / per writer: assumed, see plan notes
 S3_PUTS_PER_S_PER_PREFIX = 3_500.0  # AWS' documented request rate per partitioned prefix
@@ -86,9 +90,15 @@ def fleet(calibration: dict, rows: list[dict], *, store: str, gpus: int, cpus: f
                  "cpu_share": {k: round(v / total_ms, 3) for k, v in ms.items()} if total_ms else {},
                  "cpu_cores_per_gpu": math.ceil(per_gpu_cores - 1e-9) if total_ms else 0}
     limits = {"gpu": gpus * gpu_rate}
+    stage_limits: dict[str, float] = {}
     if cpus:
-        limits["cpu"] = cpus * 1000 / total_ms if total_ms else math.inf
-        out["cpus"] = cpus
+        # the cores shared by every stage, and each stage's own actors as pagemill's Ray executor
+        # starts them on these CPUs (a stage runs on its actors only: one render actor on a small
+        # machine renders on one core, whatever the cores left)
+        actors = default_actors(cpus, gpus, sim=str(calibration.get("model", "")).startswith("sim:"))
+        stage_limits = {s: actors.get(s, 1) * 1000 / v for s, v in ms.items() if v and s in actors}
+        limits["cpu"] = min([cpus * 1000 / total_ms if total_ms else math.inf, *stage_limits.values()])
+        out.update(cpus=cpus, actors=actors, stage_limits_pages_per_s={k: round(v, 1) for k, v in stage_limits.items()})
     # writers: a writer's wall per page, its waits on the store included
     written = calibration.get("store_write") or {}
     parts = (calibration.get("cpu_ms_per_page") or {}).get("write_parts") or {}
@@ -122,7 +132,7 @@ def fleet(calibration: dict, rows: list[dict], *, store: str, gpus: int, cpus: f
     out["binding"] = binding
     out["pages_per_s"] = round(limits[binding], 1)
     if binding == "cpu" and total_ms:
-        out["bottleneck_stage"] = max(ms, key=ms.get)
+        out["bottleneck_stage"] = min(stage_limits, key=stage_limits.get) if stage_limits else max(ms, key=ms.get)
     elif binding == "gpu":
         out["bottleneck_stage"] = "embed"
     out["notes"] = notes + [f"store: {per_node:,.0f} rows/s per Milvus {what} " if store == "milvus" else
@@ -148,6 +158,10 @@ def format_fleet(f: dict) -> list[str]:
                  f"{nodes.replace('_', ' ')} ({s['figure']})")
     o = f["object_store"]
     lines.append(f"object store: {o['puts_per_s']:,.1f} PUTs/s, {o['bytes_per_s'] / 1e6:,.1f} MB/s")
+    if "actors" in f:
+        lines.append("actors (the Ray executor's default on these CPUs): " + ", ".join(
+            f"{k} {n}" + (f" ({f['stage_limits_pages_per_s'][k]:,.1f} pages/s)" if k in f["stage_limits_pages_per_s"] else "")
+            for k, n in f["actors"].items()))
     limits = ", ".join(f"{k} {v:,.1f}" for k, v in f["limits_pages_per_s"].items())
     lines.append(f"binds first: {f['binding']} at {f['pages_per_s']:,.1f} pages/s (limits, pages/s: {limits})"
                  + (f"; bottleneck stage {f['bottleneck_stage']}" if f.get("bottleneck_stage") else ""))

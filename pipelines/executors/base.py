@@ -11,6 +11,7 @@ when a unit is complete. Committing is the caller's business.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -159,3 +160,29 @@ class Executor:
 
     def close(self) -> None:
         pass
+
+
+# The CPU requests of pagemill's Ray executor (ray_executor.RayExecutor.resources): what a fleet
+# node gives each stage by default, and what ``plan`` sizes a fleet's actors from.
+READ_CPUS = 0.01  # a plan part is a small file: its read task must not starve the actor pools
+MIN_RENDER_CPUS = 0.25  # what a CPU-only machine keeps for rendering when its model stages ask for more
+HEADROOM_CPUS = 0.05  # per node, left free: pools are placed node by node, and a read task must still fit
+MODEL_CPUS = {"gpu": 1.0, "sim": 0.25}  # the model stage's actor: a GPU's feeding core, or a sleeping simulation
+ENCODE_CPUS = 0.5  # an encode actor, one per accelerator
+WRITE_CPUS = 0.25  # a writer actor, one per two accelerators
+
+
+def default_actors(cpus: float, gpus: int, nodes: int = 1, sim: bool = False) -> dict[str, int]:
+    """Actors per stage that the Ray executor starts by default on ``cpus`` CPUs and ``gpus``
+    accelerators (no ``--*-actors`` given, one model stage, writes on the workers): one model
+    actor per accelerator, one encode actor per accelerator, a writer per two, and render actors
+    on the whole CPUs left.
+
+    >>> default_actors(16, 1), default_actors(2, 1, sim=True)["render"]
+    ({'embed': 1, 'encode': 1, 'write': 1, 'render': 14}, 1)
+    """
+    gpus = max(1, int(gpus))
+    writers = max(1, math.ceil(gpus / 2))
+    used = READ_CPUS + gpus * MODEL_CPUS["sim" if sim else "gpu"] + gpus * ENCODE_CPUS + writers * WRITE_CPUS
+    left = cpus - used - HEADROOM_CPUS * nodes
+    return {"embed": gpus, "encode": gpus, "write": writers, "render": max(1, int(left))}

@@ -26,7 +26,17 @@ from itertools import islice
 
 from operators.errors import UsageError
 from operators.faults import checkpoint
-from pipelines.executors.base import Executor, Pipeline, UnitTracker
+from pipelines.executors.base import (
+    ENCODE_CPUS,
+    HEADROOM_CPUS,
+    MIN_RENDER_CPUS,
+    MODEL_CPUS,
+    READ_CPUS,
+    WRITE_CPUS,
+    Executor,
+    Pipeline,
+    UnitTracker,
+)
 from pipelines.out.units import WorkUnit, read_plan_part
 
 try:
@@ -37,9 +47,6 @@ try:
 except ImportError as e:  # pragma: no cover - ray is a declared dependency
     raise ImportError("the Ray executor needs Ray Data: pip install 'ray[data]'") from e
 
-READ_CPUS = 0.01  # a plan part is a small file: its read task must not starve the actor pools
-MIN_RENDER_CPUS = 0.25  # what a CPU-only machine keeps for rendering when its model stages ask for more
-HEADROOM_CPUS = 0.05  # per node, left free: pools are placed node by node, and a read task must still fit
 
 
 class PlanDatasource(Datasource):
@@ -287,24 +294,24 @@ class RayExecutor(Executor):
             if num_gpus > 0:
                 share = num_gpus / len(models)
                 n = self.embed_actors or max(1, int(gpus // num_gpus))
-                spec = {"actors": n, "num_gpus": share, "num_cpus": 1.0 if op.name == "embed" else 0.5}
+                spec = {"actors": n, "num_gpus": share, "num_cpus": MODEL_CPUS["gpu"] if op.name == "embed" else 0.5}
             else:
                 # CPU-only: the model is the compute (tiny models in tests), or a simulated
                 # accelerator that sleeps (sim:); one actor unless told otherwise.
                 n = self.embed_actors or 1
-                c = 0.25 if sim and op.name == "embed" else (1.0 if op.name == "embed" else 0.5)
+                c = MODEL_CPUS["sim"] if sim and op.name == "embed" else (1.0 if op.name == "embed" else 0.5)
                 spec = {"actors": n, "num_gpus": 0.0, "num_cpus": c}
             out["stages"][op.name] = spec
             used += spec["actors"] * spec["num_cpus"]
         accel = max(1, int(gpus)) if num_gpus > 0 else max(1, out["stages"].get("embed", {}).get("actors", 1))
         if "encode" in names:
             n = self.encode_actors or accel
-            out["stages"]["encode"] = {"actors": n, "num_gpus": 0.0, "num_cpus": 0.5}
-            used += n * 0.5
+            out["stages"]["encode"] = {"actors": n, "num_gpus": 0.0, "num_cpus": ENCODE_CPUS}
+            used += n * ENCODE_CPUS
         if self.placement and self.placement["where"] != "driver":
             n = 1 if self.placement["where"] == "driver_node" else (self.write_actors or max(1, math.ceil(accel / 2)))
-            out["stages"]["write"] = {"actors": n, "num_gpus": 0.0, "num_cpus": 0.25}
-            used += n * 0.25
+            out["stages"]["write"] = {"actors": n, "num_gpus": 0.0, "num_cpus": WRITE_CPUS}
+            used += n * WRITE_CPUS
         left = cpus - used - HEADROOM_CPUS * n_nodes
         forced = self.embed_actors or self.encode_actors or self.write_actors or self.render_actors
         if num_gpus == 0 and left < MIN_RENDER_CPUS and not forced:

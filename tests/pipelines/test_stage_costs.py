@@ -66,9 +66,14 @@ def test_plan_sizes_cores_from_the_sum_of_the_stages():
 
 def test_plan_says_which_resource_binds_first():
     cal = calibration()
-    few_cores = plan(preset="colqwen2", layouts=["mv-pool3"], calibration=cal, fleet={"gpus": 4, "cpus": 4})["fleet"]
+    few_cores = plan(preset="colqwen2", layouts=["mv-pool3"], calibration=cal, fleet={"gpus": 2, "cpus": 4})["fleet"]
+    # 4 CPUs for 2 GPUs: 2 model actors, 2 encoders and a writer leave one render actor (the
+    # executor's default), 24 ms a page: it binds before the cores' sum (4 / 43 ms)
+    assert few_cores["actors"] == {"embed": 2, "encode": 2, "write": 1, "render": 1}
     assert few_cores["binding"] == "cpu" and few_cores["bottleneck_stage"] == "render"
-    assert few_cores["pages_per_s"] == pytest.approx(4 * 1000 / 43, abs=0.06)
+    assert few_cores["pages_per_s"] == pytest.approx(1000 / 24, abs=0.06)
+    wide = plan(preset="colqwen2", layouts=["mv-pool3"], calibration=cal, fleet={"gpus": 1, "cpus": 16})["fleet"]
+    assert wide["actors"]["render"] == 14 and wide["binding"] == "gpu"  # 14 x 1000 / 24 ms >> 50 pages/s
     one_node = plan(preset="colqwen2", layouts=["mv-pool3"], calibration=cal,
                     fleet={"gpus": 8, "store_nodes": 1, "store_rows_per_s": 20_000})["fleet"]
     assert one_node["binding"] == "store" and one_node["store"]["figure"].startswith("given")
