@@ -287,7 +287,7 @@ def with_compute(out: dict, calibration: dict | None, deadline_hours: float | No
             given = dict(fleet or {})
             gpus = given.pop("gpus", None) or compute.get("gpus_for_deadline") or 1
             image = out["page_images"]["bytes_per_page"] if "page_images" in out else 0.0
-            f = sizing.fleet(calibration, out["layouts"], store=store, gpus=gpus, ocr_fraction=ocr_fraction,
+            f = sizing.fleet(calibration, out["layouts"], pages=pages, store=store, gpus=gpus, ocr_fraction=ocr_fraction,
                              ocr_ms=ocr_ms, image_bytes=image, **given)
             compute["cpu_cores_per_gpu"] = f["cpu_cores_per_gpu"]
             compute["cpu_core_s_per_page"] = {k: round(v / 1000, 4) for k, v in f["cpu_ms_per_page"].items()}

@@ -76,7 +76,7 @@ def rows_per_page(rows: list[dict], store: str) -> float:
     return multi + 1.0 + text
 
 
-def fleet(calibration: dict, rows: list[dict], *, store: str, gpus: int, cpus: float | None = None,
+def fleet(calibration: dict, rows: list[dict], *, pages: int, store: str, gpus: int, cpus: float | None = None,
           store_nodes: int | None = None, store_rows_per_s: float | None = None, ocr_fraction: float | None = None,
           ocr_ms: float = 900.0, image_bytes: float = 0.0, write_batch_pages: int = WRITE_BATCH_PAGES) -> dict:
     gpu_rate = float(calibration["pages_per_s"])
@@ -121,7 +121,7 @@ def fleet(calibration: dict, rows: list[dict], *, store: str, gpus: int, cpus: f
     if store_nodes:
         limits["store"] = store_nodes * per_node / rpp
     # the object store
-    parquet = sum(r["parquet_bytes_total"] for r in rows) / max(1, _pages(rows))
+    parquet = sum(r["parquet_bytes_total"] for r in rows) / max(1, pages)
     puts = 1 / write_batch_pages + 1 / UNIT_PAGES + (1.0 if image_bytes else 0.0)
     out["object_store"] = {"puts_per_page": round(puts, 4), "puts_per_s": round(fleet_rate * puts, 1),
                            "bytes_per_page": round(parquet + image_bytes), "bytes_per_s": round(fleet_rate * (parquet + image_bytes)),
@@ -141,19 +141,13 @@ def fleet(calibration: dict, rows: list[dict], *, store: str, gpus: int, cpus: f
     return out
 
 
-def _pages(rows: list[dict]) -> float:
-    """The plan's page count, from a row's totals."""
-    r = rows[0]
-    return r["raw_bytes_total"] / r["raw_bytes_per_page"] if r.get("raw_bytes_per_page") else 1.0
-
-
 def format_fleet(f: dict) -> list[str]:
     shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(f["cpu_share"].items(), key=lambda kv: -kv[1]))
     lines = [f"fleet: {f['gpus']} GPU(s) at {f['gpu_pages_per_s']:.1f} pages/s each; CPU {f['cpu_ms_per_page_total']:.1f} "
              f"ms a page ({shares}) -> {f['cpu_cores_per_gpu']} cores per GPU"
              + (f"; {f['writers']} writer(s)" if "writers" in f else "")]
     s = f["store"]
-    nodes = next(k for k in s if k.endswith("s") and k.startswith(("data_node", "writer")) and not k.startswith("rows"))
+    nodes = "data_nodes" if s["store"] == "milvus" else "writers"
     lines.append(f"store: {s['rows_per_page']:,.0f} rows a page, {s['rows_per_s']:,} rows/s -> {s[nodes]} "
                  f"{nodes.replace('_', ' ')} ({s['figure']})")
     o = f["object_store"]

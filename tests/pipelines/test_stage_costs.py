@@ -103,7 +103,7 @@ def test_fleet_without_stage_costs_keeps_the_render_only_plan():
     old = {"model": "colqwen2", "pages_per_s": 50.0, "render_pages_per_s_per_core": 25.0}
     p = plan(preset="colqwen2", calibration=old)
     assert "fleet" not in p and p["compute"]["cpu_cores_per_gpu"] == 2  # ceil(50 / 25)
-    assert fleet(calibration(), p["layouts"], store="milvus", gpus=1)["cpu_ms_per_page"]["encode"] == 1.0  # mv and sv-mean only
+    assert fleet(calibration(), p["layouts"], pages=p["pages"], store="milvus", gpus=1)["cpu_ms_per_page"]["encode"] == 1.0  # mv and sv-mean only
 
 
 def test_pixels_column_is_the_arrow_array_of_the_same_bytes():
