@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from operators import schema as S
 from operators.counters import Stage
+from operators.encode import sv_vectors
 from operators.io.store import OutputStore
 from operators.layouts.encodings import read_ragged
 from operators.layouts.layout import Layout, LayoutEncoder
@@ -121,13 +122,15 @@ class AugmentShards(Stage):
             return None, 0, {"skipped": True}
         table = ParquetSink(self.store).read(key)
         cols = {}
-        if self.layouts:
-            embs = archived_embeddings(table, self.dim)
-            cols.update(LayoutEncoder([*self.layouts], self.dim, self.fde).columns(embs))
-        if self._text is not None and (S.SV_TEXT in missing or S.TEXT_CHUNKS in missing):
-            cols[S.SV_TEXT], cols[S.TEXT_CHUNKS] = self._text_columns(table)
         if self._sv is not None and S.SV_VLM in missing:
             cols[S.SV_VLM] = self._sv_column(table)
+        if self.layouts:
+            embs = archived_embeddings(table, self.dim)
+            sv = cols.get(S.SV_VLM, table[S.SV_VLM] if S.SV_VLM in table.column_names else None)
+            sv = sv_vectors(pa.table({S.SV_VLM: sv}), sv.type.list_size) if sv is not None else None
+            cols.update(LayoutEncoder([*self.layouts], self.dim, self.fde).columns(embs, sv=sv))
+        if self._text is not None and (S.SV_TEXT in missing or S.TEXT_CHUNKS in missing):
+            cols[S.SV_TEXT], cols[S.TEXT_CHUNKS] = self._text_columns(table)
         for name, col in cols.items():
             if name in missing:
                 table = table.append_column(self.pages_schema.field(name), col)

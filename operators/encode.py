@@ -46,8 +46,20 @@ def sv_vlm_field(dim: int) -> pa.Field:
     return pa.field(S.SV_VLM, pa.list_(pa.float32(), dim))
 
 
-def layout_fields(layouts: list[Layout], dim: int, fde: FdeParams) -> list[pa.Field]:
-    return [f for lay in extra_layouts(layouts) for f in fields_for(lay, dim, fde.dim)]
+def layout_fields(layouts: list[Layout], dim: int, fde: FdeParams, sv_dim: int | None = None) -> list[pa.Field]:
+    return [f for lay in extra_layouts(layouts) for f in fields_for(lay, dim, fde.dim, sv_dim)]
+
+
+def sv_vectors(batch: pa.Table, dim: int) -> np.ndarray | None:
+    """The single-vector model's (rows, dim) vectors of a batch (zeros where a row has none)."""
+    if S.SV_VLM not in batch.column_names:
+        return None
+    col = batch[S.SV_VLM].combine_chunks()
+    flat = col.values.to_numpy(zero_copy_only=False)[col.offset * dim:(col.offset + len(col)) * dim]
+    out = np.array(flat, np.float32).reshape(len(col), dim)
+    if col.null_count:
+        out[col.is_null().to_numpy(zero_copy_only=False)] = 0.0
+    return out
 
 
 def flow_schema(dim: int, extra: list[pa.Field] | tuple = ()) -> pa.Schema:
@@ -107,7 +119,7 @@ class EncodePages(Stage):
         super().__init__()
 
     def extra_fields(self) -> list[pa.Field]:
-        extra = layout_fields(self.layouts, self.dim, self.fde)
+        extra = layout_fields(self.layouts, self.dim, self.fde, self.sv_dim)
         if self.text_dim:
             extra.extend(text_fields(self.text_dim))
         if self.sv_dim:
@@ -161,7 +173,7 @@ class EncodePages(Stage):
         c2 = time.process_time()
         t = time.perf_counter()
         with self._one_blas_thread():
-            cols.update(self._encoder.columns(archived, raw))
+            cols.update(self._encoder.columns(archived, raw, sv_vectors(batch, self.sv_dim) if self.sv_dim else None))
         self.stats["layouts_s"] += time.perf_counter() - t
         # CPU by layout, for capacity planning: reading the model's vectors and the mean count
         # as sv-mean's (the base), the full column as mv's, each extra layout as its own.

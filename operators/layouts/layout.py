@@ -13,6 +13,8 @@ Names (``--layouts``, comma-separated):
 ``sv-...-{enc}``   encoding suffix for a single vector: fp16, bf16, int8, bin (``sv-mean-int8``,
                    ``sv-fde-bf16``): an extra column from the same float32 vector; int8 stores
                    its scale beside it (one float a row); ``sv-mean-fp32`` is ``sv-mean``
+``sv-vlm-{enc}``   the single-vector model's page vector (``--model ...,sv:MODEL``, the float32
+                   ``sv_vlm`` column) in an encoding: ``sv-vlm-bf16`` is 2 bytes a dimension
 =================  =========================================================================
 
 Column names replace ``-`` with ``_`` (``mv-pool3-int8`` -> ``mv_pool3_int8``). Every layout has
@@ -48,7 +50,7 @@ BM25_LAYOUT = "text-bm25"  # the text layer's lexical side, where a store has BM
 SV_VLM_LAYOUT = "sv-vlm"  # a single-vector model's page vector
 _ENC = "|".join(ENCODINGS)
 _MV = re.compile(rf"^mv(?:-(pool(\d+)|rowcol))?(?:-({_ENC}))?$")
-_SV = re.compile(rf"^sv-(mean|fde)(?:-({_ENC}))?$")
+_SV = re.compile(rf"^sv-(mean|fde|vlm)(?:-({_ENC}))?$")
 
 
 class LayoutError(ValueError):
@@ -88,12 +90,12 @@ class Layout:
         p.update(self.pooler.params(fde))
         return p
 
-    def dim(self, model_dim: int, fde_dim: int | None = None) -> int:
-        """Elements of each stored vector."""
-        return self.pooler.dim(model_dim, fde_dim)
+    def dim(self, model_dim: int, fde_dim: int | None = None, sv_dim: int | None = None) -> int:
+        """Elements of each stored vector (``sv_dim``: the single-vector model's, for ``sv-vlm-*``)."""
+        return self.pooler.dim(model_dim, fde_dim, sv_dim)
 
-    def arrow_fields(self, dim: int, fde_dim: int | None = None) -> list[pa.Field]:
-        fields = [pa.field(self.column, self.pooler.arrow_type(self.codec, self.dim(dim, fde_dim)))]
+    def arrow_fields(self, dim: int, fde_dim: int | None = None, sv_dim: int | None = None) -> list[pa.Field]:
+        fields = [pa.field(self.column, self.pooler.arrow_type(self.codec, self.dim(dim, fde_dim, sv_dim)))]
         if self.scale_column:
             fields.append(pa.field(self.scale_column, self.pooler.scale_arrow_type()))
         return fields
@@ -120,9 +122,9 @@ class Layout:
         """Vectors of each row of ``table`` in this layout."""
         return self.pooler.vector_counts(table[self.column], table.num_rows)
 
-    def bytes_per_vector(self, dim: int, fde_dim: int | None = None) -> float:
+    def bytes_per_vector(self, dim: int, fde_dim: int | None = None, sv_dim: int | None = None) -> float:
         """Raw stored bytes of one vector (int8 includes its float32 scale)."""
-        return self.codec.bytes_per_vector(self.dim(dim, fde_dim))
+        return self.codec.bytes_per_vector(self.dim(dim, fde_dim, sv_dim))
 
     def parquet_bytes_per_page(self, vectors_per_page: float, dim: int, fde_dim: int | None = None) -> float:
         return self.pooler.parquet_bytes(self.codec, vectors_per_page, self.dim(dim, fde_dim))
@@ -136,13 +138,17 @@ def parse_layout(name: str) -> Layout:
     sv = _SV.match(name)
     if sv:  # float32 unless a suffix asks otherwise; sv-mean-fp32 is sv-mean
         pooling, enc = sv.group(1), sv.group(2) or "fp32"
+        if pooling == "vlm" and enc == "fp32":
+            raise LayoutError(f"layout {name!r}: the single-vector model's own float32 vectors are the sv-vlm column, "
+                              f"written whenever --model has ,sv:MODEL; sv-vlm-<enc> (fp16, bf16, int8, bin) adds an "
+                              f"encoded copy")
         return Layout(f"sv-{pooling}" + ("" if enc == "fp32" else f"-{enc}"), "sv", pooling, encoding=enc)
     m = _MV.match(name)
     if not m:
         suffixes = "/".join("-" + e for e in ENCODINGS)
         raise LayoutError(
             f"unknown layout {name!r}: use mv, mv-pool<F>, mv-rowcol (each optionally {suffixes}), "
-            f"sv-mean or sv-fde (each optionally {suffixes})"
+            f"sv-mean or sv-fde (each optionally {suffixes}), sv-vlm-<enc> (with an sv: model)"
         )
     pooled, factor, enc = m.group(1), m.group(2), m.group(3) or "fp16"
     if factor is not None and int(factor) < 1:
@@ -162,8 +168,8 @@ def extra_layouts(layouts: list[Layout]) -> list[Layout]:
     return [lay for lay in layouts if lay.name not in DEFAULT_LAYOUTS]
 
 
-def fields_for(layout: Layout, dim: int, fde_dim: int) -> list[pa.Field]:
-    return layout.arrow_fields(dim, fde_dim)
+def fields_for(layout: Layout, dim: int, fde_dim: int, sv_dim: int | None = None) -> list[pa.Field]:
+    return layout.arrow_fields(dim, fde_dim, sv_dim)
 
 
 class LayoutEncoder:
@@ -174,7 +180,7 @@ class LayoutEncoder:
         self.dim = dim
         self.fde_params = fde or FdeParams()
         self._page_vector = {lay.name: lay.pooler.document_encoder(dim, self.fde_params)
-                             for lay in self.layouts if not lay.is_multi_vector}
+                             for lay in self.layouts if not lay.is_multi_vector and lay.pooling != "vlm"}
         self.cpu_s: dict[str, float] = {}  # CPU seconds spent on each layout since it was last read
 
     def page_vectors(self, layout: Layout, emb, raw: np.ndarray | None = None) -> np.ndarray:
@@ -183,9 +189,10 @@ class LayoutEncoder:
         unpooled ``mv-fp32`` keeps what the archive cannot."""
         return layout.pooler.vectors(emb, raw, layout.codec)
 
-    def columns(self, embs: list, raws: list | None = None) -> dict[str, pa.Array]:
+    def columns(self, embs: list, raws: list | None = None, sv: np.ndarray | None = None) -> dict[str, pa.Array]:
         """``embs``: one PageEmbedding or None (a non-page row) per row; ``raws``: the model's
-        float32 vectors of each row, when there are (else the archived ones serve)."""
+        float32 vectors of each row, when there are (else the archived ones serve); ``sv``: the
+        single-vector model's (rows, D) vectors, for ``sv-vlm-*`` layouts."""
         raws = raws if raws is not None else [None] * len(embs)
         nulls = [e is None for e in embs]
         out: dict[str, pa.Array] = {}
@@ -194,15 +201,21 @@ class LayoutEncoder:
             if layout.is_multi_vector:
                 out.update(self._multi_vector_columns(layout, embs, raws, nulls))
             else:  # sv-fde, encoded single vectors (sv-mean is a base column)
-                out.update(self._single_vector_columns(layout, embs, nulls))
+                out.update(self._single_vector_columns(layout, embs, nulls, sv))
             self.cpu_s[layout.name] = self.cpu_s.get(layout.name, 0.0) + time.process_time() - c0
         return out
 
-    def _single_vector_columns(self, layout: Layout, embs: list, nulls: list[bool]) -> dict[str, pa.Array]:
-        dim = layout.dim(self.dim, self.fde_params.dim)
-        encode = self._page_vector[layout.name]
-        rows = np.stack([encode(e) if e is not None else np.zeros(dim, np.float32)
-                         for e in embs]).astype(np.float32) if embs else np.zeros((0, dim), np.float32)
+    def _single_vector_columns(self, layout: Layout, embs: list, nulls: list[bool],
+                               sv: np.ndarray | None = None) -> dict[str, pa.Array]:
+        if layout.pooling == "vlm":  # the single-vector model's vectors, as they are
+            if sv is None:
+                raise LayoutError(f"{layout.name}: no single-vector model's vectors (sv_vlm) for these pages")
+            rows, dim = np.asarray(sv, np.float32), sv.shape[1]
+        else:
+            dim = layout.dim(self.dim, self.fde_params.dim)
+            encode = self._page_vector[layout.name]
+            rows = np.stack([encode(e) if e is not None else np.zeros(dim, np.float32)
+                             for e in embs]).astype(np.float32) if embs else np.zeros((0, dim), np.float32)
         values, scale = layout.codec.encode(rows)
         out = {layout.column: layout.codec.fixed_array(values, dim, nulls)}
         if layout.scale_column:

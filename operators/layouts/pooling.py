@@ -133,8 +133,8 @@ class Pooling:
     def __init__(self, factor: int = 1):
         self.factor = factor
 
-    def dim(self, model_dim: int, fde_dim: int | None = None) -> int:
-        """Elements of each kept vector."""
+    def dim(self, model_dim: int, fde_dim: int | None = None, sv_dim: int | None = None) -> int:
+        """Elements of each kept vector (``sv_dim``: the single-vector model's, where a run has one)."""
         return model_dim
 
     def vectors_per_page(self, full: float, special: float = 0.0, grid: tuple[float, float] | None = None) -> float:
@@ -253,7 +253,7 @@ class FdeVector(SingleVector):
 
     name = "fde"
 
-    def dim(self, model_dim, fde_dim=None):
+    def dim(self, model_dim, fde_dim=None, sv_dim=None):
         return fde_dim
 
     def params(self, fde):
@@ -269,5 +269,23 @@ class FdeVector(SingleVector):
         return FdeEncoder(dim, fde).encode_query
 
 
+class VlmVector(SingleVector):
+    """The single-vector model's own page vector (``sv:``; the ``sv_vlm`` column), as it is: an
+    encoded copy of it (``sv-vlm-bf16``) is this pooling with an encoding."""
+
+    name = "vlm"
+
+    def dim(self, model_dim, fde_dim=None, sv_dim=None):
+        # the single-vector model's dimension: given as sv_dim beside the multi-vector model's, or
+        # as the only dimension by a caller that costs this layout alone (report, summaries)
+        return sv_dim or model_dim
+
+    def document_encoder(self, dim, fde):
+        return lambda vector: vector  # the model's vector: taken from the sv_vlm column
+
+    def query_encoder(self, dim, fde):
+        return lambda query: np.asarray(query, np.float32).reshape(-1)  # the model's query vector
+
+
 POOLINGS: dict[str | None, type[Pooling]] = {p.name: p for p in (Unpooled, HierarchicalPooling, RowColPooling,
-                                                                 MeanVector, FdeVector)}
+                                                                 MeanVector, FdeVector, VlmVector)}

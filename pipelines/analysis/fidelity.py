@@ -168,7 +168,8 @@ def measure_fidelity(store: OutputStore, spec: ModelSpec, layouts: list[Layout] 
     if schema is None:
         raise UsageError("OUT/pages is empty: nothing to measure")
     present = layouts_in(schema)
-    layouts = [lay for lay in (layouts or present) if lay.column in schema.names]
+    # sv-vlm-* are the single-vector model's vectors, searched with its own queries: not scored here
+    layouts = [lay for lay in (layouts or present) if lay.column in schema.names and lay.pooling != "vlm"]
     extra_cols = [c for lay in layouts for c in (lay.column, lay.scale_column) if c]
     text_cols = [S.SV_TEXT, S.TEXT_CHUNKS] if text_model and S.TEXT_CHUNKS in schema.names else []
     cols = list(dict.fromkeys([S.PAGE_ID, S.TEXT, S.MV, *extra_cols, *text_cols]))

@@ -21,10 +21,11 @@ def bytes_per_vector(layout: Layout, dim: int, fde: FdeParams) -> float:
 class LayoutStats:
     """Vectors per page of each layout over the run's commits, from the writers' counts."""
 
-    def __init__(self, layouts: list[Layout], dim: int, fde: FdeParams):
+    def __init__(self, layouts: list[Layout], dim: int, fde: FdeParams, sv_dim: int | None = None):
         self.layouts = layouts
         self.dim = dim
         self.fde = fde
+        self.sv_dim = sv_dim  # the single-vector model's, for sv-vlm-* layouts
         self.pages = 0
         self.vectors: dict[str, int] = {lay.name: 0 for lay in layouts}
 
@@ -39,7 +40,7 @@ class LayoutStats:
     def summary(self) -> dict:
         out = {}
         for lay in self.layouts:
-            bpv = bytes_per_vector(lay, self.dim, self.fde)
+            bpv = lay.bytes_per_vector(self.dim, self.fde.dim, self.sv_dim)
             mean = self.vectors[lay.name] / self.pages if self.pages else 0.0
             out[lay.name] = {
                 "column": lay.column,

@@ -91,6 +91,7 @@ def measure_run(store: OutputStore, max_shards: int = 200, vectors=None) -> dict
         # every other column (the page text, the text layer's vector, keys, grids), as stored
         "other_columns_bytes_per_page": {c: b / rows for c, b in sorted(column_bytes.items()) if c not in in_layouts},
         "dim": dim,
+        **({"sv_dim": first.schema_arrow.field(S.SV_VLM).type.list_size} if S.SV_VLM in first.schema_arrow.names else {}),
         "model": recorded.model,
         "fde": asdict(fde),
         "doc_version_len": float(np.mean([len(v) for v in sample[S.DOC_VERSION].to_pylist()])),
@@ -155,7 +156,8 @@ def build_report(measured: dict, pages: tuple[int, ...] = DEFAULT_PAGES, prices:
         vpp = m["vectors_per_page"]["mean"]
         keys = dict(doc_version_len=measured["doc_version_len"], source_uri_len=measured["source_uri_len"], fde=fde)
         built = built_fields.get(name, {}).get("index")
-        cost = layout_cost(lay, vpp, measured["dim"], index=index or projected_index(built), **keys)
+        dim = measured.get("sv_dim") if lay.pooling == "vlm" else measured["dim"]  # sv-vlm-*: the sv: model's
+        cost = layout_cost(lay, vpp, dim, index=index or projected_index(built), **keys)
         row = {"layout": name, "dim": cost.dim, "bytes_per_vector": cost.bytes_per_vector,
                "vectors_per_page": m["vectors_per_page"], "raw_bytes_per_page": cost.raw_bytes_per_page,
                "parquet_bytes_per_page": {"measured": m["parquet_bytes_per_page"],
@@ -169,8 +171,7 @@ def build_report(measured: dict, pages: tuple[int, ...] = DEFAULT_PAGES, prices:
                                         "monthly_cost_usd": round(cost.monthly_cost(n, prices, replicas), 2)}
                                for n in pages}}
         if "milvus" in measured and name in measured["milvus"]:
-            as_measured = layout_cost(lay, vpp, measured["dim"], index=cost.index, lite=measured.get("milvus_lite", False),
-                                      **keys)
+            as_measured = layout_cost(lay, vpp, dim, index=cost.index, lite=measured.get("milvus_lite", False), **keys)
             row["milvus"]["raw_bytes_per_page"] = {"read_back": measured["milvus"][name]["raw_bytes_per_page"],
                                                    "predicted": as_measured.milvus_raw_bytes_per_page,
                                                    "server_predicted": cost.milvus_raw_bytes_per_page}

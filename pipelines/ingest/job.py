@@ -141,7 +141,7 @@ class IngestJob:
             self.say(f"{v.name}: {note}")
         self.pipeline = build_pipeline(run, self.source, self.out, v.writer(), v.name,
                                        known_hashes=rec.ledger.state.content_keys())
-        self.layout_stats = LayoutStats(list(run.layouts), run.models.dim, run.fde)
+        self.layout_stats = LayoutStats(list(run.layouts), run.models.dim, run.fde, run.models.sv_dim)
 
     def execute(self) -> None:
         """Units stream from the listing (the driver never holds the whole source in memory), to

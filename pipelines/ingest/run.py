@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from operators.errors import UsageError
 from operators.layouts.fde import FdeParams
-from operators.layouts.layout import Layout, parse_layouts
+from operators.layouts.layout import SV_VLM_LAYOUT, Layout, parse_layouts
 from operators.models import ModelSpec, adapter_for, decide_budget, split_model_specs, sv_model_spec
 from operators.models.family import budget_side, family
 from operators.models.spec import checkpoint_id
@@ -26,7 +26,7 @@ from operators.ocr import resolve as resolve_ocr
 from operators.render import PixelBudget
 from operators.stores import check_recorded, given_uri, record, vectors_uri
 from operators.stores.door import IndexShape
-from pipelines.ingest.config import IngestConfig, check_model
+from pipelines.ingest.config import ConfigError, IngestConfig, check_model
 from pipelines.ingest.decision import Decision, decide
 from pipelines.out.identity import IndexIdentity, IndexState, ModelIdentity
 from pipelines.out.keys import new_run_id
@@ -166,6 +166,10 @@ def resolve_run(cfg: IngestConfig, state: IndexState | None, out: str, run_id: s
     models = RunModels(spec=spec, budget=adapter.pixel_budget(), dim=adapter.dim,
                        text=text["name"] if text else None, text_dim=text["dim"] if text else None,
                        sv=sv["name"] if sv else None, sv_dim=sv["dim"] if sv else None)
+    vlm = [n for n in names if n.startswith(SV_VLM_LAYOUT + "-")]
+    if vlm and not models.sv_dim:
+        raise ConfigError(f"layouts: {', '.join(vlm)} encode the single-vector model's page vector, and this index has "
+                          f"none: add ,sv:MODEL to --model (e.g. colqwen2,sv:qwen3-vl-embedding-2b)")
     try:
         ocr = resolve_ocr(cfg.ocr if cfg.extract_text and not cfg.relayout_only else "never", cfg.ocr_languages)
     except OcrMissing as e:

@@ -23,6 +23,14 @@ def test_names_parse_for_every_encoding():
     assert parse_layout("sv-mean-bf16").scale_column is None
     with pytest.raises(LayoutError, match="sv-mean or sv-fde .each optionally -fp32/-fp16/-bf16/-int8/-bin"):
         parse_layout("sv-mean-int4")
+    # the single-vector model's page vector: its encodings are layouts, its float32 self a column
+    lay = parse_layout("sv-vlm-bf16")
+    assert (lay.pooling, lay.encoding, lay.column) == ("vlm", "bf16", "sv_vlm_bf16")
+    assert lay.dim(128, 1024, sv_dim=2048) == 2048 and lay.bytes_per_vector(128, 1024, 2048) == 4096
+    assert lay.arrow_fields(128, 1024, 2048)[0].type == pa.binary(4096)
+    for name in ("sv-vlm", "sv-vlm-fp32"):
+        with pytest.raises(LayoutError, match="the sv-vlm column, written whenever --model has ,sv:MODEL"):
+            parse_layout(name)
 
 
 def test_arrow_types_and_bytes_per_vector():

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pytest
 from conftest import REPO, pagemill_cmd, read_pages
 
+from operators.layouts.layout import parse_layout
 from pipelines.cli import main
 
 
@@ -151,24 +152,47 @@ def test_colpali_end_to_end_with_its_fixed_grid(small_corpus, tmp_path, capsys):
 
 def test_a_second_single_vector_image_model_in_the_same_run(small_corpus, tmp_path, capsys):
     """ColQwen2 multi-vector and a Qwen3-VL single vector per page, in one run: each its own
-    Parquet column and Milvus field; search's stage 1 on the single vector; milvus-load keeps it."""
+    Parquet column and Milvus field; search's stage 1 on the single vector; milvus-load keeps it.
+    The single vector takes encodings too (sv-vlm-bf16 at ingest, sv-vlm-int8 added from the
+    archive), and a run asking for them without an sv: model is refused naming the key."""
     out = tmp_path / "sv"
     summary = tmp_path / "sv.json"
+    model = "colqwen2-tiny,sv:qwen3-vl-embedding-tiny@32"
     assert main(["ingest", str(small_corpus.root), "--out", str(out), "--executor", "local", "--quiet",
-                 "--model", "colqwen2-tiny,sv:qwen3-vl-embedding-tiny@32", "--summary", str(summary)]) == 0
+                 "--model", model, "--layouts", "sv-vlm-bf16", "--summary", str(summary)]) == 0
     pages = read_pages(out)
     assert pages.schema.field("sv_vlm").type == pa.list_(pa.float32(), 32)
     vectors = np.array(pages["sv_vlm"].to_pylist(), np.float32)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # the model's vector in bf16: 2 bytes a dimension, decoding back to it
+    assert pages.schema.field("sv_vlm_bf16").type == pa.binary(64)
+    np.testing.assert_allclose(parse_layout("sv-vlm-bf16").read_page_vectors(pages), vectors, atol=1e-2)
     s = json.loads(summary.read_text())
     assert s["milvus"]["fields"]["sv-vlm"]["collection"] == "pagemill_pages"
+    assert s["milvus"]["fields"]["sv-vlm-bf16"]["dim"] == 32
+    assert s["layouts"]["sv-vlm-bf16"]["bytes_per_vector"] == 64
     assert s["model"]["sv_model"]["dim"] == 32 and s["model"]["sv_model"]["pooling"] == "last-token"
-    assert main(["search", "revenue", "--out", str(out), "--stage1", "sv-vlm", "-k", "3", "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)["results"]) == 3
+    for stage1 in ("sv-vlm", "sv-vlm-bf16"):
+        assert main(["search", "revenue", "--out", str(out), "--stage1", stage1, "-k", "3", "--json"]) == 0
+        assert len(json.loads(capsys.readouterr().out)["results"]) == 3
+    assert main(["report", str(out), "--json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out)["layouts"] if r["layout"] == "sv-vlm-bf16")
+    assert row["dim"] == 32 and row["parquet_bytes_per_page"]["predicted"] == \
+        pytest.approx(row["parquet_bytes_per_page"]["measured"], rel=0.15)
+    # added later from the archive's sv_vlm column, by the CPU: what an ingest would have written
+    assert main(["relayout", str(out), "--layouts", "sv-vlm-int8", "--executor", "local", "--quiet"]) == 0
+    pages = read_pages(out)
+    np.testing.assert_allclose(parse_layout("sv-vlm-int8").read_page_vectors(pages),
+                               np.array(pages["sv_vlm"].to_pylist(), np.float32), atol=2e-2)
     lite = str(tmp_path / "reloaded.db")
     assert main(["milvus-load", str(out), "--milvus", lite, "--json"]) == 0
     loaded = json.loads(capsys.readouterr().out)
     assert loaded["fields"]["sv-vlm"]["dim"] == 32 and loaded["row_counts"]["pagemill_pages"] == pages.num_rows
+    assert loaded["fields"]["sv-vlm-int8"]["dim"] == 32
+    # without a single-vector model there is nothing to encode
+    assert main(["ingest", str(small_corpus.root), "--out", str(tmp_path / "none"), "--executor", "local",
+                 "--quiet", "--layouts", "sv-vlm-bf16"]) == 2
+    assert "layouts: sv-vlm-bf16 encode the single-vector model's page vector" in capsys.readouterr().err
 
 
 def test_colmodernvbert_end_to_end_with_tiles(small_corpus, tmp_path, capsys):

@@ -93,7 +93,7 @@ def plan_tables(shape: IndexShape) -> Plan:
             columns.append(Column(lay.name, lay.column, True, shape.dim,
                                   pa.field(lay.column, pa.list_(pa.list_(scalar, shape.dim)))))
         else:
-            d = lay.dim(shape.dim, shape.fde_dim)
+            d = lay.dim(shape.dim, shape.fde_dim, dict(shape.page_vectors).get(SV_VLM_LAYOUT))
             columns.append(Column(lay.name, lay.column, False, d, pa.field(lay.column, pa.list_(pa.float32(), d)),
                                   lay if lay.encoding != "fp32" else None))
     for name, d in shape.page_vectors:

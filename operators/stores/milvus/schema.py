@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 
 from operators.errors import UsageError
-from operators.layouts.layout import BM25_LAYOUT, TEXT_LAYOUT, Layout  # noqa: F401  (re-exported)
+from operators.layouts.layout import BM25_LAYOUT, SV_VLM_LAYOUT, TEXT_LAYOUT, Layout  # noqa: F401  (re-exported)
 from operators.stores.door import VectorStoreError
 
 PATCH_ID = "patch_id"
@@ -374,7 +374,7 @@ def plan_fields(server: ServerInfo, collection: str, layouts: list[Layout], dim:
         else:
             lay = by_name[name]
             if not lay.is_multi_vector:
-                d = lay.dim(dim, fde_dim)
+                d = lay.dim(dim, fde_dim, extra_sv.get(SV_VLM_LAYOUT))
                 # sv-mean keys the page collection; other single vectors join it while the server
                 # allows more vector fields per collection, else get a page-level collection each.
                 home = pages if name == "sv-mean" else page_home(lay.column)
