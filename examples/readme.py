@@ -181,6 +181,7 @@ BENCHMARKS = {"bench-render": benchmark("render"), "bench-pool": benchmark("pool
               "bench-fleet": benchmark("fleet"), "bench-ledger": benchmark("ledger"), "bench-text": benchmark("text", "--pages", "400", "--queries", "80"),
               "bench-stores": benchmark("stores"),
               "bench-archives": benchmark("archives"), "bench-page-cpu": benchmark("page_cpu"),
+              "bench-server-write": benchmark("server_write"),
               "bench-plan-check": benchmark("plan_check")}
 
 GENERATORS = {**DETERMINISTIC, **RUNS, **BENCHMARKS}

@@ -203,7 +203,8 @@ def _calibrate_parser(sub) -> argparse.ArgumentParser:
                    "vectors per page are measured on them)")
     p.add_argument("--synthetic", action="store_true", help="no sample: a generated text-and-table page, repeated (its "
                    "render rate is far above real documents': not for planning)")
-    add_options(p, "calibrate", "--layouts", "--vectors", "--s3-endpoint-url")
+    add_options(p, "calibrate", "--layouts", "--vectors", "--milvus", *STORE_CONNECTION, "--milvus-index", "--milvus-bulk-dir",
+                "--s3-endpoint-url")
     p.add_argument("--out", help="also write the JSON profile here")
     return p
 
@@ -212,8 +213,10 @@ def _calibrate(args) -> int:
     from operators.io.s3 import S3Options
     from operators.models import ModelSpec
     from operators.models.spec import split_model_specs
+    from operators.stores import given_uri
     from pipelines.analysis.calibrate import calibrate
     from pipelines.ingest.stage_costs import stage_costs
+    from pipelines.options import store_options
 
     if bool(args.source) == bool(args.synthetic):
         raise UsageError("calibrate needs a sample of your PDFs (pagemill calibrate SOURCE: a folder or s3:// prefix), "
@@ -222,10 +225,13 @@ def _calibrate(args) -> int:
     visual, _ = split_model_specs(args.model)
     spec = ModelSpec(name=visual, weights=args.weights, device=args.device, dtype=args.dtype,
                      max_pixels=args.max_pixels)
+    # the store the stage pass writes to, and how it connects (the options given, no defaults)
+    given = {k: v for k, v in vars(args).items() if k in store_options(args) and v not in (None, [], ())}
     profile = calibrate(spec, n_pages=args.pages, batch_size=args.batch_size, source=args.source,
                         s3_options=S3Options(endpoint_url=args.s3_endpoint_url),
-                        stage_pass=functools.partial(stage_costs, model=args.model, vectors=args.vectors,
-                                                     layouts=[x for x in (args.layouts or "").split(",") if x.strip()]),
+                        stage_pass=functools.partial(stage_costs, model=args.model, vectors=given_uri(given),
+                                                     layouts=[x for x in (args.layouts or "").split(",") if x.strip()],
+                                                     store_options=given),
                         say=lambda line: args.console.write(f"[pagemill] {line}\n"))
     text = json.dumps(profile, indent=2, sort_keys=True)
     if args.out:

@@ -157,6 +157,11 @@ class VectorStore:
         """Layouts removed from the index: their tables go where they have their own; notes."""
         raise NotImplementedError
 
+    def remove(self, base: str) -> list[str]:
+        """Drop every table of the index ``base`` and the names it is read by: a scratch index
+        nobody reads (calibrate's stage pass). Returns the tables dropped."""
+        raise NotImplementedError
+
     def layouts(self) -> list[str]:
         """The layouts this store holds for the index."""
         raise NotImplementedError

@@ -444,3 +444,51 @@ def test_text_layer_on_a_server_without_bm25_is_dense_and_says_so(server, smoke_
     assert main(["search", query, "--out", str(out), "--collection", "textsrv", "--stage1", "text-bm25",
                  *conn_args(server)]) == 2
     assert "--stage1 text-dense" in capsys.readouterr().err
+
+
+def test_calibrate_measures_the_servers_ingest_by_rows_and_by_bulk_import(server, direct, tmp_path):
+    """calibrate against a server: the stage pass writes a scratch index there, by a first
+    load's bulk import (the server's import timed) or by row upserts, and removes it; plan sizes
+    the data nodes from the rate measured, and says which path it came from."""
+    from operators.io.sources import LocalSource
+    from pipelines.analysis.capacity import plan
+    from pipelines.analysis.sizing import STORE_ROWS_PER_S
+    from pipelines.ingest.stage_costs import stage_costs
+
+    sample = tmp_path / "sample"
+    sample.mkdir()
+    for pdf in [p for p in sorted(direct[0].rglob("*.pdf")) if "/charts/" in str(p)][:2]:  # born-digital: no OCR
+        shutil.copy(pdf, sample / pdf.name)
+    out = tmp_path / "bulk.json"
+    # the command, with the connection's options as ingest takes them: a first load by bulk import
+    assert main(["calibrate", str(sample), "--model", "colqwen2-tiny", "--pages", "2", "--batch-size", "2",
+                 "--layouts", "mv-pool3", "--vectors", server.uri, *conn_args(server),
+                 "--milvus-bulk-dir", str(tmp_path / "stage"), "--out", str(out)]) == 0
+    profiles = {"bulk": json.loads(out.read_text())}
+    # the stage pass alone, by row upserts
+    store = {"milvus_user": ROOT_USER, "milvus_db": DB, "milvus_ca_file": server.ca_file,
+             "milvus_server_name": "localhost"}
+    source = LocalSource(str(sample))
+    profiles["rows"] = {**stage_costs(source, list(source.list_documents()), model="colqwen2-tiny",
+                                      layouts=["mv-pool3"], vectors=server.uri, store_options=store),
+                        "model": "colqwen2-tiny", "pages_per_s": 50.0}
+    for path, profile in profiles.items():
+        written = profile["store_write"]
+        assert profile["store_server"] and written["store"] == "milvus" and written["path"] == path
+        assert written["rows_per_s"] > 0 and written["rows"] > profile["stage_pages"]
+        assert not counts(server, "pagemill_calibrate")  # its scratch index is gone
+        fleet = plan(preset="colqwen2", layouts=["mv-pool3"], calibration=profile)["fleet"]["store"]
+        if path == "rows":
+            assert fleet["rows_per_s_per_data_node"] == written["rows_per_s"]
+            assert fleet["figure"] == "measured by calibrate on the server given (row inserts)"
+        else:  # a sample's import is the server's wait before it starts: named, not taken as a rate
+            assert fleet["rows_per_s_per_data_node"] == STORE_ROWS_PER_S["milvus"]
+            assert f"the calibration's bulk import of {written['rows']:,} rows took" in fleet["figure"]
+            big = {**profile, "store_write": {**written, "rows": 500_000}}
+            fleet = plan(preset="colqwen2", layouts=["mv-pool3"], calibration=big)["fleet"]["store"]
+            assert fleet["figure"] == "measured by calibrate on the server given (its bulk import)"
+            assert fleet["rows_per_s_per_data_node"] == written["rows_per_s"]
+    bulk = profiles["bulk"]["store_write"]
+    assert bulk["import_s"] > 0 and not list((tmp_path / "stage").rglob("*.parquet"))  # imported, then removed
+    # the same pages and layouts: the same rows, whichever way they went in
+    assert bulk["rows"] == profiles["rows"]["store_write"]["rows"]

@@ -329,6 +329,12 @@ class LanceStore(VectorStore):
     def layouts(self) -> list[str]:
         return self.plan.layouts() if self.plan else []
 
+    def remove(self, base: str) -> list[str]:
+        gone = sorted(t for t in self._tables() if t.startswith(base + "_"))
+        for t in gone:
+            self._connect().drop_table(t)
+        return gone
+
     def drop_layouts(self, names: list[str]) -> list[str]:
         notes = []
         for name in names:

@@ -11,6 +11,8 @@ keeps its *suspects* in the ledger. A first load can go through Milvus' bulk imp
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from operators.stores.door import Hit, IndexShape, StoreWriter, VectorStore
@@ -167,6 +169,26 @@ class MilvusStore(VectorStore):
         self._reader.discover()
         return list(self._reader.notes)
 
+    def remove(self, base: str) -> list[str]:
+        from operators.stores.milvus.client import MilvusClientBase
+
+        conn = MilvusClientBase(self.conn, base)
+        conn.connect()
+        try:
+            c = conn.client
+            gone = sorted(n for n in conn._guard("list", c.list_collections) if n.startswith(base + "_"))
+            for n in gone:
+                try:  # (pymilvus' list_aliases looks in the default database on some servers)
+                    aliases = c.list_aliases(n).get("aliases", [])
+                except Exception:
+                    aliases = []
+                for alias in aliases:
+                    conn._guard("drop alias", c.drop_alias, alias)
+                conn._guard("drop", c.drop_collection, n)
+            return gone
+        finally:
+            conn.close()
+
     def drop_layouts(self, names: list[str]) -> list[str]:
         """A layout's own collection goes; a field of the page collection cannot be dropped from a
         collection: it stays, and that is said."""
@@ -209,7 +231,11 @@ class MilvusStore(VectorStore):
     def finish(self, recorded: dict | None = None) -> dict | None:
         if self._first_load is None:
             return {"bulk_imported": None}
-        return {"bulk_imported": self._first_load.finish(self.collections)}
+        t0 = time.perf_counter()
+        imported = self._first_load.finish(self.collections)
+        # the server's import, from the first task to the rows counted: what a backfill by bulk
+        # import waits for after its writers (calibrate's rate for this path)
+        return {"bulk_imported": imported, "bulk_import_s": round(time.perf_counter() - t0, 3)}
 
     def flush(self) -> None:
         self._writer.flush()  # once per run: seals the run's segments (commits do not flush)
