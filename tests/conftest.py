@@ -28,11 +28,12 @@ TRUNCATE_OVER = 3  # documents with more pages are copied with only SMOKE's page
 
 
 # What makes a test slow: a fixture that starts a real cluster or server, or a module whose tests
-# kill and rerun jobs in subprocesses or run benchmarks. They are marked ``slow``, so that
+# kill and rerun jobs in subprocesses, run benchmarks, or run an outside engine on every test
+# (Tesseract's OCR over scans, Prometheus' promtool). They are marked ``slow``, so that
 # ``python -m pytest -m "not slow"`` is the developer's loop; CI runs everything.
 SLOW_FIXTURES = {"ray_address", "milvus_server", "s3_endpoint", "two_nodes", "text_on_ray"}
 SLOW_MODULES = {"test_resume", "test_rayjob_path", "test_benchmarks", "test_gpu_pinning", "test_fleet",
-                "test_milvus_server", "test_s3_ingest"}
+                "test_milvus_server", "test_s3_ingest", "test_archives", "test_alerts"}
 
 
 def pytest_collection_modifyitems(config, items):
