@@ -127,8 +127,7 @@ class AugmentShards(Stage):
         if self.layouts:
             embs = archived_embeddings(table, self.dim)
             sv = cols.get(S.SV_VLM, table[S.SV_VLM] if S.SV_VLM in table.column_names else None)
-            sv = sv_vectors(pa.table({S.SV_VLM: sv}), sv.type.list_size) if sv is not None else None
-            cols.update(LayoutEncoder([*self.layouts], self.dim, self.fde).columns(embs, sv=sv))
+            cols.update(LayoutEncoder([*self.layouts], self.dim, self.fde).columns(embs, sv=sv_vectors(sv) if sv is not None else None))
         if self._text is not None and (S.SV_TEXT in missing or S.TEXT_CHUNKS in missing):
             cols[S.SV_TEXT], cols[S.TEXT_CHUNKS] = self._text_columns(table)
         for name, col in cols.items():

@@ -50,11 +50,11 @@ def layout_fields(layouts: list[Layout], dim: int, fde: FdeParams, sv_dim: int |
     return [f for lay in extra_layouts(layouts) for f in fields_for(lay, dim, fde.dim, sv_dim)]
 
 
-def sv_vectors(batch: pa.Table, dim: int) -> np.ndarray | None:
-    """The single-vector model's (rows, dim) vectors of a batch (zeros where a row has none)."""
-    if S.SV_VLM not in batch.column_names:
-        return None
-    col = batch[S.SV_VLM].combine_chunks()
+def sv_vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The single-vector model's (rows, D) vectors from its ``sv_vlm`` column (zeros where a row
+    has none)."""
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    dim = col.type.list_size
     flat = col.values.to_numpy(zero_copy_only=False)[col.offset * dim:(col.offset + len(col)) * dim]
     out = np.array(flat, np.float32).reshape(len(col), dim)
     if col.null_count:
@@ -173,7 +173,8 @@ class EncodePages(Stage):
         c2 = time.process_time()
         t = time.perf_counter()
         with self._one_blas_thread():
-            cols.update(self._encoder.columns(archived, raw, sv_vectors(batch, self.sv_dim) if self.sv_dim else None))
+            sv = sv_vectors(batch[S.SV_VLM]) if self.sv_dim and S.SV_VLM in batch.column_names else None
+            cols.update(self._encoder.columns(archived, raw, sv))
         self.stats["layouts_s"] += time.perf_counter() - t
         # CPU by layout, for capacity planning: reading the model's vectors and the mean count
         # as sv-mean's (the base), the full column as mv's, each extra layout as its own.

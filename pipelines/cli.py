@@ -226,7 +226,7 @@ def _calibrate(args) -> int:
     spec = ModelSpec(name=visual, weights=args.weights, device=args.device, dtype=args.dtype,
                      max_pixels=args.max_pixels)
     # the store the stage pass writes to, and how it connects (the options given, no defaults)
-    given = {k: v for k, v in vars(args).items() if k in store_options(args) and v not in (None, [], ())}
+    given = {k: v for k, v in store_options(args).items() if getattr(args, k, None) not in (None, [], ())}
     profile = calibrate(spec, n_pages=args.pages, batch_size=args.batch_size, source=args.source,
                         s3_options=S3Options(endpoint_url=args.s3_endpoint_url),
                         stage_pass=functools.partial(stage_costs, model=args.model, vectors=given_uri(given),

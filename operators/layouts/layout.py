@@ -57,6 +57,11 @@ class LayoutError(ValueError):
     pass
 
 
+def of_sv_model(name: str) -> bool:
+    """A name of the single-vector model's page vector: ``sv-vlm`` itself or an encoding of it."""
+    return name == SV_VLM_LAYOUT or name.startswith(SV_VLM_LAYOUT + "-")
+
+
 @dataclass(frozen=True)
 class Layout:
     name: str

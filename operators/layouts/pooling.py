@@ -280,11 +280,9 @@ class VlmVector(SingleVector):
         # as the only dimension by a caller that costs this layout alone (report, summaries)
         return sv_dim or model_dim
 
-    def document_encoder(self, dim, fde):
-        return lambda vector: vector  # the model's vector: taken from the sv_vlm column
-
     def query_encoder(self, dim, fde):
         return lambda query: np.asarray(query, np.float32).reshape(-1)  # the model's query vector
+    # (no document encoder: the page's vector is the sv_vlm column, LayoutEncoder reads it)
 
 
 POOLINGS: dict[str | None, type[Pooling]] = {p.name: p for p in (Unpooled, HierarchicalPooling, RowColPooling,

@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 from operators.errors import UsageError
 from operators.layouts.encodings import ENCODINGS
-from operators.layouts.layout import SV_VLM_LAYOUT, TEXT_LAYOUT, Layout, parse_layout
+from operators.layouts.layout import SV_VLM_LAYOUT, TEXT_LAYOUT, Layout, of_sv_model, parse_layout
 from operators.models import ModelSpec, decide_budget
 from operators.models.family import family, plan_name
 from operators.models.presets import PLAN_ONLY, PRESETS
@@ -175,7 +175,7 @@ def plan(*, preset: str | None = None, vectors_per_page: float | None = None, di
 def costed_layout(name: str) -> Layout:
     """The layout a plan row is costed as: a single-vector model's page vector (``sv-vlm``,
     ``sv-vlm-bf16``, ...) as the mean vector in the same encoding."""
-    if name == SV_VLM_LAYOUT or name.startswith(SV_VLM_LAYOUT + "-"):
+    if of_sv_model(name):
         name = "sv-mean" + name[len(SV_VLM_LAYOUT):]
     return parse_layout(name)
 

@@ -19,7 +19,7 @@ from operators import schema as S
 from operators.errors import UsageError
 from operators.io.store import OutputStore
 from operators.layouts.fde import FdeEncoder, FdeParams
-from operators.layouts.layout import LayoutScorer, normalise, parse_layout
+from operators.layouts.layout import LayoutScorer, normalise, of_sv_model, parse_layout
 from operators.models import ModelSpec, adapter_for
 from operators.stores.door import VectorStore
 from operators.stores.run_metadata import RunMetadata
@@ -93,7 +93,7 @@ def stage1(vectors: VectorStore, query: np.ndarray, candidates: int, mode: str, 
     sv-fde: MUVERA's query encoding; sv-vlm: the single-vector model's query) or on a
     multi-vector layout (``patches`` = mv, or mv-pool3, ...: the query's vectors)."""
     layout = "mv" if mode == "patches" else mode
-    if layout == "sv-vlm" or layout.startswith("sv-vlm-"):  # the model's page vector and its encodings
+    if of_sv_model(layout):  # the model's page vector and its encodings
         q = sv_query
     elif layout.startswith("sv-fde"):  # sv-fde and its encodings (sv-fde-int8, ...)
         q = FdeEncoder(query.shape[1], fde or FdeParams()).encode_query(query).astype(np.float32)
@@ -178,7 +178,7 @@ def search(query_text: str, store: OutputStore, vectors: VectorStore, *, k: int 
         lists = {pid: text.lists_of(pid) for pid, _ in found}
     else:
         sv_query = None
-        if stage1_mode == "sv-vlm" or stage1_mode.startswith("sv-vlm-"):
+        if of_sv_model(stage1_mode):
             from operators.models.sv import sv_embedder_for
 
             if not meta.sv_model:

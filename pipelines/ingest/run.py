@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from operators.errors import UsageError
 from operators.layouts.fde import FdeParams
-from operators.layouts.layout import SV_VLM_LAYOUT, Layout, parse_layouts
+from operators.layouts.layout import Layout, of_sv_model, parse_layouts
 from operators.models import ModelSpec, adapter_for, decide_budget, split_model_specs, sv_model_spec
 from operators.models.family import budget_side, family
 from operators.models.spec import checkpoint_id
@@ -166,7 +166,7 @@ def resolve_run(cfg: IngestConfig, state: IndexState | None, out: str, run_id: s
     models = RunModels(spec=spec, budget=adapter.pixel_budget(), dim=adapter.dim,
                        text=text["name"] if text else None, text_dim=text["dim"] if text else None,
                        sv=sv["name"] if sv else None, sv_dim=sv["dim"] if sv else None)
-    vlm = [n for n in names if n.startswith(SV_VLM_LAYOUT + "-")]
+    vlm = [n for n in names if of_sv_model(n)]
     if vlm and not models.sv_dim:
         raise ConfigError(f"layouts: {', '.join(vlm)} encode the single-vector model's page vector, and this index has "
                           f"none: add ,sv:MODEL to --model (e.g. colqwen2,sv:qwen3-vl-embedding-2b)")
