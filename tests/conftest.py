@@ -1,6 +1,7 @@
 """Shared fixtures: the real corpus, a real local Ray cluster, helpers to read outputs back.
 
-Services are started once per test session on 127.0.0.1 and stopped at the end.
+Services are started once per test session (per worker: see SERVER_MODULES) on 127.0.0.1 and
+stopped at the end.
 """
 
 from __future__ import annotations
@@ -36,10 +37,36 @@ SLOW_MODULES = {"test_resume", "test_rayjob_path", "test_benchmarks", "test_gpu_
                 "test_milvus_server", "test_s3_ingest", "test_archives", "test_alerts"}
 
 
+# The suite runs on two workers (pytest-xdist, ``-n 2`` in pyproject.toml): on its own it keeps about
+# one of two cores busy, waiting on servers, subprocesses and Ray. A module's tests run on one worker
+# (its module fixtures are built once), and the modules that use the Milvus server share one: the
+# server's embedded etcd takes fixed ports, so one server runs at a time. (xdist's own
+# ``--dist loadgroup`` cannot do this under pytest 9: it renames items through an attribute pytest
+# no longer reads.)
+SERVER_MODULES = {"tests/infra/test_rayjob_path.py", "tests/pipelines/test_benchmarks.py",
+                  "tests/pipelines/test_fleet.py", "tests/pipelines/test_milvus_server.py"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModuleServerTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "milvus-server" if module in SERVER_MODULES else module
+
+    return ByModuleServerTogether(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & fixtures or item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+        module = item.nodeid.split("::", 1)[0]
+        if "milvus_server" in fixtures and module not in SERVER_MODULES:
+            raise pytest.UsageError(f"{module} uses the Milvus server: add it to SERVER_MODULES in tests/conftest.py "
+                                    f"(its tests must run on the server's worker)")
 
 
 def pytest_configure(config):

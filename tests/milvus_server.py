@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import os
 import socket
 import subprocess
 import sys
@@ -18,6 +19,18 @@ ROOT_USER, FIRST_PASSWORD = "root", "Milvus"  # the server's built-in first cred
 ROOT_PASSWORD = "pagemill-ci-Secret-0001"  # set at start, so that a leak of it is recognisable
 PORT_FLAGS = ("--etcd-port",  # not used: etcd's own listeners stay on 2379/2380 anyway "--root-coord-port", "--proxy-internal-port", "--query-coord-port", "--query-node-port",
               "--index-coord-port", "--index-node-port", "--data-coord-port", "--data-node-port")
+# Milvus reads a setting from the environment too (the key upper-cased, dots as underscores). The
+# test server's coordinators poll more often than a production server's, so that the tests wait
+# less for what the server does in the background (all measured on 2.3.5, 2 cores):
+# - the query coordinator refreshes what its query node serves every 10 s by default: segments a
+#   bulk import adds were counted only after two such rounds (22 s for three small imports, 7 s
+#   refreshed every second);
+# - it checks loads every second (creating and loading an empty collection: 3 s, 2.5 s at 200 ms);
+# - the data coordinator seals a segment for a flush once its assignments expire, after 2 s by
+#   default (a flush of 100 rows: 2.5-3.5 s, 1 s at 200 ms).
+# Nothing else changes: the same requests, the same answers.
+SERVER_ENV = {"QUERYCOORD_UPDATENEXTTARGETINTERVAL": "1", "QUERYCOORD_CHECKINTERVAL": "200",
+              "QUERYCOORD_DISTPULLINTERVAL": "100", "DATACOORD_SEGMENT_ASSIGNMENTEXPIRATION": "200"}
 
 
 @dataclass
@@ -115,7 +128,8 @@ def start_milvus_server(data_dir: Path, free_port, timeout_s: float = 120.0) -> 
     for flag in PORT_FLAGS[1:]:
         cmd += [flag, str(free_port())]
     log = open(data_dir / "milvus-server.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=dict(os.environ, **SERVER_ENV))
     server = MilvusServer(f"https://127.0.0.1:{proxy}", str(cert), proc, storage=str(data_dir / "milvus" / "data"))
     deadline = time.monotonic() + timeout_s
     last = None
