@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -135,10 +136,41 @@ def stop_family(procs: list[subprocess.Popen]) -> None:
         p.wait(timeout=10)
 
 
+CHOSEN: set[int] = set()  # every port this module has handed to a Ray component
+
+
+def a_port() -> int:
+    """A free port no other component of these clusters was given (the kernel hands out nearby
+    ports one after another: Ray refuses a worker port range that holds another component's port)."""
+    while (port := free_port()) in CHOSEN:
+        pass
+    CHOSEN.add(port)
+    return port
+
+
+def a_port_range(n: int) -> int:
+    """The first of ``n`` consecutive free ports that hold no port already handed out."""
+    while True:
+        low = free_port()
+        span = range(low, low + n)
+        if CHOSEN.isdisjoint(span) and all(_bindable(p) for p in span):
+            CHOSEN.update(span)
+            return low
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def node_ports() -> tuple[dict[str, int], list[str]]:
-    ports = {name: free_port() for name in ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
-                                            "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")}
-    low = free_port()
+    ports = {name: a_port() for name in ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+                                         "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")}
+    low = a_port_range(41)
     args = [f"--{k}={v}" for k, v in ports.items()] + [f"--min-worker-port={low}", f"--max-worker-port={low + 40}"]
     return ports, args
 
@@ -174,7 +206,7 @@ def ray_job_cluster(tmp_path_factory, moto_s3, milvus_server):
         pod_env.pop(var, None)
 
     head = RAYJOB["spec"]["rayClusterSpec"]["headGroupSpec"]
-    gcs, dashboard, client = free_port(), free_port(), free_port()
+    gcs, dashboard, client = a_port(), a_port(), a_port()
     # A short folder: the dashboard's modules listen on AF_UNIX sockets under
     # <temp-dir>/session_<time>_<pid>/sockets/, and a socket path over 107 bytes fails their start
     # (a pytest folder like /tmp/pytest-of-root/pytest-119/rayjob0/ray is long enough to).
