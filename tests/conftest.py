@@ -37,7 +37,7 @@ SLOW_MODULES = {"test_resume", "test_rayjob_path", "test_benchmarks", "test_gpu_
                 "test_milvus_server", "test_s3_ingest", "test_archives", "test_alerts"}
 
 
-# The suite runs on two workers (pytest-xdist, ``-n 2`` in pyproject.toml): on its own it keeps about
+# With ``-n 2`` the suite runs on two workers (pytest-xdist): on its own it keeps about
 # one of two cores busy, waiting on servers, subprocesses and Ray. A module's tests run on one worker
 # (its module fixtures are built once), and the modules that use the Milvus server share one: the
 # server's embedded etcd takes fixed ports, so one server runs at a time. (xdist's own
