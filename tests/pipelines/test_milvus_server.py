@@ -78,6 +78,18 @@ def counts(server, collection: str) -> dict[str, int]:
         client.close()
 
 
+def import_tasks(server, collection: str) -> dict[str, int]:
+    """The server's import tasks for each of the index's collections (its own task list, not
+    pagemill's)."""
+    client = server.client(db_name=DB)
+    try:
+        handler = client._get_connection()
+        names = sorted(c for c in client.list_collections() if c.startswith(collection + "_"))
+        return {c: len(handler.list_bulk_insert_tasks(0, c, context=client._generate_call_context())) for c in names}
+    finally:
+        client.close()
+
+
 def search_in(server, out, collection: str, stage1: str) -> list[dict]:
     """The cascade against one collection, both stages from Milvus."""
     vectors = server_store(server, out, collection)
@@ -312,6 +324,7 @@ def test_bulk_import_path_gives_the_same_index(server, direct, tmp_path, capsys)
     direct_counts = counts(server, "direct")
     assert {c.replace("bulked", "direct"): n for c, n in counts(server, "bulked").items()} == direct_counts
     assert summary["rows_imported"] == sum(direct_counts.values())
+    assert import_tasks(server, "bulked") == {c: 1 for c in counts(server, "bulked")}
     first, second = (search_in(server, out, c, "mv-bin") for c in ("direct", "bulked"))
     assert [r["page_id"] for r in first] == [r["page_id"] for r in second]
     # Import inserts, it cannot replace: a second bulk load into full collections is refused.
@@ -335,7 +348,7 @@ def test_ingest_first_load_by_bulk_import(server, direct, tmp_path, capsys):
             "--collection", "firstload", "--milvus-bulk-dir", str(stage), "--quiet", *conn_args(server),
             *sum((["--milvus-index", i] for i in INDEXES), [])]
     # killed after two units committed: their files are staged, nothing imported (units of 4
-    # documents: 3 units; every staged file is an import task for the server)
+    # documents: 3 units, a file each and collection, gathered into one import task a collection)
     killed = subprocess.run(pagemill_cmd(*args, "--unit-max-docs", "4"), cwd=REPO, capture_output=True,
                             env=dict(os.environ, PAGEMILL_KILL_AT="committed:2"))
     assert killed.returncode == -9
@@ -349,6 +362,7 @@ def test_ingest_first_load_by_bulk_import(server, direct, tmp_path, capsys):
     direct_counts = counts(server, "direct")
     assert {c.replace("firstload", "direct"): n for c, n in counts(server, "firstload").items()} == direct_counts
     assert summary["milvus"]["bulk_imported"] == counts(server, "firstload")
+    assert import_tasks(server, "firstload") == {c: 1 for c in counts(server, "firstload")}
     assert summary["milvus"]["rows_written"] == {} and not list(stage.rglob("*.parquet"))  # imported, then removed
     assert [r["page_id"] for r in search_in(server, out, "firstload", "mv-bin")] == \
         [r["page_id"] for r in search_in(server, direct_out, "direct", "mv-bin")]

@@ -10,7 +10,7 @@ import time
 import pyarrow as pa
 
 from operators import schema as S
-from operators.stores.milvus.bulk import bulk_wait, stage_base, stage_table, start_import, wait_for_counts
+from operators.stores.milvus.bulk import Imports
 from operators.stores.milvus.client import redact_uri
 from operators.stores.milvus.schema import MilvusError
 
@@ -53,9 +53,10 @@ def upsert_load(writer, batches, shards: int, log=None) -> dict:
 
 
 def bulk_load(writer, batches, shards: int, bulk_dir: str, log=None) -> dict:
-    """Milvus' own import: one Parquet file per shard and collection, in the collection's schema
-    (vectors as ``list<float32>``/``list<uint8>``, as Milvus' Parquet reader takes them), staged
-    where the server reads them, then one import task per file."""
+    """Milvus' own import: Parquet files in the collection's schema (vectors as
+    ``list<float32>``/``list<uint8>``, as Milvus' Parquet reader takes them), each of up to
+    ``IMPORT_FILE_BYTES`` of a collection's rows from consecutive shards, staged where the
+    server reads them, one import task each."""
     from operators.io.uris import open_store
 
     t0 = time.monotonic()
@@ -66,27 +67,19 @@ def bulk_load(writer, batches, shards: int, bulk_dir: str, log=None) -> dict:
     if any(f.mode == "struct" for f in writer.plan.fields):
         raise MilvusError("bulk import of array-of-structs fields is not supported: load with upserts "
                           "(without --bulk-dir) or --milvus-mv-mode rows")
-    stage = open_store(bulk_dir)
-    base = stage_base(stage)  # the path the server reads: absolute on its local storage, or the key in its bucket
-    run = f"pagemill-{int(time.time())}"
-    tasks, expected, pages = [], {c: 0 for c in writer.collections}, 0
-    for n, (key, corpus, tables) in enumerate(_by_shard(batches), 1):
+    imports = Imports(writer, open_store(bulk_dir), f"pagemill-{int(time.time())}", list(writer.collections))
+    pages = 0
+    for n, (_key, corpus, tables) in enumerate(_by_shard(batches), 1):
         writer.corpus = corpus
         parts: dict[str, list[pa.Table]] = {}
         for table in tables:
             pages += table.num_rows
             for c, cols in writer.columns_for(table).items():
                 parts.setdefault(c, []).append(cols.to_arrow())
-        shard = key.rsplit("/", 1)[-1].removesuffix(".parquet")
         for c, found in parts.items():
-            table = pa.concat_tables(found)
-            file_key = f"{run}/{c}/{shard}.parquet"
-            stage_table(stage, file_key, table)
-            tasks.append(start_import(writer, c, base + file_key))
-            expected[c] += table.num_rows
+            imports.add(c, pa.concat_tables(found))
         if log is not None:
-            log.write(f"[pagemill] milvus-load (bulk): {n}/{shards} shards staged, {len(tasks)} import tasks\n")
-    imported = bulk_wait(writer, tasks)
-    counts = wait_for_counts(writer, expected)  # imported segments count once sealed and loaded
+            log.write(f"[pagemill] milvus-load (bulk): {n}/{shards} shards read, {len(imports.tasks)} import tasks\n")
+    imported, counts = imports.wait()  # imported segments count once sealed and loaded
     return {"uri": redact_uri(writer.uri), "path": "bulk", "format": "parquet", "shards": shards, "pages": pages,
             "rows_imported": imported, "row_counts": counts, "wall_s": round(time.monotonic() - t0, 3)}
