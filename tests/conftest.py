@@ -72,6 +72,11 @@ def pytest_collection_modifyitems(config, items):
 def pytest_configure(config):
     from pipelines.cli import fork_safe_grpc
 
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Two workers on two cores: torch in a worker (and the pagemill processes it starts) takes
+        # one thread, as Ray's actors do, rather than two that contend with the other worker's.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
     fork_safe_grpc()  # this process starts Ray nodes (a fork each) while its Milvus channels are open
     if not CORPUS.is_dir():
         raise pytest.UsageError(f"the shared corpus is missing at {CORPUS} (set PAGEMILL_CORPUS)")

@@ -93,7 +93,8 @@ def test_two_processes_at_once(smoke_corpus, tmp_path):
     from conftest import REPO, pagemill_cmd
 
     out = tmp_path / "out"
-    args = ["ingest", str(smoke_corpus.root), "--out", str(out), "--executor", "local", "--page-timeout", "8", "--quiet"]
+    args = ["ingest", str(smoke_corpus.root), "--out", str(out), "--executor", "local", "--page-timeout", "8", "--quiet",
+            "--model", "sim:colqwen2-tiny"]  # the lock is the point: no torch to import
     first = subprocess.Popen(pagemill_cmd(*args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not (out / "_lock.json").exists() and time.monotonic() < deadline:

@@ -10,7 +10,11 @@ import time
 import pytest
 from conftest import REPO, milvus_counts, pagemill_cmd, read_pages
 
-ARGS = ["--executor", "local", "--unit-max-docs", "2", "--quiet"]
+# The model is the simulated accelerator (colqwen2-tiny's shapes, vectors deterministic per page):
+# what these tests pin is the ledger, the shards and the store, and a pagemill process that imports
+# no torch starts in a second, not five. (Crashes and resumes with real checkpoints: test_lancedb's
+# at each point, test_index_identity's reindex, test_archives'.)
+ARGS = ["--executor", "local", "--unit-max-docs", "2", "--quiet", "--model", "sim:colqwen2-tiny"]
 
 
 @pytest.fixture(scope="module")
