@@ -42,7 +42,7 @@ def test_a_collections_tables_are_gathered_into_files_of_at_most_the_limit(tmp_p
     imports.add("b", rows(0, 10))
     assert len(server.started) == 2  # a's first two pairs reached the limit; the rest is held
     for c in imports.held:
-        imports._send(c)
+        imports.send(c)
     tasks = [(c, [f.removeprefix(str(tmp_path) + "/") for f in files]) for c, files in server.started]
     assert tasks == [("a", ["_import/a/part-00000.parquet"]), ("a", ["_import/a/part-00001.parquet"]),
                      ("a", ["_import/a/part-00002.parquet"]), ("b", ["_import/b/part-00003.parquet"])]

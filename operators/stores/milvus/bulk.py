@@ -96,9 +96,10 @@ class Imports:
         held = self.held[collection]
         held.append(table)
         if sum(t.nbytes for t in held) >= self.max_bytes:
-            self._send(collection)
+            self.send(collection)
 
-    def _send(self, collection: str) -> None:
+    def send(self, collection: str) -> None:
+        """Stage what is held of ``collection`` as one file and start its import."""
         held, self.held[collection] = self.held[collection], []
         if not held:
             return
@@ -113,7 +114,7 @@ class Imports:
         """Send what is held, wait for every task; returns rows imported and the collections'
         counts, checked against the rows sent."""
         for c in self.held:
-            self._send(c)
+            self.send(c)
         imported = bulk_wait(self.client, self.tasks, timeout_s)
         counts = wait_for_counts(self.client, self.expected, timeout_s)
         if counts != self.expected:
@@ -126,11 +127,12 @@ def import_staged(client, stage, collections: list[str], timeout_s: float = 600.
     under ``GATHERED/``; returns rows imported per collection, checked against the files' own
     row counts."""
     imports = Imports(client, stage, GATHERED, collections)
-    for c in collections:
-        for obj in stage.list(c):
-            if obj.key.endswith(".parquet"):
-                imports.add(c, pq.read_table(io.BytesIO(stage.read_bytes(obj.key))))
     try:
+        for c in collections:
+            for obj in stage.list(c):
+                if obj.key.endswith(".parquet"):
+                    imports.add(c, pq.read_table(io.BytesIO(stage.read_bytes(obj.key))))
+            imports.send(c)  # one collection's rows held at a time
         return imports.wait(timeout_s)[1]
     finally:
         for key in imports.keys:
