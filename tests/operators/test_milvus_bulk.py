@@ -32,7 +32,7 @@ def rows(start: int, n: int) -> pa.Table:
                      "vector": pa.array([[float(i)] * 8 for i in range(start, start + n)], pa.list_(pa.float32()))})
 
 
-def test_a_collections_tables_are_gathered_into_files_of_at_most_the_limit(tmp_path):
+def test_a_collections_tables_are_staged_as_one_file_once_they_reach_the_limit(tmp_path):
     stage = LocalStore(tmp_path)
     one = rows(0, 100).nbytes
     server = RecordsTasks()

@@ -5,7 +5,7 @@ checked against the rows sent.
 Few files, not one a unit: Milvus 2.3's data node runs import tasks one at a time and looks at a
 running task every 2 s (hard-coded), so each task costs at least 2 s whatever its size. A backfill
 of 10,000 units into 5 collections as one file a unit and collection would wait 28 hours on those
-checks alone; gathered into files of up to ``IMPORT_FILE_BYTES`` it waits seconds.
+checks alone; gathered into files of about ``IMPORT_FILE_BYTES`` it waits seconds.
 
 Two users: an ingest's first load (``--milvus-bulk-dir``: the writers stage each part's rows
 instead of upserting, and the driver imports everything at the end of the run; a run killed
@@ -26,8 +26,8 @@ from operators.stores.milvus.schema import MilvusError
 
 PENDING_RECORD = "milvus_bulk"  # the ledger record of a first load staged and not yet imported
 GATHERED = "_import"  # where a first load's gathered import files are written, beside the units' files
-# An import file's size in Arrow bytes (its Parquet is smaller); a collection's rows are held in
-# memory up to it. Milvus 2.3 takes files up to 16 GiB (common.ImportMaxFileSize).
+# A collection's rows held in memory until they reach this many Arrow bytes, then staged as one
+# import file (its Parquet is smaller); a file overshoots it by at most the last table added. Milvus 2.3 takes files up to 16 GiB (common.ImportMaxFileSize).
 IMPORT_FILE_BYTES = 128 << 20
 
 
@@ -79,8 +79,8 @@ def wait_for_counts(client, expected: dict[str, int], timeout_s: float = 300.0) 
 
 
 class Imports:
-    """One load's import tasks: each collection's tables gathered in memory up to ``max_bytes``,
-    then staged under ``prefix/<collection>/`` as one file and handed to the server (which
+    """One load's import tasks: each collection's tables gathered in memory until they reach
+    ``max_bytes``, then staged under ``prefix/<collection>/`` as one file and handed to the server (which
     imports while more is gathered)."""
 
     def __init__(self, client, stage, prefix: str, collections: list[str], max_bytes: int | None = None):

@@ -54,7 +54,7 @@ def upsert_load(writer, batches, shards: int, log=None) -> dict:
 
 def bulk_load(writer, batches, shards: int, bulk_dir: str, log=None) -> dict:
     """Milvus' own import: Parquet files in the collection's schema (vectors as
-    ``list<float32>``/``list<uint8>``, as Milvus' Parquet reader takes them), each of up to
+    ``list<float32>``/``list<uint8>``, as Milvus' Parquet reader takes them), each about
     ``IMPORT_FILE_BYTES`` of a collection's rows from consecutive shards, staged where the
     server reads them, one import task each."""
     from operators.io.uris import open_store
