@@ -75,9 +75,9 @@ class AugmentShards(Stage):
 
     def setup(self) -> None:
         if self.text_model and self._text is None:
-            from operators.models.text import TextEmbedder
+            from operators.models.text import text_embedder
 
-            self._text = TextEmbedder(self.text_model, device=self.device)
+            self._text = text_embedder(self.text_model, device=self.device)
             self._text.load()
         if self.sv and self._sv is None:
             from operators.embed import EmbedSinglePages

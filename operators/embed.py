@@ -247,9 +247,9 @@ class EmbedText(Stage):
 
     def setup(self) -> None:
         if self.model is None:
-            from operators.models.text import TextEmbedder
+            from operators.models.text import text_embedder
 
-            self.model = TextEmbedder(self.text_model, device=self.device)
+            self.model = text_embedder(self.text_model, device=self.device)
             self.model.load()
 
     def __call__(self, batch: pa.Table) -> pa.Table:

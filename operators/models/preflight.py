@@ -13,6 +13,7 @@ import os
 import time
 
 from operators.models import PRESETS, WEIGHTS_HUB, ModelError, ModelSpec, adapter_for
+from operators.models.spec import SIM_PREFIX
 
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "model.safetensors")
 HUB_ATTEMPTS = 3
@@ -112,7 +113,7 @@ def check_models(model: str, spec: ModelSpec) -> None:
         check_checkpoint(preset["hub_id"] if preset else spec.name, "model")
     del adapter
     _, text_model = split_model_specs(model)
-    if text_model:
+    if text_model and not text_model.startswith(SIM_PREFIX):  # a simulated text model loads nothing
         source = resolve_text_model(text_model)
         if text_model.lower() not in PACKAGED:
             check_checkpoint(source, "text model")

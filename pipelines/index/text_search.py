@@ -101,9 +101,9 @@ class TextSearch:
     @property
     def embedder(self):
         if self._embedder is None:
-            from operators.models.text import TextEmbedder
+            from operators.models.text import text_embedder
 
-            self._embedder = TextEmbedder(self.text_model)
+            self._embedder = text_embedder(self.text_model)
         return self._embedder
 
     def _limit(self, candidates: int) -> int:

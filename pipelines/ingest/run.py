@@ -124,7 +124,7 @@ def _filled(cfg: IngestConfig, state: IndexState | None) -> IngestConfig:
 def requested_identity(cfg: IngestConfig, spec: ModelSpec) -> IndexIdentity:
     """What this run asks the index to be (``spec``: its budget decided)."""
     from operators.models.sv import sv_embedder_for
-    from operators.models.text import TextEmbedder
+    from operators.models.text import text_embedder
 
     adapter = adapter_for(spec)  # cheap: reads the preset, loads nothing
     budget = adapter.pixel_budget()
@@ -135,7 +135,7 @@ def requested_identity(cfg: IngestConfig, spec: ModelSpec) -> IndexIdentity:
         model=ModelIdentity(spec.name, spec.weights, adapter.dim, checkpoint_id(spec), budget.max_pixels,
                             budget.multiple),
         layouts={lay.name: lay.params(fde) for lay in parse_layouts(cfg.layouts)},
-        text_model={"name": text, "dim": TextEmbedder(text).dim} if text else None,
+        text_model={"name": text, "dim": text_embedder(text).dim} if text else None,
         sv_model={"name": sv, "dim": sv_embedder_for(sv, spec).dim} if sv else None,
         collection=cfg.collection, base=cfg.collection)
 

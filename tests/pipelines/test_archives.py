@@ -23,7 +23,10 @@ import pytest
 from conftest import CORPUS, REPO, pagemill_cmd, run_pagemill
 
 MODEL = "colqwen2-tiny,text:all-MiniLM-L6-v2"
-ARGS = ["--executor", "local", "--quiet", "--model", MODEL]
+# Tests of rows, copies and files, not of what the vectors mean, simulate both models (no torch in
+# their processes). The searches run on the real ones.
+SIM = "sim:colqwen2-tiny,text:sim:all-MiniLM-L6-v2"
+ARGS = ["--executor", "local", "--quiet"]
 SCAN_WORDS = "Invoice number 4471 for quarterly maintenance"
 CORPUS_SCAN = "scanned/DS4SD+docling__ocr_test.pdf"  # a scan without a text layer (SMOKE.tsv)
 CORPUS_BOOK = "scanned/ocrmypdf+OCRmyPDF__c02-22.pdf"  # a scanned book page
@@ -145,8 +148,8 @@ def archive_src(tmp_path_factory):
     return src
 
 
-def ingest(src: Path, out: Path, *extra: str, env: dict | None = None, check: bool = True):
-    return run_pagemill("ingest", str(src), "--out", str(out), *ARGS, *extra, env=env, check=check)
+def ingest(src: Path, out: Path, *extra: str, model: str = MODEL, env: dict | None = None, check: bool = True):
+    return run_pagemill("ingest", str(src), "--out", str(out), *ARGS, "--model", model, *extra, env=env, check=check)
 
 
 def summary_of(out: Path) -> dict:
@@ -253,18 +256,18 @@ def test_a_rerun_embeds_nothing_and_a_new_copy_is_copied_not_embedded(archive_sr
     src = tmp_path / "src"
     shutil.copytree(archive_src, src)
     out = tmp_path / "out"
-    ingest(src, out, "--ocr", "never", "--no-text", "--model", "colqwen2-tiny")
-    ingest(src, out)
+    ingest(src, out, "--ocr", "never", "--no-text", model="sim:colqwen2-tiny")
+    ingest(src, out, model=SIM)
     assert summary_of(out)["pages"]["embedded"] == 0
     shutil.copy(src / "photo.png", src / "sub" / "photo-again.png")
-    ingest(src, out, "--summary", str(tmp_path / "s.json"))
+    ingest(src, out, "--summary", str(tmp_path / "s.json"), model=SIM)
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["pages"]["embedded"] == 0 and s["duplicates"] == {**s["duplicates"], "documents": 1, "pages": 1}
     assert pages_of(out)["text_source"].to_pylist().count(None) == 0
     # the canonical document goes: its copies stay
     (src / "photo.png").unlink()
     (src / "born.pdf").unlink()
-    ingest(src, out, "--delete-missing")
+    ingest(src, out, "--delete-missing", model=SIM)
     left = {u.rsplit("/", 1)[-1] for u in pages_of(out)["source_uri"].to_pylist()}
     assert {"photo-again.png", "born-copy.pdf"} <= left and not {"photo.png", "born.pdf"} & left
 
@@ -276,7 +279,7 @@ def test_near_duplicate_pages_counted_and_embedded_once_with_dedup_pages(tmp_pat
     text_pdf(src / "a.pdf", "Standard terms and conditions of carriage", "Cargo manifest for vessel Aurora")
     text_pdf(src / "b.pdf", "Standard terms and conditions of carriage", "Cargo manifest for vessel Borealis")
     out = tmp_path / "out"
-    ingest(src, out, "--dedup", "pages", "--no-text", "--model", "colqwen2-tiny")
+    ingest(src, out, "--dedup", "pages", "--no-text", model="sim:colqwen2-tiny")  # vectors differ per page
     s = summary_of(out)
     assert s["duplicates"]["near_duplicate_pages"] >= 1
     assert s["duplicates"]["pages_embedded_once"] >= 1 and s["duplicates"]["model_s_saved"] > 0
@@ -302,19 +305,19 @@ def test_sigkill_after_images_leaves_one_image_per_page(archive_src, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(archive_src, src)
     out = tmp_path / "out"
-    killed = ingest(src, out, "--page-images", "png:128", "--unit-max-docs", "3", "--ocr", "never",
+    killed = ingest(src, out, "--page-images", "png:128", "--unit-max-docs", "3", "--ocr", "never", model=SIM,
                     env={"PAGEMILL_KILL_AT": "store_committed:2"}, check=False)
     assert killed.returncode == -signal.SIGKILL
-    ingest(src, out, "--ocr", "never")  # the index keeps its page images without the flag
+    ingest(src, out, "--ocr", "never", model=SIM)  # the index keeps its page images without the flag
     pages = pages_of(out)
     files = sorted((out / "images").rglob("*.png"))
     assert len(files) == pages.num_rows == len(set(pages["image_uri"].to_pylist()))
     # a changed document's old images go with its old rows, even when the run dies right after
     # the commit record, before its deletes (the next run deletes what the record names)
     text_pdf(src / "born.pdf", "A rewritten single page")
-    killed = ingest(src, out, "--ocr", "never", env={"PAGEMILL_KILL_AT": "committed:1"}, check=False)
+    killed = ingest(src, out, "--ocr", "never", model=SIM, env={"PAGEMILL_KILL_AT": "committed:1"}, check=False)
     assert killed.returncode == -signal.SIGKILL
-    ingest(src, out, "--ocr", "never")
+    ingest(src, out, "--ocr", "never", model=SIM)
     pages = pages_of(out)
     assert sorted(str(f) for f in (out / "images").rglob("*.png")) == sorted(
         u.removeprefix("file://") for u in pages["image_uri"].to_pylist())
