@@ -128,17 +128,3 @@ def test_page_cpu_benchmark_sets_each_stage_and_a_plain_insert_side_by_side(caps
     assert ours[0] == plain[0] and int(ours[0].replace(",", "")) > 6 * 770  # mv + mv-pool3 + a page row, a page
     assert float(plain[3]) > 0
     assert {"pixels column (pa.array -> one buffer)", "mv-pool3, BLAS threads (default -> 1)"} <= set(body)
-
-
-def test_server_write_benchmark_sets_upserts_bulk_import_and_a_plain_insert_side_by_side(milvus_server, capsys):
-    """On the real 2.3.5 server: pagemill's row upserts, its bulk import (the server's import
-    timed) and pymilvus' insert of the same rows, each with the client's and the server's CPU."""
-    from benchmarks import server_write
-
-    table = server_write.main(["--corpus", str(CORPUS), "--pages", "4"], server=milvus_server)
-    body = rows(table)
-    upserts, bulk = body["pagemill, row upserts"], body["pagemill, bulk import"]
-    plain = body["pymilvus `MilvusClient.insert`"]
-    assert upserts[0] == bulk[0] == plain[0] and int(upserts[0].replace(",", "")) > 4 * 770  # the same rows
-    assert all(float(r[1]) > 0 and float(r[2]) > 0 and float(r[3]) > 0 for r in (upserts, bulk, plain))
-    assert float(upserts[4]) == 1.0 and re.search(r"bulk import: the server's import took [0-9.]+ s for [0-9,]+ rows", table)

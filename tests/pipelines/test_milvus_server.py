@@ -6,6 +6,7 @@ partition key, rebuilding from Parquet, and the cascade search over all of it.""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -506,3 +507,20 @@ def test_calibrate_measures_the_servers_ingest_by_rows_and_by_bulk_import(server
     assert bulk["import_s"] > 0 and not list((tmp_path / "stage").rglob("*.parquet"))  # imported, then removed
     # the same pages and layouts: the same rows, whichever way they went in
     assert bulk["rows"] == profiles["rows"]["store_write"]["rows"]
+
+
+def test_server_write_benchmark_sets_upserts_bulk_import_and_a_plain_insert_side_by_side(milvus_server, capsys):
+    """On the real 2.3.5 server: pagemill's row upserts, its bulk import (the server's import
+    timed) and pymilvus' insert of the same rows, each with the client's and the server's CPU."""
+    from conftest import CORPUS
+    from test_benchmarks import rows
+
+    from benchmarks import server_write
+
+    table = server_write.main(["--corpus", str(CORPUS), "--pages", "4"], server=milvus_server)
+    body = rows(table)
+    upserts, bulk = body["pagemill, row upserts"], body["pagemill, bulk import"]
+    plain = body["pymilvus `MilvusClient.insert`"]
+    assert upserts[0] == bulk[0] == plain[0] and int(upserts[0].replace(",", "")) > 4 * 770  # the same rows
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 and float(r[3]) > 0 for r in (upserts, bulk, plain))
+    assert float(upserts[4]) == 1.0 and re.search(r"bulk import: the server's import took [0-9.]+ s for [0-9,]+ rows", table)
