@@ -154,6 +154,7 @@ def _render_child(conn) -> None:  # pragma: no cover - runs in the child process
 
     pymupdf.TOOLS.mupdf_display_errors(False)
     pymupdf.TOOLS.mupdf_display_warnings(False)
+    conn.send(("ready",))  # imports done: from here on, every reply has a deadline
     while True:
         try:
             msg = conn.recv()
@@ -247,8 +248,16 @@ def large_binary_column(blobs: list[bytes]) -> pa.Array:
                                             [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(blobs))])
 
 
+STARTUP_TIMEOUT_S = 120.0  # a fresh renderer's imports; on a loaded machine they take seconds
+
+
 class MuPdfWorker:
-    """One renderer child process with a deadline on every reply."""
+    """One renderer child process with a deadline on every reply.
+
+    A page's deadline counts from a renderer that is ready: ``start`` waits for the child's imports
+    (its own, longer deadline), so a renderer replaced after a kill never spends a document's
+    deadline on start-up. A renderer that cannot start is this machine's problem, not the
+    document's: ``start`` raises and the unit is retried; nothing is quarantined."""
 
     def __init__(self):
         self._proc = None
@@ -276,6 +285,15 @@ class MuPdfWorker:
         )
         child.close()
         self._conn = Connection(parent.detach())
+        try:
+            ready = self._conn.poll(STARTUP_TIMEOUT_S) and self._conn.recv() == ("ready",)
+        except (EOFError, ConnectionError, OSError):
+            ready = False
+        if not ready:
+            code = self._proc.poll()
+            self.stop()
+            state = f"exit code {code}" if code is not None else f"not ready after {STARTUP_TIMEOUT_S:g}s"
+            raise RuntimeError(f"the renderer process did not start ({state})")
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

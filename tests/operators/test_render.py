@@ -83,6 +83,27 @@ def test_never_finishing_page_is_abandoned(tmp_path):
     assert pages.num_rows == 1 and pages[S.SOURCE_URI][0].as_py().endswith(good)
 
 
+def test_a_slow_renderer_start_is_not_a_documents_timeout(tmp_path, monkeypatch):
+    """A renderer's start-up (a fresh interpreter's imports: seconds on a loaded machine) is not
+    counted against a page's deadline: a renderer that takes 3 s to start still renders a page
+    under a 2 s deadline, and one that cannot start fails the unit rather than blaming a document."""
+    import os
+
+    from operators import render
+
+    slow_site = tmp_path / "site"
+    slow_site.mkdir()
+    (slow_site / "sitecustomize.py").write_text("import time\ntime.sleep(3)\n")  # the child's start-up only
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(slow_site), os.environ.get("PYTHONPATH", "")]))
+    good = _copy(tmp_path, "tables/camelot-dev+camelot__us-005.pdf")
+    pages, info = _render(tmp_path, [good], RenderLimits(page_timeout_s=2))
+    assert info["quarantine"] == [] and pages.num_rows == 1
+
+    monkeypatch.setattr(render, "STARTUP_TIMEOUT_S", 0.5)
+    with pytest.raises(RuntimeError, match="renderer process did not start"):
+        _render(tmp_path, [good], RenderLimits(page_timeout_s=2))
+
+
 def test_password_list_opens_encrypted(tmp_path):
     name = _copy(tmp_path, "encrypted/Unstructured-IO+unstructured__password.pdf")
     _, info = _render(tmp_path, [name])
