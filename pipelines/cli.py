@@ -674,6 +674,32 @@ def main(argv: list[str] | None = None) -> int:
             args.metrics.end(code)
 
 
+def entry() -> None:
+    """The ``pagemill`` command: ``main``, then Python's exit without C++'s.
+
+    Arrow's thread pools (any Parquet read starts them) can abort a process from C++'s static
+    destructors after all its work and output are done: "terminate called without an active
+    exception", exit 134 (apache/arrow#34314; pyarrow 26: 2 runs in 300 of ``pagemill quarantine``
+    on a loaded machine). A scheduler would read that as a failed job. So the command does what
+    Python's own exit does first (waits for its non-daemon threads, runs the atexit handlers: Ray's
+    shutdown, Milvus Lite's server, temporary files, logging), flushes its output, and leaves with
+    ``os._exit``, which runs no C++ destructors. ``main`` itself exits nothing (tests call it)."""
+    import atexit
+    import threading
+
+    code = main()
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: the reader has gone
+            pass
+    os._exit(code)
+
+
 def _run(args) -> int:
     """The command, its errors as one line and an exit status."""
     from operators.io.sources import SourceError
@@ -717,4 +743,4 @@ def _run(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

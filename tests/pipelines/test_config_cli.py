@@ -84,3 +84,42 @@ def test_every_cli_command_is_in_the_readme():
             for flag in action.option_strings:
                 if flag.startswith("--") and flag != "--help":
                     assert flag in readme, f"README lacks {flag} of `pagemill {name}`"
+
+
+def test_the_command_leaves_through_pythons_exit_without_cpps(tmp_path):
+    """``pagemill`` (the console script and ``python -m``) ends with Python's exit steps (the
+    atexit handlers: Ray's shutdown, Milvus Lite's server, temporary files) and then ``os._exit``:
+    Arrow's thread pools can abort a finished command from C++'s static destructors (exit 134,
+    apache/arrow#34314), so none run. Its output and exit status are the command's."""
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    from conftest import CORPUS
+
+    from pipelines.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.pdf").write_bytes((CORPUS / "tables/camelot-dev+camelot__us-005.pdf").read_bytes())
+    (src / "locked.pdf").write_bytes((CORPUS / "encrypted/Unstructured-IO+unstructured__password.pdf").read_bytes())
+    out = tmp_path / "out"
+    assert main(["ingest", str(src), "--out", str(out), "--executor", "local", "--quiet",
+                 "--model", "sim:colqwen2-tiny,text:sim:all-MiniLM-L6-v2"]) == 0
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(  # an atexit handler of the process, as Ray and Milvus Lite register
+        "import atexit, os, sys\n"
+        "atexit.register(lambda: open(os.environ['MARK'], 'a').write(' '.join(sys.argv[1:2]) + '\\n'))\n")
+    mark = tmp_path / "atexit.txt"
+    env = dict(os.environ, MARK=str(mark), PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    script = Path(sys.executable).with_name("pagemill")  # what pyproject's [project.scripts] installed
+    for cmd in ([str(script), "quarantine", str(out), "--json"], pagemill_cmd("quarantine", str(out), "--json")):
+        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert [q["reason"] for q in json.loads(r.stdout)] == ["encrypted"]
+    r = subprocess.run(pagemill_cmd("quarantine", str(tmp_path / "nowhere")), cwd=REPO, capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert mark.read_text().split("\n")[:3] == ["quarantine", "quarantine", "quarantine"]
