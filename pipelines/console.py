@@ -23,6 +23,13 @@ def _real_fds() -> bool:
         return False
 
 
+def _empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return True
+
+
 class Console:
     def __init__(self, verbose: bool = False):
         self.verbose = verbose
@@ -100,7 +107,9 @@ class Console:
             except BrokenPipeError:
                 pass
             self.term, self.out = sys.stderr, sys.stdout
-            if ok and not keep and self.log_path:
+            # kept only when it has something to show (a failed command names it); an empty one
+            # is removed whatever happened, or every failed command would leave one in /tmp
+            if self.log_path and ((ok and not keep) or _empty(self.log_path)):
                 with contextlib.suppress(OSError):
                     os.unlink(self.log_path)
                 self.log_path = None

@@ -123,3 +123,18 @@ def test_the_command_leaves_through_pythons_exit_without_cpps(tmp_path):
                        text=True, env=env, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert mark.read_text().split("\n")[:3] == ["quarantine", "quarantine", "quarantine"]
+
+
+def test_a_failed_command_leaves_no_empty_log(tmp_path):
+    """What libraries print goes to a log in TMPDIR for the command's length; a failed command
+    keeps it only when it holds something (its error line names it), never an empty file."""
+    import os
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp))
+    for args in (("quarantine", str(tmp_path / "nowhere")), ("ingest", str(tmp_path / "nowhere"), "--out",
+                                                             str(tmp_path / "out"))):
+        r = _run(*args, env=env)
+        assert r.returncode == 2 and "details:" not in r.stderr, r.stderr
+    assert list(tmp.iterdir()) == []
