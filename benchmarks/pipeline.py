@@ -178,7 +178,7 @@ def main(argv=None) -> str:
         if connected_here and args.ray_address:
             ray.init(address=args.ray_address, logging_level="ERROR")
         elif connected_here:
-            ray.init(include_dashboard=False, logging_level="ERROR")
+            ray.init(address="local", include_dashboard=False, logging_level="ERROR")
         try:
             e2e_pages, e2e_s, summary = end_to_end(src, tmp / "e2e", args.unit_docs, args.ray_address)
         finally:

@@ -226,10 +226,13 @@ class RayExecutor(Executor):
                 raise UsageError(f"--ray-address {self.address}: no Ray cluster answers there ({_first(e)}): check the "
                                  f"address, or leave it out to start a local Ray") from None
         else:
-            # A private local cluster; the env var keeps it from joining one by accident.
+            # A private local cluster. Without an address Ray would join the cluster a `ray start`
+            # on this machine last recorded (/tmp/ray/ray_current_cluster), or RAY_ADDRESS: a
+            # stranger's cluster, or, where that file outlived its cluster, an address nothing
+            # answers at, where ray.init waits for ever. "local" always starts one.
             os.environ.pop("RAY_ADDRESS", None)
             try:
-                ray.init(**kwargs)
+                ray.init(address="local", **kwargs)
             except Exception as e:
                 raise RayStartError(f"Ray could not start on this machine ({_first(e)}): run with --executor local, or "
                                     f"start Ray yourself (ray start --head) and pass --ray-address") from None

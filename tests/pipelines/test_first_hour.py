@@ -9,11 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, pagemill_cmd
+from conftest import REPO, free_port, pagemill_cmd
 
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("PAGEMILL_KILL", "HF_HUB_OFFLINE"))}
 
@@ -124,8 +125,17 @@ def test_read_only_commands_write_nothing(pdfs, tmp_path):
 
 @pytest.mark.slow
 def test_a_clean_run_prints_pagemills_lines_only_and_keeps_the_rest_in_a_log(pdfs, tmp_path):
+    """...on a machine where a `ray start` once ran: its address file outlived its cluster (Ray
+    joins the address it names when none is given, and waits for ever where nothing answers)."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="pm-ray-", dir="/tmp"))  # short: Ray's socket paths have a limit
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}\n")
     out = tmp_path / "out"
-    r = run("ingest", str(pdfs), "--out", str(out), timeout=300, env={"RAY_AUTH_MODE": "disabled"})
+    try:
+        r = run("ingest", str(pdfs), "--out", str(out), timeout=300,
+                env={"RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": str(ray_tmp)})
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert r.returncode == 0, r.stderr[-2000:]
     noise = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("[pagemill]")]
     assert noise == [], noise

@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent("""
     import json, os, sys
     os.environ["RAY_AUTH_MODE"] = "disabled"
     import ray
-    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="ERROR")
     from pipelines.ingest.config import IngestConfig
     from pipelines.ingest.job import run_ingest
     cfg = IngestConfig(source=sys.argv[1], out=sys.argv[2], executor="ray", unit_max_docs=1, batch_size=1,
@@ -52,7 +52,7 @@ DIE_SCRIPT = textwrap.dedent("""
     os.environ["PAGEMILL_KILL_AT"] = "embed_call:1"  # the first embedding batch in the cluster kills its actor
     os.environ["PAGEMILL_KILL_ONCE"] = sys.argv[3]
     import ray
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     from pipelines.ingest.config import IngestConfig
     from pipelines.ingest.job import run_ingest
     cfg = IngestConfig(source=sys.argv[1], out=sys.argv[2], executor="ray", unit_max_docs=2,
