@@ -254,8 +254,20 @@ class MilvusClientBase:
         return self.count(collection)
 
     def flush(self) -> None:
-        for c in self.collections:
-            self._guard("flush", self._call, "flush", self.client.flush, c)
+        """Seal every collection's segments. A server's flush of one collection returns once its
+        segments are sealed (pymilvus asks every 0.5 s, about a second for a small one): the
+        collections are flushed side by side."""
+        if self.conn.lite or len(self.collections) < 2:
+            for c in self.collections:
+                self._guard("flush", self._call, "flush", self.client.flush, c)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(self.collections), thread_name_prefix="milvus-flush") as pool:
+            flushes = [pool.submit(self._guard, "flush", self._call, "flush", self.client.flush, c)
+                       for c in self.collections]
+            for f in flushes:
+                f.result()
 
 
 # ---------------------------------------------------------------------------------------------

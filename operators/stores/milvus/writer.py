@@ -225,6 +225,10 @@ class MilvusWriter(MilvusClientBase, StoreWriter):
         return gone
 
     def _ensure_collections(self) -> None:
+        # A new collection's load takes a server seconds even empty (its query coordinator works in
+        # rounds): every new collection's load is asked for first, then each is waited for, so
+        # that they load side by side (an index's four collections: 3 s, not 12).
+        loading = []
         for name in self.plan.collections:
             schema, index = build_collection(self.plan, name)
             if self.client.has_collection(name):
@@ -236,13 +240,22 @@ class MilvusWriter(MilvusClientBase, StoreWriter):
                 # Without waiting for the (empty) index to build: pymilvus polls every 0.5 s. The
                 # server checks the index type and parameters on the call itself.
                 self.client.create_index(name, index, sync=False)
-                self.client.load_collection(name)
+                self.client.load_collection(name, _async=True)
             except Exception as e:
-                fields = ", ".join(f"{f.layout}: {f.vtype} {f.index}" for f in self.plan.in_collection(name))
-                if self.client.has_collection(name):  # created, but the index was refused: leave nothing behind
-                    self.client.drop_collection(name)
-                raise MilvusError(f"{self.server.label} refused collection {name} ({fields}): "
-                                  f"{first_line(e, self.conn.secrets())}") from None
+                self._refused(name, e)
+            loading.append(name)
+        for name in loading:
+            try:
+                self.client.load_collection(name)  # asked for above: this waits until it is loaded
+            except Exception as e:
+                self._refused(name, e)
+
+    def _refused(self, name: str, e: Exception):
+        fields = ", ".join(f"{f.layout}: {f.vtype} {f.index}" for f in self.plan.in_collection(name))
+        if self.client.has_collection(name):  # created, but the index was refused: leave nothing behind
+            self.client.drop_collection(name)
+        raise MilvusError(f"{self.server.label} refused collection {name} ({fields}): "
+                          f"{first_line(e, self.conn.secrets())}") from None
 
     def _check_existing(self, name: str, schema) -> None:
         """An existing collection must have the fields this run writes, with the same types."""
