@@ -55,8 +55,9 @@ DIE_SCRIPT = textwrap.dedent("""
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     from pipelines.ingest.config import IngestConfig
     from pipelines.ingest.job import run_ingest
+    # the actor's replacement and the batch's retry are the point: the simulated model, no torch
     cfg = IngestConfig(source=sys.argv[1], out=sys.argv[2], executor="ray", unit_max_docs=2,
-                       progress_interval_s=60).validate()
+                       model="sim:colqwen2-tiny", progress_interval_s=60).validate()
     summary = run_ingest(cfg, log=open(os.devnull, "w"))
     ray.shutdown()
     print("SUMMARY " + json.dumps(summary))
