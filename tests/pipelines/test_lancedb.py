@@ -491,12 +491,13 @@ def test_on_the_local_s3_server_with_a_crash(s3_endpoint, src, clean, tmp_path):
     ids = held["pagemill_pages"]["page_id"].to_pylist()
     assert sorted(ids) == sorted(pages["page_id"].to_pylist()) and len(ids) == len(set(ids))
     assert held["pagemill_text"].num_rows == chunks_of(pages) == tables(clean / "lancedb")["pagemill_text"].num_rows
+    said = {}
     for cmd in (["status", args[1], "--s3-endpoint-url", s3_endpoint, "--json"],
                 ["search", "a table", "--out", args[1], "--s3-endpoint-url", s3_endpoint, "--json"]):
         r = subprocess.run(pagemill_cmd(*cmd), cwd=REPO, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads(subprocess.run(pagemill_cmd("status", args[1], "--s3-endpoint-url", s3_endpoint, "--json"),
-                                     cwd=REPO, capture_output=True, text=True).stdout)["healthy"]
+        said[cmd[0]] = json.loads(r.stdout)
+    assert said["status"]["healthy"] and said["search"]["results"]
 
 
 class _Endpoint:
