@@ -688,9 +688,9 @@ def entry() -> None:
     import threading
 
     code = main()
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    # Python's own order: its threading exit hooks (they wake idle executor workers) and the join of
+    # non-daemon threads, then the atexit handlers
+    threading._shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -90,7 +90,8 @@ def test_the_command_leaves_through_pythons_exit_without_cpps(tmp_path):
     """``pagemill`` (the console script and ``python -m``) ends with Python's exit steps (the
     atexit handlers: Ray's shutdown, Milvus Lite's server, temporary files) and then ``os._exit``:
     Arrow's thread pools can abort a finished command from C++'s static destructors (exit 134,
-    apache/arrow#34314), so none run. Its output and exit status are the command's."""
+    apache/arrow#34314), so none run. Its output and exit status are the command's, and an executor
+    a library left open does not keep it from ending."""
     import json
     import os
     import sys
@@ -109,9 +110,12 @@ def test_the_command_leaves_through_pythons_exit_without_cpps(tmp_path):
                  "--model", "sim:colqwen2-tiny,text:sim:all-MiniLM-L6-v2"]) == 0
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(  # an atexit handler of the process, as Ray and Milvus Lite register
-        "import atexit, os, sys\n"
-        "atexit.register(lambda: open(os.environ['MARK'], 'a').write(' '.join(sys.argv[1:2]) + '\\n'))\n")
+    (site / "sitecustomize.py").write_text(  # an atexit handler of the process, as Ray and Milvus Lite register,
+        "import atexit, os, sys\n"           # and an executor left open, as a library may leave one
+        "atexit.register(lambda: open(os.environ['MARK'], 'a').write(' '.join(sys.argv[1:2]) + '\\n'))\n"
+        "import concurrent.futures\n"
+        "_open = concurrent.futures.ThreadPoolExecutor(1)\n"
+        "_open.submit(int).result()\n")
     mark = tmp_path / "atexit.txt"
     env = dict(os.environ, MARK=str(mark), PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     script = Path(sys.executable).with_name("pagemill")  # what pyproject's [project.scripts] installed
